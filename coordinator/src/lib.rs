@@ -1,0 +1,1 @@
+//! Cluster coordinator library; `src/bin/main.rs` is the thin binary.

@@ -1,0 +1,1 @@
+//! gRPC API between coordinator and workers.
