@@ -24,7 +24,7 @@ done
 log() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
 # 1. Debian packages the build and the tests need.
-apt_pkgs=(libgloo-dev prometheus protobuf-compiler)
+apt_pkgs=(libgloo-dev prometheus)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -1,1 +1,8 @@
-pub fn hello() {}
+//! The libtorch side of the SPLADE system: the encoder (`model`), the `splade` user CLI (`cli`),
+//! and (in later modules) the trainer and the data-parallel worker.
+//!
+//! Binaries are thin wrappers in `src/bin/` over this library.
+
+pub mod cli;
+pub mod device;
+pub mod model;

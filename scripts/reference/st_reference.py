@@ -1,0 +1,113 @@
+"""sentence-transformers side of the parity tests and benchmarks (runs in the pinned reference venv).
+
+Subcommands (all print or write JSON):
+  encode --model DIR --input FILE --out FILE [--max-length N]
+      FILE is a JSON list of {"text", "kind": "query"|"document"}; writes a list of
+      {"indices", "values"} plus the load-time warnings and the model's prompts / max length.
+  make-tied --base DIR --out DIR
+      Builds a SparseEncoder from a bare BertModel (MLM head tied to the word embeddings, transform
+      randomly initialised by transformers) and saves it, so both sides hold the same random head.
+"""
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(f"{record.name}: {record.getMessage()}")
+
+
+def load_capturing(path, **kwargs):
+    import torch
+    from sentence_transformers import SparseEncoder
+
+    torch.manual_seed(0)
+    cap = Capture()
+    root = logging.getLogger()
+    root.addHandler(cap)
+    for name in ("transformers", "sentence_transformers"):
+        logging.getLogger(name).addHandler(cap)
+    err = io.StringIO()
+    with warnings.catch_warnings(record=True) as ws, contextlib.redirect_stderr(err), contextlib.redirect_stdout(err):
+        warnings.simplefilter("always")
+        model = SparseEncoder(path, device="cpu", **kwargs)
+    msgs = cap.messages + [str(w.message) for w in ws] + [l for l in err.getvalue().splitlines() if l.strip()]
+    return model, msgs
+
+
+def cmd_encode(a):
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model, msgs = load_capturing(a.model)
+    if a.max_length:
+        model.max_seq_length = a.max_length
+    model.eval()
+    items = json.load(open(a.input))
+    out = [None] * len(items)
+    for kind in ("query", "document"):
+        idx = [i for i, it in enumerate(items) if it["kind"] == kind]
+        if not idx:
+            continue
+        texts = [items[i]["text"] for i in idx]
+        fn = model.encode_query if kind == "query" else model.encode_document
+        with torch.no_grad():
+            emb = fn(texts, batch_size=8, convert_to_tensor=True, convert_to_sparse_tensor=False)
+        emb = emb.to_dense() if emb.is_sparse else emb
+        for j, i in enumerate(idx):
+            row = emb[j]
+            nz = torch.nonzero(row, as_tuple=True)[0]
+            out[i] = {"indices": nz.tolist(), "values": row[nz].tolist()}
+    json.dump(
+        {
+            "embeddings": out,
+            "warnings": msgs,
+            "prompts": model.prompts,
+            "max_seq_length": model.max_seq_length,
+        },
+        open(a.out, "w"),
+    )
+
+
+def cmd_make_tied(a):
+    import torch
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+
+    torch.manual_seed(1234)
+    mlm = MLMTransformer(a.base, max_seq_length=a.max_length)
+    model = SparseEncoder(modules=[mlm, SpladePooling(pooling_strategy="max")], device="cpu")
+    model.save(a.out)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("encode")
+    e.add_argument("--model", required=True)
+    e.add_argument("--input", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--max-length", type=int)
+    t = sub.add_parser("make-tied")
+    t.add_argument("--base", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--max-length", type=int, default=256)
+    a = p.parse_args()
+    {"encode": cmd_encode, "make-tied": cmd_make_tied}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

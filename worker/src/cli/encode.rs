@@ -1,0 +1,164 @@
+//! `splade encode` and `splade decode`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::device::parse_device;
+use crate::model::{resolve::resolve_model, LoadOptions, SparseEncoder, TextKind};
+
+/// Arguments shared by commands that load a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model folder, object-store URL or Hugging Face Hub id.
+    #[arg(long)]
+    pub model: String,
+    /// auto, cpu, cuda, cuda:N or mps.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Max tokens per text (special tokens included); defaults to the model's.
+    #[arg(long)]
+    pub max_length: Option<usize>,
+}
+
+impl ModelArgs {
+    /// Resolves and loads the model on the requested device.
+    pub fn load(&self) -> anyhow::Result<SparseEncoder> {
+        let dev = parse_device(&self.device).map_err(anyhow::Error::msg)?;
+        let dir = resolve_model(&self.model)?;
+        let opts = LoadOptions {
+            max_seq_length: self.max_length,
+            query_max_length: self.max_length,
+            document_max_length: self.max_length,
+            ..Default::default()
+        };
+        Ok(SparseEncoder::load(&dir, dev, &opts)?)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EncodeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Encode as queries (query prompt and max length).
+    #[arg(long, conflicts_with = "document")]
+    pub query: bool,
+    /// Encode as documents (the default).
+    #[arg(long)]
+    pub document: bool,
+    /// One JSON line per text: {"_id"?, "text", "indices", "values"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Read texts from FILE: one per line, or JSONL with "text" (and optional "_id").
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Texts to encode.
+    pub texts: Vec<String>,
+}
+
+/// One input text with the id passed through from JSONL input.
+struct InputText {
+    id: Option<serde_json::Value>,
+    text: String,
+}
+
+fn read_inputs(input: &Option<PathBuf>, texts: &[String]) -> anyhow::Result<Vec<InputText>> {
+    let mut out: Vec<InputText> = texts.iter().map(|t| InputText { id: None, text: t.clone() }).collect();
+    if let Some(path) = input {
+        let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open input", path.display()))?;
+        for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
+            let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), n + 1))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            if line.trim_start().starts_with('{') {
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .with_context(|| format!("{}:{}: not valid JSON; use one JSON object or one plain text per line", path.display(), n + 1))?;
+                let text = v
+                    .get("text")
+                    .and_then(|t| t.as_str())
+                    .with_context(|| format!("{}:{}: JSON line has no string \"text\" field", path.display(), n + 1))?;
+                out.push(InputText { id: v.get("_id").cloned(), text: text.to_string() });
+            } else {
+                out.push(InputText { id: None, text: line });
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("no texts given: pass TEXT arguments or --input FILE");
+    }
+    Ok(out)
+}
+
+/// Encodes the texts and prints one line per text.
+pub fn run_encode(a: EncodeArgs) -> anyhow::Result<()> {
+    let inputs = read_inputs(&a.input, &a.texts)?;
+    let model = a.model.load()?;
+    let kind = if a.query { TextKind::Query } else { TextKind::Document };
+    let refs: Vec<&str> = inputs.iter().map(|t| t.text.as_str()).collect();
+    let vecs = model.encode(&refs, kind, a.model.batch_size)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for (inp, (idx, val)) in inputs.iter().zip(vecs) {
+        if a.json {
+            let mut obj = serde_json::Map::new();
+            if let Some(id) = &inp.id {
+                obj.insert("_id".into(), id.clone());
+            }
+            obj.insert("text".into(), inp.text.clone().into());
+            obj.insert("indices".into(), idx.into());
+            obj.insert("values".into(), val.into());
+            writeln!(out, "{}", serde_json::Value::Object(obj))?;
+        } else {
+            let l1: f32 = val.iter().sum();
+            writeln!(out, "{} active dims, L1 {:.3}\t{}", idx.len(), l1, inp.text)?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Tokens to show per text.
+    #[arg(long, default_value_t = 20)]
+    pub top_k: usize,
+    /// Decode as queries instead of documents.
+    #[arg(long)]
+    pub query: bool,
+    /// Texts to decode.
+    #[arg(required = true)]
+    pub texts: Vec<String>,
+}
+
+/// Prints the top-k (token, weight) pairs of each text.
+pub fn run_decode(a: DecodeArgs) -> anyhow::Result<()> {
+    let model = a.model.load()?;
+    let kind = if a.query { TextKind::Query } else { TextKind::Document };
+    let refs: Vec<&str> = a.texts.iter().map(String::as_str).collect();
+    let vecs = model.encode(&refs, kind, a.model.batch_size)?;
+    for (text, (idx, val)) in a.texts.iter().zip(vecs) {
+        println!("{text}");
+        for (tok, w) in top_tokens(&model, &idx, &val, a.top_k) {
+            println!("  {tok:<20} {w:.4}");
+        }
+    }
+    Ok(())
+}
+
+/// The `k` highest-weighted entries as (token, weight), ties broken by token id.
+pub fn top_tokens(model: &SparseEncoder, idx: &[u32], val: &[f32], k: usize) -> Vec<(String, f32)> {
+    let mut pairs: Vec<(u32, f32)> = idx.iter().copied().zip(val.iter().copied()).collect();
+    pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    pairs
+        .into_iter()
+        .take(k)
+        .map(|(i, w)| (model.tokenizer.id_to_token(i).unwrap_or_else(|| format!("#{i}")), w))
+        .collect()
+}

@@ -1,0 +1,36 @@
+//! The `splade` command line: `train`, `eval`, `encode`, `decode`. Each subcommand is a function
+//! over parsed arguments so tests can call it without a process.
+
+mod encode;
+
+use clap::{Parser, Subcommand};
+
+/// Train and use SPLADE sparse retrieval encoders.
+#[derive(Parser, Debug)]
+#[command(name = "splade", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Encode texts into sparse vectors.
+    Encode(encode::EncodeArgs),
+    /// Show the top-weighted vocabulary tokens of texts.
+    Decode(encode::DecodeArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Encode(a) => encode::run_encode(a),
+        Command::Decode(a) => encode::run_decode(a),
+    }
+}
+
+/// Installs the `tracing` subscriber the binaries share (RUST_LOG overrides the level).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,240 @@
+//! The SPLADE sparse encoder: a BERT masked-LM in libtorch plus SPLADE pooling, loaded from and
+//! saved to the folders sentence-transformers reads and writes.
+//!
+//! Guarantee: for the same folder, [`SparseEncoder::encode`] gives the embeddings
+//! `sentence_transformers.SparseEncoder(folder).encode_query/encode_document` gives (within float
+//! rounding), and [`SparseEncoder::save`] writes a folder that `SparseEncoder(path)` loads unchanged.
+
+mod bert;
+mod config;
+pub mod lean_head;
+mod pooling;
+pub mod resolve;
+mod st_format;
+mod tokenize;
+mod weights;
+
+use std::path::{Path, PathBuf};
+
+use tch::{nn, Device, Kind, Tensor};
+
+pub use bert::BertForMaskedLm;
+pub use config::BertConfig;
+pub use pooling::{Activation, PoolingConfig, PoolingStrategy};
+pub use st_format::FolderSpec;
+pub use tokenize::{Batch, TextTokenizer};
+
+/// Why a model could not be loaded, saved or run. Messages name the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("{0}")]
+    Resolve(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl ModelError {
+    pub(crate) fn file(path: &Path, message: impl Into<String>) -> Self {
+        ModelError::File { path: path.to_path_buf(), message: message.into() }
+    }
+}
+
+/// Which side of retrieval a text is encoded for: decides the prompt and the max length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    Query,
+    Document,
+}
+
+/// Options that override what the folder says.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Replaces hidden and attention dropout (training config `model.dropout`).
+    pub dropout: Option<f64>,
+    pub max_seq_length: Option<usize>,
+    pub query_max_length: Option<usize>,
+    pub document_max_length: Option<usize>,
+    pub pooling: Option<PoolingConfig>,
+}
+
+/// A loaded SPLADE encoder. Its parameters live in `vs` (names as in the checkpoint).
+pub struct SparseEncoder {
+    pub vs: nn::VarStore,
+    pub mlm: BertForMaskedLm,
+    pub tokenizer: TextTokenizer,
+    pub spec: FolderSpec,
+    /// Max length (special tokens included) used when neither side overrides it.
+    pub max_seq_length: usize,
+    /// Use the memory-lean max-pooled head (same values and gradients as the dense path).
+    pub lean_head: bool,
+}
+
+impl SparseEncoder {
+    /// Loads a local folder (sentence-transformers SparseEncoder or bare Hugging Face masked-LM or
+    /// BertModel) onto `device`. Every file is checked before libtorch sees it.
+    pub fn load(dir: &Path, device: Device, opts: &LoadOptions) -> Result<Self, ModelError> {
+        let mut spec = st_format::read_folder(dir)?;
+        let tdir = spec.transformer_dir.clone();
+        let cfg_path = tdir.join("config.json");
+        if !cfg_path.exists() {
+            return Err(ModelError::file(
+                &cfg_path,
+                "missing; a model folder needs the transformer's config.json (save the model with \
+                 save_pretrained, or point --model at the folder that has it)",
+            ));
+        }
+        let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::file(&cfg_path, e.to_string()))?;
+        let cfg: BertConfig =
+            serde_json::from_str(&cfg_text).map_err(|e| ModelError::file(&cfg_path, format!("invalid config: {e}")))?;
+        cfg.validate().map_err(|m| ModelError::file(&cfg_path, m))?;
+        let tokenizer = TextTokenizer::load(&tdir, cfg.vocab_size, cfg.pad_token_id, &spec.padding_side)?;
+        let wpath = tdir.join("model.safetensors");
+        if !wpath.exists() {
+            return Err(ModelError::file(
+                &wpath,
+                "missing; only safetensors weights are read (convert pytorch_model.bin with \
+                 `model.save_pretrained(dir, safe_serialization=True)`)",
+            ));
+        }
+        let mut weights = weights::Weights::load(&wpath)?;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mlm = BertForMaskedLm::load(&vs.root(), &mut weights, &cfg, opts.dropout)?;
+        let left = weights.leftovers();
+        if !left.is_empty() {
+            tracing::warn!(file = %wpath.display(), "ignoring {} unexpected tensors: {}", left.len(), left.join(", "));
+        }
+        let mut vs = vs;
+        vs.set_device(device);
+        if let Some(p) = &opts.pooling {
+            spec.pooling = p.clone();
+        }
+        if opts.query_max_length.is_some() {
+            spec.query_max_length = opts.query_max_length;
+        }
+        if opts.document_max_length.is_some() {
+            spec.document_max_length = opts.document_max_length;
+        }
+        // sentence-transformers: explicit max_seq_length, else the tokenizer's model_max_length capped
+        // by the position table.
+        let max_pos = cfg.max_position_embeddings as usize;
+        let max_seq_length = opts
+            .max_seq_length
+            .or(spec.max_seq_length)
+            .or(spec.tokenizer_max_length)
+            .unwrap_or(max_pos)
+            .min(max_pos);
+        Ok(Self { vs, mlm, tokenizer, spec, max_seq_length, lean_head: false })
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Vocabulary size (embedding dimension of the sparse vectors).
+    pub fn vocab_size(&self) -> i64 {
+        self.mlm.config.vocab_size
+    }
+
+    /// Max length for `kind`, special tokens included.
+    pub fn max_length(&self, kind: TextKind) -> usize {
+        let side = match kind {
+            TextKind::Query => self.spec.query_max_length,
+            TextKind::Document => self.spec.document_max_length,
+        };
+        side.unwrap_or(self.max_seq_length)
+    }
+
+    /// Prompt prepended to texts of `kind`.
+    pub fn prompt(&self, kind: TextKind) -> &str {
+        match kind {
+            TextKind::Query => &self.spec.query_prompt,
+            TextKind::Document => &self.spec.document_prompt,
+        }
+    }
+
+    /// Tokenizes `texts` for `kind` (prompt prepended, truncated) into a CPU batch.
+    pub fn tokenize(&self, texts: &[&str], kind: TextKind) -> Result<Batch, ModelError> {
+        let prompt = self.prompt(kind);
+        let max = self.max_length(kind);
+        if prompt.is_empty() {
+            self.tokenizer.batch(texts, max)
+        } else {
+            let owned: Vec<String> = texts.iter().map(|t| format!("{prompt}{t}")).collect();
+            let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+            self.tokenizer.batch(&refs, max)
+        }
+    }
+
+    /// Sparse embeddings [B, V] of a batch already on the model's device; differentiable when
+    /// `train` is set (dropout on) or gradients are enabled.
+    pub fn forward(&self, batch: &Batch, train: bool) -> Tensor {
+        let hidden = self.mlm.encode(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, train);
+        if self.lean_head && self.spec.pooling.pooling_strategy == PoolingStrategy::Max {
+            lean_head::max_pooled(&self.mlm, &self.spec.pooling, &hidden, &batch.attention_mask)
+        } else {
+            let logits = self.mlm.logits(&hidden);
+            self.spec.pooling.pool_dense(&logits, &batch.attention_mask)
+        }
+    }
+
+    /// Encodes texts without gradients in batches of `batch_size`, returning one sparse vector
+    /// (ascending indices, non-zero values) per text in input order.
+    pub fn encode(&self, texts: &[&str], kind: TextKind, batch_size: usize) -> Result<Vec<(Vec<u32>, Vec<f32>)>, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(batch_size.max(1)) {
+            let batch = self.tokenize(chunk, kind)?.to(self.device());
+            let emb = self.forward(&batch, false).to_device(Device::Cpu).to_kind(Kind::Float);
+            out.extend(dense_rows_to_sparse(&emb));
+        }
+        Ok(out)
+    }
+
+    /// Every parameter with its checkpoint name, in the layout transformers saves for
+    /// BertForMaskedLM (tied decoder not stored).
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Saves a sentence-transformers 6.x SparseEncoder folder at `out` (created if missing).
+    pub fn save(&self, out: &Path) -> Result<(), ModelError> {
+        std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, format!("cannot create: {e}")))?;
+        let mut cfg = serde_json::to_value(&self.mlm.config).expect("config serialises");
+        cfg["architectures"] = serde_json::json!(["BertForMaskedLM"]);
+        // Dropout overrides are a training choice, not a property of the saved model.
+        let cfg_path = out.join("config.json");
+        std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).expect("json"))
+            .map_err(|e| ModelError::file(&cfg_path, format!("cannot write: {e}")))?;
+        weights::save_safetensors(&out.join("model.safetensors"), &self.named_parameters())?;
+        st_format::write_folder_metadata(out, &self.spec.transformer_dir, &self.spec, self.max_seq_length)?;
+        Ok(())
+    }
+}
+
+/// Converts a dense CPU float matrix [B, V] into per-row (indices, values) of its non-zeros.
+pub fn dense_rows_to_sparse(emb: &Tensor) -> Vec<(Vec<u32>, Vec<f32>)> {
+    let (b, v) = emb.size2().expect("embeddings are [batch, vocab]");
+    let emb = emb.contiguous();
+    let mut flat = vec![0f32; (b * v) as usize];
+    emb.copy_data(&mut flat, (b * v) as usize);
+    flat.chunks(v as usize)
+        .map(|row| {
+            let mut idx = Vec::new();
+            let mut val = Vec::new();
+            for (i, &x) in row.iter().enumerate() {
+                if x != 0.0 {
+                    idx.push(i as u32);
+                    val.push(x);
+                }
+            }
+            (idx, val)
+        })
+        .collect()
+}

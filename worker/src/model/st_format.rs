@@ -1,0 +1,211 @@
+//! The sentence-transformers SparseEncoder folder: what 5.x and 6.x write, read back, and what we
+//! write so that `SparseEncoder(path)` 6.2 loads it without missing or unexpected weights.
+//!
+//! Layout written (the 6.x one, mirroring `shared/reference/st6-splade-folder`):
+//! `modules.json`, `config_sentence_transformers.json`, `sentence_bert_config.json`, the transformer
+//! (`config.json`, `model.safetensors`, tokenizer files with `model_max_length` = the max length)
+//! in the root, and `1_SpladePooling/config.json`. Separate query/document max lengths, which
+//! sentence-transformers has no field for, go to `splade_encoder.json` (ignored by Python).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::pooling::PoolingConfig;
+use super::ModelError;
+
+/// What a folder says about the encoder around the transformer weights.
+#[derive(Debug, Clone)]
+pub struct FolderSpec {
+    /// Folder holding `config.json`, the weights and the tokenizer.
+    pub transformer_dir: PathBuf,
+    pub pooling: PoolingConfig,
+    /// Max sequence length, special tokens included.
+    pub max_seq_length: Option<usize>,
+    pub query_max_length: Option<usize>,
+    pub document_max_length: Option<usize>,
+    pub query_prompt: String,
+    pub document_prompt: String,
+    /// True when the folder was a sentence-transformers folder (not a bare Hugging Face one).
+    pub is_sentence_transformers: bool,
+    /// `tokenizer_config.json`'s padding side ("right" unless it says otherwise).
+    pub padding_side: String,
+    /// `tokenizer_config.json`'s `model_max_length`, when present and sane.
+    pub tokenizer_max_length: Option<usize>,
+}
+
+fn read_json(path: &Path) -> Result<Value, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))
+}
+
+fn read_json_opt(path: &Path) -> Result<Option<Value>, ModelError> {
+    if path.exists() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+const TRANSFORMER_TYPES: &[&str] = &[
+    "sentence_transformers.sparse_encoder.models.MLMTransformer",
+    "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer",
+    "sentence_transformers.sparse_encoder.modules.MLMTransformer",
+    "sentence_transformers.base.modules.transformer.Transformer",
+    "sentence_transformers.base.modules.Transformer",
+    "sentence_transformers.models.Transformer",
+];
+
+/// Reads `dir` as either a sentence-transformers SparseEncoder folder (5.x or 6.x) or a bare
+/// Hugging Face masked-LM folder (pooled with SPLADE max/relu, as `SparseEncoder(dir)` does).
+pub fn read_folder(dir: &Path) -> Result<FolderSpec, ModelError> {
+    if !dir.is_dir() {
+        return Err(ModelError::file(dir, "is not a directory; pass a model folder (config.json, model.safetensors, tokenizer.json)"));
+    }
+    let mut spec = FolderSpec {
+        transformer_dir: dir.to_path_buf(),
+        pooling: PoolingConfig::default(),
+        max_seq_length: None,
+        query_max_length: None,
+        document_max_length: None,
+        query_prompt: String::new(),
+        document_prompt: String::new(),
+        is_sentence_transformers: false,
+        padding_side: "right".into(),
+        tokenizer_max_length: None,
+    };
+    let modules_path = dir.join("modules.json");
+    if let Some(modules) = read_json_opt(&modules_path)? {
+        spec.is_sentence_transformers = true;
+        let list = modules
+            .as_array()
+            .ok_or_else(|| ModelError::file(&modules_path, "expected a JSON list of modules"))?;
+        for m in list {
+            let ty = m["type"].as_str().unwrap_or_default();
+            let sub = dir.join(m["path"].as_str().unwrap_or_default());
+            if TRANSFORMER_TYPES.contains(&ty) {
+                spec.transformer_dir = sub.clone();
+                if let Some(sb) = read_json_opt(&sub.join("sentence_bert_config.json"))? {
+                    spec.max_seq_length = sb["max_seq_length"].as_u64().map(|v| v as usize);
+                    if let Some(task) = sb["transformer_task"].as_str() {
+                        if task != "fill-mask" {
+                            return Err(ModelError::file(
+                                &sub.join("sentence_bert_config.json"),
+                                format!("transformer_task '{task}' is not a SPLADE encoder (expected \"fill-mask\")"),
+                            ));
+                        }
+                    }
+                }
+            } else if ty.ends_with("SpladePooling") {
+                let p = sub.join("config.json");
+                let v = read_json(&p)?;
+                spec.pooling = serde_json::from_value(v).map_err(|e| ModelError::file(&p, format!("bad pooling config: {e}")))?;
+            } else if ty.ends_with(".Pooling") || ty.ends_with(".Normalize") || ty.ends_with(".Dense") {
+                // A dense sentence-transformers model (e.g. all-MiniLM): SPLADE starts from its
+                // transformer and puts an MLM head on top; the dense-only modules do not apply.
+                tracing::info!(module = ty, "ignoring dense-embedding module of {}", modules_path.display());
+                spec.is_sentence_transformers = false;
+            } else if ty.ends_with("Router") {
+                return Err(ModelError::file(
+                    &modules_path,
+                    "this is an inference-free (Router) SparseEncoder; load it with the inference-free loader \
+                     (model.architecture: inference-free-splade)",
+                ));
+            } else {
+                return Err(ModelError::file(
+                    &modules_path,
+                    format!("module type '{ty}' is not supported; a SPLADE folder has an MLMTransformer and a SpladePooling"),
+                ));
+            }
+        }
+        if let Some(cfg) = read_json_opt(&dir.join("config_sentence_transformers.json"))? {
+            if let Some(p) = cfg["prompts"]["query"].as_str() {
+                spec.query_prompt = p.to_string();
+            }
+            if let Some(p) = cfg["prompts"]["document"].as_str() {
+                spec.document_prompt = p.to_string();
+            }
+        }
+    }
+    if let Some(tc) = read_json_opt(&spec.transformer_dir.join("tokenizer_config.json"))? {
+        if let Some(side) = tc["padding_side"].as_str() {
+            spec.padding_side = side.to_string();
+        }
+        // transformers writes a huge sentinel (1e30) when the length is unknown.
+        spec.tokenizer_max_length = tc["model_max_length"].as_f64().filter(|&v| v > 0.0 && v < 1e9).map(|v| v as usize);
+    }
+    if let Some(extra) = read_json_opt(&dir.join(EXTRA_FILE))? {
+        spec.query_max_length = extra["query_max_length"].as_u64().map(|v| v as usize);
+        spec.document_max_length = extra["document_max_length"].as_u64().map(|v| v as usize);
+    }
+    Ok(spec)
+}
+
+/// Side file for settings sentence-transformers has no place for.
+pub const EXTRA_FILE: &str = "splade_encoder.json";
+
+/// Tokenizer files copied verbatim from the source folder when present.
+const TOKENIZER_FILES: &[&str] = &["tokenizer.json", "special_tokens_map.json", "vocab.txt"];
+
+/// Writes everything but `config.json` and `model.safetensors` (the caller writes those) for a
+/// 6.x-style folder at `out`, taking tokenizer files from `tokenizer_src`.
+pub fn write_folder_metadata(out: &Path, tokenizer_src: &Path, spec: &FolderSpec, max_seq_length: usize) -> Result<(), ModelError> {
+    let write = |name: &str, v: &Value| -> Result<(), ModelError> {
+        let p = out.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| ModelError::file(parent, e.to_string()))?;
+        }
+        let text = serde_json::to_string_pretty(v).expect("JSON values serialise");
+        std::fs::write(&p, text).map_err(|e| ModelError::file(&p, format!("cannot write: {e}")))
+    };
+    write(
+        "modules.json",
+        &json!([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer"},
+            {"idx": 1, "name": "1", "path": "1_SpladePooling", "type": "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"}
+        ]),
+    )?;
+    write(
+        "config_sentence_transformers.json",
+        &json!({
+            "__version__": {"sentence_transformers": "6.2.0", "splade_rs": env!("CARGO_PKG_VERSION")},
+            "model_type": "SparseEncoder",
+            "prompts": {"query": spec.query_prompt, "document": spec.document_prompt},
+            "default_prompt_name": null,
+            "similarity_fn_name": "dot"
+        }),
+    )?;
+    write(
+        "sentence_bert_config.json",
+        &json!({
+            "transformer_task": "fill-mask",
+            "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
+            "module_output_name": "token_embeddings"
+        }),
+    )?;
+    write(
+        "1_SpladePooling/config.json",
+        &json!({
+            "pooling_strategy": spec.pooling.pooling_strategy,
+            "activation_function": spec.pooling.activation_function,
+            "embedding_dimension": spec.pooling.embedding_dimension
+        }),
+    )?;
+    for name in TOKENIZER_FILES {
+        let src = tokenizer_src.join(name);
+        if src.exists() {
+            std::fs::copy(&src, out.join(name)).map_err(|e| ModelError::file(&src, format!("cannot copy: {e}")))?;
+        }
+    }
+    let mut tc = read_json_opt(&tokenizer_src.join("tokenizer_config.json"))?.unwrap_or_else(|| {
+        json!({"tokenizer_class": "BertTokenizer", "do_lower_case": true, "cls_token": "[CLS]", "sep_token": "[SEP]",
+               "pad_token": "[PAD]", "mask_token": "[MASK]", "unk_token": "[UNK]"})
+    });
+    tc["model_max_length"] = json!(max_seq_length);
+    tc["padding_side"] = json!(spec.padding_side);
+    write("tokenizer_config.json", &tc)?;
+    if spec.query_max_length.is_some() || spec.document_max_length.is_some() {
+        write(EXTRA_FILE, &json!({"query_max_length": spec.query_max_length, "document_max_length": spec.document_max_length}))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Reading and writing `model.safetensors` with the names transformers uses.
+//!
+//! The file is parsed and bounds-checked by the `safetensors` crate before any byte reaches
+//! libtorch, so a truncated or corrupt file is a one-line error instead of a C++ exception.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use tch::{Kind, Tensor};
+
+use super::ModelError;
+
+/// Checkpoint tensors by canonical name (`bert.…`, `cls.predictions.…`), taken out one by one
+/// while the model is built so leftovers can be reported.
+pub struct Weights {
+    file: PathBuf,
+    tensors: BTreeMap<String, Tensor>,
+}
+
+/// Maps the legacy and headless spellings onto BertForMaskedLM's names: TF-era `gamma`/`beta`
+/// LayerNorm parameters and a bare `BertModel` (no `bert.` prefix).
+fn canonical_name(name: &str) -> String {
+    let mut n = name.to_string();
+    if let Some(stem) = n.strip_suffix(".gamma") {
+        n = format!("{stem}.weight");
+    } else if let Some(stem) = n.strip_suffix(".beta") {
+        n = format!("{stem}.bias");
+    }
+    if n.starts_with("embeddings.") || n.starts_with("encoder.") || n.starts_with("pooler.") {
+        n = format!("bert.{n}");
+    }
+    n
+}
+
+fn kind_of(dtype: Dtype, file: &Path, name: &str) -> Result<Kind, ModelError> {
+    Ok(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        other => {
+            return Err(ModelError::file(
+                file,
+                format!("tensor '{name}' has dtype {other:?}, which the encoder does not load; re-save it as float32"),
+            ))
+        }
+    })
+}
+
+impl Weights {
+    /// Reads every tensor of `file` onto the CPU as float32 (integer buffers keep their kind).
+    pub fn load(file: &Path) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(file).map_err(|e| ModelError::file(file, format!("cannot read: {e}")))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            ModelError::file(
+                file,
+                format!("not a valid safetensors file ({e}); the download was probably cut short: fetch the model again"),
+            )
+        })?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let kind = kind_of(view.dtype(), file, &name)?;
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let mut t = Tensor::from_data_size(view.data(), &shape, kind);
+            if matches!(kind, Kind::Half | Kind::BFloat16 | Kind::Double) {
+                t = t.to_kind(Kind::Float);
+            }
+            tensors.insert(canonical_name(&name), t);
+        }
+        Ok(Self { file: file.to_path_buf(), tensors })
+    }
+
+    /// The file the tensors came from, for error messages.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Whether a tensor of this canonical name is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Removes and returns the tensor `name`, checking its shape.
+    pub fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
+        let t = self.tensors.remove(name).ok_or_else(|| {
+            ModelError::file(
+                &self.file,
+                format!("missing tensor '{name}'; the checkpoint does not match its config.json"),
+            )
+        })?;
+        if t.size() != shape {
+            return Err(ModelError::file(
+                &self.file,
+                format!("tensor '{name}' has shape {:?} but config.json implies {:?}", t.size(), shape),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Removes `name` if present.
+    pub fn take_optional(&mut self, name: &str) -> Option<Tensor> {
+        self.tensors.remove(name)
+    }
+
+    /// Names that no component consumed, minus buffers transformers itself ignores.
+    pub fn leftovers(&self) -> Vec<String> {
+        self.tensors
+            .keys()
+            .filter(|k| !k.ends_with("position_ids") && !k.starts_with("bert.pooler."))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Writes `tensors` as float32 safetensors with the `{"format": "pt"}` metadata transformers checks.
+pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), ModelError> {
+    let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let numel = shape.iter().product::<usize>();
+        let mut buf = vec![0f32; numel];
+        t.copy_data(&mut buf, numel);
+        let bytes: Vec<u8> = buf.iter().flat_map(|v| v.to_le_bytes()).collect();
+        data.push((name.clone(), bytes, shape));
+    }
+    let views: Vec<(String, TensorView<'_>)> = data
+        .iter()
+        .map(|(n, b, s)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("sizes computed above")))
+        .collect();
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::tensor::serialize_to_file(views, Some(meta), path)
+        .map_err(|e| ModelError::file(path, format!("cannot write safetensors: {e}")))
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the worker crate (one binary: libtorch links are slow).
+mod support;
+
+mod cli_errors;
+mod parity;

@@ -1,0 +1,90 @@
+//! Shared test fixtures: where the set-up put models and the reference Python, and the texts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Repository root (the workspace).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cache() -> PathBuf {
+    std::env::var("SPLADE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/splade"))
+}
+
+/// A test model fetched by `scripts/setup.sh` (`splade-tiny` or `minilm`).
+pub fn model(name: &str) -> PathBuf {
+    let dir = std::env::var("SPLADE_TEST_MODELS").map(PathBuf::from).unwrap_or_else(|_| cache().join("models")).join(name);
+    assert!(dir.join("model.safetensors").exists(), "{} missing: run scripts/setup.sh", dir.display());
+    dir
+}
+
+/// Python of the pinned sentence-transformers reference venv.
+pub fn ref_python() -> PathBuf {
+    let p = std::env::var("SPLADE_REF_PY").map(PathBuf::from).unwrap_or_else(|_| cache().join("ref-venv/bin/python"));
+    assert!(p.exists(), "{} missing: run scripts/setup.sh --reference", p.display());
+    p
+}
+
+/// Runs `scripts/reference/st_reference.py` with `args` in the reference venv; panics with its
+/// stderr on failure.
+pub fn st_reference(args: &[&str]) {
+    let out = Command::new(ref_python())
+        .arg(repo().join("scripts/reference/st_reference.py"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("spawn reference python");
+    assert!(out.status.success(), "st_reference.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// 30 texts: Norwegian NorQuAD questions and passages (several far longer than 256 tokens) and
+/// English sentences, each tagged as query or document.
+pub fn parity_texts() -> Vec<(String, bool)> {
+    let data = repo().join("data/norquad");
+    let queries = std::fs::read_to_string(data.join("queries.jsonl")).unwrap();
+    let corpus = std::fs::read_to_string(data.join("corpus.jsonl")).unwrap();
+    let mut out = Vec::new();
+    for line in queries.lines().take(10) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        out.push((v["text"].as_str().unwrap().to_string(), true));
+    }
+    for line in corpus.lines().take(10) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        out.push((format!("{} {}", v["title"].as_str().unwrap(), v["text"].as_str().unwrap()), false));
+    }
+    let english = [
+        ("what is the capital of norway", true),
+        ("how do sparse retrieval models work?", true),
+        ("who wrote the book about the fjords", true),
+        ("SPLADE", true),
+        ("Oslo is the capital and most populous city of Norway.", false),
+        ("Sparse lexical representations expand documents with related vocabulary terms.", false),
+        ("The quick brown fox jumps over the lazy dog. ", false),
+        ("A", false),
+        ("Learned sparse retrieval combines the efficiency of inverted indexes with neural relevance.", false),
+        ("Bergen is known for rain, mountains and the Bryggen wharf.", false),
+    ];
+    for (t, q) in english {
+        out.push((t.to_string(), q));
+    }
+    out
+}
+
+/// Asserts two sparse vectors agree within `tol` over the union of their indices.
+pub fn assert_sparse_close(a: &(Vec<u32>, Vec<f32>), b: &(Vec<u32>, Vec<f32>), tol: f32, what: &str) {
+    use std::collections::BTreeMap;
+    let ma: BTreeMap<u32, f32> = a.0.iter().copied().zip(a.1.iter().copied()).collect();
+    let mb: BTreeMap<u32, f32> = b.0.iter().copied().zip(b.1.iter().copied()).collect();
+    let mut worst = (0u32, 0f32);
+    for k in ma.keys().chain(mb.keys()) {
+        let d = (ma.get(k).copied().unwrap_or(0.0) - mb.get(k).copied().unwrap_or(0.0)).abs();
+        if d > worst.1 {
+            worst = (*k, d);
+        }
+    }
+    assert!(worst.1 <= tol, "{what}: index {} differs by {} (> {tol})", worst.0, worst.1);
+    assert!(!ma.is_empty() || mb.is_empty(), "{what}: empty on one side only");
+}
