@@ -69,7 +69,8 @@ pub struct SparseEncoder {
     pub spec: FolderSpec,
     /// Max length (special tokens included) used when neither side overrides it.
     pub max_seq_length: usize,
-    /// Use the memory-lean max-pooled head (same values and gradients as the dense path).
+    /// Use the memory-lean max-pooled head (same values and gradients as the dense path; on by
+    /// default, `false` selects the dense reference path).
     pub lean_head: bool,
 }
 
@@ -127,7 +128,7 @@ impl SparseEncoder {
             .or(spec.tokenizer_max_length)
             .unwrap_or(max_pos)
             .min(max_pos);
-        Ok(Self { vs, mlm, tokenizer, spec, max_seq_length, lean_head: false })
+        Ok(Self { vs, mlm, tokenizer, spec, max_seq_length, lean_head: true })
     }
 
     /// The device the parameters live on.
@@ -173,8 +174,13 @@ impl SparseEncoder {
     /// Sparse embeddings [B, V] of a batch already on the model's device; differentiable when
     /// `train` is set (dropout on) or gradients are enabled.
     pub fn forward(&self, batch: &Batch, train: bool) -> Tensor {
+        self.forward_with_head(batch, train, self.lean_head)
+    }
+
+    /// [`SparseEncoder::forward`] with an explicit choice of the lean (`true`) or dense head.
+    pub fn forward_with_head(&self, batch: &Batch, train: bool, lean: bool) -> Tensor {
         let hidden = self.mlm.encode(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, train);
-        if self.lean_head && self.spec.pooling.pooling_strategy == PoolingStrategy::Max {
+        if lean && self.spec.pooling.pooling_strategy == PoolingStrategy::Max {
             lean_head::max_pooled(&self.mlm, &self.spec.pooling, &hidden, &batch.attention_mask)
         } else {
             let logits = self.mlm.logits(&hidden);

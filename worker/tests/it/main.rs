@@ -2,4 +2,5 @@
 mod support;
 
 mod cli_errors;
+mod lean_head;
 mod parity;
