@@ -5,4 +5,5 @@
 
 pub mod cli;
 pub mod device;
+pub mod evaluate;
 pub mod model;

@@ -2,6 +2,7 @@
 //! over parsed arguments so tests can call it without a process.
 
 mod encode;
+mod eval;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ pub enum Command {
     Encode(encode::EncodeArgs),
     /// Show the top-weighted vocabulary tokens of texts.
     Decode(encode::DecodeArgs),
+    /// Evaluate retrieval (MTEB-format results, sparsity analysis, BM25 and hybrid baselines).
+    Eval(eval::EvalArgs),
 }
 
 /// Runs the parsed command line.
@@ -26,6 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Encode(a) => encode::run_encode(a),
         Command::Decode(a) => encode::run_decode(a),
+        Command::Eval(a) => eval::run_eval(a),
     }
 }
 

@@ -1,0 +1,183 @@
+//! `splade eval`: MTEB-format retrieval results for one or more tasks.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::{json, Map};
+use splade_common::eval::{
+    bm25_run, delta_table, evaluate_ranked, fuse, most_active, read_baseline, summary_table, Bm25Params, Fusion, LocalDir, Run,
+    Task,
+};
+
+use super::encode::{top_tokens, ModelArgs};
+use crate::evaluate::evaluate_model;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Task directories (BEIR layout or MTEB Parquet layout).
+    #[arg(long = "task", required = true)]
+    pub tasks: Vec<PathBuf>,
+    /// Split to evaluate; defaults to the only split present.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Write `<task_name>.json` (MTEB TaskResult) here.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// An earlier result (MTEB v2 or the old flat form) to print deltas against.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Print the active-dims distribution, most frequent tokens and FLOPS.
+    #[arg(long)]
+    pub analyze_sparsity: bool,
+    /// Show N queries and N documents as their top tokens.
+    #[arg(long, default_value_t = 0)]
+    pub decode: usize,
+    /// Also evaluate BM25 on the same task.
+    #[arg(long)]
+    pub bm25: bool,
+    /// Fuse the SPLADE run with BM25 (`bm25`) by reciprocal rank fusion.
+    #[arg(long)]
+    pub hybrid: Option<String>,
+    /// Fuse with an external TREC run file (e.g. a dense model's).
+    #[arg(long)]
+    pub fuse: Option<PathBuf>,
+    /// Fusion method: rrf (default, k=60) or minmax.
+    #[arg(long, default_value = "rrf")]
+    pub fusion: String,
+    /// RRF constant.
+    #[arg(long, default_value_t = 60.0)]
+    pub rrf_k: f64,
+    /// Snowball stemmer for BM25 (e.g. norwegian); none by default.
+    #[arg(long)]
+    pub stemmer: Option<String>,
+    /// Write the SPLADE run as a TREC file here.
+    #[arg(long)]
+    pub save_run: Option<PathBuf>,
+}
+
+fn task_name(dir: &std::path::Path) -> String {
+    dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "task".into())
+}
+
+/// Runs `splade eval`.
+pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
+    let model = a.model.load()?;
+    let fusion = match a.fusion.as_str() {
+        "rrf" => Fusion::Rrf { k: a.rrf_k },
+        "minmax" => Fusion::MinMax,
+        other => anyhow::bail!("--fusion '{other}': expected rrf or minmax"),
+    };
+    if let Some(h) = &a.hybrid {
+        anyhow::ensure!(h == "bm25", "--hybrid '{h}': only `bm25` is built in; use --fuse RUN.trec for other runs");
+    }
+    let baseline = a.baseline.as_ref().map(|p| read_baseline(p)).transpose()?;
+    let mut rows = Vec::new();
+    for dir in &a.tasks {
+        let t0 = Instant::now();
+        let name = task_name(dir);
+        let task = Task::load(&LocalDir::new(dir), a.split.as_deref(), Some(&name))?;
+        for w in &task.warnings {
+            tracing::warn!(task = name, "{w}");
+        }
+        let (scores, enc) = evaluate_model(&model, &task, a.model.batch_size)?;
+        let elapsed = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "{name}: encoded {} documents in {:.2}s, {} queries in {:.2}s; index {:.3}s, search {:.3}s",
+            task.corpus.len(),
+            enc.encode_docs_seconds,
+            task.queries.len(),
+            enc.encode_queries_seconds,
+            scores.index_seconds,
+            scores.search_seconds
+        );
+        let mut extra = Map::new();
+        extra.insert("model".into(), json!(a.model.model));
+        rows.push((format!("{name} (splade)"), scores.metrics.clone()));
+        if let Some(p) = &a.save_run {
+            scores.run.save_trec(p, "splade")?;
+        }
+        let languages = vec!["nob-Latn".to_string()];
+        let result = scores.to_task_result(languages.clone(), "local", elapsed, extra.clone());
+        if let Some(out) = &a.output {
+            let p = result.write_to_dir(out)?;
+            eprintln!("wrote {}", p.display());
+        }
+        let need_bm25 = a.bm25 || a.hybrid.is_some();
+        let bm25 = if need_bm25 {
+            let params = Bm25Params { stemmer: a.stemmer.clone(), ..Bm25Params::default() };
+            Some(bm25_run(&task, &params, 1000)?)
+        } else {
+            None
+        };
+        if let Some(run) = &bm25 {
+            if a.bm25 {
+                rows.push((format!("{name} (bm25)"), evaluate_ranked(&task, run, &Default::default()).metrics));
+            }
+        }
+        let mut to_fuse: Vec<(String, Run)> = Vec::new();
+        if a.hybrid.is_some() {
+            to_fuse.push(("bm25".into(), bm25.clone().expect("computed above")));
+        }
+        if let Some(p) = &a.fuse {
+            to_fuse.push((p.display().to_string(), Run::load_trec(p)?));
+        }
+        if !to_fuse.is_empty() {
+            let mut runs: Vec<(&Run, f64)> = vec![(&scores.run, 1.0)];
+            runs.extend(to_fuse.iter().map(|(_, r)| (r, 1.0)));
+            let fused = fuse(&runs, &fusion);
+            let fs = evaluate_ranked(&task, &fused, &Default::default());
+            let label = format!("{name} (splade+{})", to_fuse.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("+"));
+            rows.push((label, fs.metrics.clone()));
+            if let Some(out) = &a.output {
+                let mut ex = extra.clone();
+                ex.insert(
+                    "fusion".into(),
+                    json!({"method": a.fusion, "k": a.rrf_k, "runs": std::iter::once("splade".to_string()).chain(to_fuse.iter().map(|(n, _)| n.clone())).collect::<Vec<_>>()}),
+                );
+                let mut r = fs.to_task_result(languages, "local", elapsed, ex);
+                r.task_name = format!("{name}-hybrid");
+                let p = r.write_to_dir(out)?;
+                eprintln!("wrote {}", p.display());
+            }
+        }
+        if let Some(b) = &baseline {
+            let split = b.get(&scores.split).or_else(|| b.values().next()).context("baseline has no scores")?;
+            println!("{name}: against baseline {}\n{}", a.baseline.as_ref().unwrap().display(), delta_table(split, &scores.metrics));
+        }
+        if a.analyze_sparsity {
+            if let Some(s) = &scores.sparsity {
+                println!("{name}: sparsity (vocabulary {})", s.vocab_size);
+                for (label, d) in [("queries", &s.query), ("documents", &s.corpus)] {
+                    println!(
+                        "  {label:<10} active dims mean {:.1} median {:.1} p95 {:.1} min {} max {} sparsity {:.4}",
+                        d.mean, d.median, d.p95, d.min, d.max, d.sparsity_ratio
+                    );
+                }
+                println!("  avg_flops {:.3}; index {} bytes", s.avg_flops, scores.index_size_bytes.unwrap_or(0));
+                for (label, vecs) in [("queries", &enc.queries), ("documents", &enc.docs)] {
+                    let top: Vec<String> = most_active(vecs, s.vocab_size, 15)
+                        .into_iter()
+                        .map(|(id, n)| format!("{}({n})", model.tokenizer.id_to_token(id).unwrap_or_default()))
+                        .collect();
+                    println!("  most active in {label}: {}", top.join(" "));
+                }
+            }
+        }
+        for (label, vecs, texts) in [
+            ("query", &enc.queries, task.queries.iter().map(|q| q.text.clone()).collect::<Vec<_>>()),
+            ("document", &enc.docs, task.corpus.iter().map(|d| d.text()).collect::<Vec<_>>()),
+        ] {
+            for (v, t) in vecs.iter().zip(texts).take(a.decode) {
+                let head: String = t.chars().take(80).collect();
+                let toks = top_tokens(&model, v.indices(), v.values(), 12);
+                println!("{label}: {head}\n  {}", toks.iter().map(|(t, w)| format!("{t}:{w:.2}")).collect::<Vec<_>>().join(" "));
+            }
+        }
+    }
+    println!("{}", summary_table(&rows));
+    Ok(())
+}
