@@ -2,5 +2,6 @@
 mod support;
 
 mod cli_errors;
+mod eval_parity;
 mod lean_head;
 mod parity;
