@@ -2,3 +2,9 @@
 //! readers, object storage and the checkpoint commit protocol, retrieval evaluation, observability.
 //!
 //! Kept free of `tch` so it compiles fast and its tests run without libtorch.
+
+pub mod config;
+pub mod data;
+pub mod store;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
