@@ -444,3 +444,42 @@ fn jsonl_dump_round_trips_and_rank_slices_cover_the_batch() {
         }
     }
 }
+
+#[tokio::test]
+async fn reads_jsonl_gz_and_parquet_from_s3_with_globs() {
+    use object_store::PutPayload;
+    let moto = crate::testkit::MotoServer::start();
+    moto.create_bucket("data");
+    let opts = moto.store_options();
+    let loc = crate::store::Location::parse_with("s3://data", &opts).unwrap();
+    let put = |key: &str, bytes: Vec<u8>| {
+        let store = loc.store().clone();
+        let path = loc.child(key);
+        async move { store.put(&path, PutPayload::from(bytes)).await.unwrap() }
+    };
+    put("train/part-0.jsonl", b"{\"anchor\": \"a0\", \"positive\": \"p0\"}\n".to_vec()).await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(b"{\"anchor\": \"a1\", \"positive\": \"p1\"}\n").unwrap();
+    put("train/part-1.jsonl.gz", gz.finish().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pq = dir.path().join("p.parquet");
+    write_parquet(&pq, &[Col::Str("anchor", vec![Some("a2")]), Col::Str("positive", vec![Some("p2")])], 10);
+    put("train/part-2.parquet", std::fs::read(&pq).unwrap()).await;
+    put("train/notes.txt", b"ignored".to_vec()).await;
+    put("other/part-9.jsonl", b"{\"anchor\": \"x\", \"positive\": \"y\"}\n".to_vec()).await;
+
+    let s = spec("s3://data/train/part-*");
+    let d = load_dataset("d", &s, &opts).await.unwrap();
+    let anchors: Vec<_> = d.examples.iter().map(|e| e.anchor.as_str()).collect();
+    assert_eq!(anchors, ["a0", "a1", "a2"]);
+    assert_eq!(d.files[0], "s3://data/train/part-0.jsonl");
+    // A prefix means its data files.
+    let d = load_dataset("d", &spec("s3://data/train"), &opts).await.unwrap();
+    assert_eq!(d.examples.len(), 3);
+    // A single object.
+    let d = load_dataset("d", &spec("s3://data/other/part-9.jsonl"), &opts).await.unwrap();
+    assert_eq!(d.examples[0].anchor, "x");
+    // Missing in the bucket.
+    let e = load_dataset("d", &spec("s3://data/nope/*.jsonl"), &opts).await.unwrap_err().to_string();
+    assert_eq!(e, "dataset `d`: source `s3://data/nope/*.jsonl` matches no file; check `datasets.d.source` (a path, glob or URL)");
+}

@@ -273,6 +273,9 @@ where
 }
 
 #[cfg(test)]
+mod checkpoint_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
