@@ -13,6 +13,10 @@
 //!   string there).
 //! - Keys that are parsed but not acted on yet are listed by [`Config::inactive_keys`] (see [`INACTIVE_KEYS`]).
 
+// Config errors carry file, line, key, value and choices so each reads on its own; they occur once per run, so
+// their size does not matter.
+#![allow(clippy::result_large_err)]
+
 mod error;
 mod yaml;
 
@@ -896,9 +900,9 @@ impl Config {
         if let Some(n) = t.save_total_limit {
             check(n >= 1, "training.save_total_limit", n.to_string(), "must be at least 1, or left out")?;
         }
-        check(!t.load_best_model_at_end || t.metric_for_best_model.is_some() || t.eval_strategy != IntervalStrategy::No,
+        check(!t.load_best_model_at_end || t.eval_strategy != IntervalStrategy::No,
             "training.load_best_model_at_end", "true".into(),
-            "needs evaluation: set eval_strategy (and metric_for_best_model)")?;
+            "needs evaluation during training: set eval_strategy to steps or epoch (and metric_for_best_model)")?;
 
         check(l.query_regularizer_weight >= 0.0, "loss.query_regularizer_weight",
             l.query_regularizer_weight.to_string(), "must be ≥ 0")?;

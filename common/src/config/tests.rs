@@ -234,9 +234,13 @@ fn validation_rules_name_key_value_and_fix() {
     assert!(e.to_string().contains("longer than heartbeat_interval"), "{e}");
     let e = parse(base).unwrap().validate_for_training().unwrap_err();
     assert!(e.to_string().contains("no enabled dataset"), "{e}");
-    // A rule broken by a default (not written in the file) has no line.
     let e = parse(&format!("{base}training:\n  max_steps: 0\n")).unwrap().validate().unwrap_err();
     assert!(e.to_string().starts_with("cfg.yaml:4: `training.max_steps` is `0`"), "{e}");
+    // A rule broken by a default (not written in the file) has no line.
+    let e = parse(&format!("{base}document_windows:\n  size: 64\n")).unwrap().validate().unwrap_err();
+    assert_eq!(e.to_string(), "cfg.yaml: `document_windows.stride` is `128`: must be between 1 and document_windows.size");
+    let e = parse(&format!("{base}training:\n  load_best_model_at_end: true\n")).unwrap().validate().unwrap_err();
+    assert!(e.to_string().contains("set eval_strategy to steps or epoch"), "{e}");
 }
 
 #[test]

@@ -348,6 +348,38 @@ pub async fn load_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions
     Ok(LoadedDataset { name: name.into(), files: names, examples: sink.examples, bad_records: sink.bad })
 }
 
+/// One enabled dataset of a config, loaded and split.
+#[derive(Debug, Clone)]
+pub struct SplitDataset {
+    /// Config name.
+    pub name: String,
+    /// Training rows (what [`BatchPlan`] row indices point into).
+    pub train: Vec<Example>,
+    /// Held-out rows (`split_ratio`).
+    pub eval: Vec<Example>,
+    /// Bad records skipped.
+    pub bad_records: usize,
+}
+
+/// Loads and splits every enabled dataset of `config`, in config order, with `training.seed`.
+pub async fn load_training_data(
+    config: &crate::config::Config,
+    options: &StoreOptions,
+) -> Result<Vec<SplitDataset>, DataError> {
+    let mut out = Vec::new();
+    for (name, spec) in config.datasets.enabled() {
+        let loaded = load_dataset(name, spec, options).await?;
+        let (train, eval) = loaded.split(spec.split_ratio, config.training.seed);
+        out.push(SplitDataset { name: name.to_string(), train, eval, bad_records: loaded.bad_records });
+    }
+    Ok(out)
+}
+
+/// The plan inputs for loaded datasets (with text hashes, so `no_duplicates` works).
+pub fn plan_inputs(datasets: &[SplitDataset]) -> Vec<PlanDataset> {
+    datasets.iter().map(|d| PlanDataset::from_examples(&d.name, &d.train)).collect()
+}
+
 /// [`load_dataset`] for synchronous callers (see [`crate::store::block_on`]).
 pub fn load_dataset_blocking(name: &str, spec: &DatasetSpec, options: &StoreOptions) -> Result<LoadedDataset, DataError> {
     crate::store::block_on(load_dataset(name, spec, options))

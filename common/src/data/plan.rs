@@ -322,3 +322,22 @@ fn dataset_batches(d: &PlanDataset, spec: &PlanSpec, epoch: u64) -> Vec<Vec<usiz
         }
     }
 }
+
+impl PlanSpec {
+    /// The spec a config asks for, with `batch_size` rows per planned batch (the caller decides how the global
+    /// batch relates to `per_device_train_batch_size`, world size and accumulation). Stops at
+    /// `training.max_steps` when set, else after `training.num_train_epochs`.
+    pub fn from_config(config: &crate::config::Config, batch_size: usize) -> PlanSpec {
+        let t = &config.training;
+        PlanSpec {
+            batch_size,
+            sampling: config.datasets.sampling_strategy,
+            batch_sampler: t.batch_sampler,
+            seed: t.seed,
+            stop: match t.max_steps() {
+                Some(m) => PlanStop::MaxSteps(m),
+                None => PlanStop::Epochs(t.num_train_epochs),
+            },
+        }
+    }
+}

@@ -367,8 +367,8 @@ fn round_robin_alternates_and_stops_at_the_smallest() {
 fn no_duplicates_keeps_repeated_texts_apart() {
     // Ten anchors share one positive pairwise; many rows repeat texts.
     let mut ex = examples("x", 40);
-    for i in 0..20 {
-        ex[i].positive = format!("shared{}", i % 5);
+    for (i, e) in ex.iter_mut().take(20).enumerate() {
+        e.positive = format!("shared{}", i % 5);
     }
     ex[30].anchor = "xq0".into();
     let ds = [PlanDataset::from_examples("d", &ex)];
@@ -482,4 +482,27 @@ async fn reads_jsonl_gz_and_parquet_from_s3_with_globs() {
     // Missing in the bucket.
     let e = load_dataset("d", &spec("s3://data/nope/*.jsonl"), &opts).await.unwrap_err().to_string();
     assert_eq!(e, "dataset `d`: source `s3://data/nope/*.jsonl` matches no file; check `datasets.d.source` (a path, glob or URL)");
+}
+
+#[test]
+fn config_to_plan_end_to_end_on_bundled_norquad() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let text = format!(
+        "model:\n  base_model: x\ntraining:\n  max_steps: 25\n  per_device_train_batch_size: 16\n  batch_sampler: no_duplicates\ndatasets:\n  norquad:\n    source: {root}/data/norquad/train.jsonl.gz\n    split_ratio: 0.05\n"
+    );
+    let config = crate::config::Config::from_str(&text, "inline").unwrap();
+    config.validate_for_training().unwrap();
+    let data = crate::store::block_on(load_training_data(&config, &StoreOptions::default())).unwrap();
+    assert_eq!(data[0].train.len() + data[0].eval.len(), 3679);
+    assert_eq!(data[0].eval.len(), 184);
+    let plan = BatchPlan::build(&plan_inputs(&data), &PlanSpec::from_config(&config, 16)).unwrap();
+    assert_eq!(plan.len(), 25);
+    for b in &plan.batches {
+        let mut seen = std::collections::HashSet::new();
+        for &r in &b.rows {
+            for t in data[0].train[r].texts() {
+                assert!(seen.insert(t), "duplicate text in step {}", b.step);
+            }
+        }
+    }
 }
