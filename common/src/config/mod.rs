@@ -815,6 +815,14 @@ impl Config {
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let root = yaml::parse(text, origin)?;
+        if !matches!(root.kind, yaml::NodeKind::Map(_)) && !root.is_null() {
+            return Err(ConfigError::Other {
+                file: origin.to_string(),
+                line: root.line,
+                key: "(top level)".into(),
+                message: format!("the config is `{}` but must be a mapping of sections (model:, training:, ...)", root.describe()),
+            });
+        }
         let mut config: Config = yaml::from_node(&root, origin)?;
         config.origin = origin.to_string();
         collect_written(&root, "", 0, &mut config.written);

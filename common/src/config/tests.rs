@@ -151,6 +151,8 @@ fn unknown_key_names_file_line_key_and_nearest() {
     assert_eq!(e, "cfg.yaml:4: unknown key `datasets.d.colums`; did you mean `datasets.d.columns`?");
     let e = err("datasets:\n  sampling_stratgy: round_robin\n");
     assert_eq!(e, "cfg.yaml:2: unknown key `datasets.sampling_stratgy`; did you mean `datasets.sampling_strategy`?");
+    let e = err("evaluation:\n  tasks:\n    - nmae: a\n      source: b\n");
+    assert_eq!(e, "cfg.yaml:3: unknown key `evaluation.tasks[0].nmae`; did you mean `evaluation.tasks[0].name`?");
     let e = err("training:\n  zzzzqqq: 1\n");
     assert!(e.starts_with("cfg.yaml:2: unknown key `training.zzzzqqq`; remove it"), "{e}");
 }
@@ -190,6 +192,8 @@ fn missing_required_key_and_syntax_errors() {
     assert_eq!(e, "cfg.yaml:3: missing key `datasets.d.source`; add it");
     let e = err("training:\n  seed: [1, 2\n");
     assert!(e.starts_with("cfg.yaml:") && e.contains("not valid YAML"), "{e}");
+    let e = err("- a\n- b\n");
+    assert_eq!(e, "cfg.yaml:1: `(top level)`: the config is `a list` but must be a mapping of sections (model:, training:, ...)");
     let e = err("training:\n  seed: 1\n  seed: 2\n");
     assert!(e.starts_with("cfg.yaml:3:") && e.contains("`seed` appears twice"), "{e}");
 }

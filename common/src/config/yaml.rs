@@ -530,10 +530,8 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
         match &self.node.kind {
             NodeKind::Scalar { .. } => {
                 let (text, _) = self.scalar("one of the listed values")?;
-                let r = visitor.visit_enum(text.into_deserializer());
-                // serde's StringDeserializer uses its own error type only through our DeError, so unknown
-                // variants arrive here as DeError::UnknownVariant and get located below.
-                self.with(r)
+                // Unknown variants come back as DeError::UnknownVariant and are located (with a suggestion) here.
+                self.with(visitor.visit_enum(text.into_deserializer()))
             }
             _ => Err(self.locate(DeError::InvalidType { expected: format!("one of: {}", variants.join(", ")) })),
         }

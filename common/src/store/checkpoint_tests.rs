@@ -130,6 +130,15 @@ async fn protocol_on_s3() {
     let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
     let e = loc.store().put_opts(&manifest, PutPayload::from_static(b"{}"), opts).await.unwrap_err();
     assert!(matches!(e, object_store::Error::AlreadyExists { .. }), "{e}");
+
+    // A store without create-only puts: the manifest falls back to a plain put (with a logged note).
+    let mut opts = moto.store_options();
+    opts.overrides.push(("aws_conditional_put".into(), "disabled".into()));
+    let plain = Location::parse_with("s3://ckpt/runs/plain", &opts).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    make_files(src.path(), 1);
+    commit_checkpoint(&plain, "checkpoint-1", 1, src.path()).await.unwrap();
+    assert_eq!(latest_checkpoint(&plain).await.unwrap().unwrap().name, "checkpoint-1");
 }
 
 #[tokio::test]

@@ -327,3 +327,29 @@ mod tests {
         assert_eq!(rt.block_on(async { block_on(async { 3 }) }), 3);
     }
 }
+
+#[cfg(test)]
+mod cloud_url_tests {
+    use super::*;
+
+    #[test]
+    fn gs_and_az_urls_build_stores_with_prefixes() {
+        let gs = Location::parse_with(
+            "gs://bucket/runs/a",
+            &StoreOptions { overrides: vec![("google_skip_signature".into(), "true".into())] },
+        )
+        .unwrap();
+        assert_eq!(gs.prefix().as_ref(), "runs/a");
+        let az = Location::parse_with(
+            "az://container/runs/b",
+            &StoreOptions {
+                overrides: vec![
+                    ("azure_storage_account_name".into(), "acct".into()),
+                    ("azure_skip_signature".into(), "true".into()),
+                ],
+            },
+        )
+        .unwrap();
+        assert_eq!(az.prefix().as_ref(), "runs/b");
+    }
+}
