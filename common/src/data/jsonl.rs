@@ -28,10 +28,12 @@ pub(crate) fn read<R: Read>(file: &str, input: R, columns: &ColumnMap, sink: &mu
             file: file.into(),
             message: format!("line {line_no}: {e} (a truncated or corrupt file? re-create it)"),
         })?;
-        if line.trim().is_empty() {
+        // A UTF-8 byte-order mark (some Windows tools write one) is not part of the first record.
+        let text = if line_no == 1 { line.trim_start_matches('\u{feff}') } else { line.as_str() };
+        if text.trim().is_empty() {
             continue;
         }
-        let r = parse_line(file, line_no, &line, columns, sink.dataset);
+        let r = parse_line(file, line_no, text, columns, sink.dataset);
         sink.take(r)?;
     }
     Ok(())

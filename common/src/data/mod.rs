@@ -239,11 +239,11 @@ pub struct LoadedDataset {
 impl LoadedDataset {
     /// Splits off `ratio` of the records (rounded, at least one when `ratio` > 0 and there are two or more
     /// records) for evaluation, chosen by a seeded shuffle of the row indices: the same for the same seed,
-    /// dataset name and size. Returns (train, eval); both keep file order.
-    pub fn split(&self, ratio: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
+    /// dataset name and size. Returns (train, eval) row indices into [`LoadedDataset::examples`], each ascending.
+    pub fn split_indices(&self, ratio: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
         let n = self.examples.len();
         if ratio <= 0.0 || n < 2 {
-            return (self.examples.clone(), Vec::new());
+            return ((0..n).collect(), Vec::new());
         }
         let n_eval = ((n as f64 * ratio).round() as usize).clamp(1, n - 1);
         let mut idx: Vec<usize> = (0..n).collect();
@@ -253,16 +253,14 @@ impl LoadedDataset {
         for &i in &idx[..n_eval] {
             is_eval[i] = true;
         }
-        let mut train = Vec::with_capacity(n - n_eval);
-        let mut eval = Vec::with_capacity(n_eval);
-        for (i, ex) in self.examples.iter().enumerate() {
-            if is_eval[i] {
-                eval.push(ex.clone());
-            } else {
-                train.push(ex.clone());
-            }
-        }
-        (train, eval)
+        (0..n).partition(|&i| !is_eval[i])
+    }
+
+    /// [`LoadedDataset::split_indices`] as rows: (train, eval), both in file order.
+    pub fn split(&self, ratio: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
+        let (train, eval) = self.split_indices(ratio, seed);
+        let pick = |ids: &[usize]| ids.iter().map(|&i| self.examples[i].clone()).collect();
+        (pick(&train), pick(&eval))
     }
 }
 
@@ -357,6 +355,9 @@ pub struct SplitDataset {
     pub train: Vec<Example>,
     /// Held-out rows (`split_ratio`).
     pub eval: Vec<Example>,
+    /// For each training row, its record number in the dataset (files in sorted order, records in file
+    /// order, after skipped bad records): stable ids for ledgers and ranged reads.
+    pub train_ids: Vec<usize>,
     /// Bad records skipped.
     pub bad_records: usize,
 }
@@ -369,8 +370,10 @@ pub async fn load_training_data(
     let mut out = Vec::new();
     for (name, spec) in config.datasets.enabled() {
         let loaded = load_dataset(name, spec, options).await?;
-        let (train, eval) = loaded.split(spec.split_ratio, config.training.seed);
-        out.push(SplitDataset { name: name.to_string(), train, eval, bad_records: loaded.bad_records });
+        let (train_ids, eval_ids) = loaded.split_indices(spec.split_ratio, config.training.seed);
+        let pick = |ids: &[usize]| ids.iter().map(|&i| loaded.examples[i].clone()).collect::<Vec<_>>();
+        let (train, eval) = (pick(&train_ids), pick(&eval_ids));
+        out.push(SplitDataset { name: name.to_string(), train, eval, train_ids, bad_records: loaded.bad_records });
     }
     Ok(out)
 }

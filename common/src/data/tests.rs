@@ -108,7 +108,7 @@ fn jsonl_roles_negatives_and_labels() {
 #[test]
 fn column_mapping_in_both_directions() {
     let dir = tempfile::tempdir().unwrap();
-    let f = write(dir.path(), "a.jsonl", "{\"question\": \"q\", \"context\": \"c\", \"hard\": \"h\"}\n");
+    let f = write(dir.path(), "a.jsonl", "\u{feff}{\"question\": \"q\", \"context\": \"c\", \"hard\": \"h\"}\r\n");
     let mut s = spec(&f);
     s.columns = [("question", "anchor"), ("context", "positive"), ("hard", "negative")]
         .iter()
@@ -495,6 +495,8 @@ fn config_to_plan_end_to_end_on_bundled_norquad() {
     let data = crate::store::block_on(load_training_data(&config, &StoreOptions::default())).unwrap();
     assert_eq!(data[0].train.len() + data[0].eval.len(), 3679);
     assert_eq!(data[0].eval.len(), 184);
+    assert_eq!(data[0].train_ids.len(), data[0].train.len());
+    assert!(data[0].train_ids.windows(2).all(|w| w[0] < w[1]));
     let plan = BatchPlan::build(&plan_inputs(&data), &PlanSpec::from_config(&config, 16)).unwrap();
     assert_eq!(plan.len(), 25);
     for b in &plan.batches {
