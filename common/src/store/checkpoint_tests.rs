@@ -168,3 +168,32 @@ async fn bad_names_are_refused() {
         assert!(e.contains("not a valid checkpoint name"), "{e}");
     }
 }
+
+/// S3 settings from the standard AWS_* variables alone (AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, keys, region): the
+/// check runs in a child test process so this process's environment is never mutated.
+#[test]
+fn s3_settings_come_from_aws_env_vars() {
+    let moto = MotoServer::start();
+    moto.create_bucket("envb");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "store::checkpoint_tests::env_child", "--ignored", "--nocapture"])
+        .envs(moto.env())
+        .env("SPLADE_ENV_CHILD_URL", "s3://envb/run")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+}
+
+#[test]
+#[ignore = "run by s3_settings_come_from_aws_env_vars with the AWS_* variables set"]
+fn env_child() {
+    let url = std::env::var("SPLADE_ENV_CHILD_URL").expect("run through s3_settings_come_from_aws_env_vars");
+    let loc = Location::parse(&url).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    make_files(src.path(), 3);
+    block_on(async {
+        commit_checkpoint(&loc, "checkpoint-3", 3, src.path()).await.unwrap();
+        assert_eq!(latest_checkpoint(&loc).await.unwrap().unwrap().step, 3);
+    });
+}
