@@ -2,4 +2,10 @@
 //! readers, object storage and the checkpoint commit protocol, retrieval evaluation, observability.
 //!
 //! Kept free of `tch` so it compiles fast and its tests run without libtorch.
+
+pub mod config;
+pub mod data;
 pub mod eval;
+pub mod store;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

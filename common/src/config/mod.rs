@@ -1,0 +1,1007 @@
+//! The one YAML config schema every command reads (`splade train`, the coordinator, evaluation).
+//!
+//! It accepts sentence-transformers `SparseEncoder` training configs: sections `model`, `training`, `loss`,
+//! `datasets`, `evaluation`, `mlflow`, `model_card`, `hardware`, `cluster`, `document_windows`. Defaults follow
+//! sentence-transformers / Hugging Face `TrainingArguments` (documented on each field).
+//!
+//! Guarantees:
+//! - An unknown key is an error naming the file, its line, the dotted key and the nearest valid key.
+//! - A wrong type names the file, line, key, the value as written and the expected type.
+//! - String values (and numbers written as `${VAR}`) expand `${VAR}` and `${VAR:-default}` from the environment;
+//!   `$${` writes a literal `${`. An unset variable without a default is an error naming it.
+//! - Numbers are read by the type the key expects, so `learning_rate: 5e-5` is a number (PyYAML would read a
+//!   string there).
+//! - Keys that are parsed but not acted on yet are listed by [`Config::inactive_keys`] (see [`INACTIVE_KEYS`]).
+
+// Config errors carry file, line, key, value and choices so each reads on its own; they occur once per run, so
+// their size does not matter.
+#![allow(clippy::result_large_err)]
+
+mod error;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+pub use error::ConfigError;
+
+/// Keys the project parses but does not act on yet. The trainer reports each one set in the file at start-up
+/// (see [`Config::inactive_keys`]); remove a key from this list when a component starts honouring it.
+pub const INACTIVE_KEYS: &[&str] = &[
+    "model.use_router",
+    "training.group_by_length",
+    "training.dataloader_num_workers",
+    "training.push_to_hub",
+    "training.hub_model_id",
+    "training.hub_strategy",
+    "training.hub_private_repo",
+    "training.torch_compile",
+    "evaluation.nanobeir_datasets",
+    "evaluation.mteb_tasks",
+];
+
+/// A parsed, not yet validated config. Call [`Config::validate`] before acting on it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The encoder to train.
+    pub model: ModelConfig,
+    /// Optimisation, schedule, checkpointing and logging (Hugging Face `TrainingArguments` names).
+    pub training: TrainingConfig,
+    /// The SPLADE loss and its regularizers.
+    pub loss: LossConfig,
+    /// Training datasets and how batches are drawn from them.
+    pub datasets: DatasetsConfig,
+    /// Retrieval evaluation.
+    pub evaluation: EvaluationConfig,
+    /// MLflow tracking.
+    pub mlflow: MlflowConfig,
+    /// Metadata for the saved model card.
+    pub model_card: ModelCardConfig,
+    /// Device and threading.
+    pub hardware: HardwareConfig,
+    /// Multi-node training (coordinator and workers).
+    pub cluster: ClusterConfig,
+    /// Splitting long documents into overlapping windows; absent means no windowing.
+    pub document_windows: Option<DocumentWindowsConfig>,
+    /// Where the config came from (a path, or the name given to [`Config::from_str`]); used in errors.
+    #[serde(skip)]
+    pub origin: String,
+    /// Every dotted key written in the file, with its line and whether its value is "off".
+    #[serde(skip)]
+    written: BTreeMap<String, Written>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Written {
+    line: usize,
+    off: bool,
+}
+
+/// `model:`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A Hugging Face model id or a local folder. Required.
+    pub base_model: String,
+    /// Default `splade`.
+    pub architecture: Architecture,
+    /// SPLADE pooling over tokens; default `max`.
+    pub pooling_strategy: PoolingStrategy,
+    /// sentence-transformers' Router module (inactive: see [`INACTIVE_KEYS`]).
+    pub use_router: bool,
+    /// Inference-free only: keep the query-side static weights fixed. Default false.
+    pub freeze_static_embedding: bool,
+    /// Load `base_model` as a finished sparse encoder (sentence-transformers folder) instead of building one
+    /// from an MLM checkpoint. Default false.
+    pub load_pretrained_sparse_encoder: bool,
+    /// Overrides the checkpoint's dropout (hidden and attention) when set; 0 for parity tests.
+    pub dropout: Option<f64>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            base_model: String::new(),
+            architecture: Architecture::Splade,
+            pooling_strategy: PoolingStrategy::Max,
+            use_router: false,
+            freeze_static_embedding: false,
+            load_pretrained_sparse_encoder: false,
+            dropout: None,
+        }
+    }
+}
+
+/// `model.architecture`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Architecture {
+    /// MLM encoder + SPLADE pooling on both sides.
+    #[serde(rename = "splade")]
+    Splade,
+    /// Learned per-token query weights (`SparseStaticEmbedding`), MLM encoder for documents.
+    #[serde(rename = "inference-free-splade")]
+    InferenceFreeSplade,
+}
+
+/// `model.pooling_strategy`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolingStrategy {
+    /// `max_i log(1 + relu(logit))`, SPLADE v2+.
+    Max,
+    /// `sum_i log(1 + relu(logit))`, SPLADE v1.
+    Sum,
+}
+
+/// `training:` — names and defaults as Hugging Face `TrainingArguments` / sentence-transformers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// Local path or object-store URL for checkpoints and the final model. Default `output`.
+    pub output_dir: String,
+    /// Default 3.0 (HF). Ignored when `max_steps` > 0.
+    pub num_train_epochs: f64,
+    /// Optimizer steps to run; -1 (default, HF) means "run `num_train_epochs`".
+    pub max_steps: i64,
+    /// Default 8 (HF).
+    pub per_device_train_batch_size: usize,
+    /// Default 8 (HF).
+    pub per_device_eval_batch_size: usize,
+    /// Default 1 (HF).
+    pub gradient_accumulation_steps: usize,
+    /// Exact large-batch accumulation (GradCache); default false.
+    pub gradient_cache: bool,
+    /// Default 5e-5 (HF).
+    pub learning_rate: f64,
+    /// Learning rate of the inference-free query weights; default: `learning_rate`.
+    pub query_learning_rate: Option<f64>,
+    /// Fraction of steps with linear warm-up; default 0 (HF).
+    pub warmup_ratio: f64,
+    /// AdamW weight decay; default 0 (HF).
+    pub weight_decay: f64,
+    /// Gradient clipping norm; default 1.0 (HF); 0 disables clipping.
+    pub max_grad_norm: f64,
+    /// Default false.
+    pub fp16: bool,
+    /// Default false.
+    pub bf16: bool,
+    /// Truncation length for both sides when the side-specific ones are unset; default: the model's.
+    pub max_seq_length: Option<usize>,
+    /// Query truncation length; default `max_seq_length`.
+    pub query_max_length: Option<usize>,
+    /// Document truncation length; default `max_seq_length`.
+    pub document_max_length: Option<usize>,
+    /// Default `batch_sampler` (sentence-transformers' default).
+    pub batch_sampler: BatchSamplerKind,
+    /// Inactive (see [`INACTIVE_KEYS`]). Default false.
+    pub group_by_length: bool,
+    /// `no` (default), `steps` or `epoch`.
+    pub eval_strategy: IntervalStrategy,
+    /// Steps between evaluations (a value below 1 is a fraction of the total); default `logging_steps`.
+    pub eval_steps: Option<f64>,
+    /// Steps between log lines (a value below 1 is a fraction of the total); default 500 (HF).
+    pub logging_steps: f64,
+    /// Default: `output_dir/runs`.
+    pub logging_dir: Option<String>,
+    /// `steps` (default), `epoch`, `best` or `no`.
+    pub save_strategy: SaveStrategy,
+    /// Steps between checkpoints (a value below 1 is a fraction of the total); default 500 (HF).
+    pub save_steps: f64,
+    /// Keep at most this many checkpoints (the best one is never deleted); default unlimited.
+    pub save_total_limit: Option<usize>,
+    /// Default false.
+    pub load_best_model_at_end: bool,
+    /// e.g. `eval_norquad_ndcg@10`; default: the loss.
+    pub metric_for_best_model: Option<String>,
+    /// Default: true unless the metric is a loss (HF).
+    pub greater_is_better: Option<bool>,
+    /// Default: generated.
+    pub run_name: Option<String>,
+    /// Integrations (`mlflow`, `tensorboard`, `none`, ...); a single string or a list. Default none.
+    #[serde(deserialize_with = "one_or_many")]
+    pub report_to: Vec<String>,
+    /// Default 42 (HF).
+    pub seed: u64,
+    /// `true` (latest checkpoint in `output_dir`), a checkpoint path, or unset/false.
+    #[serde(deserialize_with = "resume_opt")]
+    pub resume_from_checkpoint: Option<ResumeFrom>,
+    /// Inactive. Default 0.
+    pub dataloader_num_workers: usize,
+    /// Inactive. Default false.
+    pub push_to_hub: bool,
+    /// Inactive.
+    pub hub_model_id: Option<String>,
+    /// Inactive. Default `every_save`.
+    pub hub_strategy: String,
+    /// Inactive.
+    pub hub_private_repo: Option<bool>,
+    /// Inactive. Default false.
+    pub torch_compile: bool,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        TrainingConfig {
+            output_dir: "output".into(),
+            num_train_epochs: 3.0,
+            max_steps: -1,
+            per_device_train_batch_size: 8,
+            per_device_eval_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            gradient_cache: false,
+            learning_rate: 5e-5,
+            query_learning_rate: None,
+            warmup_ratio: 0.0,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            fp16: false,
+            bf16: false,
+            max_seq_length: None,
+            query_max_length: None,
+            document_max_length: None,
+            batch_sampler: BatchSamplerKind::BatchSampler,
+            group_by_length: false,
+            eval_strategy: IntervalStrategy::No,
+            eval_steps: None,
+            logging_steps: 500.0,
+            logging_dir: None,
+            save_strategy: SaveStrategy::Steps,
+            save_steps: 500.0,
+            save_total_limit: None,
+            load_best_model_at_end: false,
+            metric_for_best_model: None,
+            greater_is_better: None,
+            run_name: None,
+            report_to: Vec::new(),
+            seed: 42,
+            resume_from_checkpoint: None,
+            dataloader_num_workers: 0,
+            push_to_hub: false,
+            hub_model_id: None,
+            hub_strategy: "every_save".into(),
+            hub_private_repo: None,
+            torch_compile: false,
+        }
+    }
+}
+
+impl TrainingConfig {
+    /// `max_steps` when positive.
+    pub fn max_steps(&self) -> Option<u64> {
+        (self.max_steps > 0).then_some(self.max_steps as u64)
+    }
+}
+
+/// `training.batch_sampler`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchSamplerKind {
+    /// Shuffled batches.
+    BatchSampler,
+    /// Shuffled batches with no repeated text (anchor, positive or negative) inside one batch.
+    NoDuplicates,
+}
+
+/// `training.eval_strategy`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntervalStrategy {
+    /// Never.
+    No,
+    /// Every `eval_steps`.
+    Steps,
+    /// At the end of each epoch.
+    Epoch,
+}
+
+/// `training.save_strategy`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaveStrategy {
+    /// Never (only the final model).
+    No,
+    /// Every `save_steps`.
+    Steps,
+    /// At the end of each epoch.
+    Epoch,
+    /// Whenever `metric_for_best_model` improves.
+    Best,
+}
+
+/// `training.resume_from_checkpoint`: `true` or a path/URL (null or leaving it out means "do not resume").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// The latest verified checkpoint under `output_dir`.
+    Latest,
+    /// This checkpoint (local path or URL).
+    Path(String),
+}
+
+impl Serialize for ResumeFrom {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ResumeFrom::Latest => s.serialize_bool(true),
+            ResumeFrom::Path(p) => s.serialize_str(p),
+        }
+    }
+}
+
+/// `true` → latest, `false`/null/"" → no resume, other strings → that checkpoint.
+fn resume_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ResumeFrom>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<ResumeFrom>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("true, false or a checkpoint path")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(v.then_some(ResumeFrom::Latest))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok((!v.is_empty()).then(|| ResumeFrom::Path(v.to_string())))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// A string or a list of strings, as a list (null is empty).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string or a list of strings")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Vec<String>, E> {
+            Ok(vec![v])
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Vec<String>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(s) = seq.next_element::<String>()? {
+                out.push(s);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// `loss:`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossConfig {
+    /// Only `splade_loss` (the wrapper adding FLOPS regularizers).
+    #[serde(rename = "type")]
+    pub kind: LossType,
+    /// The ranking loss inside; default `sparse_multiple_negatives_ranking_loss`.
+    pub inner_loss: InnerLoss,
+    /// FLOPS weight on queries; default 5e-5 (sentence-transformers' SPLADE example).
+    pub query_regularizer_weight: f64,
+    /// FLOPS weight on documents; default 3e-5 (sentence-transformers' SPLADE example).
+    pub document_regularizer_weight: f64,
+    /// Fraction of training over which the regularizer weights grow quadratically from 0; default 1/3.
+    pub regularizer_warmup_ratio: f64,
+    /// Multiplier on dot products in sparse MNRL; default 1.0 (sentence-transformers' sparse MNRL).
+    pub scale: f64,
+    /// Distillation temperature for `sparse_distill_kldiv`; default 2.0 (sentence-transformers).
+    pub temperature: f64,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig {
+            kind: LossType::SpladeLoss,
+            inner_loss: InnerLoss::SparseMultipleNegativesRankingLoss,
+            query_regularizer_weight: 5e-5,
+            document_regularizer_weight: 3e-5,
+            regularizer_warmup_ratio: 1.0 / 3.0,
+            scale: 1.0,
+            temperature: 2.0,
+        }
+    }
+}
+
+/// `loss.type`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossType {
+    /// sentence-transformers' `SpladeLoss`.
+    SpladeLoss,
+}
+
+/// `loss.inner_loss`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InnerLoss {
+    /// Cross-entropy over in-batch and hard negatives.
+    SparseMultipleNegativesRankingLoss,
+    /// MSE on teacher margins (`label`: one margin per negative).
+    SparseMarginMse,
+    /// KL divergence to teacher scores (`label`: one score per candidate).
+    SparseDistillKldiv,
+}
+
+/// `datasets:` — `sampling_strategy` plus one named block per dataset, in the order written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetsConfig {
+    /// How batches alternate between datasets; default `proportional` (sentence-transformers' default).
+    pub sampling_strategy: SamplingStrategy,
+    /// The dataset blocks, in file order.
+    pub datasets: Vec<(String, DatasetSpec)>,
+}
+
+impl Default for DatasetsConfig {
+    fn default() -> Self {
+        DatasetsConfig { sampling_strategy: SamplingStrategy::Proportional, datasets: Vec::new() }
+    }
+}
+
+impl DatasetsConfig {
+    /// The enabled datasets, in file order.
+    pub fn enabled(&self) -> impl Iterator<Item = (&str, &DatasetSpec)> {
+        self.datasets.iter().filter(|(_, d)| d.enabled).map(|(n, d)| (n.as_str(), d))
+    }
+}
+
+impl Serialize for DatasetsConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.datasets.len() + 1))?;
+        m.serialize_entry("sampling_strategy", &self.sampling_strategy)?;
+        for (name, spec) in &self.datasets {
+            m.serialize_entry(name, spec)?;
+        }
+        m.end()
+    }
+}
+
+/// A dataset name that close to `sampling_strategy` is almost certainly a typo of it.
+struct DatasetKey(String);
+
+impl<'de> Deserialize<'de> for DatasetKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let key = String::deserialize(d)?;
+        if key != "sampling_strategy" && strsim::jaro_winkler(&key, "sampling_strategy") >= 0.9 {
+            return Err(serde::de::Error::unknown_field(&key, &["sampling_strategy"]));
+        }
+        Ok(DatasetKey(key))
+    }
+}
+
+impl<'de> Deserialize<'de> for DatasetsConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = DatasetsConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping: `sampling_strategy` and one block per dataset")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<DatasetsConfig, E> {
+                Ok(DatasetsConfig::default())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<DatasetsConfig, A::Error> {
+                let mut out = DatasetsConfig::default();
+                while let Some(DatasetKey(key)) = map.next_key::<DatasetKey>()? {
+                    if key == "sampling_strategy" {
+                        out.sampling_strategy = map.next_value()?;
+                    } else {
+                        if out.datasets.iter().any(|(n, _)| *n == key) {
+                            return Err(serde::de::Error::custom(format!("dataset `{key}` is defined twice")));
+                        }
+                        let spec: DatasetSpec = map.next_value()?;
+                        out.datasets.push((key, spec));
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `datasets.sampling_strategy`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplingStrategy {
+    /// One batch from each dataset in turn; the epoch ends when the smallest dataset runs out.
+    RoundRobin,
+    /// Datasets drawn at random in proportion to their batch counts; every sample is used.
+    Proportional,
+}
+
+/// One named block under `datasets:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Local path or glob, `file://`, `s3://`, `gs://`, `az://` URL (globs allowed in the key), or
+    /// `hf://datasets/...`. Required.
+    pub source: String,
+    /// Default: from the file extension (`.jsonl`, `.jsonl.gz`, `.parquet`).
+    #[serde(default)]
+    pub format: Option<DataFormat>,
+    /// Maps file columns onto roles `anchor`, `positive`, `negative`, `negative_1`.., `label`: either
+    /// `file_column: role` (like `datasets.rename_columns`) or `role: file_column`. Empty: the file's columns
+    /// already carry the role names.
+    #[serde(default)]
+    pub columns: IndexMap<String, String>,
+    /// Fraction held out (deterministically, from the seed) for evaluation; default 0.
+    #[serde(default)]
+    pub split_ratio: f64,
+    /// Use only the first N records (before the split); default all.
+    #[serde(default)]
+    pub max_samples: Option<usize>,
+    /// `error` (default) or `skip` (skip and count bad records).
+    #[serde(default)]
+    pub on_bad_record: OnBadRecord,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `datasets.*.format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataFormat {
+    /// One JSON object per line.
+    #[serde(rename = "jsonl")]
+    Jsonl,
+    /// Gzip-compressed JSONL.
+    #[serde(rename = "jsonl.gz")]
+    JsonlGz,
+    /// Apache Parquet.
+    #[serde(rename = "parquet")]
+    Parquet,
+}
+
+/// `datasets.*.on_bad_record`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadRecord {
+    /// Stop with an error naming the record.
+    #[default]
+    Error,
+    /// Skip it, count it, and report the count.
+    Skip,
+}
+
+/// `evaluation:`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluationConfig {
+    /// Retrieval tasks (BEIR layout folders).
+    pub tasks: Vec<EvalTask>,
+    /// Log mean active dimensions of queries and documents; default true.
+    pub track_sparsity: bool,
+    /// How many decoded query/document expansions to log per evaluation (`true` = 3); default 0.
+    #[serde(deserialize_with = "count_or_bool")]
+    pub log_decoded_samples: usize,
+    /// Inactive.
+    pub nanobeir_datasets: Vec<String>,
+    /// Inactive.
+    pub mteb_tasks: Vec<String>,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        EvaluationConfig {
+            tasks: Vec::new(),
+            track_sparsity: true,
+            log_decoded_samples: 0,
+            nanobeir_datasets: Vec::new(),
+            mteb_tasks: Vec::new(),
+        }
+    }
+}
+
+fn count_or_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a non-negative integer or true/false")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<usize, E> {
+            Ok(if v { 3 } else { 0 })
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::invalid_type(serde::de::Unexpected::Signed(v), &self))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<usize, E> {
+            Ok(v as usize)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// One entry of `evaluation.tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalTask {
+    /// Used in metric names (`eval_{name}_ndcg@10`). Required.
+    pub name: String,
+    /// A BEIR-layout folder (`corpus.jsonl`, `queries.jsonl`, `qrels/{split}.tsv`), local or URL. Required.
+    pub source: String,
+    /// Which qrels file; default `dev`.
+    #[serde(default = "dev")]
+    pub split: String,
+}
+
+fn dev() -> String {
+    "dev".into()
+}
+
+/// `mlflow:`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MlflowConfig {
+    /// e.g. `http://127.0.0.1:5000` or `file:./mlruns`.
+    pub tracking_uri: Option<String>,
+    /// Default: the run name.
+    pub experiment_name: Option<String>,
+    /// Extra run tags, in file order.
+    pub tags: IndexMap<String, String>,
+}
+
+/// `model_card:`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelCardConfig {
+    /// ISO codes; a string or a list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub language: Vec<String>,
+    /// e.g. `apache-2.0`.
+    pub license: Option<String>,
+    /// Hub tags.
+    pub tags: Vec<String>,
+    /// Human-readable model name.
+    pub model_name: Option<String>,
+    /// Dataset ids or names shown on the card.
+    pub datasets_used: Vec<String>,
+}
+
+/// `hardware:`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HardwareConfig {
+    /// Default `auto` (CUDA if present, then MPS, then CPU).
+    pub device: DeviceKind,
+    /// Intra-op CPU threads; default: libtorch's choice.
+    pub num_threads: Option<usize>,
+    /// Recompute activations in the backward pass; default false.
+    pub gradient_checkpointing: bool,
+    /// Allow TF32 matmuls on Ampere+; default: libtorch's choice.
+    pub tf32: Option<bool>,
+}
+
+/// `hardware.device`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// Best available.
+    #[default]
+    Auto,
+    /// CPU.
+    Cpu,
+    /// NVIDIA GPU.
+    Cuda,
+    /// Apple GPU.
+    Mps,
+}
+
+/// `cluster:` — used by `splade-coordinator` and `splade-worker`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Workers needed to start a generation; default 1.
+    pub min_workers: usize,
+    /// Most workers admitted; default `min_workers`.
+    pub max_workers: Option<usize>,
+    /// Seconds to wait for `min_workers`; default 300.
+    pub rendezvous_timeout: f64,
+    /// Seconds between worker heartbeats; default 5.
+    pub heartbeat_interval: f64,
+    /// Seconds without a heartbeat before a worker is declared lost; default 30.
+    pub heartbeat_timeout: f64,
+    /// Generations re-formed after failures before giving up; default 3.
+    pub max_restarts: usize,
+    /// Environment variable holding the shared join token; default `SPLADE_CLUSTER_TOKEN`.
+    pub token_env: String,
+    /// PEM certificate for gRPC TLS (with `tls_key`).
+    pub tls_cert: Option<String>,
+    /// PEM private key for gRPC TLS.
+    pub tls_key: Option<String>,
+    /// PEM CA bundle to verify peers.
+    pub tls_ca: Option<String>,
+    /// `auto` (default: NCCL on CUDA, Gloo otherwise), `gloo` or `nccl`.
+    pub c10d_backend: C10dBackend,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            min_workers: 1,
+            max_workers: None,
+            rendezvous_timeout: 300.0,
+            heartbeat_interval: 5.0,
+            heartbeat_timeout: 30.0,
+            max_restarts: 3,
+            token_env: "SPLADE_CLUSTER_TOKEN".into(),
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            c10d_backend: C10dBackend::Auto,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// `max_workers`, defaulting to `min_workers`.
+    pub fn max_workers(&self) -> usize {
+        self.max_workers.unwrap_or(self.min_workers)
+    }
+}
+
+/// `cluster.c10d_backend`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum C10dBackend {
+    /// NCCL on CUDA, Gloo otherwise.
+    #[default]
+    Auto,
+    /// Gloo (CPU).
+    Gloo,
+    /// NCCL (CUDA).
+    Nccl,
+}
+
+/// `document_windows:` — long documents split into overlapping token windows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DocumentWindowsConfig {
+    /// Window length in tokens; default 256.
+    pub size: usize,
+    /// Tokens between window starts (≤ `size`); default 128.
+    pub stride: usize,
+    /// At most this many windows per document; default 8.
+    pub max_windows: usize,
+    /// `all` windows as training documents, or `sample` one per step (default).
+    pub training_mode: WindowTrainingMode,
+}
+
+impl Default for DocumentWindowsConfig {
+    fn default() -> Self {
+        DocumentWindowsConfig { size: 256, stride: 128, max_windows: 8, training_mode: WindowTrainingMode::Sample }
+    }
+}
+
+/// `document_windows.training_mode`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowTrainingMode {
+    /// Every window is a training document.
+    All,
+    /// One window per document per step, drawn from the seed.
+    Sample,
+}
+
+impl Config {
+    /// Reads and parses a YAML config. Errors name the path.
+    pub fn from_path(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::from_str(&text, &path.display().to_string())
+    }
+
+    /// Parses YAML text; `origin` names it in errors (a path, or e.g. `<inline>`).
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let root = yaml::parse(text, origin)?;
+        if !matches!(root.kind, yaml::NodeKind::Map(_)) && !root.is_null() {
+            return Err(ConfigError::Other {
+                file: origin.to_string(),
+                line: root.line,
+                key: "(top level)".into(),
+                message: format!("the config is `{}` but must be a mapping of sections (model:, training:, ...)", root.describe()),
+            });
+        }
+        let mut config: Config = yaml::from_node(&root, origin)?;
+        config.origin = origin.to_string();
+        collect_written(&root, "", 0, &mut config.written);
+        Ok(config)
+    }
+
+    /// Keys written in the file that are parsed but not acted on yet (see [`INACTIVE_KEYS`]), skipping those
+    /// set to "off" (false, null, empty). Dotted names, in [`INACTIVE_KEYS`] order.
+    pub fn inactive_keys(&self) -> Vec<String> {
+        INACTIVE_KEYS
+            .iter()
+            .filter(|k| self.written.get(**k).is_some_and(|w| !w.off))
+            .map(|k| k.to_string())
+            .collect()
+    }
+
+    /// The line a dotted key was written on, if it was written in the file.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        self.written.get(key).map(|w| w.line)
+    }
+
+    fn invalid(&self, key: &str, value: impl std::fmt::Display, fix: &str) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.origin.clone(),
+            line: self.line_of(key),
+            key: key.to_string(),
+            value: value.to_string(),
+            fix: fix.to_string(),
+        }
+    }
+
+    /// Checks the rules serde cannot express. Returns the first broken rule, naming key, value and fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.training;
+        let l = &self.loss;
+        let check = |ok: bool, key: &str, value: String, fix: &str| -> Result<(), ConfigError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(self.invalid(key, value, fix))
+            }
+        };
+        check(!self.model.base_model.trim().is_empty(), "model.base_model", "".into(),
+            "set it to a Hugging Face model id or a local model folder")?;
+        check(t.per_device_train_batch_size >= 1, "training.per_device_train_batch_size",
+            t.per_device_train_batch_size.to_string(), "must be at least 1")?;
+        check(t.per_device_eval_batch_size >= 1, "training.per_device_eval_batch_size",
+            t.per_device_eval_batch_size.to_string(), "must be at least 1")?;
+        check(t.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps",
+            t.gradient_accumulation_steps.to_string(), "must be at least 1")?;
+        check(t.max_steps == -1 || t.max_steps > 0, "training.max_steps", t.max_steps.to_string(),
+            "must be a positive step count, or -1 to train for num_train_epochs")?;
+        check(t.max_steps > 0 || (t.num_train_epochs.is_finite() && t.num_train_epochs > 0.0),
+            "training.num_train_epochs", t.num_train_epochs.to_string(),
+            "must be positive when max_steps is not set")?;
+        check(t.learning_rate.is_finite() && t.learning_rate > 0.0, "training.learning_rate",
+            t.learning_rate.to_string(), "must be a positive number such as 2e-5")?;
+        if let Some(q) = t.query_learning_rate {
+            check(q.is_finite() && q > 0.0, "training.query_learning_rate", q.to_string(),
+                "must be a positive number such as 1e-3")?;
+        }
+        check((0.0..=1.0).contains(&t.warmup_ratio), "training.warmup_ratio", t.warmup_ratio.to_string(),
+            "must be between 0 and 1")?;
+        check(t.weight_decay >= 0.0, "training.weight_decay", t.weight_decay.to_string(), "must be ≥ 0")?;
+        check(t.max_grad_norm >= 0.0, "training.max_grad_norm", t.max_grad_norm.to_string(),
+            "must be ≥ 0 (0 disables clipping)")?;
+        check(!(t.fp16 && t.bf16), "training.bf16", "true".into(), "fp16 and bf16 are both true; pick one")?;
+        check(t.logging_steps > 0.0, "training.logging_steps", t.logging_steps.to_string(), "must be positive")?;
+        check(t.save_steps > 0.0, "training.save_steps", t.save_steps.to_string(), "must be positive")?;
+        if let Some(e) = t.eval_steps {
+            check(e > 0.0, "training.eval_steps", e.to_string(), "must be positive")?;
+        }
+        for key in ["max_seq_length", "query_max_length", "document_max_length"] {
+            let v = match key {
+                "max_seq_length" => t.max_seq_length,
+                "query_max_length" => t.query_max_length,
+                _ => t.document_max_length,
+            };
+            if let Some(v) = v {
+                check(v >= 1, &format!("training.{key}"), v.to_string(), "must be at least 1 token")?;
+            }
+        }
+        if let Some(n) = t.save_total_limit {
+            check(n >= 1, "training.save_total_limit", n.to_string(), "must be at least 1, or left out")?;
+        }
+        check(!t.load_best_model_at_end || t.eval_strategy != IntervalStrategy::No,
+            "training.load_best_model_at_end", "true".into(),
+            "needs evaluation during training: set eval_strategy to steps or epoch (and metric_for_best_model)")?;
+
+        check(l.query_regularizer_weight >= 0.0, "loss.query_regularizer_weight",
+            l.query_regularizer_weight.to_string(), "must be ≥ 0")?;
+        check(l.document_regularizer_weight >= 0.0, "loss.document_regularizer_weight",
+            l.document_regularizer_weight.to_string(), "must be ≥ 0")?;
+        check((0.0..=1.0).contains(&l.regularizer_warmup_ratio), "loss.regularizer_warmup_ratio",
+            l.regularizer_warmup_ratio.to_string(), "must be between 0 and 1")?;
+        check(l.scale > 0.0, "loss.scale", l.scale.to_string(), "must be positive")?;
+        check(l.temperature > 0.0, "loss.temperature", l.temperature.to_string(), "must be positive")?;
+
+        for (name, d) in &self.datasets.datasets {
+            let key = |k: &str| format!("datasets.{name}.{k}");
+            check(!d.source.trim().is_empty(), &key("source"), "".into(), "set it to a path, glob or URL")?;
+            check((0.0..1.0).contains(&d.split_ratio), &key("split_ratio"), d.split_ratio.to_string(),
+                "must be in [0, 1): the fraction held out for evaluation")?;
+            if let Some(m) = d.max_samples {
+                check(m >= 1, &key("max_samples"), m.to_string(), "must be at least 1, or left out")?;
+            }
+            if let Err(e) = crate::data::ColumnMap::from_config(&d.columns) {
+                return Err(self.invalid(&key("columns"), format!("{:?}", d.columns), &e));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, task) in self.evaluation.tasks.iter().enumerate() {
+            check(names.insert(task.name.as_str()), &format!("evaluation.tasks[{i}].name"), task.name.clone(),
+                "task names must be unique")?;
+        }
+
+        let c = &self.cluster;
+        check(c.min_workers >= 1, "cluster.min_workers", c.min_workers.to_string(), "must be at least 1")?;
+        check(c.max_workers() >= c.min_workers, "cluster.max_workers", c.max_workers().to_string(),
+            "must be ≥ min_workers")?;
+        check(c.rendezvous_timeout > 0.0, "cluster.rendezvous_timeout", c.rendezvous_timeout.to_string(),
+            "must be positive (seconds)")?;
+        check(c.heartbeat_interval > 0.0, "cluster.heartbeat_interval", c.heartbeat_interval.to_string(),
+            "must be positive (seconds)")?;
+        check(c.heartbeat_timeout > c.heartbeat_interval, "cluster.heartbeat_timeout",
+            c.heartbeat_timeout.to_string(), "must be longer than heartbeat_interval")?;
+        check(c.tls_cert.is_some() == c.tls_key.is_some(), "cluster.tls_cert",
+            c.tls_cert.clone().unwrap_or_default(), "tls_cert and tls_key go together; set both or neither")?;
+
+        if let Some(w) = &self.document_windows {
+            check(w.size >= 1, "document_windows.size", w.size.to_string(), "must be at least 1 token")?;
+            check(w.stride >= 1 && w.stride <= w.size, "document_windows.stride", w.stride.to_string(),
+                "must be between 1 and document_windows.size")?;
+            check(w.max_windows >= 1, "document_windows.max_windows", w.max_windows.to_string(),
+                "must be at least 1")?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Config::validate`], plus what `splade train` needs: at least one enabled dataset.
+    pub fn validate_for_training(&self) -> Result<(), ConfigError> {
+        self.validate()?;
+        if self.datasets.enabled().next().is_none() {
+            return Err(self.invalid("datasets", "no enabled dataset",
+                "add a dataset block with a `source` (and `enabled: true`)"));
+        }
+        Ok(())
+    }
+
+    /// The config as JSON (what the coordinator sends to workers); [`Config::from_json`] reads it back.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("config serializes")
+    }
+
+    /// Reads [`Config::to_json`] output; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut c: Config = serde_json::from_str(text).map_err(|e| ConfigError::Other {
+            file: origin.to_string(),
+            line: e.line(),
+            key: String::new(),
+            message: e.to_string(),
+        })?;
+        c.origin = origin.to_string();
+        Ok(c)
+    }
+}
+
+fn collect_written(node: &yaml::Node, path: &str, depth: usize, out: &mut BTreeMap<String, Written>) {
+    if let yaml::NodeKind::Map(entries) = &node.kind {
+        for (key, line, value) in entries {
+            let dotted = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            out.insert(dotted.clone(), Written { line: *line, off: value.is_off() });
+            // Sections, and dataset blocks under `datasets`, are two levels deep at most.
+            if depth < 2 {
+                collect_written(value, &dotted, depth + 1, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,292 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_str(text, "cfg.yaml")
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+const FULL: &str = r#"
+model:
+  base_model: naver/splade-v3
+  architecture: splade
+  pooling_strategy: max
+  dropout: 0
+training:
+  output_dir: runs/x
+  max_steps: 30
+  per_device_train_batch_size: 16
+  learning_rate: 1e-4
+  warmup_ratio: 0.1
+  batch_sampler: no_duplicates
+  report_to: mlflow
+  resume_from_checkpoint: true
+  push_to_hub: true
+  hub_model_id: me/model
+  torch_compile: false
+loss:
+  type: splade_loss
+  inner_loss: sparse_multiple_negatives_ranking_loss
+  query_regularizer_weight: 5e-3
+  document_regularizer_weight: 3e-3
+datasets:
+  sampling_strategy: round_robin
+  zeta:
+    source: data/z.jsonl
+  alpha:
+    source: s3://bucket/a/*.parquet
+    columns: {question: anchor, context: positive}
+    split_ratio: 0.1
+    max_samples: 100
+    on_bad_record: skip
+evaluation:
+  tasks:
+    - {name: norquad, source: data/norquad}
+  mteb_tasks: [NorQuadRetrieval]
+mlflow:
+  tracking_uri: http://127.0.0.1:5000
+  tags: {team: nlp, b: "2"}
+model_card:
+  language: no
+  license: apache-2.0
+hardware:
+  device: cpu
+cluster:
+  min_workers: 2
+  max_workers: 4
+  c10d_backend: gloo
+document_windows:
+  size: 256
+  stride: 128
+  training_mode: all
+"#;
+
+#[test]
+fn full_config_parses_with_values_and_defaults() {
+    let c = parse(FULL).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.model.base_model, "naver/splade-v3");
+    assert_eq!(c.model.dropout, Some(0.0));
+    assert_eq!(c.training.max_steps(), Some(30));
+    assert_eq!(c.training.learning_rate, 1e-4);
+    assert_eq!(c.training.batch_sampler, BatchSamplerKind::NoDuplicates);
+    assert_eq!(c.training.report_to, vec!["mlflow".to_string()]);
+    assert_eq!(c.training.resume_from_checkpoint, Some(ResumeFrom::Latest));
+    // Defaults match Hugging Face TrainingArguments.
+    assert_eq!(c.training.weight_decay, 0.0);
+    assert_eq!(c.training.max_grad_norm, 1.0);
+    assert_eq!(c.training.seed, 42);
+    assert_eq!(c.training.gradient_accumulation_steps, 1);
+    assert_eq!(c.training.logging_steps, 500.0);
+    assert_eq!(c.loss.regularizer_warmup_ratio, 1.0 / 3.0);
+    assert_eq!(c.loss.scale, 1.0);
+    assert_eq!(c.loss.query_regularizer_weight, 5e-3);
+    // Dataset order as written, not alphabetical.
+    let names: Vec<_> = c.datasets.datasets.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["zeta", "alpha"]);
+    assert_eq!(c.datasets.sampling_strategy, SamplingStrategy::RoundRobin);
+    let alpha = &c.datasets.datasets[1].1;
+    assert_eq!(alpha.on_bad_record, OnBadRecord::Skip);
+    assert_eq!(alpha.max_samples, Some(100));
+    assert!(c.datasets.datasets[0].1.enabled);
+    assert_eq!(c.evaluation.tasks[0].split, "dev");
+    assert_eq!(c.mlflow.tags.keys().collect::<Vec<_>>(), ["team", "b"]);
+    // `no` stays a string (no YAML 1.1 boolean surprise) because a string is expected.
+    assert_eq!(c.model_card.language, vec!["no".to_string()]);
+    assert_eq!(c.cluster.max_workers(), 4);
+    assert_eq!(c.cluster.token_env, "SPLADE_CLUSTER_TOKEN");
+    assert_eq!(c.cluster.c10d_backend, C10dBackend::Gloo);
+    assert_eq!(c.document_windows.as_ref().unwrap().training_mode, WindowTrainingMode::All);
+    assert_eq!(c.line_of("training.learning_rate"), Some(11));
+}
+
+#[test]
+fn empty_and_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.training.learning_rate, 5e-5);
+    assert_eq!(c.training.warmup_ratio, 0.0);
+    assert_eq!(c.training.max_steps, -1);
+    assert_eq!(c.training.num_train_epochs, 3.0);
+    assert_eq!(c.datasets.sampling_strategy, SamplingStrategy::Proportional);
+    assert!(c.document_windows.is_none());
+    // Empty sections mean defaults.
+    let c = parse("mlflow:\nmodel:\n  base_model: x\n").unwrap();
+    assert!(c.mlflow.tracking_uri.is_none());
+    // validate() wants a base model.
+    let e = c.validate();
+    assert!(e.is_ok());
+    let e = parse("").unwrap().validate().unwrap_err().to_string();
+    assert!(e.contains("`model.base_model`") && e.contains("Hugging Face model id"), "{e}");
+}
+
+#[test]
+fn inactive_keys_lists_only_those_set_and_on() {
+    let c = parse(FULL).unwrap();
+    assert_eq!(
+        c.inactive_keys(),
+        vec!["training.push_to_hub", "training.hub_model_id", "evaluation.mteb_tasks"]
+    );
+    // torch_compile: false is set but off.
+    assert!(!c.inactive_keys().contains(&"training.torch_compile".to_string()));
+    assert!(parse("model:\n  base_model: x\n").unwrap().inactive_keys().is_empty());
+    // Every listed key is a real key of the schema.
+    for key in INACTIVE_KEYS {
+        let (section, name) = key.split_once('.').unwrap();
+        let text = format!("{section}:\n  {name}: null\n");
+        if let Err(e @ ConfigError::UnknownKey { .. }) = parse(&text) {
+            panic!("{key} is not in the schema: {e}");
+        }
+    }
+}
+
+#[test]
+fn unknown_key_names_file_line_key_and_nearest() {
+    let e = err("model:\n  base_model: x\ntraining:\n  max_steps: 3\n  learnign_rate: 1e-4\n");
+    assert_eq!(e, "cfg.yaml:5: unknown key `training.learnign_rate`; did you mean `training.learning_rate`?");
+    let e = err("trainng:\n  seed: 1\n");
+    assert_eq!(e, "cfg.yaml:1: unknown key `trainng`; did you mean `training`?");
+    let e = err("datasets:\n  d:\n    source: x\n    colums: {a: anchor}\n");
+    assert_eq!(e, "cfg.yaml:4: unknown key `datasets.d.colums`; did you mean `datasets.d.columns`?");
+    let e = err("datasets:\n  sampling_stratgy: round_robin\n");
+    assert_eq!(e, "cfg.yaml:2: unknown key `datasets.sampling_stratgy`; did you mean `datasets.sampling_strategy`?");
+    let e = err("evaluation:\n  tasks:\n    - nmae: a\n      source: b\n");
+    assert_eq!(e, "cfg.yaml:3: unknown key `evaluation.tasks[0].nmae`; did you mean `evaluation.tasks[0].name`?");
+    let e = err("training:\n  zzzzqqq: 1\n");
+    assert!(e.starts_with("cfg.yaml:2: unknown key `training.zzzzqqq`; remove it"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_file_line_key_value_and_expected() {
+    let e = err("training:\n  learning_rate: fast\n");
+    assert_eq!(e, "cfg.yaml:2: `training.learning_rate` is `fast` but must be a number (e.g. 0.5 or 5e-5); fix the value");
+    let e = err("training:\n  per_device_train_batch_size: -4\n");
+    assert_eq!(e, "cfg.yaml:2: `training.per_device_train_batch_size` is `-4` but must be a non-negative integer; fix the value");
+    let e = err("training:\n  max_steps: 1.5\n");
+    assert_eq!(e, "cfg.yaml:2: `training.max_steps` is `1.5` but must be an integer; fix the value");
+    let e = err("training:\n  fp16: maybe\n");
+    assert_eq!(e, "cfg.yaml:2: `training.fp16` is `maybe` but must be true or false; fix the value");
+    let e = err("training:\n  output_dir: [a, b]\n");
+    assert_eq!(e, "cfg.yaml:2: `training.output_dir` is `a list` but must be a string; fix the value");
+    let e = err("training: 5\n");
+    assert!(e.starts_with("cfg.yaml:1: `training` is `5` but must be a mapping"), "{e}");
+    let e = err("evaluation:\n  tasks:\n    - name: a\n      source: b\n    - name: c\n      source: [x]\n");
+    assert_eq!(e, "cfg.yaml:6: `evaluation.tasks[1].source` is `a list` but must be a string; fix the value");
+}
+
+#[test]
+fn unknown_choice_suggests_nearest() {
+    let e = err("model:\n  architecture: inference_free_splade\n");
+    assert_eq!(
+        e,
+        "cfg.yaml:2: `model.architecture` is `inference_free_splade`, which is not one of: splade, inference-free-splade (did you mean `inference-free-splade`?)"
+    );
+    let e = err("datasets:\n  sampling_strategy: roundrobin\n");
+    assert!(e.contains("did you mean `round_robin`?"), "{e}");
+}
+
+#[test]
+fn missing_required_key_and_syntax_errors() {
+    let e = err("datasets:\n  d:\n    enabled: true\n");
+    assert_eq!(e, "cfg.yaml:3: missing key `datasets.d.source`; add it");
+    let e = err("training:\n  seed: [1, 2\n");
+    assert!(e.starts_with("cfg.yaml:") && e.contains("not valid YAML"), "{e}");
+    let e = err("- a\n- b\n");
+    assert_eq!(e, "cfg.yaml:1: `(top level)`: the config is `a list` but must be a mapping of sections (model:, training:, ...)");
+    let e = err("training:\n  seed: 1\n  seed: 2\n");
+    assert!(e.starts_with("cfg.yaml:3:") && e.contains("`seed` appears twice"), "{e}");
+}
+
+#[test]
+fn env_expansion() {
+    // SAFETY of the test: unique variable names, set before use, never read elsewhere.
+    std::env::set_var("SPLADE_TEST_CFG_DIR", "/tmp/models");
+    std::env::set_var("SPLADE_TEST_CFG_STEPS", "77");
+    let c = parse(
+        "model:\n  base_model: ${SPLADE_TEST_CFG_DIR}/tiny\ntraining:\n  max_steps: ${SPLADE_TEST_CFG_STEPS}\n  output_dir: ${SPLADE_TEST_CFG_UNSET:-out}/$${literal}\n",
+    )
+    .unwrap();
+    assert_eq!(c.model.base_model, "/tmp/models/tiny");
+    assert_eq!(c.training.max_steps, 77);
+    assert_eq!(c.training.output_dir, "out/${literal}");
+    let e = err("model:\n  base_model: ${SPLADE_TEST_CFG_NOPE}/x\n");
+    assert_eq!(
+        e,
+        "cfg.yaml:2: `model.base_model` uses ${SPLADE_TEST_CFG_NOPE} but SPLADE_TEST_CFG_NOPE is not set; export it or write ${SPLADE_TEST_CFG_NOPE:-default}"
+    );
+}
+
+#[test]
+fn validation_rules_name_key_value_and_fix() {
+    let base = "model:\n  base_model: x\n";
+    let e = parse(&format!("{base}document_windows:\n  size: 128\n  stride: 256\n")).unwrap().validate().unwrap_err();
+    assert_eq!(e.to_string(), "cfg.yaml:5: `document_windows.stride` is `256`: must be between 1 and document_windows.size");
+    let e = parse(&format!("{base}training:\n  per_device_train_batch_size: 0\n")).unwrap().validate().unwrap_err();
+    assert_eq!(e.to_string(), "cfg.yaml:4: `training.per_device_train_batch_size` is `0`: must be at least 1");
+    let e = parse(&format!("{base}loss:\n  query_regularizer_weight: -1e-3\n")).unwrap().validate().unwrap_err();
+    assert_eq!(e.to_string(), "cfg.yaml:4: `loss.query_regularizer_weight` is `-0.001`: must be ≥ 0");
+    let e = parse(&format!("{base}training:\n  fp16: true\n  bf16: true\n")).unwrap().validate().unwrap_err();
+    assert!(e.to_string().contains("pick one"));
+    let e = parse(&format!("{base}datasets:\n  d:\n    source: x\n    split_ratio: 1.5\n")).unwrap().validate().unwrap_err();
+    assert!(e.to_string().starts_with("cfg.yaml:6: `datasets.d.split_ratio` is `1.5`"), "{e}");
+    let e = parse(&format!("{base}datasets:\n  d:\n    source: x\n    columns: {{q: query}}\n")).unwrap().validate().unwrap_err();
+    assert!(e.to_string().contains("`datasets.d.columns`") && e.to_string().contains("not a role"), "{e}");
+    let e = parse(&format!("{base}cluster:\n  min_workers: 3\n  max_workers: 2\n")).unwrap().validate().unwrap_err();
+    assert!(e.to_string().contains("must be ≥ min_workers"), "{e}");
+    let e = parse(&format!("{base}cluster:\n  heartbeat_interval: 10\n  heartbeat_timeout: 5\n")).unwrap().validate().unwrap_err();
+    assert!(e.to_string().contains("longer than heartbeat_interval"), "{e}");
+    let e = parse(base).unwrap().validate_for_training().unwrap_err();
+    assert!(e.to_string().contains("no enabled dataset"), "{e}");
+    let e = parse(&format!("{base}training:\n  max_steps: 0\n")).unwrap().validate().unwrap_err();
+    assert!(e.to_string().starts_with("cfg.yaml:4: `training.max_steps` is `0`"), "{e}");
+    // A rule broken by a default (not written in the file) has no line.
+    let e = parse(&format!("{base}document_windows:\n  size: 64\n")).unwrap().validate().unwrap_err();
+    assert_eq!(e.to_string(), "cfg.yaml: `document_windows.stride` is `128`: must be between 1 and document_windows.size");
+    let e = parse(&format!("{base}training:\n  load_best_model_at_end: true\n")).unwrap().validate().unwrap_err();
+    assert!(e.to_string().contains("set eval_strategy to steps or epoch"), "{e}");
+}
+
+#[test]
+fn resume_and_report_to_shapes() {
+    let c = parse("training:\n  resume_from_checkpoint: s3://b/run/checkpoint-20\n  report_to: [mlflow, tensorboard]\n").unwrap();
+    assert_eq!(c.training.resume_from_checkpoint, Some(ResumeFrom::Path("s3://b/run/checkpoint-20".into())));
+    assert_eq!(c.training.report_to.len(), 2);
+    let c = parse("training:\n  resume_from_checkpoint: null\n").unwrap();
+    assert_eq!(c.training.resume_from_checkpoint, None);
+    let c = parse("training:\n  resume_from_checkpoint: false\n").unwrap();
+    assert_eq!(c.training.resume_from_checkpoint, None);
+    let e = err("training:\n  resume_from_checkpoint: 3\n");
+    assert_eq!(e, "cfg.yaml:2: `training.resume_from_checkpoint` is `3` but must be true, false or a checkpoint path; fix the value");
+    let c = parse("evaluation:\n  log_decoded_samples: true\n").unwrap();
+    assert_eq!(c.evaluation.log_decoded_samples, 3);
+}
+
+#[test]
+fn json_round_trip_keeps_everything() {
+    let c = parse(FULL).unwrap();
+    let back = Config::from_json(&c.to_json(), "coordinator").unwrap();
+    assert_eq!(back.to_json(), c.to_json());
+    assert_eq!(back.datasets, c.datasets);
+}
+
+#[test]
+fn every_file_in_configs_parses_and_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let c = Config::from_path(&path).unwrap_or_else(|e| panic!("{e}"));
+            c.validate_for_training().unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "expected at least 4 configs in {}", dir.display());
+}
+
+#[test]
+fn missing_file_names_path() {
+    let e = Config::from_path(std::path::Path::new("/nonexistent/cfg.yaml")).unwrap_err().to_string();
+    assert!(e.starts_with("/nonexistent/cfg.yaml: cannot read the config"), "{e}");
+}

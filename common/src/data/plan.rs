@@ -1,0 +1,343 @@
+//! The batch plan: which rows of which dataset make up every global batch, decided up front from the seed.
+//!
+//! Semantics follow sentence-transformers' multi-dataset samplers:
+//! - every batch comes from one dataset;
+//! - `round_robin` cycles the datasets in config order and ends the epoch as soon as one runs out of batches
+//!   (so the smallest dataset bounds it); `proportional` shuffles the batch slots of all datasets together so
+//!   every full batch of every dataset is used once per epoch;
+//! - `batch_sampler` takes a seeded permutation in chunks; `no_duplicates` fills a batch from the permutation
+//!   skipping rows that share a text (anchor, positive or a negative; labels are ignored) with a row already in
+//!   the batch, and leaves the skipped rows at the front for the next batch (sentence-transformers'
+//!   `NoDuplicatesBatchSampler`);
+//! - incomplete batches are dropped (`drop_last`).
+//!
+//! The plan depends only on the datasets (names, sizes, texts), the global batch size, the strategies, the seed
+//! and the stop rule: never on the number of workers. Randomness is ChaCha8 seeded explicitly from
+//! (seed, epoch, dataset-name hash, purpose) with its own Fisher-Yates shuffle, so a plan is reproducible across
+//! crate versions and machines.
+
+use std::collections::{HashSet, VecDeque};
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::Example;
+use crate::config::{BatchSamplerKind, SamplingStrategy};
+
+pub(crate) const PURPOSE_SPLIT: u64 = 1;
+const PURPOSE_SAMPLER: u64 = 2;
+const PURPOSE_PROPORTIONAL: u64 = 3;
+
+/// 64-bit FNV-1a: a stable hash (unlike `std`'s `DefaultHasher`) for texts and names.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A ChaCha8 stream for one purpose.
+pub(crate) fn rng(seed: u64, a: u64, b: u64, purpose: u64) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    for (i, w) in [seed, a, b, purpose].iter().enumerate() {
+        key[i * 8..(i + 1) * 8].copy_from_slice(&w.to_le_bytes());
+    }
+    ChaCha8Rng::from_seed(key)
+}
+
+/// Uniform in `0..n` by rejection (no modulo bias).
+fn below(rng: &mut ChaCha8Rng, n: usize) -> usize {
+    let n = n as u64;
+    let zone = u64::MAX - (u64::MAX % n);
+    loop {
+        let x = rng.next_u64();
+        if x < zone {
+            return (x % n) as usize;
+        }
+    }
+}
+
+/// Fisher-Yates.
+pub(crate) fn shuffle<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
+    for i in (1..items.len()).rev() {
+        let j = below(rng, i + 1);
+        items.swap(i, j);
+    }
+}
+
+/// What the planner needs to know about one dataset.
+#[derive(Debug, Clone)]
+pub struct PlanDataset {
+    /// Its config name (seeds its shuffles, so reordering datasets in the config keeps each one's order).
+    pub name: String,
+    /// Row count (the training split).
+    pub len: usize,
+    /// Per row, hashes of its texts; required for `no_duplicates`.
+    pub texts: Option<Vec<Vec<u64>>>,
+}
+
+impl PlanDataset {
+    /// From loaded rows (keeps text hashes, so `no_duplicates` works).
+    pub fn from_examples(name: &str, examples: &[Example]) -> PlanDataset {
+        let texts = examples.iter().map(|e| e.texts().map(|t| fnv1a(t.as_bytes())).collect()).collect();
+        PlanDataset { name: name.into(), len: examples.len(), texts: Some(texts) }
+    }
+
+    /// Size only (enough for `batch_sampler`).
+    pub fn sized(name: &str, len: usize) -> PlanDataset {
+        PlanDataset { name: name.into(), len, texts: None }
+    }
+}
+
+/// When the plan ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PlanStop {
+    /// This many epochs; a fraction takes the first part of the last epoch (rounded up to whole batches).
+    Epochs(f64),
+    /// Exactly this many batches, running as many epochs as needed.
+    MaxSteps(u64),
+}
+
+/// Everything besides the datasets that decides a plan.
+#[derive(Debug, Clone)]
+pub struct PlanSpec {
+    /// Rows per planned batch (the global batch: per-device size × world size × accumulation).
+    pub batch_size: usize,
+    /// How batches alternate between datasets.
+    pub sampling: SamplingStrategy,
+    /// How rows are grouped into batches.
+    pub batch_sampler: BatchSamplerKind,
+    /// `training.seed`.
+    pub seed: u64,
+    /// When to stop.
+    pub stop: PlanStop,
+}
+
+/// One global batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedBatch {
+    /// 1-based: optimizer step `k` consumes the batch with `step == k` (so `checkpoint-N` has consumed steps ≤ N).
+    pub step: u64,
+    /// 0-based epoch.
+    pub epoch: u64,
+    /// The dataset's config name.
+    pub dataset: String,
+    /// Row indices into that dataset's training split.
+    pub rows: Vec<usize>,
+}
+
+/// Why no plan can be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// No datasets, a zero batch size or a zero stop.
+    #[error("cannot plan batches: {0}")]
+    Invalid(String),
+    /// An epoch would have no batch.
+    #[error("cannot plan batches: {0}")]
+    NoBatches(String),
+}
+
+/// The whole training run's batches, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPlan {
+    /// `batches[k - 1].step == k`.
+    pub batches: Vec<PlannedBatch>,
+}
+
+impl BatchPlan {
+    /// Builds the plan. Errors when there is nothing to plan or an epoch yields no batch (e.g. every dataset is
+    /// smaller than one batch, or round-robin with one such dataset), naming the culprit and the fix.
+    pub fn build(datasets: &[PlanDataset], spec: &PlanSpec) -> Result<BatchPlan, PlanError> {
+        if datasets.is_empty() {
+            return Err(PlanError::Invalid("no datasets; enable at least one under `datasets:`".into()));
+        }
+        if spec.batch_size == 0 {
+            return Err(PlanError::Invalid("batch size is 0; set per_device_train_batch_size ≥ 1".into()));
+        }
+        if spec.batch_sampler == BatchSamplerKind::NoDuplicates {
+            if let Some(d) = datasets.iter().find(|d| d.texts.is_none()) {
+                return Err(PlanError::Invalid(format!(
+                    "dataset `{}` has no texts; no_duplicates needs PlanDataset::from_examples",
+                    d.name
+                )));
+            }
+        }
+        let mut batches = Vec::new();
+        let (full_epochs, limit) = match spec.stop {
+            PlanStop::MaxSteps(0) => return Err(PlanError::Invalid("max_steps is 0".into())),
+            PlanStop::MaxSteps(m) => (u64::MAX, Some(m as usize)),
+            PlanStop::Epochs(e) if !(e > 0.0 && e.is_finite()) => {
+                return Err(PlanError::Invalid(format!("num_train_epochs is {e}; it must be positive")))
+            }
+            PlanStop::Epochs(e) => (e.floor() as u64, None),
+        };
+        let mut epoch = 0u64;
+        loop {
+            let frac = match spec.stop {
+                PlanStop::Epochs(e) if epoch == full_epochs => e - e.floor(),
+                _ => 1.0,
+            };
+            if epoch > full_epochs || (epoch == full_epochs && frac <= 0.0) {
+                break;
+            }
+            let mut these = epoch_batches(datasets, spec, epoch);
+            if these.is_empty() {
+                let sizes = datasets.iter().map(|d| format!("`{}` {} rows", d.name, d.len)).collect::<Vec<_>>().join(", ");
+                return Err(PlanError::NoBatches(format!(
+                    "epoch {epoch} has no full batch of {} ({sizes}); lower per_device_train_batch_size or add data",
+                    spec.batch_size
+                )));
+            }
+            if frac < 1.0 {
+                these.truncate(((these.len() as f64) * frac).ceil() as usize);
+            }
+            for (d, rows) in these {
+                if limit.is_some_and(|m| batches.len() >= m) {
+                    break;
+                }
+                let step = batches.len() as u64 + 1;
+                batches.push(PlannedBatch { step, epoch, dataset: datasets[d].name.clone(), rows });
+            }
+            if limit.is_some_and(|m| batches.len() >= m) {
+                break;
+            }
+            epoch += 1;
+        }
+        Ok(BatchPlan { batches })
+    }
+
+    /// Number of batches (= optimizer steps).
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// True when the plan has no batch.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// The batch of 1-based `step`.
+    pub fn step(&self, step: u64) -> Option<&PlannedBatch> {
+        step.checked_sub(1).and_then(|i| self.batches.get(i as usize))
+    }
+
+    /// The plan as JSONL for `--dump-batches`: one `{"step","epoch","dataset","rows"}` object per line.
+    pub fn to_jsonl(&self) -> String {
+        let mut out = String::new();
+        for b in &self.batches {
+            out.push_str(&serde_json::to_string(b).expect("batch serializes"));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Reads [`BatchPlan::to_jsonl`] output; the error names the bad line.
+    pub fn from_jsonl(text: &str) -> Result<BatchPlan, String> {
+        let mut batches = Vec::new();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let b: PlannedBatch = serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+            batches.push(b);
+        }
+        Ok(BatchPlan { batches })
+    }
+}
+
+/// Rank `rank`'s contiguous share of a global batch among `world` ranks; shares differ in size by at most one
+/// row and concatenate (rank order) to the whole batch. Panics if `rank >= world`.
+pub fn slice_for_rank(batch: &PlannedBatch, rank: usize, world: usize) -> &[usize] {
+    assert!(rank < world, "rank {rank} out of world size {world}");
+    let n = batch.rows.len();
+    &batch.rows[n * rank / world..n * (rank + 1) / world]
+}
+
+/// One epoch's batches as (dataset index, rows).
+fn epoch_batches(datasets: &[PlanDataset], spec: &PlanSpec, epoch: u64) -> Vec<(usize, Vec<usize>)> {
+    let per: Vec<Vec<Vec<usize>>> = datasets.iter().map(|d| dataset_batches(d, spec, epoch)).collect();
+    let mut out = Vec::new();
+    match spec.sampling {
+        SamplingStrategy::RoundRobin => {
+            let mut iters: Vec<_> = per.into_iter().map(Vec::into_iter).collect();
+            'outer: loop {
+                for (d, it) in iters.iter_mut().enumerate() {
+                    match it.next() {
+                        Some(rows) => out.push((d, rows)),
+                        None => break 'outer,
+                    }
+                }
+            }
+        }
+        SamplingStrategy::Proportional => {
+            let mut slots: Vec<usize> = per.iter().enumerate().flat_map(|(d, b)| std::iter::repeat_n(d, b.len())).collect();
+            shuffle(&mut slots, &mut rng(spec.seed, epoch, 0, PURPOSE_PROPORTIONAL));
+            let mut iters: Vec<_> = per.into_iter().map(Vec::into_iter).collect();
+            for d in slots {
+                let rows = iters[d].next().expect("one slot per batch");
+                out.push((d, rows));
+            }
+        }
+    }
+    out
+}
+
+/// One dataset's full batches for one epoch.
+fn dataset_batches(d: &PlanDataset, spec: &PlanSpec, epoch: u64) -> Vec<Vec<usize>> {
+    let mut perm: Vec<usize> = (0..d.len).collect();
+    shuffle(&mut perm, &mut rng(spec.seed, epoch, fnv1a(d.name.as_bytes()), PURPOSE_SAMPLER));
+    let bs = spec.batch_size;
+    match spec.batch_sampler {
+        BatchSamplerKind::BatchSampler => perm.chunks_exact(bs).map(<[usize]>::to_vec).collect(),
+        BatchSamplerKind::NoDuplicates => {
+            let texts = d.texts.as_ref().expect("checked in build");
+            let mut remaining: VecDeque<usize> = perm.into();
+            let mut out = Vec::new();
+            while !remaining.is_empty() {
+                let mut seen: HashSet<u64> = HashSet::new();
+                let mut batch = Vec::with_capacity(bs);
+                let mut skipped = Vec::new();
+                let mut full = false;
+                while let Some(i) = remaining.pop_front() {
+                    if texts[i].iter().any(|t| seen.contains(t)) {
+                        skipped.push(i);
+                        continue;
+                    }
+                    batch.push(i);
+                    seen.extend(texts[i].iter().copied());
+                    if batch.len() == bs {
+                        full = true;
+                        break;
+                    }
+                }
+                for i in skipped.into_iter().rev() {
+                    remaining.push_front(i);
+                }
+                // An incomplete batch is dropped, but its rows are still consumed (as sentence-transformers).
+                if full {
+                    out.push(batch);
+                }
+            }
+            out
+        }
+    }
+}
+
+impl PlanSpec {
+    /// The spec a config asks for, with `batch_size` rows per planned batch (the caller decides how the global
+    /// batch relates to `per_device_train_batch_size`, world size and accumulation). Stops at
+    /// `training.max_steps` when set, else after `training.num_train_epochs`.
+    pub fn from_config(config: &crate::config::Config, batch_size: usize) -> PlanSpec {
+        let t = &config.training;
+        PlanSpec {
+            batch_size,
+            sampling: config.datasets.sampling_strategy,
+            batch_sampler: t.batch_sampler,
+            seed: t.seed,
+            stop: match t.max_steps() {
+                Some(m) => PlanStop::MaxSteps(m),
+                None => PlanStop::Epochs(t.num_train_epochs),
+            },
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Turns a dataset `source` (path, glob, directory, URL, URL with a glob in its key) into a sorted list of files.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path as ObjPath;
+
+use super::DataError;
+use crate::store::{is_url, Location, StoreError, StoreOptions};
+
+/// One file of a dataset.
+pub(crate) enum SourceFile {
+    Local(PathBuf),
+    Remote { location: Location, key: ObjPath, url: String },
+}
+
+impl SourceFile {
+    pub fn display(&self) -> String {
+        match self {
+            SourceFile::Local(p) => p.display().to_string(),
+            SourceFile::Remote { url, .. } => url.clone(),
+        }
+    }
+
+    pub async fn read(&self) -> Result<Bytes, DataError> {
+        match self {
+            SourceFile::Local(p) => std::fs::read(p)
+                .map(Bytes::from)
+                .map_err(|e| DataError::Read { file: p.display().to_string(), message: e.to_string() }),
+            SourceFile::Remote { location, key, url } => {
+                let got = location
+                    .store()
+                    .get(key)
+                    .await
+                    .map_err(|source| StoreError::ObjectStore { location: url.clone(), source })?;
+                Ok(got.bytes().await.map_err(|source| StoreError::ObjectStore { location: url.clone(), source })?)
+            }
+        }
+    }
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+fn is_data_file(name: &str) -> bool {
+    let l = name.to_ascii_lowercase();
+    [".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".parquet", ".pq"].iter().any(|e| l.ends_with(e))
+}
+
+/// The files of `source`, sorted by path. A directory (or key prefix) means its data files; a glob may appear in
+/// a local path or in an object key.
+pub(crate) async fn resolve(dataset: &str, source: &str, options: &StoreOptions) -> Result<Vec<SourceFile>, DataError> {
+    let not_found = || DataError::NotFound { dataset: dataset.into(), source_path: source.into() };
+    let local_path = if let Some(rest) = source.strip_prefix("file://") {
+        Some(rest.to_string())
+    } else if is_url(source) {
+        None
+    } else {
+        Some(source.to_string())
+    };
+    if let Some(path) = local_path {
+        let mut files: Vec<PathBuf> = if has_glob(&path) {
+            let paths = glob::glob(&path).map_err(|e| DataError::Columns {
+                dataset: dataset.into(),
+                problem: format!("source `{source}` is not a valid glob ({e}); fix `datasets.{dataset}.source`"),
+            })?;
+            paths.filter_map(Result::ok).filter(|p| p.is_file()).collect()
+        } else {
+            let p = PathBuf::from(&path);
+            if p.is_file() {
+                vec![p]
+            } else if p.is_dir() {
+                std::fs::read_dir(&p)
+                    .map_err(|e| DataError::Read { file: path.clone(), message: e.to_string() })?
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.is_file() && is_data_file(&p.to_string_lossy()))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
+        files.sort();
+        if files.is_empty() {
+            return Err(not_found());
+        }
+        return Ok(files.into_iter().map(SourceFile::Local).collect());
+    }
+
+    // Object store: list under the part of the key before any wildcard.
+    let (base, pattern) = match source.find(['*', '?', '[']) {
+        Some(i) => {
+            let cut = source[..i].rfind('/').map(|j| j + 1).unwrap_or(i);
+            (&source[..cut], Some(&source[cut..]))
+        }
+        None => (source, None),
+    };
+    let location = Location::parse_with(base, options)?;
+    let store = location.store().clone();
+    let url_of = |key: &ObjPath| {
+        let scheme_host = &base[..base.find("://").map(|i| i + 3).unwrap_or(0)];
+        let bucket = base[scheme_host.len()..].split('/').next().unwrap_or("");
+        format!("{scheme_host}{bucket}/{key}")
+    };
+    let mut keys: Vec<ObjPath> = Vec::new();
+    if pattern.is_none() && !location.prefix().as_ref().is_empty() {
+        match store.head(location.prefix()).await {
+            Ok(meta) => keys.push(meta.location),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(source_err) => {
+                return Err(StoreError::ObjectStore { location: source.into(), source: source_err }.into())
+            }
+        }
+    }
+    if keys.is_empty() {
+        let matcher = pattern.map(|p| {
+            let full = if location.prefix().as_ref().is_empty() {
+                p.to_string()
+            } else {
+                format!("{}/{}", location.prefix(), p)
+            };
+            glob::Pattern::new(&full)
+        });
+        let matcher = match matcher {
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => {
+                return Err(DataError::Columns {
+                    dataset: dataset.into(),
+                    problem: format!("source `{source}` is not a valid glob ({e}); fix `datasets.{dataset}.source`"),
+                })
+            }
+            None => None,
+        };
+        let opts = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+        let mut listing = store.list(Some(location.prefix()));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| StoreError::ObjectStore { location: source.into(), source: e })?;
+            let key = meta.location.as_ref();
+            let ok = match &matcher {
+                Some(m) => m.matches_with(key, opts),
+                None => is_data_file(key),
+            };
+            if ok {
+                keys.push(meta.location);
+            }
+        }
+    }
+    keys.sort();
+    if keys.is_empty() {
+        return Err(not_found());
+    }
+    Ok(keys
+        .into_iter()
+        .map(|key| {
+            let url = url_of(&key);
+            SourceFile::Remote { location: location.clone(), key, url }
+        })
+        .collect())
+}
