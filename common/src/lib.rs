@@ -2,3 +2,4 @@
 //! readers, object storage and the checkpoint commit protocol, retrieval evaluation, observability.
 //!
 //! Kept free of `tch` so it compiles fast and its tests run without libtorch.
+pub mod obs;
