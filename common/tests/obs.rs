@@ -22,13 +22,20 @@ use splade_common::obs::{
 // Harness
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn tools_py() -> PathBuf {
     let py = std::env::var("SPLADE_TOOLS_PY").unwrap_or_else(|_| {
-        let cache = std::env::var("SPLADE_CACHE")
-            .unwrap_or_else(|_| format!("{}/.cache/splade", std::env::var("HOME").unwrap_or_default()));
+        let cache = std::env::var("SPLADE_CACHE").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/splade",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
         format!("{cache}/tools-venv/bin/python")
     });
     assert!(
@@ -39,9 +46,14 @@ fn tools_py() -> PathBuf {
 }
 
 fn debian_tool(name: &str) -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()));
-    found.unwrap_or_else(|| panic!("`{name}` not found on PATH: run scripts/setup.sh (Debian package prometheus)"))
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("`{name}` not found on PATH: run scripts/setup.sh (Debian package prometheus)")
+    })
 }
 
 /// Runs `scripts/obs_check.py ARGS` and parses its JSON stdout; panics with stderr on failure.
@@ -59,11 +71,16 @@ fn obs_check(args: &[&str], envs: &[(&str, &str)]) -> serde_json::Value {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}"))
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}"))
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Kills and reaps a child process when dropped, so a failing test leaves no server behind.
@@ -84,7 +101,12 @@ fn http_get(url: &str) -> Result<(u16, String), String> {
         .into();
     let mut resp = agent.get(url).call().map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    Ok((status, resp.body_mut().read_to_string().map_err(|e| e.to_string())?))
+    Ok((
+        status,
+        resp.body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?,
+    ))
 }
 
 fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -93,7 +115,10 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -167,9 +192,18 @@ fn promtool_check_metrics(text: &str) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let msg = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), msg)
 }
 
@@ -183,29 +217,68 @@ fn metrics_endpoint_passes_promtool_and_exports_every_family() {
     let (status, body) = http_get(&server.url()).unwrap();
     assert_eq!(status, 200);
     let (ok, msg) = promtool_check_metrics(&body);
-    assert!(ok, "promtool check metrics failed:\n{msg}\n--- exposition ---\n{body}");
+    assert!(
+        ok,
+        "promtool check metrics failed:\n{msg}\n--- exposition ---\n{body}"
+    );
     // promtool prints lint problems but exits 0 for some of them; the exposition must be lint-clean.
     assert!(msg.trim().is_empty(), "promtool lint findings:\n{msg}");
     let families = exposed_families(&body);
     let samples = exposed_names(&body);
     for (family, kind) in obs::METRIC_FAMILIES {
-        assert!(families.contains(*family), "{family} missing from /metrics:\n{body}");
-        assert!(body.contains(&format!("# TYPE {family} {kind}\n")), "{family} is not a {kind}:\n{body}");
-        let sample = if *kind == "histogram" { format!("{family}_count") } else { family.to_string() };
+        assert!(
+            families.contains(*family),
+            "{family} missing from /metrics:\n{body}"
+        );
+        assert!(
+            body.contains(&format!("# TYPE {family} {kind}\n")),
+            "{family} is not a {kind}:\n{body}"
+        );
+        let sample = if *kind == "histogram" {
+            format!("{family}_count")
+        } else {
+            family.to_string()
+        };
         assert!(samples.contains(&sample), "{family} has no sample:\n{body}");
     }
-    assert_eq!(families.len(), obs::METRIC_FAMILIES.len(), "unlisted families: {families:?}");
-    assert!(body.contains("splade_train_loss_part{part=\"ranking\"}"), "{body}");
-    assert!(body.contains("splade_eval_ndcg_at_10{task=\"norquad-dev\"} 0.41"), "{body}");
-    assert!(body.contains("splade_worker_step_seconds_count 5"), "{body}");
+    assert_eq!(
+        families.len(),
+        obs::METRIC_FAMILIES.len(),
+        "unlisted families: {families:?}"
+    );
+    assert!(
+        body.contains("splade_train_loss_part{part=\"ranking\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("splade_eval_ndcg_at_10{task=\"norquad-dev\"} 0.41"),
+        "{body}"
+    );
+    assert!(
+        body.contains("splade_worker_step_seconds_count 5"),
+        "{body}"
+    );
     assert!(body.contains("splade_train_samples_total 160"), "{body}");
 
     // Other paths, and the server's promise to go away on shutdown.
-    assert_eq!(http_get(&format!("http://{}/healthz", server.local_addr())).unwrap().0, 200);
-    assert_eq!(http_get(&format!("http://{}/nope", server.local_addr())).unwrap().0, 404);
+    assert_eq!(
+        http_get(&format!("http://{}/healthz", server.local_addr()))
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(
+        http_get(&format!("http://{}/nope", server.local_addr()))
+            .unwrap()
+            .0,
+        404
+    );
     let addr = server.local_addr();
     server.shutdown();
-    assert!(http_get(&format!("http://{addr}/metrics")).is_err(), "server still answers after shutdown");
+    assert!(
+        http_get(&format!("http://{addr}/metrics")).is_err(),
+        "server still answers after shutdown"
+    );
 }
 
 #[test]
@@ -219,7 +292,10 @@ fn worker_only_registry_passes_promtool() {
     let (ok, msg) = promtool_check_metrics(&text);
     assert!(ok && msg.trim().is_empty(), "promtool: {msg}\n{text}");
     // Registering a group twice on one registry is a set-up error, not a panic.
-    let err = WorkerMetrics::new(&registry).err().expect("duplicate registration must fail").to_string();
+    let err = WorkerMetrics::new(&registry)
+        .err()
+        .expect("duplicate registration must fail")
+        .to_string();
     assert!(err.contains("registered once per registry"), "{err}");
 }
 
@@ -227,9 +303,18 @@ fn worker_only_registry_passes_promtool() {
 fn listen_on_a_bad_address_names_it() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let err = obs::serve_metrics(&addr, Registry::new()).err().expect("port in use").to_string();
-    assert!(err.contains(&addr) && err.contains("--metrics-listen"), "{err}");
-    let err = obs::serve_metrics("not-an-address", Registry::new()).err().expect("bad address").to_string();
+    let err = obs::serve_metrics(&addr, Registry::new())
+        .err()
+        .expect("port in use")
+        .to_string();
+    assert!(
+        err.contains(&addr) && err.contains("--metrics-listen"),
+        "{err}"
+    );
+    let err = obs::serve_metrics("not-an-address", Registry::new())
+        .err()
+        .expect("bad address")
+        .to_string();
     assert!(err.contains("not-an-address"), "{err}");
 }
 
@@ -257,7 +342,8 @@ fn scrapes_never_block_recording() {
     let mut worst = Duration::ZERO;
     let (mut i, t0) = (0, Instant::now());
     while t0.elapsed() < Duration::from_secs(20)
-        && (scrapes.load(std::sync::atomic::Ordering::Relaxed) < 50 || t0.elapsed() < Duration::from_secs(1))
+        && (scrapes.load(std::sync::atomic::Ordering::Relaxed) < 50
+            || t0.elapsed() < Duration::from_secs(1))
     {
         let t = Instant::now();
         training.record_step(&step(i));
@@ -270,7 +356,10 @@ fn scrapes_never_block_recording() {
     assert!(scrapes >= 50, "only {scrapes} scrapes in 20 s");
     // Generous bound for a shared 2-core CI box; a lock held across encoding would show up as
     // milliseconds per scrape.
-    assert!(worst < Duration::from_millis(50), "a record_step took {worst:?} during scrapes");
+    assert!(
+        worst < Duration::from_millis(50),
+        "a record_step took {worst:?} during scrapes"
+    );
 }
 
 #[test]
@@ -308,7 +397,10 @@ fn real_prometheus_scrapes_the_loss_series() {
     let _prom = ChildGuard(
         Command::new(prometheus)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -316,27 +408,43 @@ fn real_prometheus_scrapes_the_loss_series() {
             .unwrap(),
     );
     let query = format!("http://127.0.0.1:{port}/api/v1/query?query=splade_train_loss%5B1m%5D");
-    let samples = wait_until("Prometheus to hold >1 loss samples", Duration::from_secs(90), || {
-        let (status, body) = http_get(&query).ok()?;
-        if status != 200 {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        assert_eq!(v["status"], "success", "{body}");
-        let series = v["data"]["result"].as_array()?.first()?.clone();
-        let values = series["values"].as_array()?.clone();
-        (values.len() > 1).then_some((series, values))
-    });
+    let samples = wait_until(
+        "Prometheus to hold >1 loss samples",
+        Duration::from_secs(90),
+        || {
+            let (status, body) = http_get(&query).ok()?;
+            if status != 200 {
+                return None;
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            assert_eq!(v["status"], "success", "{body}");
+            let series = v["data"]["result"].as_array()?.first()?.clone();
+            let values = series["values"].as_array()?.clone();
+            (values.len() > 1).then_some((series, values))
+        },
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     stepper.join().unwrap();
     let (series, values) = samples;
     assert_eq!(series["metric"]["__name__"], "splade_train_loss");
     assert_eq!(series["metric"]["job"], "splade-coordinator");
-    let losses: Vec<f64> = values.iter().map(|v| v[1].as_str().unwrap().parse().unwrap()).collect();
-    assert!(losses.iter().all(|l| *l > 0.0 && *l <= 1.0), "loss values {losses:?}");
+    let losses: Vec<f64> = values
+        .iter()
+        .map(|v| v[1].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        losses.iter().all(|l| *l > 0.0 && *l <= 1.0),
+        "loss values {losses:?}"
+    );
     // The loss decreases with the step, so distinct scrapes see distinct values.
-    assert!(losses.windows(2).any(|w| w[0] != w[1]), "all scraped losses equal: {losses:?}");
-    if let Some(log) = std::fs::read_to_string(dir.path().join("prometheus.log")).ok().filter(|l| l.contains("level=error")) {
+    assert!(
+        losses.windows(2).any(|w| w[0] != w[1]),
+        "all scraped losses equal: {losses:?}"
+    );
+    if let Some(log) = std::fs::read_to_string(dir.path().join("prometheus.log"))
+        .ok()
+        .filter(|l| l.contains("level=error"))
+    {
         panic!("prometheus logged errors:\n{log}");
     }
 }
@@ -345,26 +453,52 @@ fn real_prometheus_scrapes_the_loss_series() {
 fn alert_rules_and_dashboard_promql_parse_and_use_exported_metrics() {
     let promtool = debian_tool("promtool");
     let rules = repo_root().join("deploy/prometheus/alert-rules.yml");
-    let out = Command::new(&promtool).args(["check", "rules"]).arg(&rules).output().unwrap();
-    assert!(out.status.success(), "promtool check rules: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let exprs = obs_check(&["promql-exprs"], &[]);
     let exprs = exprs.as_array().unwrap();
-    assert!(exprs.len() >= 20, "expected the dashboard's and the rules' expressions, got {}", exprs.len());
-    let sources: BTreeSet<&str> =
-        exprs.iter().map(|e| e["source"].as_str().unwrap().split(':').next().unwrap()).collect();
-    assert!(sources.contains("grafana/splade-training.json") && sources.contains("prometheus/alert-rules.yml"), "{sources:?}");
+    assert!(
+        exprs.len() >= 20,
+        "expected the dashboard's and the rules' expressions, got {}",
+        exprs.len()
+    );
+    let sources: BTreeSet<&str> = exprs
+        .iter()
+        .map(|e| e["source"].as_str().unwrap().split(':').next().unwrap())
+        .collect();
+    assert!(
+        sources.contains("grafana/splade-training.json")
+            && sources.contains("prometheus/alert-rules.yml"),
+        "{sources:?}"
+    );
 
     // Every expression parses: promtool checks them as recording rules of a scratch file.
     let dir = tempfile::tempdir().unwrap();
     let mut scratch = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (i, e) in exprs.iter().enumerate() {
         let expr = e["expr"].as_str().unwrap();
-        scratch.push_str(&format!("      - record: check:expr_{i}\n        expr: {}\n", serde_json::to_string(expr).unwrap()));
+        scratch.push_str(&format!(
+            "      - record: check:expr_{i}\n        expr: {}\n",
+            serde_json::to_string(expr).unwrap()
+        ));
     }
     let scratch_path = dir.path().join("exprs.yml");
     std::fs::write(&scratch_path, &scratch).unwrap();
-    let out = Command::new(&promtool).args(["check", "rules"]).arg(&scratch_path).output().unwrap();
+    let out = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&scratch_path)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "a dashboard/rules PromQL expression does not parse:\n{}{}",
@@ -383,7 +517,11 @@ fn alert_rules_and_dashboard_promql_parse_and_use_exported_metrics() {
     for e in exprs {
         let expr = e["expr"].as_str().unwrap();
         let names = promql_metric_names(expr);
-        assert!(!names.is_empty(), "{}: names no metric: {expr}", e["source"]);
+        assert!(
+            !names.is_empty(),
+            "{}: names no metric: {expr}",
+            e["source"]
+        );
         for name in names {
             checked += 1;
             assert!(
@@ -400,11 +538,36 @@ fn alert_rules_and_dashboard_promql_parse_and_use_exported_metrics() {
 /// selectors that are not functions, keywords or label names after `by`/`on`/….
 fn promql_metric_names(expr: &str) -> Vec<String> {
     const KEYWORDS: &[&str] = &[
-        "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-        "offset", "Inf", "NaN", "inf", "nan",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "Inf",
+        "NaN",
+        "inf",
+        "nan",
         // Aggregation operators may be followed by a `by`/`without` clause instead of `(`.
-        "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
-        "topk", "quantile", "limitk", "limit_ratio",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
     ];
     let chars: Vec<char> = expr.chars().collect();
     let mut names = Vec::new();
@@ -441,15 +604,25 @@ fn promql_metric_names(expr: &str) -> Vec<String> {
                 }
                 paren_depth -= 1;
             }
-            c if (c.is_ascii_alphabetic() || c == '_' || c == ':') && depth_brace == 0 && depth_bracket == 0 => {
+            c if (c.is_ascii_alphabetic() || c == '_' || c == ':')
+                && depth_brace == 0
+                && depth_bracket == 0 =>
+            {
                 let start = i;
-                while i + 1 < chars.len() && (chars[i + 1].is_ascii_alphanumeric() || chars[i + 1] == '_' || chars[i + 1] == ':') {
+                while i + 1 < chars.len()
+                    && (chars[i + 1].is_ascii_alphanumeric()
+                        || chars[i + 1] == '_'
+                        || chars[i + 1] == ':')
+                {
                     i += 1;
                 }
                 let word: String = chars[start..=i].iter().collect();
                 let next = chars[i + 1..].iter().find(|c| !c.is_whitespace()).copied();
                 let prev_digit = start > 0 && chars[start - 1].is_ascii_digit();
-                if matches!(word.as_str(), "by" | "without" | "on" | "ignoring" | "group_left" | "group_right") {
+                if matches!(
+                    word.as_str(),
+                    "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+                ) {
                     after_grouping = true;
                 } else if paren_grouping_depth.is_none()
                     && next != Some('(')
@@ -469,10 +642,15 @@ fn promql_metric_names(expr: &str) -> Vec<String> {
 #[test]
 fn promql_identifier_extraction() {
     assert_eq!(
-        promql_metric_names(r#"histogram_quantile(0.95, sum by (le, pod) (rate(a_bucket{job=~"x"}[5m]))) / on (job) b > 15 * 60"#),
+        promql_metric_names(
+            r#"histogram_quantile(0.95, sum by (le, pod) (rate(a_bucket{job=~"x"}[5m]))) / on (job) b > 15 * 60"#
+        ),
         vec!["a_bucket", "b"]
     );
-    assert_eq!(promql_metric_names("time() - c > 0 and on (job, instance) d"), vec!["c", "d"]);
+    assert_eq!(
+        promql_metric_names("time() - c > 0 and on (job, instance) d"),
+        vec!["c", "d"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -483,9 +661,21 @@ fn tensorboard_reads_the_event_file() {
     let dir = tempfile::tempdir().unwrap();
     let logdir = dir.path().join("runs/run-1");
     let mut tb = obs::TensorBoardWriter::create(&logdir).unwrap();
-    let file_name = tb.path().file_name().unwrap().to_string_lossy().into_owned();
-    assert!(file_name.starts_with("events.out.tfevents.") && file_name.ends_with(&format!(".{}", std::process::id())), "{file_name}");
-    tb.log_params(&[("learning_rate".into(), "2e-5".into()), ("model".into(), "splade-tiny".into())]);
+    let file_name = tb
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        file_name.starts_with("events.out.tfevents.")
+            && file_name.ends_with(&format!(".{}", std::process::id())),
+        "{file_name}"
+    );
+    tb.log_params(&[
+        ("learning_rate".into(), "2e-5".into()),
+        ("model".into(), "splade-tiny".into()),
+    ]);
     for i in [1u64, 2, 3, 5, 8] {
         tb.log_scalars(i, &step(i).scalars());
     }
@@ -494,21 +684,44 @@ fn tensorboard_reads_the_event_file() {
     tb.finish(None);
 
     let v = obs_check(&["tb", logdir.to_str().unwrap()], &[]);
-    let loss = v["scalars"]["train/loss"].as_array().unwrap_or_else(|| panic!("no train/loss: {v}"));
-    let got: Vec<(u64, f64)> = loss.iter().map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap())).collect();
-    let want: Vec<(u64, f64)> = [1u64, 2, 3, 5, 8].iter().map(|&i| (i, step(i).loss)).collect();
+    let loss = v["scalars"]["train/loss"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no train/loss: {v}"));
+    let got: Vec<(u64, f64)> = loss
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+        .collect();
+    let want: Vec<(u64, f64)> = [1u64, 2, 3, 5, 8]
+        .iter()
+        .map(|&i| (i, step(i).loss))
+        .collect();
     assert_eq!(got.len(), want.len(), "{got:?}");
     for ((gs, gv), (ws, wv)) in got.iter().zip(&want) {
         assert_eq!(gs, ws);
         assert!((gv - wv).abs() < 1e-6, "loss at step {gs}: {gv} vs {wv}");
     }
-    for tag in ["train/loss_ranking", "train/active_dims_document", "train/learning_rate", "train/samples_per_second"] {
-        assert_eq!(v["scalars"][tag].as_array().map(Vec::len), Some(5), "{tag}: {v}");
+    for tag in [
+        "train/loss_ranking",
+        "train/active_dims_document",
+        "train/learning_rate",
+        "train/samples_per_second",
+    ] {
+        assert_eq!(
+            v["scalars"][tag].as_array().map(Vec::len),
+            Some(5),
+            "{tag}: {v}"
+        );
     }
     assert_eq!(v["scalars"]["eval/norquad-dev/ndcg@10"][0][0], 8);
     let config = &v["tensors"]["config"][0][1][0];
     assert_eq!(config, "training:\n  max_steps: 8\n");
-    assert!(v["tensors"]["params"][0][1][0].as_str().unwrap().contains("| learning_rate | 2e-5 |"), "{v}");
+    assert!(
+        v["tensors"]["params"][0][1][0]
+            .as_str()
+            .unwrap()
+            .contains("| learning_rate | 2e-5 |"),
+        "{v}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -550,9 +763,20 @@ fn jsonl_and_fan_out() {
 fn model_dir(root: &Path) -> (PathBuf, BTreeMap<String, Vec<u8>>) {
     let dir = root.join("final");
     let mut files = BTreeMap::new();
-    files.insert("config.json".to_string(), br#"{"architectures":["BertForMaskedLM"]}"#.to_vec());
-    files.insert("model.safetensors".to_string(), (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect());
-    files.insert("1_SpladePooling/config.json".to_string(), br#"{"pooling_strategy":"max"}"#.to_vec());
+    files.insert(
+        "config.json".to_string(),
+        br#"{"architectures":["BertForMaskedLM"]}"#.to_vec(),
+    );
+    files.insert(
+        "model.safetensors".to_string(),
+        (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect(),
+    );
+    files.insert(
+        "1_SpladePooling/config.json".to_string(),
+        br#"{"pooling_strategy":"max"}"#.to_vec(),
+    );
     for (rel, data) in &files {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -562,11 +786,20 @@ fn model_dir(root: &Path) -> (PathBuf, BTreeMap<String, Vec<u8>>) {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    let out = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().and_then(|mut c| {
-        c.stdin.take().unwrap().write_all(data)?;
-        c.wait_with_output()
-    });
-    String::from_utf8(out.unwrap().stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(data)?;
+            c.wait_with_output()
+        });
+    String::from_utf8(out.unwrap().stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn log_a_run(settings: MlflowSettings, model: &Path) -> (Option<String>, Duration) {
@@ -579,7 +812,13 @@ fn log_a_run(settings: MlflowSettings, model: &Path) -> (Option<String>, Duratio
     for i in 1..=6u64 {
         r.log_scalars(i, &step(i).scalars());
     }
-    r.log_scalars(6, &[("eval/norquad-dev/ndcg@10", 0.4125), ("eval/norquad-dev/mrr@10", 0.38)]);
+    r.log_scalars(
+        6,
+        &[
+            ("eval/norquad-dev/ndcg@10", 0.4125),
+            ("eval/norquad-dev/mrr@10", 0.38),
+        ],
+    );
     r.log_text("config", "training:\n  max_steps: 6\n");
     let logging = t.elapsed();
     r.finish(Some(model));
@@ -606,12 +845,25 @@ fn check_mlflow_run(v: &serde_json::Value, files: &BTreeMap<String, Vec<u8>>, ru
         assert_eq!(gs, ws);
         assert!((gv - wv).abs() < 1e-9, "step {gs}: {gv} vs {wv}");
     }
-    assert_eq!(v["metrics"]["eval/norquad-dev/ndcg_at_10"][0], serde_json::json!([6, 0.4125]));
-    assert_eq!(v["metrics"]["train/active_dims_document"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        v["metrics"]["eval/norquad-dev/ndcg_at_10"][0],
+        serde_json::json!([6, 0.4125])
+    );
+    assert_eq!(
+        v["metrics"]["train/active_dims_document"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
     let artifacts = v["artifacts"].as_object().unwrap();
     for (rel, data) in files {
         let key = format!("model/{rel}");
-        assert_eq!(artifacts.get(&key).and_then(|h| h.as_str()), Some(sha256_hex(data).as_str()), "artifact {key}: {v}");
+        assert_eq!(
+            artifacts.get(&key).and_then(|h| h.as_str()),
+            Some(sha256_hex(data).as_str()),
+            "artifact {key}: {v}"
+        );
     }
     assert!(artifacts.contains_key("text/config.txt"), "{v}");
 }
@@ -631,9 +883,22 @@ fn mlflow_server_receives_params_metrics_and_model() {
     let log = std::fs::File::create(dir.path().join("mlflow.log")).unwrap();
     let _server = ChildGuard(
         Command::new(&py)
-            .args(["-m", "mlflow", "server", "--host", "127.0.0.1", "--port", &port.to_string(), "--workers", "1"])
+            .args([
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--workers",
+                "1",
+            ])
             .arg("--backend-store-uri")
-            .arg(format!("sqlite:///{}", dir.path().join("mlflow.db").display()))
+            .arg(format!(
+                "sqlite:///{}",
+                dir.path().join("mlflow.db").display()
+            ))
             .arg("--artifacts-destination")
             .arg(dir.path().join("artifacts"))
             .current_dir(dir.path())
@@ -644,11 +909,17 @@ fn mlflow_server_receives_params_metrics_and_model() {
     );
     let uri = format!("http://127.0.0.1:{port}");
     wait_until("mlflow server /health", Duration::from_secs(120), || {
-        http_get(&format!("{uri}/health")).ok().filter(|(s, _)| *s == 200).map(|_| ())
+        http_get(&format!("{uri}/health"))
+            .ok()
+            .filter(|(s, _)| *s == 200)
+            .map(|_| ())
     });
     let (model, files) = model_dir(dir.path());
     let (run_id, logging) = log_a_run(settings(&uri, "obs-rest"), &model);
-    assert!(logging < Duration::from_millis(500), "log calls blocked the caller for {logging:?}");
+    assert!(
+        logging < Duration::from_millis(500),
+        "log calls blocked the caller for {logging:?}"
+    );
     let run_id = run_id.expect("the run was created");
     let v = obs_check(&["mlflow", &uri, "obs-rest"], &[]);
     check_mlflow_run(&v, &files, &run_id);
@@ -663,17 +934,27 @@ fn mlflow_file_store_is_read_by_mlflow_client() {
     let (model, files) = model_dir(dir.path());
     let (run_id, _) = log_a_run(settings(mlruns.to_str().unwrap(), "obs-files"), &model);
     let run_id = run_id.expect("the run was created");
-    let v = obs_check(&["mlflow", mlruns.to_str().unwrap(), "obs-files"], &[("MLFLOW_ALLOW_FILE_STORE", "true")]);
+    let v = obs_check(
+        &["mlflow", mlruns.to_str().unwrap(), "obs-files"],
+        &[("MLFLOW_ALLOW_FILE_STORE", "true")],
+    );
     check_mlflow_run(&v, &files, &run_id);
 
     // A second run in the same store lands in the same experiment.
-    let (second, _) = log_a_run(settings(&format!("file://{}", mlruns.display()), "obs-files"), &model);
+    let (second, _) = log_a_run(
+        settings(&format!("file://{}", mlruns.display()), "obs-files"),
+        &model,
+    );
     assert_ne!(second.unwrap(), run_id);
     let experiments: Vec<_> = std::fs::read_dir(&mlruns)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
         .collect();
-    assert_eq!(experiments.len(), 2, "Default + obs-files expected: {experiments:?}");
+    assert_eq!(
+        experiments.len(),
+        2,
+        "Default + obs-files expected: {experiments:?}"
+    );
 }
 
 /// Captures warnings of every thread (the reporter logs from its own thread).
@@ -712,7 +993,11 @@ fn unreachable_mlflow_never_fails_training_and_warns_once() {
     let port = free_port(); // nothing listens here
     let uri = format!("http://127.0.0.1:{port}");
     let mut s = MlflowSettings::new(&uri, "unreachable");
-    s.retry_backoff = vec![Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400)];
+    s.retry_backoff = vec![
+        Duration::from_millis(100),
+        Duration::from_millis(200),
+        Duration::from_millis(400),
+    ];
     let mut r = MlflowReporter::new(s).unwrap();
     let t = Instant::now();
     let mut worst = Duration::ZERO;
@@ -728,20 +1013,41 @@ fn unreachable_mlflow_never_fails_training_and_warns_once() {
     r.log_params(&[("a".into(), "b".into())]);
     r.finish(Some(Path::new("/nonexistent/model")));
     let total = t.elapsed();
-    assert!(worst < Duration::from_millis(50), "a log call blocked for {worst:?}");
-    assert!(total < Duration::from_secs(10), "reporting to a dead server took {total:?}");
+    assert!(
+        worst < Duration::from_millis(50),
+        "a log call blocked for {worst:?}"
+    );
+    assert!(
+        total < Duration::from_secs(10),
+        "reporting to a dead server took {total:?}"
+    );
     assert!(r.run_id().is_none());
     let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    let warnings = text.lines().filter(|l| l.contains("WARN") && l.contains(&uri)).count();
-    assert_eq!(warnings, 1, "expected exactly one warning naming {uri}:\n{text}");
+    let warnings = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(&uri))
+        .count();
+    assert_eq!(
+        warnings, 1,
+        "expected exactly one warning naming {uri}:\n{text}"
+    );
     let line = text.lines().find(|l| l.contains(&uri)).unwrap();
-    assert!(line.contains("training continues") && line.contains("4 attempt(s)"), "{line}");
+    assert!(
+        line.contains("training continues") && line.contains("4 attempt(s)"),
+        "{line}"
+    );
 }
 
 #[test]
 fn unsupported_tracking_uri_is_a_clear_error() {
-    let err = MlflowReporter::new(MlflowSettings::new("databricks://profile", "x")).err().expect("unsupported").to_string();
-    assert!(err.contains("databricks://profile") && err.contains("fix"), "{err}");
+    let err = MlflowReporter::new(MlflowSettings::new("databricks://profile", "x"))
+        .err()
+        .expect("unsupported")
+        .to_string();
+    assert!(
+        err.contains("databricks://profile") && err.contains("fix"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -759,16 +1065,64 @@ fn k8s_manifests_validate_and_references_resolve() {
 #[test]
 fn dockerfile_builds_with_cuda_and_runs_on_cuda_runtime() {
     // Static checks only (no Docker daemon here): the multi-stage shape the deploy docs promise.
-    let text = std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile at the repo root");
-    let froms: Vec<&str> = text.lines().filter(|l| l.trim_start().to_uppercase().starts_with("FROM ")).collect();
+    let text = std::fs::read_to_string(repo_root().join("Dockerfile"))
+        .expect("Dockerfile at the repo root");
+    let froms: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().to_uppercase().starts_with("FROM "))
+        .collect();
     assert!(froms.len() >= 2, "multi-stage expected: {froms:?}");
-    assert!(text.contains("--features cuda"), "build stage must enable the cuda feature");
-    assert!(froms.last().unwrap().contains("nvidia/cuda") && froms.last().unwrap().contains("runtime"), "{froms:?}");
-    let copies: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("COPY --from=")).collect();
+    assert!(
+        text.contains("--features cuda"),
+        "build stage must enable the cuda feature"
+    );
+    assert!(
+        froms.last().unwrap().contains("nvidia/cuda") && froms.last().unwrap().contains("runtime"),
+        "{froms:?}"
+    );
+    let copies: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("COPY --from="))
+        .collect();
     for bin in ["splade-coordinator", "splade-worker", "splade"] {
         assert!(
-            copies.iter().any(|l| l.split_whitespace().any(|w| w.ends_with(&format!("/{bin}")))),
+            copies.iter().any(|l| l
+                .split_whitespace()
+                .any(|w| w.ends_with(&format!("/{bin}")))),
             "{bin} is not copied into the runtime image: {copies:?}"
         );
     }
+}
+
+#[test]
+fn mlflow_reporter_dropped_without_finish_marks_the_run_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlruns = dir.path().join("mlruns");
+    let run_id = {
+        let mut r = MlflowReporter::new(settings(mlruns.to_str().unwrap(), "obs-dropped")).unwrap();
+        r.log_scalars(1, &[("train/loss", 3.0)]);
+        r.flush();
+        r.run_id().expect("run created by flush")
+    }; // dropped here, as when training fails with an error
+    let meta = wait_until(
+        "the run to be marked failed",
+        Duration::from_secs(10),
+        || {
+            let pattern = format!("/{run_id}/meta.yaml");
+            let meta = std::fs::read_dir(&mlruns)
+                .ok()?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join(&run_id).join("meta.yaml"))
+                .find(|p| p.to_string_lossy().ends_with(&pattern) && p.is_file())?;
+            let text = std::fs::read_to_string(meta).ok()?;
+            text.contains("status: 4").then_some(text)
+        },
+    );
+    assert!(!meta.contains("end_time: null"), "{meta}");
+    let v = obs_check(
+        &["mlflow", mlruns.to_str().unwrap(), "obs-dropped"],
+        &[("MLFLOW_ALLOW_FILE_STORE", "true")],
+    );
+    assert_eq!(v["status"], "FAILED", "{v}");
+    assert_eq!(v["metrics"]["train/loss"], serde_json::json!([[1, 3.0]]));
 }

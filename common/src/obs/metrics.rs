@@ -187,8 +187,14 @@ impl StepStats {
             ("train/grad_norm", self.grad_norm),
             ("train/epoch", self.epoch),
             ("train/step_seconds", self.step_seconds),
-            ("train/samples_per_second", per_second(self.samples, self.step_seconds)),
-            ("train/tokens_per_second", per_second(self.tokens, self.step_seconds)),
+            (
+                "train/samples_per_second",
+                per_second(self.samples, self.step_seconds),
+            ),
+            (
+                "train/tokens_per_second",
+                per_second(self.tokens, self.step_seconds),
+            ),
         ];
         if let Some(s) = self.allreduce_seconds {
             out.push(("train/allreduce_seconds", s));
@@ -263,7 +269,10 @@ impl TrainingMetrics {
         let loss_part = register(
             r,
             GaugeVec::new(
-                Opts::new(LOSS_PART, "Parts of the training loss of the last step (FLOPS parts weighted)"),
+                Opts::new(
+                    LOSS_PART,
+                    "Parts of the training loss of the last step (FLOPS parts weighted)",
+                ),
                 &["part"],
             )?,
         )?;
@@ -277,20 +286,44 @@ impl TrainingMetrics {
         let active = register(
             r,
             GaugeVec::new(
-                Opts::new(ACTIVE_DIMS, "Mean number of non-zero vocabulary dimensions per vector in the last batch"),
+                Opts::new(
+                    ACTIVE_DIMS,
+                    "Mean number of non-zero vocabulary dimensions per vector in the last batch",
+                ),
                 &["side"],
             )?,
         )?;
         Ok(Self {
-            global_step: register(r, IntGauge::new(GLOBAL_STEP, "Optimiser steps completed by the job")?)?,
-            epoch: register(r, Gauge::new(EPOCH, "Fractional epoch: passes over the training set so far")?)?,
-            samples_total: register(r, IntCounter::new(SAMPLES_TOTAL, "Training examples consumed")?)?,
-            tokens_total: register(r, IntCounter::new(TOKENS_TOTAL, "Non-padding tokens encoded")?)?,
+            global_step: register(
+                r,
+                IntGauge::new(GLOBAL_STEP, "Optimiser steps completed by the job")?,
+            )?,
+            epoch: register(
+                r,
+                Gauge::new(
+                    EPOCH,
+                    "Fractional epoch: passes over the training set so far",
+                )?,
+            )?,
+            samples_total: register(
+                r,
+                IntCounter::new(SAMPLES_TOTAL, "Training examples consumed")?,
+            )?,
+            tokens_total: register(
+                r,
+                IntCounter::new(TOKENS_TOTAL, "Non-padding tokens encoded")?,
+            )?,
             samples_per_second: register(
                 r,
-                Gauge::new(SAMPLES_PER_SECOND, "Training examples per second over the last step")?,
+                Gauge::new(
+                    SAMPLES_PER_SECOND,
+                    "Training examples per second over the last step",
+                )?,
             )?,
-            tokens_per_second: register(r, Gauge::new(TOKENS_PER_SECOND, "Tokens per second over the last step")?)?,
+            tokens_per_second: register(
+                r,
+                Gauge::new(TOKENS_PER_SECOND, "Tokens per second over the last step")?,
+            )?,
             loss: register(r, Gauge::new(LOSS, "Total training loss of the last step")?)?,
             loss_ranking: loss_part.with_label_values(&["ranking"]),
             loss_flops_query: loss_part.with_label_values(&["flops_query"]),
@@ -299,42 +332,72 @@ impl TrainingMetrics {
             flops_document: flops.with_label_values(&["document"]),
             active_dims_query: active.with_label_values(&["query"]),
             active_dims_document: active.with_label_values(&["document"]),
-            learning_rate: register(r, Gauge::new(LEARNING_RATE, "Learning rate of the last step")?)?,
-            grad_norm: register(r, Gauge::new(GRAD_NORM, "Global L2 norm of the gradient before clipping")?)?,
+            learning_rate: register(
+                r,
+                Gauge::new(LEARNING_RATE, "Learning rate of the last step")?,
+            )?,
+            grad_norm: register(
+                r,
+                Gauge::new(GRAD_NORM, "Global L2 norm of the gradient before clipping")?,
+            )?,
             allreduce_seconds: register(
                 r,
                 Histogram::with_opts(
-                    HistogramOpts::new(ALLREDUCE_SECONDS, "Wall time of the gradient all-reduce per step")
-                        .buckets(time_buckets()),
+                    HistogramOpts::new(
+                        ALLREDUCE_SECONDS,
+                        "Wall time of the gradient all-reduce per step",
+                    )
+                    .buckets(time_buckets()),
                 )?,
             )?,
             checkpoint_write_seconds: register(
                 r,
                 Histogram::with_opts(
-                    HistogramOpts::new(CHECKPOINT_WRITE_SECONDS, "Wall time to write and commit one checkpoint")
-                        .buckets(prometheus::exponential_buckets(0.1, 2.0, 14)?),
+                    HistogramOpts::new(
+                        CHECKPOINT_WRITE_SECONDS,
+                        "Wall time to write and commit one checkpoint",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.1, 2.0, 14)?),
                 )?,
             )?,
-            checkpoints_total: register(r, IntCounter::new(CHECKPOINTS_TOTAL, "Checkpoints committed")?)?,
+            checkpoints_total: register(
+                r,
+                IntCounter::new(CHECKPOINTS_TOTAL, "Checkpoints committed")?,
+            )?,
             checkpoint_last_step: register(
                 r,
-                IntGauge::new(CHECKPOINT_LAST_STEP, "Global step of the last committed checkpoint")?,
+                IntGauge::new(
+                    CHECKPOINT_LAST_STEP,
+                    "Global step of the last committed checkpoint",
+                )?,
             )?,
             eval_ndcg: register(
                 r,
-                GaugeVec::new(Opts::new(EVAL_NDCG_AT_10, "NDCG@10 of the last evaluation"), &["task"])?,
+                GaugeVec::new(
+                    Opts::new(EVAL_NDCG_AT_10, "NDCG@10 of the last evaluation"),
+                    &["task"],
+                )?,
             )?,
             eval_mrr: register(
                 r,
-                GaugeVec::new(Opts::new(EVAL_MRR_AT_10, "MRR@10 of the last evaluation"), &["task"])?,
+                GaugeVec::new(
+                    Opts::new(EVAL_MRR_AT_10, "MRR@10 of the last evaluation"),
+                    &["task"],
+                )?,
             )?,
             eval_step: register(
                 r,
-                IntGaugeVec::new(Opts::new(EVAL_STEP, "Global step of the last evaluation"), &["task"])?,
+                IntGaugeVec::new(
+                    Opts::new(EVAL_STEP, "Global step of the last evaluation"),
+                    &["task"],
+                )?,
             )?,
             last_step_timestamp: register(
                 r,
-                Gauge::new(LAST_STEP_TIMESTAMP, "Unix time at which the last training step completed")?,
+                Gauge::new(
+                    LAST_STEP_TIMESTAMP,
+                    "Unix time at which the last training step completed",
+                )?,
             )?,
         })
     }
@@ -342,12 +405,15 @@ impl TrainingMetrics {
     /// Records one optimiser step. Non-finite loss values are exported as they are (a NaN loss is
     /// exactly what a person watching the dashboard needs to see).
     pub fn record_step(&self, s: &StepStats) {
-        self.global_step.set(i64::try_from(s.step).unwrap_or(i64::MAX));
+        self.global_step
+            .set(i64::try_from(s.step).unwrap_or(i64::MAX));
         self.epoch.set(s.epoch);
         self.samples_total.inc_by(s.samples);
         self.tokens_total.inc_by(s.tokens);
-        self.samples_per_second.set(per_second(s.samples, s.step_seconds));
-        self.tokens_per_second.set(per_second(s.tokens, s.step_seconds));
+        self.samples_per_second
+            .set(per_second(s.samples, s.step_seconds));
+        self.tokens_per_second
+            .set(per_second(s.tokens, s.step_seconds));
         self.loss.set(s.loss);
         self.loss_ranking.set(s.loss_ranking);
         self.loss_flops_query.set(s.loss_flops_query);
@@ -368,20 +434,24 @@ impl TrainingMetrics {
     pub fn record_eval(&self, task: &str, step: u64, ndcg_at_10: f64, mrr_at_10: f64) {
         self.eval_ndcg.with_label_values(&[task]).set(ndcg_at_10);
         self.eval_mrr.with_label_values(&[task]).set(mrr_at_10);
-        self.eval_step.with_label_values(&[task]).set(i64::try_from(step).unwrap_or(i64::MAX));
+        self.eval_step
+            .with_label_values(&[task])
+            .set(i64::try_from(step).unwrap_or(i64::MAX));
     }
 
     /// Records a committed checkpoint at global `step` that took `write_seconds` to write.
     pub fn record_checkpoint(&self, step: u64, write_seconds: f64) {
         self.checkpoint_write_seconds.observe(write_seconds);
         self.checkpoints_total.inc();
-        self.checkpoint_last_step.set(i64::try_from(step).unwrap_or(i64::MAX));
+        self.checkpoint_last_step
+            .set(i64::try_from(step).unwrap_or(i64::MAX));
     }
 
     /// Sets the global step without a full step record (on resume from a checkpoint), so the
     /// dashboard shows where training restarted.
     pub fn set_global_step(&self, step: u64) {
-        self.global_step.set(i64::try_from(step).unwrap_or(i64::MAX));
+        self.global_step
+            .set(i64::try_from(step).unwrap_or(i64::MAX));
         self.last_step_timestamp.set(now_unix_seconds());
     }
 }
@@ -402,14 +472,23 @@ impl ClusterMetrics {
         use names::*;
         let r = registry;
         Ok(Self {
-            workers_alive: register(r, IntGauge::new(WORKERS_ALIVE, "Workers currently in the membership")?)?,
+            workers_alive: register(
+                r,
+                IntGauge::new(WORKERS_ALIVE, "Workers currently in the membership")?,
+            )?,
             workers_expected: register(
                 r,
-                IntGauge::new(WORKERS_EXPECTED, "Workers the job is configured to run with")?,
+                IntGauge::new(
+                    WORKERS_EXPECTED,
+                    "Workers the job is configured to run with",
+                )?,
             )?,
             generation: register(
                 r,
-                IntGauge::new(GENERATION, "Membership generation; increases whenever the worker set is re-formed")?,
+                IntGauge::new(
+                    GENERATION,
+                    "Membership generation; increases whenever the worker set is re-formed",
+                )?,
             )?,
             restarts_total: register(
                 r,
@@ -430,7 +509,8 @@ impl ClusterMetrics {
 
     /// Sets the membership generation.
     pub fn set_generation(&self, generation: u64) {
-        self.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
     /// Counts one restart of training from a checkpoint.
@@ -455,23 +535,41 @@ impl WorkerMetrics {
         use names::*;
         let r = registry;
         let m = Self {
-            rank: register(r, IntGauge::new(WORKER_RANK, "Rank of this worker in the current generation (-1: none)")?)?,
-            steps_total: register(r, IntCounter::new(WORKER_STEPS_TOTAL, "Training steps this process completed")?)?,
+            rank: register(
+                r,
+                IntGauge::new(
+                    WORKER_RANK,
+                    "Rank of this worker in the current generation (-1: none)",
+                )?,
+            )?,
+            steps_total: register(
+                r,
+                IntCounter::new(WORKER_STEPS_TOTAL, "Training steps this process completed")?,
+            )?,
             step_seconds: register(
                 r,
                 Histogram::with_opts(
-                    HistogramOpts::new(WORKER_STEP_SECONDS, "Wall time of one training step on this process")
-                        .buckets(time_buckets()),
+                    HistogramOpts::new(
+                        WORKER_STEP_SECONDS,
+                        "Wall time of one training step on this process",
+                    )
+                    .buckets(time_buckets()),
                 )?,
             )?,
             data_wait_seconds: register(
                 r,
-                Counter::new(WORKER_DATA_WAIT_SECONDS, "Time this process spent waiting for the next batch")?,
+                Counter::new(
+                    WORKER_DATA_WAIT_SECONDS,
+                    "Time this process spent waiting for the next batch",
+                )?,
             )?,
             device_memory: register(
                 r,
                 GaugeVec::new(
-                    Opts::new(WORKER_DEVICE_MEMORY_BYTES, "Device memory held by this process"),
+                    Opts::new(
+                        WORKER_DEVICE_MEMORY_BYTES,
+                        "Device memory held by this process",
+                    ),
                     &["device"],
                 )?,
             )?,

@@ -102,7 +102,9 @@ fn parse_target(uri: &str) -> Result<Target, ObsError> {
     let path = if path.is_absolute() {
         path
     } else {
-        std::env::current_dir().map_err(|e| ObsError::io(&path, e))?.join(path)
+        std::env::current_dir()
+            .map_err(|e| ObsError::io(&path, e))?
+            .join(path)
     };
     Ok(Target::Files(path))
 }
@@ -122,10 +124,46 @@ pub fn sanitize_key(key: &str) -> String {
 
 enum Cmd {
     Params(Vec<(String, String)>),
-    Metrics { step: u64, timestamp: i64, values: Vec<(String, f64)> },
-    Text { tag: String, text: String },
+    Metrics {
+        step: u64,
+        timestamp: i64,
+        values: Vec<(String, f64)>,
+    },
+    Text {
+        tag: String,
+        text: String,
+    },
     Flush(SyncSender<()>),
-    Finish { model_dir: Option<PathBuf>, done: SyncSender<()> },
+    Finish {
+        model_dir: Option<PathBuf>,
+        status: RunEnd,
+        done: SyncSender<()>,
+    },
+}
+
+/// How a run ended, as MLflow records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// `FINISHED`: training completed.
+    Finished,
+    /// `FAILED`: training stopped with an error (or the reporter was dropped without `finish`).
+    Failed,
+}
+
+impl RunEnd {
+    fn rest(self) -> &'static str {
+        match self {
+            RunEnd::Finished => "FINISHED",
+            RunEnd::Failed => "FAILED",
+        }
+    }
+    /// MLflow's `RunStatus` number in file-store `meta.yaml`.
+    fn code(self) -> u8 {
+        match self {
+            RunEnd::Finished => 3,
+            RunEnd::Failed => 4,
+        }
+    }
 }
 
 /// The MLflow [`Reporter`]. Creating it starts the background thread; the run itself is created
@@ -149,12 +187,23 @@ impl MlflowReporter {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let run_id = std::sync::Arc::new(std::sync::OnceLock::new());
         let finish_timeout = settings.finish_timeout;
-        let worker = Worker { settings, target, run_id: run_id.clone(), quiet: false };
+        let worker = Worker {
+            settings,
+            target,
+            run_id: run_id.clone(),
+            quiet: false,
+        };
         let thread = std::thread::Builder::new()
             .name("mlflow-reporter".into())
             .spawn(move || worker.run(rx))
             .map_err(|e| ObsError::Mlflow(format!("cannot start the reporter thread: {e}")))?;
-        Ok(Self { tx: Some(tx), thread: Some(thread), finish_timeout, dropped_warned: false, run_id })
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            finish_timeout,
+            dropped_warned: false,
+            run_id,
+        })
     }
 
     /// The MLflow run id, once the background thread has created the run.
@@ -177,7 +226,11 @@ impl MlflowReporter {
     }
 
     /// Sends a command that acknowledges, waiting at most `timeout` for the acknowledgement.
-    fn send_and_wait(&mut self, make: impl FnOnce(SyncSender<()>) -> Cmd, timeout: Duration) -> bool {
+    fn send_and_wait(
+        &mut self,
+        make: impl FnOnce(SyncSender<()>) -> Cmd,
+        timeout: Duration,
+    ) -> bool {
         let Some(tx) = &self.tx else { return true };
         let (done_tx, done_rx) = mpsc::sync_channel(1);
         let deadline = Instant::now() + timeout;
@@ -212,11 +265,18 @@ impl Reporter for MlflowReporter {
 
     fn log_scalars(&mut self, step: u64, scalars: &[(&str, f64)]) {
         let values = scalars.iter().map(|(k, v)| (sanitize_key(k), *v)).collect();
-        self.send(Cmd::Metrics { step, timestamp: now_millis(), values });
+        self.send(Cmd::Metrics {
+            step,
+            timestamp: now_millis(),
+            values,
+        });
     }
 
     fn log_text(&mut self, tag: &str, text: &str) {
-        self.send(Cmd::Text { tag: tag.to_string(), text: text.to_string() });
+        self.send(Cmd::Text {
+            tag: tag.to_string(),
+            text: text.to_string(),
+        });
     }
 
     fn flush(&mut self) {
@@ -225,12 +285,31 @@ impl Reporter for MlflowReporter {
     }
 
     fn finish(&mut self, model_dir: Option<&Path>) {
+        self.end(model_dir, RunEnd::Finished);
+    }
+}
+
+impl MlflowReporter {
+    /// Ends the run as `FAILED` (training stopped with an error), without artifacts; bounded like
+    /// [`Reporter::finish`].
+    pub fn finish_failed(&mut self) {
+        self.end(None, RunEnd::Failed);
+    }
+
+    fn end(&mut self, model_dir: Option<&Path>, status: RunEnd) {
         if self.tx.is_none() {
             return;
         }
         let model_dir = model_dir.map(Path::to_path_buf);
         let timeout = self.finish_timeout;
-        if !self.send_and_wait(|done| Cmd::Finish { model_dir, done }, timeout) {
+        if !self.send_and_wait(
+            |done| Cmd::Finish {
+                model_dir,
+                status,
+                done,
+            },
+            timeout,
+        ) {
             tracing::warn!("mlflow reporting did not finish within {timeout:?}; leaving the run as it is (training is done)");
         }
         self.tx = None;
@@ -245,8 +324,16 @@ impl Reporter for MlflowReporter {
 
 impl Drop for MlflowReporter {
     fn drop(&mut self) {
-        // Closing the channel ends the thread once it has drained; never block a dropping trainer.
-        self.tx = None;
+        // Dropped without `finish`: training did not complete. Mark the run failed once the queue
+        // drains, without blocking the dropping thread; closing the channel then ends the thread.
+        if let Some(tx) = self.tx.take() {
+            let (done, _) = mpsc::sync_channel(1);
+            let _ = tx.try_send(Cmd::Finish {
+                model_dir: None,
+                status: RunEnd::Failed,
+                done,
+            });
+        }
     }
 }
 
@@ -267,10 +354,16 @@ struct CallError {
 
 impl CallError {
     fn fatal(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retry: false }
+        Self {
+            message: message.into(),
+            retry: false,
+        }
     }
     fn transient(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retry: true }
+        Self {
+            message: message.into(),
+            retry: true,
+        }
     }
 }
 
@@ -285,7 +378,7 @@ trait Run {
     ) -> Result<(), CallError>;
     fn upload_dir(&mut self, local: &Path, artifact_path: &str) -> Result<usize, CallError>;
     fn upload_text(&mut self, text: &str, artifact_file: &str) -> Result<(), CallError>;
-    fn terminate(&mut self) -> Result<(), CallError>;
+    fn terminate(&mut self, status: RunEnd) -> Result<(), CallError>;
 }
 
 impl Worker {
@@ -325,25 +418,42 @@ impl Worker {
                         .map(|(k, v)| (sanitize_key(&k), truncate(v, 6000)))
                         .collect();
                     for chunk in params.chunks(100) {
-                        if self.retrying("log params", |_| r.log_batch(&[], chunk, &[])).is_none() {
+                        if self
+                            .retrying("log params", |_| r.log_batch(&[], chunk, &[]))
+                            .is_none()
+                        {
                             break;
                         }
                     }
                 }
-                Cmd::Metrics { step, timestamp, values } => {
+                Cmd::Metrics {
+                    step,
+                    timestamp,
+                    values,
+                } => {
                     // Coalesce queued metric calls into one request (MLflow allows 1000 per batch).
                     let mut batch: Vec<(String, f64, i64, u64)> = Vec::new();
-                    fn add(batch: &mut Vec<(String, f64, i64, u64)>, step: u64, ts: i64, values: Vec<(String, f64)>) {
+                    fn add(
+                        batch: &mut Vec<(String, f64, i64, u64)>,
+                        step: u64,
+                        ts: i64,
+                        values: Vec<(String, f64)>,
+                    ) {
                         batch.extend(
-                            values.into_iter().filter(|(_, v)| v.is_finite()).map(|(k, v)| (k, v, ts, step)),
+                            values
+                                .into_iter()
+                                .filter(|(_, v)| v.is_finite())
+                                .map(|(k, v)| (k, v, ts, step)),
                         )
                     }
                     add(&mut batch, step, timestamp, values);
                     while let Ok(next) = rx.try_recv() {
                         match next {
-                            Cmd::Metrics { step, timestamp, values } if values.len() < 900 => {
-                                add(&mut batch, step, timestamp, values)
-                            }
+                            Cmd::Metrics {
+                                step,
+                                timestamp,
+                                values,
+                            } if values.len() < 900 => add(&mut batch, step, timestamp, values),
                             other => {
                                 pending = Some(other);
                                 break;
@@ -354,7 +464,10 @@ impl Worker {
                         }
                     }
                     for chunk in batch.chunks(1000) {
-                        if self.retrying("log metrics", |_| r.log_batch(chunk, &[], &[])).is_none() {
+                        if self
+                            .retrying("log metrics", |_| r.log_batch(chunk, &[], &[]))
+                            .is_none()
+                        {
                             break;
                         }
                     }
@@ -366,13 +479,19 @@ impl Worker {
                 Cmd::Flush(done) => {
                     let _ = done.try_send(());
                 }
-                Cmd::Finish { model_dir, done } => {
+                Cmd::Finish {
+                    model_dir,
+                    status,
+                    done,
+                } => {
                     if let Some(dir) = model_dir {
-                        if let Some(n) = self.retrying("upload the model", |_| r.upload_dir(&dir, "model")) {
+                        if let Some(n) =
+                            self.retrying("upload the model", |_| r.upload_dir(&dir, "model"))
+                        {
                             tracing::info!("mlflow: logged {n} model files from '{}' as artifacts under 'model/'", dir.display());
                         }
                     }
-                    self.retrying("mark the run finished", |_| r.terminate());
+                    self.retrying("mark the run ended", |_| r.terminate(status));
                     let _ = done.try_send(());
                     break;
                 }
@@ -381,7 +500,11 @@ impl Worker {
     }
 
     /// Runs `f` with the back-off policy; on final failure warns once and turns the reporter quiet.
-    fn retrying<T>(&mut self, what: &str, mut f: impl FnMut(&mut Self) -> Result<T, CallError>) -> Option<T> {
+    fn retrying<T>(
+        &mut self,
+        what: &str,
+        mut f: impl FnMut(&mut Self) -> Result<T, CallError>,
+    ) -> Option<T> {
         if self.quiet {
             return None;
         }
@@ -390,7 +513,11 @@ impl Worker {
             match f(self) {
                 Ok(v) => return Some(v),
                 Err(e) if e.retry && attempt < self.settings.retry_backoff.len() => {
-                    tracing::debug!("mlflow: cannot {what} (attempt {}): {}; retrying", attempt + 1, e.message);
+                    tracing::debug!(
+                        "mlflow: cannot {what} (attempt {}): {}; retrying",
+                        attempt + 1,
+                        e.message
+                    );
                     std::thread::sleep(self.settings.retry_backoff[attempt]);
                     attempt += 1;
                 }
@@ -505,7 +632,9 @@ fn percent_encode_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for b in path.bytes() {
         match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -520,11 +649,21 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -538,9 +677,10 @@ impl RestRun {
             .into();
         let auth = if let Ok(token) = std::env::var("MLFLOW_TRACKING_TOKEN") {
             Some(format!("Bearer {token}"))
-        } else if let (Ok(u), Ok(p)) =
-            (std::env::var("MLFLOW_TRACKING_USERNAME"), std::env::var("MLFLOW_TRACKING_PASSWORD"))
-        {
+        } else if let (Ok(u), Ok(p)) = (
+            std::env::var("MLFLOW_TRACKING_USERNAME"),
+            std::env::var("MLFLOW_TRACKING_PASSWORD"),
+        ) {
             Some(format!("Basic {}", base64(format!("{u}:{p}").as_bytes())))
         } else {
             None
@@ -558,9 +698,9 @@ impl RestRun {
             None => match this.call("POST", "experiments/create", Some(json!({ "name": name }))) {
                 Ok(v) => str_field(&v, &["experiment_id"])?,
                 // Someone else created it in between.
-                Err(_) => this
-                    .get_experiment(name)?
-                    .ok_or_else(|| CallError::fatal(format!("cannot create experiment '{name}'")))?,
+                Err(_) => this.get_experiment(name)?.ok_or_else(|| {
+                    CallError::fatal(format!("cannot create experiment '{name}'"))
+                })?,
             },
         };
         let run_name = settings.run_name.clone().unwrap_or_else(default_run_name);
@@ -599,7 +739,10 @@ impl RestRun {
     }
 
     fn get_experiment(&self, name: &str) -> Result<Option<String>, CallError> {
-        let path = format!("experiments/get-by-name?experiment_name={}", percent_encode_query(name));
+        let path = format!(
+            "experiments/get-by-name?experiment_name={}",
+            percent_encode_query(name)
+        );
         match self.call("GET", &path, None) {
             Ok(v) => Ok(Some(str_field(&v, &["experiment", "experiment_id"])?)),
             Err(e) if e.message.contains("RESOURCE_DOES_NOT_EXIST") => Ok(None),
@@ -620,7 +763,10 @@ impl RestRun {
                 req.call()
             }
             _ => {
-                let mut req = self.agent.post(&url).header("Content-Type", "application/json");
+                let mut req = self
+                    .agent
+                    .post(&url)
+                    .header("Content-Type", "application/json");
                 if let Some(a) = &self.auth {
                     req = req.header("Authorization", a);
                 }
@@ -631,8 +777,14 @@ impl RestRun {
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         if !(200..300).contains(&status) {
-            let msg = format!("{method} {url}: HTTP {status}: {}", text.chars().take(300).collect::<String>());
-            return Err(CallError { message: msg, retry: status >= 500 || status == 429 });
+            let msg = format!(
+                "{method} {url}: HTTP {status}: {}",
+                text.chars().take(300).collect::<String>()
+            );
+            return Err(CallError {
+                message: msg,
+                retry: status >= 500 || status == 429,
+            });
         }
         if text.trim().is_empty() {
             return Ok(Value::Null);
@@ -650,16 +802,27 @@ impl RestRun {
             self.base,
             percent_encode_path(&format!("{prefix}/{rel}"))
         );
-        let mut req = self.agent.put(&url).header("Content-Type", "application/octet-stream");
+        let mut req = self
+            .agent
+            .put(&url)
+            .header("Content-Type", "application/octet-stream");
         if let Some(a) = &self.auth {
             req = req.header("Authorization", a);
         }
-        let mut resp = req.send(body).map_err(|e| CallError::transient(format!("PUT {url}: {e}")))?;
+        let mut resp = req
+            .send(body)
+            .map_err(|e| CallError::transient(format!("PUT {url}: {e}")))?;
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
             let text = resp.body_mut().read_to_string().unwrap_or_default();
-            let msg = format!("PUT {url}: HTTP {status}: {}", text.chars().take(300).collect::<String>());
-            return Err(CallError { message: msg, retry: status >= 500 || status == 429 });
+            let msg = format!(
+                "PUT {url}: HTTP {status}: {}",
+                text.chars().take(300).collect::<String>()
+            );
+            return Err(CallError {
+                message: msg,
+                retry: status >= 500 || status == 429,
+            });
         }
         Ok(())
     }
@@ -668,11 +831,16 @@ impl RestRun {
 fn str_field(v: &Value, path: &[&str]) -> Result<String, CallError> {
     let mut cur = v;
     for p in path {
-        cur = cur.get(p).ok_or_else(|| CallError::fatal(format!("MLflow response lacks '{}': {v}", path.join("."))))?;
+        cur = cur.get(p).ok_or_else(|| {
+            CallError::fatal(format!("MLflow response lacks '{}': {v}", path.join(".")))
+        })?;
     }
-    cur.as_str()
-        .map(str::to_string)
-        .ok_or_else(|| CallError::fatal(format!("MLflow response field '{}' is not a string: {v}", path.join("."))))
+    cur.as_str().map(str::to_string).ok_or_else(|| {
+        CallError::fatal(format!(
+            "MLflow response field '{}' is not a string: {v}",
+            path.join(".")
+        ))
+    })
 }
 
 impl Run for RestRun {
@@ -690,19 +858,31 @@ impl Run for RestRun {
             .iter()
             .map(|(k, v, ts, step)| json!({"key": k, "value": v, "timestamp": ts, "step": step}))
             .collect();
-        let params: Vec<Value> = params.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
-        let tags: Vec<Value> = tags.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+        let params: Vec<Value> = params
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v}))
+            .collect();
+        let tags: Vec<Value> = tags
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v}))
+            .collect();
         self.call(
             "POST",
             "runs/log-batch",
-            Some(json!({"run_id": self.run_id, "metrics": metrics, "params": params, "tags": tags})),
+            Some(
+                json!({"run_id": self.run_id, "metrics": metrics, "params": params, "tags": tags}),
+            ),
         )
         .map(|_| ())
     }
 
     fn upload_dir(&mut self, local: &Path, artifact_path: &str) -> Result<usize, CallError> {
-        let files = walk_files(local)
-            .map_err(|e| CallError::fatal(format!("cannot list model folder '{}': {e}", local.display())))?;
+        let files = walk_files(local).map_err(|e| {
+            CallError::fatal(format!(
+                "cannot list model folder '{}': {e}",
+                local.display()
+            ))
+        })?;
         match &self.artifacts {
             ArtifactStore::Proxy(_) => {
                 for (abs, rel) in &files {
@@ -729,18 +909,19 @@ impl Run for RestRun {
         }
     }
 
-    fn terminate(&mut self) -> Result<(), CallError> {
+    fn terminate(&mut self, status: RunEnd) -> Result<(), CallError> {
         self.call(
             "POST",
             "runs/update",
-            Some(json!({"run_id": self.run_id, "status": "FINISHED", "end_time": now_millis()})),
+            Some(json!({"run_id": self.run_id, "status": status.rest(), "end_time": now_millis()})),
         )
         .map(|_| ())
     }
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), CallError> {
-    let io = |e: std::io::Error| CallError::fatal(format!("cannot write '{}': {e}", path.display()));
+    let io =
+        |e: std::io::Error| CallError::fatal(format!("cannot write '{}': {e}", path.display()));
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
@@ -750,7 +931,13 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), CallError> {
 fn copy_files(files: &[(PathBuf, String)], dest: &Path) -> Result<(), CallError> {
     for (abs, rel) in files {
         let to = dest.join(rel);
-        let io = |e: std::io::Error| CallError::fatal(format!("cannot copy '{}' to '{}': {e}", abs.display(), to.display()));
+        let io = |e: std::io::Error| {
+            CallError::fatal(format!(
+                "cannot copy '{}' to '{}': {e}",
+                abs.display(),
+                to.display()
+            ))
+        };
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
@@ -776,20 +963,26 @@ fn yaml_str(s: &str) -> String {
 /// Reads the `name:` of an experiment `meta.yaml` as written by MLflow (plain, single- or
 /// double-quoted scalar).
 fn yaml_top_level(text: &str, key: &str) -> Option<String> {
-    let line = text.lines().find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
     let v = line[key.len() + 1..].trim();
-    Some(if let Some(inner) = v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')) {
-        inner.replace("''", "'")
-    } else if let Some(inner) = v.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
-        inner.replace("\\\"", "\"").replace("\\\\", "\\")
-    } else {
-        v.to_string()
-    })
+    Some(
+        if let Some(inner) = v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')) {
+            inner.replace("''", "'")
+        } else if let Some(inner) = v.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+            inner.replace("\\\"", "\"").replace("\\\\", "\\")
+        } else {
+            v.to_string()
+        },
+    )
 }
 
 fn random_hex32() -> String {
     let mut bytes = [0u8; 16];
-    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).is_ok();
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok();
     if !ok {
         // Fall back to std's randomly keyed hasher.
         use std::hash::{BuildHasher, Hasher};
@@ -810,13 +1003,19 @@ fn write_meta(dir: &Path, entries: &[(&str, String)]) -> Result<(), CallError> {
     // Write-then-rename so a reader never sees a half-written meta.yaml.
     let tmp = dir.join(".meta.yaml.tmp");
     write_file(&tmp, text.as_bytes())?;
-    std::fs::rename(&tmp, dir.join("meta.yaml"))
-        .map_err(|e| CallError::fatal(format!("cannot write '{}': {e}", dir.join("meta.yaml").display())))
+    std::fs::rename(&tmp, dir.join("meta.yaml")).map_err(|e| {
+        CallError::fatal(format!(
+            "cannot write '{}': {e}",
+            dir.join("meta.yaml").display()
+        ))
+    })
 }
 
 impl FileRun {
     fn start(root: &Path, settings: &MlflowSettings) -> Result<Self, CallError> {
-        let io = |p: &Path, e: std::io::Error| CallError::fatal(format!("mlflow file store '{}': {e}", p.display()));
+        let io = |p: &Path, e: std::io::Error| {
+            CallError::fatal(format!("mlflow file store '{}': {e}", p.display()))
+        };
         let fresh = !root.exists();
         std::fs::create_dir_all(root.join(".trash")).map_err(|e| io(root, e))?;
         if fresh {
@@ -861,7 +1060,10 @@ impl FileRun {
         }
         let run_name = settings.run_name.clone().unwrap_or_else(default_run_name);
         let mut meta = BTreeMap::new();
-        meta.insert("artifact_uri", yaml_str(&run_dir.join("artifacts").display().to_string()));
+        meta.insert(
+            "artifact_uri",
+            yaml_str(&run_dir.join("artifacts").display().to_string()),
+        );
         meta.insert("end_time", "null".to_string());
         meta.insert("entry_point_name", "''".to_string());
         meta.insert("experiment_id", yaml_str(&experiment_id));
@@ -875,8 +1077,15 @@ impl FileRun {
         meta.insert("start_time", now_millis().to_string());
         meta.insert("status", "1".to_string());
         meta.insert("tags", "[]".to_string());
-        meta.insert("user_id", yaml_str(&std::env::var("USER").unwrap_or_else(|_| "unknown".into())));
-        let mut this = Self { run_id: run_id.clone(), run_dir, meta };
+        meta.insert(
+            "user_id",
+            yaml_str(&std::env::var("USER").unwrap_or_else(|_| "unknown".into())),
+        );
+        let mut this = Self {
+            run_id: run_id.clone(),
+            run_dir,
+            meta,
+        };
         this.write_run_meta()?;
         let tags = system_tags(settings, &run_name);
         this.log_batch(&[], &[], &tags)?;
@@ -910,7 +1119,11 @@ impl FileRun {
     /// `metrics/train/loss` for key `train/loss`; keys are sanitised, so no `..` component can
     /// escape the run directory, but reject it anyway.
     fn key_path(&self, sub: &str, key: &str) -> Result<PathBuf, CallError> {
-        if key.is_empty() || key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        if key.is_empty()
+            || key
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             return Err(CallError::fatal(format!("invalid MLflow key '{key}'")));
         }
         Ok(self.run_dir.join(sub).join(key))
@@ -931,7 +1144,10 @@ impl Run for FileRun {
         // Group lines per key so each metric file gets one append.
         let mut lines: BTreeMap<&str, String> = BTreeMap::new();
         for (k, v, ts, step) in metrics {
-            lines.entry(k.as_str()).or_default().push_str(&format!("{ts} {v} {step}\n"));
+            lines
+                .entry(k.as_str())
+                .or_default()
+                .push_str(&format!("{ts} {v} {step}\n"));
         }
         for (k, text) in lines {
             let path = match self.key_path("metrics", k) {
@@ -941,12 +1157,18 @@ impl Run for FileRun {
                     continue;
                 }
             };
-            let io = |e: std::io::Error| CallError::fatal(format!("cannot append to '{}': {e}", path.display()));
+            let io = |e: std::io::Error| {
+                CallError::fatal(format!("cannot append to '{}': {e}", path.display()))
+            };
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(io)?;
             }
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io)?;
             f.write_all(text.as_bytes()).map_err(io)?;
         }
         for (k, v) in params {
@@ -963,18 +1185,25 @@ impl Run for FileRun {
     }
 
     fn upload_dir(&mut self, local: &Path, artifact_path: &str) -> Result<usize, CallError> {
-        let files = walk_files(local)
-            .map_err(|e| CallError::fatal(format!("cannot list model folder '{}': {e}", local.display())))?;
+        let files = walk_files(local).map_err(|e| {
+            CallError::fatal(format!(
+                "cannot list model folder '{}': {e}",
+                local.display()
+            ))
+        })?;
         copy_files(&files, &self.run_dir.join("artifacts").join(artifact_path))?;
         Ok(files.len())
     }
 
     fn upload_text(&mut self, text: &str, artifact_file: &str) -> Result<(), CallError> {
-        write_file(&self.run_dir.join("artifacts").join(artifact_file), text.as_bytes())
+        write_file(
+            &self.run_dir.join("artifacts").join(artifact_file),
+            text.as_bytes(),
+        )
     }
 
-    fn terminate(&mut self) -> Result<(), CallError> {
-        self.meta.insert("status", "3".to_string());
+    fn terminate(&mut self, status: RunEnd) -> Result<(), CallError> {
+        self.meta.insert("status", status.code().to_string());
         self.meta.insert("end_time", now_millis().to_string());
         self.write_run_meta()
     }
@@ -986,24 +1215,47 @@ mod tests {
 
     #[test]
     fn keys_are_sanitised_for_mlflow() {
-        assert_eq!(sanitize_key("eval/dev set/ndcg@10"), "eval/dev set/ndcg_at_10");
+        assert_eq!(
+            sanitize_key("eval/dev set/ndcg@10"),
+            "eval/dev set/ndcg_at_10"
+        );
         assert_eq!(sanitize_key("train/loss(total)"), "train/loss_total_");
     }
 
     #[test]
     fn tracking_uris() {
-        assert_eq!(parse_target("http://h:5000/").unwrap(), Target::Rest("http://h:5000".into()));
-        assert_eq!(parse_target("file:///tmp/mlruns").unwrap(), Target::Files("/tmp/mlruns".into()));
-        assert!(matches!(parse_target("mlruns").unwrap(), Target::Files(p) if p.is_absolute() && p.ends_with("mlruns")));
+        assert_eq!(
+            parse_target("http://h:5000/").unwrap(),
+            Target::Rest("http://h:5000".into())
+        );
+        assert_eq!(
+            parse_target("file:///tmp/mlruns").unwrap(),
+            Target::Files("/tmp/mlruns".into())
+        );
+        assert!(
+            matches!(parse_target("mlruns").unwrap(), Target::Files(p) if p.is_absolute() && p.ends_with("mlruns"))
+        );
         let err = parse_target("sqlite:///x.db").unwrap_err().to_string();
-        assert!(err.contains("sqlite:///x.db") && err.contains("fix"), "{err}");
+        assert!(
+            err.contains("sqlite:///x.db") && err.contains("fix"),
+            "{err}"
+        );
     }
 
     #[test]
     fn yaml_round_trip() {
-        let text = format!("name: {}\nlifecycle_stage: active\n", yaml_str("it's: a test"));
-        assert_eq!(yaml_top_level(&text, "name").as_deref(), Some("it's: a test"));
-        assert_eq!(yaml_top_level("name: plain\n", "name").as_deref(), Some("plain"));
+        let text = format!(
+            "name: {}\nlifecycle_stage: active\n",
+            yaml_str("it's: a test")
+        );
+        assert_eq!(
+            yaml_top_level(&text, "name").as_deref(),
+            Some("it's: a test")
+        );
+        assert_eq!(
+            yaml_top_level("name: plain\n", "name").as_deref(),
+            Some("plain")
+        );
         assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
     }
 }

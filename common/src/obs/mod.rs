@@ -34,12 +34,12 @@ mod reporter;
 mod server;
 pub mod tfevents;
 
-/// The registry type the metric groups register on (re-exported so callers need no `prometheus` dependency).
-pub use prometheus::Registry;
 pub use metrics::{
     encode_text, names, ClusterMetrics, StepStats, TrainingMetrics, WorkerMetrics, METRIC_FAMILIES,
 };
-pub use mlflow::{MlflowReporter, MlflowSettings};
+pub use mlflow::{MlflowReporter, MlflowSettings, RunEnd};
+/// The registry type the metric groups register on (re-exported so callers need no `prometheus` dependency).
+pub use prometheus::Registry;
 pub use reporter::{FanOut, JsonlReporter, Reporter};
 pub use server::{serve_metrics, MetricsServer, TEXT_CONTENT_TYPE};
 pub use tfevents::TensorBoardWriter;
@@ -76,7 +76,10 @@ pub enum ObsError {
 
 impl ObsError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

@@ -62,10 +62,14 @@ impl Reporter for FanOut {
         self.reporters.iter_mut().for_each(|r| r.log_params(params));
     }
     fn log_scalars(&mut self, step: u64, scalars: &[(&str, f64)]) {
-        self.reporters.iter_mut().for_each(|r| r.log_scalars(step, scalars));
+        self.reporters
+            .iter_mut()
+            .for_each(|r| r.log_scalars(step, scalars));
     }
     fn log_text(&mut self, tag: &str, text: &str) {
-        self.reporters.iter_mut().for_each(|r| r.log_text(tag, text));
+        self.reporters
+            .iter_mut()
+            .for_each(|r| r.log_text(tag, text));
     }
     fn flush(&mut self) {
         self.reporters.iter_mut().for_each(|r| r.flush());
@@ -120,7 +124,11 @@ impl JsonlReporter {
             .append(true)
             .open(&path)
             .map_err(|e| ObsError::io(&path, e))?;
-        Ok(Self { path, out: Some(BufWriter::new(file)), warn: WarnOnce::default() })
+        Ok(Self {
+            path,
+            out: Some(BufWriter::new(file)),
+            warn: WarnOnce::default(),
+        })
     }
 
     /// The file written.
@@ -138,7 +146,10 @@ impl JsonlReporter {
             .and_then(|()| out.write_all(b"\n"))
             .and_then(|()| out.flush());
         if let Err(e) = result {
-            self.warn.fail("jsonl", format!("cannot write '{}': {e}", self.path.display()));
+            self.warn.fail(
+                "jsonl",
+                format!("cannot write '{}': {e}", self.path.display()),
+            );
         }
     }
 }
@@ -148,15 +159,21 @@ impl Reporter for JsonlReporter {
         "jsonl"
     }
     fn log_params(&mut self, params: &[(String, String)]) {
-        let map: serde_json::Map<String, serde_json::Value> =
-            params.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        let map: serde_json::Map<String, serde_json::Value> = params
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
         self.write(serde_json::json!({"type": "params", "params": map}));
     }
     fn log_scalars(&mut self, step: u64, scalars: &[(&str, f64)]) {
-        let values: serde_json::Map<String, serde_json::Value> =
-            scalars.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+        let values: serde_json::Map<String, serde_json::Value> = scalars
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect();
         let time = super::now_millis() as f64 / 1000.0;
-        self.write(serde_json::json!({"type": "scalars", "step": step, "time": time, "values": values}));
+        self.write(
+            serde_json::json!({"type": "scalars", "step": step, "time": time, "values": values}),
+        );
     }
     fn log_text(&mut self, tag: &str, text: &str) {
         self.write(serde_json::json!({"type": "text", "tag": tag, "text": text}));

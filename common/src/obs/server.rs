@@ -59,7 +59,10 @@ impl Drop for MetricsServer {
 /// Returns once the socket is bound, so a bad address or a port in use is reported immediately as
 /// [`ObsError::Listen`] naming the address.
 pub fn serve_metrics(addr: &str, registry: Registry) -> Result<MetricsServer, ObsError> {
-    let listen_err = |message: String| ObsError::Listen { addr: addr.to_string(), message };
+    let listen_err = |message: String| ObsError::Listen {
+        addr: addr.to_string(),
+        message,
+    };
     let sock = addr
         .to_socket_addrs()
         .map_err(|e| listen_err(e.to_string()))?
@@ -77,7 +80,11 @@ pub fn serve_metrics(addr: &str, registry: Registry) -> Result<MetricsServer, Ob
         .spawn(move || serve_loop(&srv, &registry))
         .map_err(|e| listen_err(format!("cannot start the server thread: {e}")))?;
     tracing::info!(addr = %bound, "serving Prometheus metrics on http://{bound}/metrics");
-    Ok(MetricsServer { addr: bound, server, thread: Some(thread) })
+    Ok(MetricsServer {
+        addr: bound,
+        server,
+        thread: Some(thread),
+    })
 }
 
 fn serve_loop(server: &tiny_http::Server, registry: &Registry) {
@@ -96,14 +103,17 @@ fn respond(
 ) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
     let path = url.split('?').next().unwrap_or("");
     let header = |v: &str| {
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], v.as_bytes()).expect("static header is valid")
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], v.as_bytes())
+            .expect("static header is valid")
     };
     if !matches!(method, tiny_http::Method::Get | tiny_http::Method::Head) {
         return tiny_http::Response::from_string("method not allowed\n").with_status_code(405);
     }
     match path {
         "/metrics" => match super::metrics::encode_text(registry) {
-            Ok(body) => tiny_http::Response::from_string(body).with_header(header(TEXT_CONTENT_TYPE)),
+            Ok(body) => {
+                tiny_http::Response::from_string(body).with_header(header(TEXT_CONTENT_TYPE))
+            }
             Err(e) => tiny_http::Response::from_string(format!("cannot encode metrics: {e}\n"))
                 .with_status_code(500),
         },

@@ -156,20 +156,29 @@ impl TensorBoardWriter {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let name = format!("events.out.tfevents.{secs}.{}.{}", super::hostname(), std::process::id());
+        let name = format!(
+            "events.out.tfevents.{secs}.{}.{}",
+            super::hostname(),
+            std::process::id()
+        );
         let path = dir.join(name);
         let file = std::fs::OpenOptions::new()
             .create_new(true)
             .write(true)
             .open(&path)
             .map_err(|e| ObsError::io(&path, e))?;
-        let mut w = Self { path, out: Some(BufWriter::new(file)), warn: WarnOnce::default() };
+        let mut w = Self {
+            path,
+            out: Some(BufWriter::new(file)),
+            warn: WarnOnce::default(),
+        };
         let header = Event {
             wall_time: wall_time(),
             step: 0,
             what: Some(EventWhat::FileVersion("brain.Event:2".into())),
         };
-        w.write_event(&header).map_err(|e| ObsError::io(&w.path, e))?;
+        w.write_event(&header)
+            .map_err(|e| ObsError::io(&w.path, e))?;
         Ok(w)
     }
 
@@ -179,7 +188,9 @@ impl TensorBoardWriter {
     }
 
     fn write_event(&mut self, event: &Event) -> std::io::Result<()> {
-        let Some(out) = self.out.as_mut() else { return Ok(()) };
+        let Some(out) = self.out.as_mut() else {
+            return Ok(());
+        };
         out.write_all(&tfrecord_frame(&event.encode_to_vec()))?;
         out.flush()
     }
@@ -203,7 +214,10 @@ impl TensorBoardWriter {
         SummaryValue {
             tag: tag.to_string(),
             metadata: Some(SummaryMetadata {
-                plugin_data: Some(PluginData { plugin_name: "text".into(), content: Vec::new() }),
+                plugin_data: Some(PluginData {
+                    plugin_name: "text".into(),
+                    content: Vec::new(),
+                }),
             }),
             value: Some(SummaryValueKind::Tensor(TensorProto {
                 dtype: DT_STRING,
@@ -226,7 +240,11 @@ impl Reporter for TensorBoardWriter {
         // A markdown table renders nicely in TensorBoard's text tab.
         let mut table = String::from("| parameter | value |\n|---|---|\n");
         for (k, v) in params {
-            table.push_str(&format!("| {} | {} |\n", k.replace('|', "\\|"), v.replace('|', "\\|")));
+            table.push_str(&format!(
+                "| {} | {} |\n",
+                k.replace('|', "\\|"),
+                v.replace('|', "\\|")
+            ));
         }
         self.write_summary(0, vec![Self::text_value("params", &table)]);
     }
