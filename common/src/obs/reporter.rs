@@ -188,3 +188,55 @@ impl Reporter for JsonlReporter {
         self.out = None;
     }
 }
+
+/// Flattens a JSON object (e.g. the serialised training config) into run parameters for
+/// [`Reporter::log_params`]: nested keys joined with `.` (`training.learning_rate`), strings as they
+/// are, numbers and booleans in JSON notation, arrays as compact JSON, `null`s skipped. Sorted by key.
+pub fn flatten_params(value: &serde_json::Value) -> Vec<(String, String)> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(map) => {
+                for (k, child) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, child, out);
+                }
+            }
+            serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+            other => out.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", value, &mut out);
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattens_nested_config() {
+        let v = serde_json::json!({
+            "training": {"learning_rate": 2e-5, "bf16": true, "report_to": ["mlflow", "tensorboard"], "run_name": null},
+            "model": {"base_model": "splade-tiny"}
+        });
+        assert_eq!(
+            flatten_params(&v),
+            vec![
+                ("model.base_model".to_string(), "splade-tiny".to_string()),
+                ("training.bf16".to_string(), "true".to_string()),
+                ("training.learning_rate".to_string(), "0.00002".to_string()),
+                (
+                    "training.report_to".to_string(),
+                    "[\"mlflow\",\"tensorboard\"]".to_string()
+                ),
+            ]
+        );
+    }
+}
