@@ -84,11 +84,33 @@ fn free_port() -> u16 {
 }
 
 /// Kills and reaps a child process when dropped, so a failing test leaves no server behind.
+/// Kills and reaps a server started with [`spawn_group`] when dropped (also when a test panics),
+/// together with every process it started: `mlflow server` runs uvicorn and job-runner children
+/// that would outlive a plain kill of the parent.
 struct ChildGuard(Child);
+
+/// Spawns `cmd` as the leader of a new process group, so [`ChildGuard`] can end the whole tree.
+fn spawn_group(cmd: &mut Command) -> ChildGuard {
+    use std::os::unix::process::CommandExt;
+    ChildGuard(cmd.process_group(0).spawn().expect("spawn server"))
+}
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = format!("-{}", self.0.id());
+        let signal = |sig: &str| {
+            let _ = Command::new("kill")
+                .args([sig, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Whatever is left of the group (the leader or its children) goes now.
+        signal("-KILL");
         let _ = self.0.wait();
     }
 }
@@ -398,7 +420,7 @@ fn real_prometheus_scrapes_the_loss_series() {
     .unwrap();
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let _prom = ChildGuard(
+    let _prom = spawn_group(
         Command::new(prometheus)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -407,9 +429,7 @@ fn real_prometheus_scrapes_the_loss_series() {
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+            .stderr(log),
     );
     let query = format!("http://127.0.0.1:{port}/api/v1/query?query=splade_train_loss%5B1m%5D");
     let samples = wait_until(
@@ -885,7 +905,7 @@ fn mlflow_server_receives_params_metrics_and_model() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("mlflow.log")).unwrap();
-    let _server = ChildGuard(
+    let _server = spawn_group(
         Command::new(&py)
             .args([
                 "-m",
@@ -907,9 +927,7 @@ fn mlflow_server_receives_params_metrics_and_model() {
             .arg(dir.path().join("artifacts"))
             .current_dir(dir.path())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+            .stderr(log),
     );
     let uri = format!("http://127.0.0.1:{port}");
     wait_until("mlflow server /health", Duration::from_secs(120), || {
