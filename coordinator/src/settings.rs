@@ -154,7 +154,7 @@ impl JobSpec {
     /// evenly into `world` x `per_device_batch_size` pieces.
     pub fn micro_batches(&self, world: u32) -> Option<u32> {
         let per_step = world.checked_mul(self.per_device_batch_size)?;
-        (per_step != 0 && self.global_batch_size % per_step == 0).then(|| self.global_batch_size / per_step)
+        (per_step != 0 && self.global_batch_size.is_multiple_of(per_step)).then(|| self.global_batch_size / per_step)
     }
 
     /// World sizes in `min..=max` that keep the global batch exact.
