@@ -8,3 +8,4 @@ mod completion;
 mod elastic;
 mod rendezvous;
 mod security;
+mod session;
