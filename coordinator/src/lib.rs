@@ -17,8 +17,13 @@ pub mod state;
 pub mod verify;
 
 pub use machine::{JobOutcome, Machine};
-pub use server::{start, start_with_state, CoordinatorError, CoordinatorHandle, CoordinatorOptions, ShutdownTrigger};
-pub use settings::{ClusterSettings, JobSpec, JoinToken, ServerTls, SettingsError, DEFAULT_TOKEN_ENV};
+pub use server::{
+    start, start_with_state, CoordinatorError, CoordinatorHandle, CoordinatorOptions,
+    ShutdownTrigger,
+};
+pub use settings::{
+    ClusterSettings, JobSpec, JoinToken, ServerTls, SettingsError, DEFAULT_TOKEN_ENV,
+};
 pub use snapshot::{JobSnapshot, PhaseKind, WorkerStatus};
 pub use state::{ClusterState, InMemoryClusterState};
 pub use verify::{CheckpointVerifier, TrustWorkers, VerifyError, VerifyFuture};

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use splade_proto::domain::{
-    Ack, Assignment, CheckpointCommit, Directive, Heartbeat, JoinAck, JoinRequest, LeaveRequest, ProgressReport,
-    WorkerId,
+    Ack, Assignment, CheckpointCommit, Directive, Heartbeat, JoinAck, JoinRequest, LeaveRequest,
+    ProgressReport, WorkerId,
 };
 use tokio::time::Instant;
 
@@ -97,21 +97,38 @@ impl<S: ClusterState> Machine<S> {
     pub fn join(&mut self, req: JoinRequest, now: Instant) -> Result<JoinAck, JoinRefused> {
         match self.state.phase() {
             JobPhase::Completed { final_step } => {
-                return Err(JoinRefused::JobOver(format!("the job has already completed at step {final_step}")))
+                return Err(JoinRefused::JobOver(format!(
+                    "the job has already completed at step {final_step}"
+                )))
             }
-            JobPhase::Failed { reason } => return Err(JoinRefused::JobOver(format!("the job has failed: {reason}"))),
+            JobPhase::Failed { reason } => {
+                return Err(JoinRefused::JobOver(format!(
+                    "the job has failed: {reason}"
+                )))
+            }
             _ => {}
         }
         let id = req.worker_id.clone();
         if self.state.worker(&id).is_some() {
             if self.is_running_member(&id) {
-                self.fail_generation(format!("worker {id} joined again (its previous process is gone)"), now);
+                self.fail_generation(
+                    format!("worker {id} joined again (its previous process is gone)"),
+                    now,
+                );
                 if self.is_over() {
-                    return Err(JoinRefused::JobOver(format!("the job has failed: {}", self.phase_reason())));
+                    return Err(JoinRefused::JobOver(format!(
+                        "the job has failed: {}",
+                        self.phase_reason()
+                    )));
                 }
             }
         } else if self.state.workers().len() >= self.settings.max_workers as usize {
-            let ids: Vec<String> = self.state.workers().iter().map(|w| w.id.to_string()).collect();
+            let ids: Vec<String> = self
+                .state
+                .workers()
+                .iter()
+                .map(|w| w.id.to_string())
+                .collect();
             return Err(JoinRefused::Full(format!(
                 "the job already has max_workers {} workers ({}); retry after one leaves or times out",
                 self.settings.max_workers,
@@ -126,7 +143,13 @@ impl<S: ClusterState> Machine<S> {
             device: req.device,
             join_seq: self.next_join_seq,
         });
-        self.live.insert(id.clone(), Liveness { last_seen: now, step: 0 });
+        self.live.insert(
+            id.clone(),
+            Liveness {
+                last_seen: now,
+                step: 0,
+            },
+        );
         tracing::info!(worker = %id, phase = ?self.state.phase(), "worker joined");
         self.advance(now);
         Ok(JoinAck {
@@ -160,9 +183,14 @@ impl<S: ClusterState> Machine<S> {
         live.last_seen = now;
         live.step = hb.step;
         let directive = match self.state.phase() {
-            JobPhase::Rendezvous { reason } => Directive::Wait { reason: self.rendezvous_status(reason) },
+            JobPhase::Rendezvous { reason } => Directive::Wait {
+                reason: self.rendezvous_status(reason),
+            },
             JobPhase::Running => {
-                let g = self.state.generation().expect("running implies a generation");
+                let g = self
+                    .state
+                    .generation()
+                    .expect("running implies a generation");
                 match g.rank_of(&id) {
                     Some(_) if hb.generation == Some(g.number) => {
                         self.global_step = self.global_step.max(hb.step);
@@ -201,7 +229,9 @@ impl<S: ClusterState> Machine<S> {
         if report.step >= self.job.total_steps {
             tracing::info!(worker = %report.worker_id, step = report.step, "final step reported; the job is complete");
             self.state.end_generation("training completed".into());
-            self.state.set_phase(JobPhase::Completed { final_step: report.step });
+            self.state.set_phase(JobPhase::Completed {
+                final_step: report.step,
+            });
             self.finished_at = Some(now);
         }
         Ack::accepted()
@@ -269,13 +299,21 @@ impl<S: ClusterState> Machine<S> {
             self.try_form(now);
         }
         let finished_at = self.finished_at?;
-        let everyone_told = self.state.workers().iter().all(|w| self.told_final.contains(&w.id));
+        let everyone_told = self
+            .state
+            .workers()
+            .iter()
+            .all(|w| self.told_final.contains(&w.id));
         if !everyone_told && now < finished_at + self.settings.heartbeat_timeout {
             return None;
         }
         match self.state.phase() {
-            JobPhase::Completed { final_step } => Some(JobOutcome::Completed { final_step: *final_step }),
-            JobPhase::Failed { reason } => Some(JobOutcome::Failed { reason: reason.clone() }),
+            JobPhase::Completed { final_step } => Some(JobOutcome::Completed {
+                final_step: *final_step,
+            }),
+            JobPhase::Failed { reason } => Some(JobOutcome::Failed {
+                reason: reason.clone(),
+            }),
             _ => None,
         }
     }
@@ -331,7 +369,13 @@ impl<S: ClusterState> Machine<S> {
         }
         let restarts = self.state.count_restart();
         tracing::warn!(generation = number, %reason, restarts, "generation ended; re-forming");
-        self.start_rendezvous(format!("generation {number} ended: {reason} (restart {restarts} of {})", self.settings.max_restarts), now);
+        self.start_rendezvous(
+            format!(
+                "generation {number} ended: {reason} (restart {restarts} of {})",
+                self.settings.max_restarts
+            ),
+            now,
+        );
     }
 
     /// With workers on standby and a larger valid world size reachable, ends the generation at this freshly
@@ -341,7 +385,9 @@ impl<S: ClusterState> Machine<S> {
         if !matches!(self.state.phase(), JobPhase::Running) {
             return;
         }
-        let Some(g) = self.state.generation() else { return };
+        let Some(g) = self.state.generation() else {
+            return;
+        };
         let (number, current) = (g.number, g.members.len() as u32);
         let available = (self.state.workers().len() as u32).min(self.settings.max_workers);
         let target = self.best_world_size(available);
@@ -369,7 +415,9 @@ impl<S: ClusterState> Machine<S> {
 
     /// Largest world size in `min_workers..=available` that keeps the global batch exact.
     fn best_world_size(&self, available: u32) -> Option<u32> {
-        (self.settings.min_workers..=available).rev().find(|&n| self.job.micro_batches(n).is_some())
+        (self.settings.min_workers..=available)
+            .rev()
+            .find(|&n| self.job.micro_batches(n).is_some())
     }
 
     fn try_form(&mut self, now: Instant) {
@@ -412,7 +460,12 @@ impl<S: ClusterState> Machine<S> {
     fn candidates(&self) -> Vec<WorkerId> {
         let mut out: Vec<WorkerId> = Vec::new();
         if let Some(g) = self.state.generation() {
-            out.extend(g.members.iter().filter(|m| self.state.worker(m).is_some()).cloned());
+            out.extend(
+                g.members
+                    .iter()
+                    .filter(|m| self.state.worker(m).is_some())
+                    .cloned(),
+            );
         }
         for w in self.state.workers() {
             if !out.contains(&w.id) {
@@ -424,8 +477,15 @@ impl<S: ClusterState> Machine<S> {
 
     fn form(&mut self, members: Vec<WorkerId>, now: Instant) {
         let n = members.len() as u32;
-        let micro = self.job.micro_batches(n).expect("world size chosen to divide the global batch");
-        let rank0 = self.state.worker(&members[0]).expect("candidates are registered").clone();
+        let micro = self
+            .job
+            .micro_batches(n)
+            .expect("world size chosen to divide the global batch");
+        let rank0 = self
+            .state
+            .worker(&members[0])
+            .expect("candidates are registered")
+            .clone();
         let restore = self.state.latest_checkpoint().cloned();
         let start_step = restore.as_ref().map_or(0, |c| c.step);
         let number = self.state.generation().map_or(1, |g| g.number + 1);
@@ -474,19 +534,34 @@ impl<S: ClusterState> Machine<S> {
 
     fn is_running_member(&self, id: &WorkerId) -> bool {
         matches!(self.state.phase(), JobPhase::Running)
-            && self.state.generation().is_some_and(|g| g.rank_of(id).is_some())
+            && self
+                .state
+                .generation()
+                .is_some_and(|g| g.rank_of(id).is_some())
     }
 
     fn check_current_member(&self, id: &WorkerId, generation: u64) -> Result<(), String> {
         if !matches!(self.state.phase(), JobPhase::Running) {
-            return Err(format!("no generation is running ({})", self.phase_reason()));
+            return Err(format!(
+                "no generation is running ({})",
+                self.phase_reason()
+            ));
         }
-        let g = self.state.generation().expect("running implies a generation");
+        let g = self
+            .state
+            .generation()
+            .expect("running implies a generation");
         if generation != g.number {
-            return Err(format!("generation {generation} is not the running generation {}", g.number));
+            return Err(format!(
+                "generation {generation} is not the running generation {}",
+                g.number
+            ));
         }
         if g.rank_of(id).is_none() {
-            return Err(format!("worker {id} is not a member of generation {}", g.number));
+            return Err(format!(
+                "worker {id} is not a member of generation {}",
+                g.number
+            ));
         }
         Ok(())
     }
@@ -497,7 +572,10 @@ impl<S: ClusterState> Machine<S> {
     }
 
     fn is_over(&self) -> bool {
-        matches!(self.state.phase(), JobPhase::Completed { .. } | JobPhase::Failed { .. })
+        matches!(
+            self.state.phase(),
+            JobPhase::Completed { .. } | JobPhase::Failed { .. }
+        )
     }
 
     fn phase_reason(&self) -> String {
@@ -537,9 +615,15 @@ impl<S: ClusterState> Machine<S> {
                 WorkerStatus {
                     id: w.id.clone(),
                     device: w.device.clone(),
-                    rank: if running { g.and_then(|g| g.rank_of(&w.id)) } else { None },
+                    rank: if running {
+                        g.and_then(|g| g.rank_of(&w.id))
+                    } else {
+                        None
+                    },
                     step: live.map_or(0, |l| l.step),
-                    since_heartbeat: live.map_or(Duration::ZERO, |l| now.saturating_duration_since(l.last_seen)),
+                    since_heartbeat: live.map_or(Duration::ZERO, |l| {
+                        now.saturating_duration_since(l.last_seen)
+                    }),
                 }
             })
             .collect::<Vec<_>>();
@@ -547,7 +631,11 @@ impl<S: ClusterState> Machine<S> {
             phase,
             reason,
             generation: g.map_or(0, |g| g.number),
-            world_size: if running { g.map_or(0, |g| g.members.len() as u32) } else { 0 },
+            world_size: if running {
+                g.map_or(0, |g| g.members.len() as u32)
+            } else {
+                0
+            },
             workers_alive: workers.len(),
             workers,
             restarts: self.state.restarts(),
@@ -583,9 +671,24 @@ mod tests {
         }
     }
 
-    fn machine(min: u32, max: u32, max_restarts: u32, t0: Instant) -> Machine<InMemoryClusterState> {
-        let job = JobSpec { config_yaml: "x: 1\n".into(), global_batch_size: 32, per_device_batch_size: 8, total_steps: 100 };
-        Machine::new(InMemoryClusterState::default(), settings(min, max, max_restarts), job, t0)
+    fn machine(
+        min: u32,
+        max: u32,
+        max_restarts: u32,
+        t0: Instant,
+    ) -> Machine<InMemoryClusterState> {
+        let job = JobSpec {
+            config_yaml: "x: 1\n".into(),
+            global_batch_size: 32,
+            per_device_batch_size: 8,
+            total_steps: 100,
+        };
+        Machine::new(
+            InMemoryClusterState::default(),
+            settings(min, max, max_restarts),
+            job,
+            t0,
+        )
     }
 
     fn id(s: &str) -> WorkerId {
@@ -593,12 +696,32 @@ mod tests {
     }
 
     fn join(m: &mut Machine<InMemoryClusterState>, w: &str, now: Instant) {
-        m.join(JoinRequest { worker_id: id(w), advertise_host: format!("{w}.local"), store_port: None, device: "cpu".into() }, now)
-            .unwrap();
+        m.join(
+            JoinRequest {
+                worker_id: id(w),
+                advertise_host: format!("{w}.local"),
+                store_port: None,
+                device: "cpu".into(),
+            },
+            now,
+        )
+        .unwrap();
     }
 
-    fn hb(m: &mut Machine<InMemoryClusterState>, w: &str, generation: Option<u64>, now: Instant) -> Directive {
-        m.heartbeat(Heartbeat { worker_id: id(w), generation, step: 0 }, now)
+    fn hb(
+        m: &mut Machine<InMemoryClusterState>,
+        w: &str,
+        generation: Option<u64>,
+        now: Instant,
+    ) -> Directive {
+        m.heartbeat(
+            Heartbeat {
+                worker_id: id(w),
+                generation,
+                step: 0,
+            },
+            now,
+        )
     }
 
     fn assigned(d: Directive) -> Assignment {
@@ -609,7 +732,11 @@ mod tests {
     }
 
     fn ckpt(step: u64) -> CheckpointRef {
-        CheckpointRef { step, location: format!("/ck/{step}"), manifest_sha256: "0".repeat(64) }
+        CheckpointRef {
+            step,
+            location: format!("/ck/{step}"),
+            manifest_sha256: "0".repeat(64),
+        }
     }
 
     #[test]
@@ -619,7 +746,10 @@ mod tests {
         for w in ["a", "b", "c"] {
             join(&mut m, w, t0);
         }
-        assert!(matches!(hb(&mut m, "a", None, t0), Directive::Wait { .. }), "last call still open");
+        assert!(
+            matches!(hb(&mut m, "a", None, t0), Directive::Wait { .. }),
+            "last call still open"
+        );
         let t = t0 + Duration::from_millis(350);
         let a = assigned(hb(&mut m, "a", None, t));
         assert_eq!((a.world_size, a.rank, a.micro_batches_per_rank), (2, 0, 2));
@@ -643,10 +773,25 @@ mod tests {
         assert_eq!(assigned(hb(&mut m, "a", None, t1)).world_size, 1);
         join(&mut m, "b", t1);
         assert!(matches!(hb(&mut m, "b", None, t1), Directive::Wait { .. }));
-        let ack = m.commit(CheckpointCommit { worker_id: id("a"), generation: 1, checkpoint: ckpt(10) }, t1);
+        let ack = m.commit(
+            CheckpointCommit {
+                worker_id: id("a"),
+                generation: 1,
+                checkpoint: ckpt(10),
+            },
+            t1,
+        );
         assert!(ack.accepted, "{ack:?}");
         let a = assigned(hb(&mut m, "a", Some(1), t1));
-        assert_eq!((a.generation, a.world_size, a.start_step, a.micro_batches_per_rank), (2, 2, 10, 2));
+        assert_eq!(
+            (
+                a.generation,
+                a.world_size,
+                a.start_step,
+                a.micro_batches_per_rank
+            ),
+            (2, 2, 10, 2)
+        );
         assert_eq!(a.restore, Some(ckpt(10)));
         assert_eq!(m.state().restarts(), 0);
     }
@@ -657,10 +802,34 @@ mod tests {
         let mut m = machine(1, 1, 0, t0);
         join(&mut m, "a", t0);
         assigned(hb(&mut m, "a", None, t0));
-        assert!(m.commit(CheckpointCommit { worker_id: id("a"), generation: 1, checkpoint: ckpt(10) }, t0).accepted);
-        let old = m.commit(CheckpointCommit { worker_id: id("a"), generation: 1, checkpoint: ckpt(5) }, t0);
+        assert!(
+            m.commit(
+                CheckpointCommit {
+                    worker_id: id("a"),
+                    generation: 1,
+                    checkpoint: ckpt(10)
+                },
+                t0
+            )
+            .accepted
+        );
+        let old = m.commit(
+            CheckpointCommit {
+                worker_id: id("a"),
+                generation: 1,
+                checkpoint: ckpt(5),
+            },
+            t0,
+        );
         assert!(!old.accepted && old.reason.contains("not newer"), "{old:?}");
-        let stale = m.commit(CheckpointCommit { worker_id: id("a"), generation: 7, checkpoint: ckpt(20) }, t0);
+        let stale = m.commit(
+            CheckpointCommit {
+                worker_id: id("a"),
+                generation: 7,
+                checkpoint: ckpt(20),
+            },
+            t0,
+        );
         assert!(!stale.accepted, "{stale:?}");
         assert_eq!(m.state().latest_checkpoint(), Some(&ckpt(10)));
     }
@@ -677,11 +846,20 @@ mod tests {
         }
         match hb(&mut m, "a", None, t) {
             Directive::Failed { reason } => {
-                assert!(reason.contains("rendezvous timed out") && reason.contains("1 of min_workers 2 joined (a)"), "{reason}")
+                assert!(
+                    reason.contains("rendezvous timed out")
+                        && reason.contains("1 of min_workers 2 joined (a)"),
+                    "{reason}"
+                )
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(m.advance(t), Some(JobOutcome::Failed { reason: m.snapshot(t).reason.unwrap() }));
+        assert_eq!(
+            m.advance(t),
+            Some(JobOutcome::Failed {
+                reason: m.snapshot(t).reason.unwrap()
+            })
+        );
     }
 
     #[test]
@@ -706,13 +884,27 @@ mod tests {
         join(&mut m, "b", t0);
         assigned(hb(&mut m, "a", None, t0));
         assigned(hb(&mut m, "b", None, t0));
-        let report = ProgressReport { worker_id: id("a"), generation: 1, step: 100, metrics: [("loss".to_owned(), 0.5)].into() };
+        let report = ProgressReport {
+            worker_id: id("a"),
+            generation: 1,
+            step: 100,
+            metrics: [("loss".to_owned(), 0.5)].into(),
+        };
         assert!(m.progress(report, t0).accepted);
         assert_eq!(m.advance(t0), None, "b has not been told yet");
-        assert_eq!(hb(&mut m, "a", Some(1), t0), Directive::Complete { final_step: 100 });
+        assert_eq!(
+            hb(&mut m, "a", Some(1), t0),
+            Directive::Complete { final_step: 100 }
+        );
         assert_eq!(m.advance(t0), None);
-        assert_eq!(hb(&mut m, "b", Some(1), t0), Directive::Complete { final_step: 100 });
-        assert_eq!(m.advance(t0), Some(JobOutcome::Completed { final_step: 100 }));
+        assert_eq!(
+            hb(&mut m, "b", Some(1), t0),
+            Directive::Complete { final_step: 100 }
+        );
+        assert_eq!(
+            m.advance(t0),
+            Some(JobOutcome::Completed { final_step: 100 })
+        );
         assert_eq!(m.snapshot(t0).progress.get("loss"), Some(&0.5));
     }
 }

@@ -53,8 +53,20 @@ pub struct CoordinatorOptions {
 
 impl CoordinatorOptions {
     /// Options with TLS off and the [`TrustWorkers`] verifier.
-    pub fn new(cluster: ClusterSettings, job: JobSpec, listen: SocketAddr, token: JoinToken) -> Self {
-        Self { cluster, job, listen, token, tls: None, verifier: Arc::new(TrustWorkers) }
+    pub fn new(
+        cluster: ClusterSettings,
+        job: JobSpec,
+        listen: SocketAddr,
+        token: JoinToken,
+    ) -> Self {
+        Self {
+            cluster,
+            job,
+            listen,
+            token,
+            tls: None,
+            verifier: Arc::new(TrustWorkers),
+        }
     }
 }
 
@@ -100,7 +112,9 @@ impl CoordinatorHandle {
 
     /// Waits until the job ends (and the server has stopped).
     pub async fn wait(self) -> Result<JobOutcome, CoordinatorError> {
-        self.task.await.map_err(|e| CoordinatorError::Panicked(e.to_string()))?
+        self.task
+            .await
+            .map_err(|e| CoordinatorError::Panicked(e.to_string()))?
     }
 }
 
@@ -126,13 +140,29 @@ pub async fn start_with_state<S: ClusterState>(
     opts: CoordinatorOptions,
     state: S,
 ) -> Result<CoordinatorHandle, CoordinatorError> {
-    let CoordinatorOptions { cluster, job, listen, token, tls, verifier } = opts;
+    let CoordinatorOptions {
+        cluster,
+        job,
+        listen,
+        token,
+        tls,
+        verifier,
+    } = opts;
     cluster.validate()?;
     job.validate(&cluster)?;
 
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|source| CoordinatorError::Bind { addr: listen, source })?;
-    let local_addr = listener.local_addr().map_err(|source| CoordinatorError::Bind { addr: listen, source })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| CoordinatorError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| CoordinatorError::Bind {
+            addr: listen,
+            source,
+        })?;
 
     let (shutdown, _) = broadcast::channel(1);
     let (commands, rx) = mpsc::channel(256);
@@ -141,15 +171,21 @@ pub async fn start_with_state<S: ClusterState>(
 
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
-        let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        let mut cfg =
+            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
         if let Some(ca) = &tls.client_ca_pem {
             cfg = cfg.client_ca_root(Certificate::from_pem(ca));
         }
-        builder = builder.tls_config(cfg).map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+        builder = builder
+            .tls_config(cfg)
+            .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
     }
     let service = CoordinatorService { commands, verifier };
     let auth = AuthInterceptor::new(token.expose(), &cluster.token_env);
-    let router = builder.add_service(InterceptedService::new(CoordinatorServer::new(service), auth));
+    let router = builder.add_service(InterceptedService::new(
+        CoordinatorServer::new(service),
+        auth,
+    ));
     let mut server_stop = shutdown.subscribe();
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -166,7 +202,9 @@ pub async fn start_with_state<S: ClusterState>(
     let loop_task = tokio::spawn(run_loop(machine, rx, shutdown.subscribe(), snap_tx, tick));
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
-        let outcome = loop_task.await.map_err(|e| CoordinatorError::Panicked(e.to_string()))?;
+        let outcome = loop_task
+            .await
+            .map_err(|e| CoordinatorError::Panicked(e.to_string()))?;
         let _ = stop.send(());
         // Graceful: in-flight calls finish; idle worker connections are told to go away.
         match tokio::time::timeout(Duration::from_secs(10), server).await {
@@ -177,7 +215,12 @@ pub async fn start_with_state<S: ClusterState>(
         }
         Ok(outcome)
     });
-    Ok(CoordinatorHandle { local_addr, shutdown, snapshot, task })
+    Ok(CoordinatorHandle {
+        local_addr,
+        shutdown,
+        snapshot,
+        task,
+    })
 }
 
 /// The one place the state machine lives: commands in, answers out, timers between, until the job ends or a

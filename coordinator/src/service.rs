@@ -15,7 +15,10 @@ use crate::verify::CheckpointVerifier;
 
 /// A request for the state loop, with the channel its answer goes back on.
 pub(crate) enum Command {
-    Join(domain::JoinRequest, oneshot::Sender<Result<JoinAck, JoinRefused>>),
+    Join(
+        domain::JoinRequest,
+        oneshot::Sender<Result<JoinAck, JoinRefused>>,
+    ),
     Heartbeat(domain::Heartbeat, oneshot::Sender<Directive>),
     Progress(domain::ProgressReport, oneshot::Sender<Ack>),
     Commit(domain::CheckpointCommit, oneshot::Sender<Ack>),
@@ -32,7 +35,10 @@ pub(crate) struct AuthInterceptor {
 
 impl AuthInterceptor {
     pub(crate) fn new(token: &str, token_env: &str) -> Self {
-        Self { expected: format!("Bearer {token}").into_bytes().into(), token_env: token_env.into() }
+        Self {
+            expected: format!("Bearer {token}").into_bytes().into(),
+            token_env: token_env.into(),
+        }
     }
 }
 
@@ -43,7 +49,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let presented = req.metadata().get(splade_proto::client::AUTHORIZATION).map(|v| v.as_bytes());
+        let presented = req
+            .metadata()
+            .get(splade_proto::client::AUTHORIZATION)
+            .map(|v| v.as_bytes());
         match presented {
             Some(p) if constant_time_eq(p, &self.expected) => Ok(req),
             other => {
@@ -92,7 +101,10 @@ impl CoordinatorService {
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
-    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
         let peer = request.remote_addr();
         let req = domain::JoinRequest::try_from(request.into_inner()).map_err(refused)?;
         tracing::debug!(worker = %req.worker_id, ?peer, "join");
@@ -112,12 +124,20 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(directive.into()))
     }
 
-    async fn report_progress(&self, request: Request<pb::ProgressReport>) -> Result<Response<pb::Ack>, Status> {
+    async fn report_progress(
+        &self,
+        request: Request<pb::ProgressReport>,
+    ) -> Result<Response<pb::Ack>, Status> {
         let report = domain::ProgressReport::try_from(request.into_inner()).map_err(refused)?;
-        Ok(Response::new(self.ask(|tx| Command::Progress(report, tx)).await?.into()))
+        Ok(Response::new(
+            self.ask(|tx| Command::Progress(report, tx)).await?.into(),
+        ))
     }
 
-    async fn commit_checkpoint(&self, request: Request<pb::CheckpointCommit>) -> Result<Response<pb::Ack>, Status> {
+    async fn commit_checkpoint(
+        &self,
+        request: Request<pb::CheckpointCommit>,
+    ) -> Result<Response<pb::Ack>, Status> {
         let commit = domain::CheckpointCommit::try_from(request.into_inner()).map_err(refused)?;
         // Verified here, outside the state loop: the check may read object storage.
         if let Err(e) = self.verifier.verify(&commit.checkpoint).await {
@@ -130,12 +150,16 @@ impl Coordinator for CoordinatorService {
                 commit.checkpoint.step, commit.checkpoint.location
             )));
         }
-        Ok(Response::new(self.ask(|tx| Command::Commit(commit, tx)).await?.into()))
+        Ok(Response::new(
+            self.ask(|tx| Command::Commit(commit, tx)).await?.into(),
+        ))
     }
 
     async fn leave(&self, request: Request<pb::LeaveRequest>) -> Result<Response<pb::Ack>, Status> {
         let req = domain::LeaveRequest::try_from(request.into_inner()).map_err(refused)?;
-        Ok(Response::new(self.ask(|tx| Command::Leave(req, tx)).await?.into()))
+        Ok(Response::new(
+            self.ask(|tx| Command::Leave(req, tx)).await?.into(),
+        ))
     }
 }
 

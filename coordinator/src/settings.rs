@@ -21,7 +21,10 @@ pub enum SettingsError {
 }
 
 fn invalid(key: &'static str, problem: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid { key, problem: problem.into() }
+    SettingsError::Invalid {
+        key,
+        problem: problem.into(),
+    }
 }
 
 /// The `cluster:` section: membership bounds, timing, restarts, security.
@@ -79,12 +82,18 @@ impl ClusterSettings {
     /// Checks the bounds and timings against each other.
     pub fn validate(&self) -> Result<(), SettingsError> {
         if self.min_workers == 0 {
-            return Err(invalid("cluster.min_workers", "is 0; a job needs at least 1 worker"));
+            return Err(invalid(
+                "cluster.min_workers",
+                "is 0; a job needs at least 1 worker",
+            ));
         }
         if self.max_workers < self.min_workers {
             return Err(invalid(
                 "cluster.max_workers",
-                format!("{} is below cluster.min_workers {}; set max_workers >= min_workers", self.max_workers, self.min_workers),
+                format!(
+                    "{} is below cluster.min_workers {}; set max_workers >= min_workers",
+                    self.max_workers, self.min_workers
+                ),
             ));
         }
         if self.heartbeat_interval.is_zero() {
@@ -103,16 +112,28 @@ impl ClusterSettings {
             return Err(invalid("cluster.rendezvous_timeout", "is 0; use e.g. 10m"));
         }
         if self.store_port == 0 {
-            return Err(invalid("cluster.store_port", "is 0; use a fixed port such as 29500"));
+            return Err(invalid(
+                "cluster.store_port",
+                "is 0; use a fixed port such as 29500",
+            ));
         }
         if self.token_env.is_empty() {
-            return Err(invalid("cluster.token_env", format!("is empty; leave it out to use {DEFAULT_TOKEN_ENV}")));
+            return Err(invalid(
+                "cluster.token_env",
+                format!("is empty; leave it out to use {DEFAULT_TOKEN_ENV}"),
+            ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(invalid("cluster.tls_cert", "and cluster.tls_key must be set together (or neither)"));
+            return Err(invalid(
+                "cluster.tls_cert",
+                "and cluster.tls_key must be set together (or neither)",
+            ));
         }
         if self.tls_ca.is_some() && self.tls_cert.is_none() {
-            return Err(invalid("cluster.tls_ca", "needs cluster.tls_cert and cluster.tls_key (the coordinator's identity)"));
+            return Err(invalid(
+                "cluster.tls_ca",
+                "needs cluster.tls_cert and cluster.tls_key (the coordinator's identity)",
+            ));
         }
         Ok(())
     }
@@ -120,7 +141,9 @@ impl ClusterSettings {
     /// How often the coordinator's loop wakes to check timeouts: fine enough to notice a missed heartbeat within a
     /// fraction of `heartbeat_timeout`.
     pub(crate) fn tick(&self) -> Duration {
-        let t = (self.heartbeat_timeout / 8).min(self.heartbeat_interval).min(self.rendezvous_last_call.max(Duration::from_millis(10)));
+        let t = (self.heartbeat_timeout / 8)
+            .min(self.heartbeat_interval)
+            .min(self.rendezvous_last_call.max(Duration::from_millis(10)));
         t.clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 }
@@ -141,7 +164,10 @@ pub struct JobSpec {
 impl fmt::Debug for JobSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobSpec")
-            .field("config_yaml", &format_args!("<{} bytes>", self.config_yaml.len()))
+            .field(
+                "config_yaml",
+                &format_args!("<{} bytes>", self.config_yaml.len()),
+            )
             .field("global_batch_size", &self.global_batch_size)
             .field("per_device_batch_size", &self.per_device_batch_size)
             .field("total_steps", &self.total_steps)
@@ -154,12 +180,15 @@ impl JobSpec {
     /// evenly into `world` x `per_device_batch_size` pieces.
     pub fn micro_batches(&self, world: u32) -> Option<u32> {
         let per_step = world.checked_mul(self.per_device_batch_size)?;
-        (per_step != 0 && self.global_batch_size.is_multiple_of(per_step)).then(|| self.global_batch_size / per_step)
+        (per_step != 0 && self.global_batch_size.is_multiple_of(per_step))
+            .then(|| self.global_batch_size / per_step)
     }
 
     /// World sizes in `min..=max` that keep the global batch exact.
     pub fn valid_world_sizes(&self, min: u32, max: u32) -> Vec<u32> {
-        (min..=max).filter(|&n| self.micro_batches(n).is_some()).collect()
+        (min..=max)
+            .filter(|&n| self.micro_batches(n).is_some())
+            .collect()
     }
 
     /// Checks the batch arithmetic against the cluster's world-size bounds: at least one world size must keep the
@@ -172,7 +201,10 @@ impl JobSpec {
             return Err(invalid("cluster.global_batch_size", "is 0"));
         }
         if self.total_steps == 0 {
-            return Err(invalid("training.max_steps", "is 0; the job needs a positive number of steps"));
+            return Err(invalid(
+                "training.max_steps",
+                "is 0; the job needs a positive number of steps",
+            ));
         }
         let (min, max) = (cluster.min_workers, cluster.max_workers);
         let valid = self.valid_world_sizes(min, max);
@@ -216,7 +248,10 @@ impl JoinToken {
     pub fn new(token: impl Into<String>) -> Result<Self, SettingsError> {
         let token = token.into();
         if token.is_empty() {
-            return Err(invalid("cluster.token_env", "the join token is empty; set it to a long random string"));
+            return Err(invalid(
+                "cluster.token_env",
+                "the join token is empty; set it to a long random string",
+            ));
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(invalid(
@@ -263,22 +298,37 @@ pub struct ServerTls {
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls").field("mutual", &self.client_ca_pem.is_some()).finish_non_exhaustive()
+        f.debug_struct("ServerTls")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl ServerTls {
     /// Reads the files named by `tls_cert`, `tls_key` and `tls_ca`; `None` when TLS is not configured.
     pub fn from_settings(s: &ClusterSettings) -> Result<Option<Self>, SettingsError> {
-        let read = |key: &'static str, p: &PathBuf| std::fs::read(p).map_err(|source| SettingsError::Read { key, path: p.clone(), source });
+        let read = |key: &'static str, p: &PathBuf| {
+            std::fs::read(p).map_err(|source| SettingsError::Read {
+                key,
+                path: p.clone(),
+                source,
+            })
+        };
         match (&s.tls_cert, &s.tls_key) {
             (Some(cert), Some(key)) => Ok(Some(Self {
                 cert_pem: read("cluster.tls_cert", cert)?,
                 key_pem: read("cluster.tls_key", key)?,
-                client_ca_pem: s.tls_ca.as_ref().map(|ca| read("cluster.tls_ca", ca)).transpose()?,
+                client_ca_pem: s
+                    .tls_ca
+                    .as_ref()
+                    .map(|ca| read("cluster.tls_ca", ca))
+                    .transpose()?,
             })),
             (None, None) => Ok(None),
-            _ => Err(invalid("cluster.tls_cert", "and cluster.tls_key must be set together (or neither)")),
+            _ => Err(invalid(
+                "cluster.tls_cert",
+                "and cluster.tls_key must be set together (or neither)",
+            )),
         }
     }
 }
@@ -288,7 +338,12 @@ mod tests {
     use super::*;
 
     fn job(global: u32, per_device: u32) -> JobSpec {
-        JobSpec { config_yaml: String::new(), global_batch_size: global, per_device_batch_size: per_device, total_steps: 10 }
+        JobSpec {
+            config_yaml: String::new(),
+            global_batch_size: global,
+            per_device_batch_size: per_device,
+            total_steps: 10,
+        }
     }
 
     #[test]
@@ -304,20 +359,52 @@ mod tests {
 
     #[test]
     fn no_valid_world_size_is_refused_with_the_sizes_that_work() {
-        let c = ClusterSettings { min_workers: 3, max_workers: 3, ..Default::default() };
+        let c = ClusterSettings {
+            min_workers: 3,
+            max_workers: 3,
+            ..Default::default()
+        };
         let e = job(32, 8).validate(&c).unwrap_err().to_string();
-        assert!(e.starts_with("cluster.global_batch_size: 32 cannot be split evenly for any world size in 3..=3"), "{e}");
+        assert!(
+            e.starts_with(
+                "cluster.global_batch_size: 32 cannot be split evenly for any world size in 3..=3"
+            ),
+            "{e}"
+        );
         assert!(e.contains("world sizes that work: 1, 2, 4"), "{e}");
     }
 
     #[test]
     fn settings_are_checked_against_each_other() {
-        let s = ClusterSettings { min_workers: 2, max_workers: 1, ..Default::default() };
-        assert!(s.validate().unwrap_err().to_string().starts_with("cluster.max_workers: 1 is below cluster.min_workers 2"));
-        let s = ClusterSettings { heartbeat_timeout: Duration::from_secs(1), heartbeat_interval: Duration::from_secs(1), ..Default::default() };
-        assert!(s.validate().unwrap_err().to_string().starts_with("cluster.heartbeat_timeout"));
-        let s = ClusterSettings { tls_cert: Some("c.pem".into()), ..Default::default() };
-        assert!(s.validate().unwrap_err().to_string().starts_with("cluster.tls_cert"));
+        let s = ClusterSettings {
+            min_workers: 2,
+            max_workers: 1,
+            ..Default::default()
+        };
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("cluster.max_workers: 1 is below cluster.min_workers 2"));
+        let s = ClusterSettings {
+            heartbeat_timeout: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(1),
+            ..Default::default()
+        };
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("cluster.heartbeat_timeout"));
+        let s = ClusterSettings {
+            tls_cert: Some("c.pem".into()),
+            ..Default::default()
+        };
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("cluster.tls_cert"));
         ClusterSettings::default().validate().unwrap();
     }
 

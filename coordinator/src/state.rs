@@ -102,7 +102,9 @@ impl Default for InMemoryClusterState {
             generation: None,
             restarts: 0,
             checkpoints: BTreeMap::new(),
-            phase: JobPhase::Rendezvous { reason: "job start".into() },
+            phase: JobPhase::Rendezvous {
+                reason: "job start".into(),
+            },
         }
     }
 }

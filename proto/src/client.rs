@@ -28,7 +28,9 @@ pub enum ClientError {
     InvalidToken(String),
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("could not connect to the coordinator at {addr} after {attempts} attempt(s): {source}")]
+    #[error(
+        "could not connect to the coordinator at {addr} after {attempts} attempt(s): {source}"
+    )]
     Connect {
         addr: String,
         attempts: u32,
@@ -36,7 +38,10 @@ pub enum ClientError {
         source: tonic::transport::Error,
     },
     #[error("{rpc} refused by the coordinator ({:?}): {}", status.code(), status.message())]
-    Rpc { rpc: &'static str, status: Box<tonic::Status> },
+    Rpc {
+        rpc: &'static str,
+        status: Box<tonic::Status>,
+    },
     #[error("{rpc}: unusable answer from the coordinator: {source}")]
     Decode {
         rpc: &'static str,
@@ -71,13 +76,20 @@ impl ClientTls {
     /// Reads the CA and, when given, the client certificate and key (PEM files).
     pub fn from_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, ClientError> {
         let read = |p: &Path, what: &str| {
-            std::fs::read(p).map_err(|e| ClientError::Tls(format!("reading {what} {}: {e}", p.display())))
+            std::fs::read(p)
+                .map_err(|e| ClientError::Tls(format!("reading {what} {}: {e}", p.display())))
         };
         let identity = match identity {
-            Some((cert, key)) => Some((read(cert, "client certificate")?, read(key, "client key")?)),
+            Some((cert, key)) => {
+                Some((read(cert, "client certificate")?, read(key, "client key")?))
+            }
             None => None,
         };
-        Ok(Self { ca_pem: read(ca, "CA certificate")?, identity, domain: None })
+        Ok(Self {
+            ca_pem: read(ca, "CA certificate")?,
+            identity,
+            domain: None,
+        })
     }
 }
 
@@ -112,13 +124,15 @@ pub struct TokenInterceptor {
 
 impl tonic::service::Interceptor for TokenInterceptor {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert(AUTHORIZATION, self.header.clone());
+        req.metadata_mut()
+            .insert(AUTHORIZATION, self.header.clone());
         Ok(req)
     }
 }
 
 /// The generated client with the token interceptor; reachable through [`CoordinatorClient::raw`].
-pub type RawClient = pb::coordinator_client::CoordinatorClient<InterceptedService<Channel, TokenInterceptor>>;
+pub type RawClient =
+    pb::coordinator_client::CoordinatorClient<InterceptedService<Channel, TokenInterceptor>>;
 
 /// A connection to the coordinator. Cheap to clone (clones share one HTTP/2 connection).
 #[derive(Clone)]
@@ -129,7 +143,11 @@ pub struct CoordinatorClient {
 impl CoordinatorClient {
     /// Connects to `addr` (`host:port`, or a URL with `http://`/`https://`), retrying with [`RetryPolicy::default`].
     /// With `tls`, the connection is TLS (`https`) verified against its CA.
-    pub async fn connect(addr: &str, token: &str, tls: Option<ClientTls>) -> Result<Self, ClientError> {
+    pub async fn connect(
+        addr: &str,
+        token: &str,
+        tls: Option<ClientTls>,
+    ) -> Result<Self, ClientError> {
         Self::connect_with(addr, token, tls, RetryPolicy::default()).await
     }
 
@@ -151,7 +169,11 @@ impl CoordinatorClient {
             match endpoint.connect().await {
                 Ok(c) => break c,
                 Err(source) if attempt >= attempts => {
-                    return Err(ClientError::Connect { addr: addr.to_owned(), attempts, source })
+                    return Err(ClientError::Connect {
+                        addr: addr.to_owned(),
+                        attempts,
+                        source,
+                    })
                 }
                 Err(e) => {
                     tracing::warn!(addr, attempt, attempts, error = %e, "coordinator not reachable yet; retrying");
@@ -161,38 +183,67 @@ impl CoordinatorClient {
                 }
             }
         };
-        let inner = pb::coordinator_client::CoordinatorClient::with_interceptor(channel, TokenInterceptor { header });
+        let inner = pb::coordinator_client::CoordinatorClient::with_interceptor(
+            channel,
+            TokenInterceptor { header },
+        );
         Ok(Self { inner })
     }
 
     /// Registers this worker.
     pub async fn join(&mut self, req: JoinRequest) -> Result<JoinAck, ClientError> {
-        let rsp = self.inner.join(pb::JoinRequest::from(req)).await.map_err(rpc("Join"))?;
+        let rsp = self
+            .inner
+            .join(pb::JoinRequest::from(req))
+            .await
+            .map_err(rpc("Join"))?;
         rsp.into_inner().try_into().map_err(decode("Join"))
     }
 
     /// Sends a heartbeat and returns what the worker must do now.
     pub async fn heartbeat(&mut self, hb: Heartbeat) -> Result<Directive, ClientError> {
-        let rsp = self.inner.heartbeat(pb::HeartbeatRequest::from(hb)).await.map_err(rpc("Heartbeat"))?;
+        let rsp = self
+            .inner
+            .heartbeat(pb::HeartbeatRequest::from(hb))
+            .await
+            .map_err(rpc("Heartbeat"))?;
         rsp.into_inner().try_into().map_err(decode("Heartbeat"))
     }
 
     /// Reports progress of this rank.
     pub async fn report_progress(&mut self, report: ProgressReport) -> Result<Ack, ClientError> {
-        let rsp = self.inner.report_progress(pb::ProgressReport::from(report)).await.map_err(rpc("ReportProgress"))?;
-        rsp.into_inner().try_into().map_err(decode("ReportProgress"))
+        let rsp = self
+            .inner
+            .report_progress(pb::ProgressReport::from(report))
+            .await
+            .map_err(rpc("ReportProgress"))?;
+        rsp.into_inner()
+            .try_into()
+            .map_err(decode("ReportProgress"))
     }
 
     /// Announces a checkpoint whose manifest has been written.
-    pub async fn commit_checkpoint(&mut self, commit: CheckpointCommit) -> Result<Ack, ClientError> {
-        let rsp =
-            self.inner.commit_checkpoint(pb::CheckpointCommit::from(commit)).await.map_err(rpc("CommitCheckpoint"))?;
-        rsp.into_inner().try_into().map_err(decode("CommitCheckpoint"))
+    pub async fn commit_checkpoint(
+        &mut self,
+        commit: CheckpointCommit,
+    ) -> Result<Ack, ClientError> {
+        let rsp = self
+            .inner
+            .commit_checkpoint(pb::CheckpointCommit::from(commit))
+            .await
+            .map_err(rpc("CommitCheckpoint"))?;
+        rsp.into_inner()
+            .try_into()
+            .map_err(decode("CommitCheckpoint"))
     }
 
     /// Leaves the job.
     pub async fn leave(&mut self, req: LeaveRequest) -> Result<Ack, ClientError> {
-        let rsp = self.inner.leave(pb::LeaveRequest::from(req)).await.map_err(rpc("Leave"))?;
+        let rsp = self
+            .inner
+            .leave(pb::LeaveRequest::from(req))
+            .await
+            .map_err(rpc("Leave"))?;
         rsp.into_inner().try_into().map_err(decode("Leave"))
     }
 
@@ -204,7 +255,10 @@ impl CoordinatorClient {
 }
 
 fn rpc(name: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
-    move |status| ClientError::Rpc { rpc: name, status: Box::new(status) }
+    move |status| ClientError::Rpc {
+        rpc: name,
+        status: Box::new(status),
+    }
 }
 
 fn decode(name: &'static str) -> impl FnOnce(ProtoError) -> ClientError {
@@ -215,13 +269,18 @@ fn bearer(token: &str) -> Result<MetadataValue<Ascii>, ClientError> {
     if token.is_empty() {
         return Err(ClientError::InvalidToken("is empty".into()));
     }
-    format!("Bearer {token}")
-        .parse()
-        .map_err(|_| ClientError::InvalidToken("contains characters not allowed in a gRPC header (use printable ASCII)".into()))
+    format!("Bearer {token}").parse().map_err(|_| {
+        ClientError::InvalidToken(
+            "contains characters not allowed in a gRPC header (use printable ASCII)".into(),
+        )
+    })
 }
 
 fn endpoint(addr: &str, tls: Option<&ClientTls>) -> Result<Endpoint, ClientError> {
-    let bad = |reason: String| ClientError::InvalidAddress { addr: addr.to_owned(), reason };
+    let bad = |reason: String| ClientError::InvalidAddress {
+        addr: addr.to_owned(),
+        reason,
+    };
     let url = if addr.contains("://") {
         addr.to_owned()
     } else if tls.is_some() {
@@ -230,9 +289,12 @@ fn endpoint(addr: &str, tls: Option<&ClientTls>) -> Result<Endpoint, ClientError
         format!("http://{addr}")
     };
     if tls.is_some() && url.starts_with("http://") {
-        return Err(bad("TLS is configured but the address says http://; use https:// or host:port".into()));
+        return Err(bad(
+            "TLS is configured but the address says http://; use https:// or host:port".into(),
+        ));
     }
-    let mut ep = Endpoint::from_shared(url).map_err(|e| bad(format!("{e} (expected host:port)")))?;
+    let mut ep =
+        Endpoint::from_shared(url).map_err(|e| bad(format!("{e} (expected host:port)")))?;
     if let Some(tls) = tls {
         let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
         if let Some((cert, key)) = &tls.identity {
@@ -241,7 +303,9 @@ fn endpoint(addr: &str, tls: Option<&ClientTls>) -> Result<Endpoint, ClientError
         if let Some(d) = &tls.domain {
             cfg = cfg.domain_name(d.clone());
         }
-        ep = ep.tls_config(cfg).map_err(|e| ClientError::Tls(e.to_string()))?;
+        ep = ep
+            .tls_config(cfg)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
     }
     Ok(ep)
 }

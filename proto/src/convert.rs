@@ -17,25 +17,45 @@ pub enum ProtoError {
         "{message}: protocol version mismatch: the peer speaks version {theirs}, this build speaks version {ours}; \
          run coordinator and workers from the same release"
     )]
-    VersionMismatch { message: &'static str, theirs: u32, ours: u32 },
+    VersionMismatch {
+        message: &'static str,
+        theirs: u32,
+        ours: u32,
+    },
     /// A field is missing or out of range.
     #[error("{message}.{field}: {problem}")]
-    Invalid { message: &'static str, field: &'static str, problem: String },
+    Invalid {
+        message: &'static str,
+        field: &'static str,
+        problem: String,
+    },
 }
 
 fn invalid(message: &'static str, field: &'static str, problem: impl Into<String>) -> ProtoError {
-    ProtoError::Invalid { message, field, problem: problem.into() }
+    ProtoError::Invalid {
+        message,
+        field,
+        problem: problem.into(),
+    }
 }
 
 fn check_version(message: &'static str, theirs: u32) -> Result<(), ProtoError> {
     if theirs == PROTOCOL_VERSION {
         Ok(())
     } else {
-        Err(ProtoError::VersionMismatch { message, theirs, ours: PROTOCOL_VERSION })
+        Err(ProtoError::VersionMismatch {
+            message,
+            theirs,
+            ours: PROTOCOL_VERSION,
+        })
     }
 }
 
-fn worker_id(message: &'static str, field: &'static str, s: String) -> Result<WorkerId, ProtoError> {
+fn worker_id(
+    message: &'static str,
+    field: &'static str,
+    s: String,
+) -> Result<WorkerId, ProtoError> {
     WorkerId::new(s).map_err(|problem| invalid(message, field, format!("worker id {problem}")))
 }
 
@@ -53,7 +73,11 @@ fn non_empty(message: &'static str, field: &'static str, s: String) -> Result<St
 
 fn generation(message: &'static str, g: u64) -> Result<u64, ProtoError> {
     if g == 0 {
-        Err(invalid(message, "generation", "is 0 (generations start at 1)"))
+        Err(invalid(
+            message,
+            "generation",
+            "is 0 (generations start at 1)",
+        ))
     } else {
         Ok(g)
     }
@@ -73,7 +97,11 @@ fn checkpoint(
             format!("{manifest_sha256:?} is not 64 hex digits (a sha256 digest)"),
         ));
     }
-    Ok(domain::CheckpointRef { step, location, manifest_sha256: manifest_sha256.to_ascii_lowercase() })
+    Ok(domain::CheckpointRef {
+        step,
+        location,
+        manifest_sha256: manifest_sha256.to_ascii_lowercase(),
+    })
 }
 
 impl TryFrom<pb::JoinRequest> for domain::JoinRequest {
@@ -117,7 +145,10 @@ impl TryFrom<pb::JoinResponse> for domain::JoinAck {
             return Err(invalid(
                 M,
                 "heartbeat_timeout_ms",
-                format!("{} is not above heartbeat_interval_ms {}", m.heartbeat_timeout_ms, m.heartbeat_interval_ms),
+                format!(
+                    "{} is not above heartbeat_interval_ms {}",
+                    m.heartbeat_timeout_ms, m.heartbeat_interval_ms
+                ),
             ));
         }
         Ok(Self {
@@ -173,14 +204,21 @@ impl TryFrom<pb::HeartbeatResponse> for domain::Directive {
         use pb::heartbeat_response::Directive as D;
         const M: &str = "HeartbeatResponse";
         check_version(M, m.protocol_version)?;
-        Ok(match m.directive.ok_or_else(|| invalid(M, "directive", "is missing"))? {
-            D::KeepGoing(_) => Self::KeepGoing,
-            D::Wait(w) => Self::Wait { reason: w.reason },
-            D::Assign(a) => Self::Assign(Box::new(a.try_into()?)),
-            D::Complete(c) => Self::Complete { final_step: c.final_step },
-            D::Failed(f) => Self::Failed { reason: f.reason },
-            D::Rejoin(r) => Self::Rejoin { reason: r.reason },
-        })
+        Ok(
+            match m
+                .directive
+                .ok_or_else(|| invalid(M, "directive", "is missing"))?
+            {
+                D::KeepGoing(_) => Self::KeepGoing,
+                D::Wait(w) => Self::Wait { reason: w.reason },
+                D::Assign(a) => Self::Assign(Box::new(a.try_into()?)),
+                D::Complete(c) => Self::Complete {
+                    final_step: c.final_step,
+                },
+                D::Failed(f) => Self::Failed { reason: f.reason },
+                D::Rejoin(r) => Self::Rejoin { reason: r.reason },
+            },
+        )
     }
 }
 
@@ -195,7 +233,10 @@ impl From<domain::Directive> for pb::HeartbeatResponse {
             domain::Directive::Failed { reason } => D::Failed(pb::Failed { reason }),
             domain::Directive::Rejoin { reason } => D::Rejoin(pb::Rejoin { reason }),
         };
-        Self { protocol_version: PROTOCOL_VERSION, directive: Some(directive) }
+        Self {
+            protocol_version: PROTOCOL_VERSION,
+            directive: Some(directive),
+        }
     }
 }
 
@@ -209,7 +250,11 @@ impl TryFrom<pb::Assignment> for domain::Assignment {
             return Err(invalid(M, "world_size", "is 0"));
         }
         if m.rank >= m.world_size {
-            return Err(invalid(M, "rank", format!("{} is not below world_size {}", m.rank, m.world_size)));
+            return Err(invalid(
+                M,
+                "rank",
+                format!("{} is not below world_size {}", m.rank, m.world_size),
+            ));
         }
         if m.per_device_batch_size == 0 {
             return Err(invalid(M, "per_device_batch_size", "is 0"));
@@ -217,14 +262,19 @@ impl TryFrom<pb::Assignment> for domain::Assignment {
         if m.micro_batches_per_rank == 0 {
             return Err(invalid(M, "micro_batches_per_rank", "is 0"));
         }
-        let product = u64::from(m.world_size) * u64::from(m.per_device_batch_size) * u64::from(m.micro_batches_per_rank);
+        let product = u64::from(m.world_size)
+            * u64::from(m.per_device_batch_size)
+            * u64::from(m.micro_batches_per_rank);
         if product != u64::from(m.global_batch_size) {
             return Err(invalid(
                 M,
                 "global_batch_size",
                 format!(
                     "{} != world_size {} x per_device_batch_size {} x micro_batches_per_rank {}",
-                    m.global_batch_size, m.world_size, m.per_device_batch_size, m.micro_batches_per_rank
+                    m.global_batch_size,
+                    m.world_size,
+                    m.per_device_batch_size,
+                    m.micro_batches_per_rank
                 ),
             ));
         }
@@ -232,10 +282,18 @@ impl TryFrom<pb::Assignment> for domain::Assignment {
             return Err(invalid(
                 M,
                 "members",
-                format!("has {} entries, world_size is {}", m.members.len(), m.world_size),
+                format!(
+                    "has {} entries, world_size is {}",
+                    m.members.len(),
+                    m.world_size
+                ),
             ));
         }
-        let members = m.members.into_iter().map(|s| worker_id(M, "members", s)).collect::<Result<Vec<_>, _>>()?;
+        let members = m
+            .members
+            .into_iter()
+            .map(|s| worker_id(M, "members", s))
+            .collect::<Result<Vec<_>, _>>()?;
         let restore = m
             .restore
             .map(|c| checkpoint("Assignment.restore", c.step, c.location, c.manifest_sha256))
@@ -245,12 +303,19 @@ impl TryFrom<pb::Assignment> for domain::Assignment {
                 return Err(invalid(
                     M,
                     "start_step",
-                    format!("{} differs from the restored checkpoint's step {}", m.start_step, r.step),
+                    format!(
+                        "{} differs from the restored checkpoint's step {}",
+                        m.start_step, r.step
+                    ),
                 ));
             }
         }
         if m.start_step > m.total_steps {
-            return Err(invalid(M, "start_step", format!("{} is past total_steps {}", m.start_step, m.total_steps)));
+            return Err(invalid(
+                M,
+                "start_step",
+                format!("{} is past total_steps {}", m.start_step, m.total_steps),
+            ));
         }
         Ok(Self {
             generation,
@@ -292,7 +357,11 @@ impl From<domain::Assignment> for pb::Assignment {
             global_batch_size: d.global_batch_size,
             per_device_batch_size: d.per_device_batch_size,
             micro_batches_per_rank: d.micro_batches_per_rank,
-            members: d.members.into_iter().map(|w| w.as_str().to_owned()).collect(),
+            members: d
+                .members
+                .into_iter()
+                .map(|w| w.as_str().to_owned())
+                .collect(),
         }
     }
 }
@@ -357,13 +426,20 @@ impl TryFrom<pb::LeaveRequest> for domain::LeaveRequest {
     fn try_from(m: pb::LeaveRequest) -> Result<Self, ProtoError> {
         const M: &str = "LeaveRequest";
         check_version(M, m.protocol_version)?;
-        Ok(Self { worker_id: worker_id(M, "worker_id", m.worker_id)?, reason: m.reason })
+        Ok(Self {
+            worker_id: worker_id(M, "worker_id", m.worker_id)?,
+            reason: m.reason,
+        })
     }
 }
 
 impl From<domain::LeaveRequest> for pb::LeaveRequest {
     fn from(d: domain::LeaveRequest) -> Self {
-        Self { protocol_version: PROTOCOL_VERSION, worker_id: d.worker_id.as_str().to_owned(), reason: d.reason }
+        Self {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: d.worker_id.as_str().to_owned(),
+            reason: d.reason,
+        }
     }
 }
 
@@ -371,13 +447,20 @@ impl TryFrom<pb::Ack> for domain::Ack {
     type Error = ProtoError;
     fn try_from(m: pb::Ack) -> Result<Self, ProtoError> {
         check_version("Ack", m.protocol_version)?;
-        Ok(Self { accepted: m.accepted, reason: m.reason })
+        Ok(Self {
+            accepted: m.accepted,
+            reason: m.reason,
+        })
     }
 }
 
 impl From<domain::Ack> for pb::Ack {
     fn from(d: domain::Ack) -> Self {
-        Self { protocol_version: PROTOCOL_VERSION, accepted: d.accepted, reason: d.reason }
+        Self {
+            protocol_version: PROTOCOL_VERSION,
+            accepted: d.accepted,
+            reason: d.reason,
+        }
     }
 }
 
@@ -393,7 +476,11 @@ mod tests {
             config_yaml: "training: {}\n".into(),
             store_host: "10.0.0.1".into(),
             store_port: 29500,
-            restore: Some(pb::CheckpointRef { step: 10, location: "s3://b/ckpt-10".into(), manifest_sha256: "ab".repeat(32) }),
+            restore: Some(pb::CheckpointRef {
+                step: 10,
+                location: "s3://b/ckpt-10".into(),
+                manifest_sha256: "ab".repeat(32),
+            }),
             start_step: 10,
             total_steps: 100,
             global_batch_size: 32,
@@ -415,7 +502,10 @@ mod tests {
         let mut m = assignment();
         m.micro_batches_per_rank = 3;
         let e = domain::Assignment::try_from(m).unwrap_err().to_string();
-        assert!(e.starts_with("Assignment.global_batch_size: 32 != world_size 2"), "{e}");
+        assert!(
+            e.starts_with("Assignment.global_batch_size: 32 != world_size 2"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -428,10 +518,26 @@ mod tests {
 
     #[test]
     fn version_mismatch_names_message_and_both_versions() {
-        let m = pb::HeartbeatRequest { protocol_version: 7, worker_id: "w".into(), generation: 0, step: 0 };
+        let m = pb::HeartbeatRequest {
+            protocol_version: 7,
+            worker_id: "w".into(),
+            generation: 0,
+            step: 0,
+        };
         let e = domain::Heartbeat::try_from(m).unwrap_err();
-        assert_eq!(e, ProtoError::VersionMismatch { message: "HeartbeatRequest", theirs: 7, ours: PROTOCOL_VERSION });
-        assert!(e.to_string().contains("version 7") && e.to_string().contains(&format!("version {PROTOCOL_VERSION}")));
+        assert_eq!(
+            e,
+            ProtoError::VersionMismatch {
+                message: "HeartbeatRequest",
+                theirs: 7,
+                ours: PROTOCOL_VERSION
+            }
+        );
+        assert!(
+            e.to_string().contains("version 7")
+                && e.to_string()
+                    .contains(&format!("version {PROTOCOL_VERSION}"))
+        );
     }
 
     #[test]
@@ -444,7 +550,10 @@ mod tests {
             device: "cpu".into(),
         };
         let e = domain::JoinRequest::try_from(m).unwrap_err().to_string();
-        assert!(e.starts_with("JoinRequest.worker_id: worker id \"w 1\" contains ' '"), "{e}");
+        assert!(
+            e.starts_with("JoinRequest.worker_id: worker id \"w 1\" contains ' '"),
+            "{e}"
+        );
 
         let m = pb::CheckpointCommit {
             protocol_version: PROTOCOL_VERSION,
@@ -454,8 +563,13 @@ mod tests {
             location: "/tmp/c".into(),
             manifest_sha256: "xyz".into(),
         };
-        let e = domain::CheckpointCommit::try_from(m).unwrap_err().to_string();
-        assert!(e.starts_with("CheckpointCommit.manifest_sha256: \"xyz\" is not 64 hex digits"), "{e}");
+        let e = domain::CheckpointCommit::try_from(m)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("CheckpointCommit.manifest_sha256: \"xyz\" is not 64 hex digits"),
+            "{e}"
+        );
 
         let m = pb::JoinRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -470,7 +584,10 @@ mod tests {
 
     #[test]
     fn missing_directive_is_an_error() {
-        let m = pb::HeartbeatResponse { protocol_version: PROTOCOL_VERSION, directive: None };
+        let m = pb::HeartbeatResponse {
+            protocol_version: PROTOCOL_VERSION,
+            directive: None,
+        };
         let e = domain::Directive::try_from(m).unwrap_err().to_string();
         assert_eq!(e, "HeartbeatResponse.directive: is missing");
     }

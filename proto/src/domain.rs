@@ -26,8 +26,13 @@ impl WorkerId {
         if s.len() > 128 {
             return Err(format!("is {} characters long (at most 128)", s.len()));
         }
-        if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
-            return Err(format!("{s:?} contains {c:?} (allowed: letters, digits, '.', '_', ':', '-')"));
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+        {
+            return Err(format!(
+                "{s:?} contains {c:?} (allowed: letters, digits, '.', '_', ':', '-')"
+            ));
         }
         Ok(Self(s))
     }
@@ -163,10 +168,16 @@ pub struct Ack {
 impl Ack {
     /// An accepted report.
     pub fn accepted() -> Self {
-        Self { accepted: true, reason: String::new() }
+        Self {
+            accepted: true,
+            reason: String::new(),
+        }
     }
     /// A valid report that was not applied, and why.
     pub fn ignored(reason: impl Into<String>) -> Self {
-        Self { accepted: false, reason: reason.into() }
+        Self {
+            accepted: false,
+            reason: reason.into(),
+        }
     }
 }

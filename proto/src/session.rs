@@ -40,9 +40,24 @@ impl WorkerSession {
     ) -> Result<Self, ClientError> {
         let ack = client.join(request.clone()).await?;
         let position = Arc::new(Mutex::new(Position::default()));
-        let (tx, directive) = watch::channel(Directive::Wait { reason: "joined; waiting for the first heartbeat".into() });
-        let task = tokio::spawn(heartbeat_loop(client.clone(), request, ack.clone(), position.clone(), tx, give_up_after));
-        Ok(Self { ack, client, position, directive, task })
+        let (tx, directive) = watch::channel(Directive::Wait {
+            reason: "joined; waiting for the first heartbeat".into(),
+        });
+        let task = tokio::spawn(heartbeat_loop(
+            client.clone(),
+            request,
+            ack.clone(),
+            position.clone(),
+            tx,
+            give_up_after,
+        ));
+        Ok(Self {
+            ack,
+            client,
+            position,
+            directive,
+            task,
+        })
     }
 
     /// This worker's id and heartbeat timing as the coordinator confirmed them.
@@ -79,7 +94,10 @@ impl WorkerSession {
     /// Stops heartbeating and tells the coordinator this worker is leaving.
     pub async fn leave(mut self, reason: &str) -> Result<(), ClientError> {
         self.task.abort();
-        let req = crate::domain::LeaveRequest { worker_id: self.ack.worker_id.clone(), reason: reason.to_owned() };
+        let req = crate::domain::LeaveRequest {
+            worker_id: self.ack.worker_id.clone(),
+            reason: reason.to_owned(),
+        };
         self.client.leave(req).await.map(|_| ())
     }
 }
@@ -96,9 +114,14 @@ fn is_fatal(e: &ClientError) -> bool {
     match e {
         ClientError::Rpc { status, .. } => matches!(
             status.code(),
-            Code::Unauthenticated | Code::PermissionDenied | Code::FailedPrecondition | Code::InvalidArgument
+            Code::Unauthenticated
+                | Code::PermissionDenied
+                | Code::FailedPrecondition
+                | Code::InvalidArgument
         ),
-        ClientError::Decode { .. } | ClientError::InvalidToken(_) | ClientError::InvalidAddress { .. } => true,
+        ClientError::Decode { .. }
+        | ClientError::InvalidToken(_)
+        | ClientError::InvalidAddress { .. } => true,
         ClientError::Tls(_) | ClientError::Connect { .. } => false,
     }
 }
@@ -115,11 +138,17 @@ async fn heartbeat_loop(
     let mut last_ok = Instant::now();
     loop {
         let pos = *position.lock().unwrap_or_else(|e| e.into_inner());
-        let hb = Heartbeat { worker_id: id.clone(), generation: pos.generation, step: pos.step };
+        let hb = Heartbeat {
+            worker_id: id.clone(),
+            generation: pos.generation,
+            step: pos.step,
+        };
         let result = match client.heartbeat(hb).await {
             Ok(Directive::Rejoin { reason }) => {
                 tracing::warn!(worker = %id, %reason, "coordinator asked this worker to join again");
-                tx.send_replace(Directive::Wait { reason: format!("re-joining: {reason}") });
+                tx.send_replace(Directive::Wait {
+                    reason: format!("re-joining: {reason}"),
+                });
                 client.join(request.clone()).await.map(|_| None)
             }
             Ok(d) => Ok(Some(d)),
@@ -141,7 +170,9 @@ async fn heartbeat_loop(
             }
             Err(e) if is_fatal(&e) => {
                 tracing::error!(worker = %id, error = %e, "coordinator refused this worker");
-                tx.send_replace(Directive::Failed { reason: e.to_string() });
+                tx.send_replace(Directive::Failed {
+                    reason: e.to_string(),
+                });
                 return;
             }
             Err(e) if last_ok.elapsed() > give_up_after => {

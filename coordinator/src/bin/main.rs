@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use splade_coordinator::{config, CoordinatorOptions, JobOutcome, JoinToken, ServerTls, TrustWorkers};
+use splade_coordinator::{
+    config, CoordinatorOptions, JobOutcome, JoinToken, ServerTls, TrustWorkers,
+};
 
 /// Coordinates a data-parallel SPLADE training job across splade-worker processes.
 #[derive(Parser)]
@@ -31,8 +33,10 @@ async fn main() -> anyhow::Result<ExitCode> {
         .init();
     let args = Args::parse();
     let (cluster, job) = config::load(&args.config)?;
-    let token = JoinToken::from_env(&cluster.token_env).with_context(|| format!("{}", args.config.display()))?;
-    let tls = ServerTls::from_settings(&cluster).with_context(|| format!("{}", args.config.display()))?;
+    let token = JoinToken::from_env(&cluster.token_env)
+        .with_context(|| format!("{}", args.config.display()))?;
+    let tls =
+        ServerTls::from_settings(&cluster).with_context(|| format!("{}", args.config.display()))?;
     if let Some(addr) = args.metrics_listen {
         tracing::warn!(%addr, "--metrics-listen: the Prometheus endpoint is not served by this build yet");
     }

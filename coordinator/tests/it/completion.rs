@@ -16,16 +16,29 @@ async fn final_step_tells_everyone_to_stop_and_the_server_exits() {
         assert!(w1.report(6, &[("loss", 2.0)]).await.accepted);
         let s = snapshot_until(&coord, "step 6", |s| s.global_step == 6).await;
         assert_eq!(s.progress.get("loss"), Some(&2.0));
-        assert!(w0.report(12, &[("loss", 0.75), ("samples_per_second", 512.0)]).await.accepted);
+        assert!(
+            w0.report(12, &[("loss", 0.75), ("samples_per_second", 512.0)])
+                .await
+                .accepted
+        );
 
         for w in [&mut w0, &mut w1] {
-            assert_eq!(w.final_directive().await, Directive::Complete { final_step: 12 });
+            assert_eq!(
+                w.final_directive().await,
+                Directive::Complete { final_step: 12 }
+            );
         }
         let s = snapshot_until(&coord, "completed", |s| s.phase == PhaseKind::Completed).await;
         assert_eq!(s.progress_step, 12);
         assert_eq!(s.progress.get("samples_per_second"), Some(&512.0));
-        assert_eq!(coord.wait().await.unwrap(), JobOutcome::Completed { final_step: 12 });
-        assert!(client(addr, TOKEN).await.is_err(), "the server is down after completion");
+        assert_eq!(
+            coord.wait().await.unwrap(),
+            JobOutcome::Completed { final_step: 12 }
+        );
+        assert!(
+            client(addr, TOKEN).await.is_err(),
+            "the server is down after completion"
+        );
     })
     .await;
 }

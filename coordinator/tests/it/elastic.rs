@@ -16,17 +16,30 @@ async fn heartbeat_timeout_reforms_generation_2_with_the_survivor_from_the_check
         assert!(w0.report(7, &[("loss", 1.25)]).await.accepted);
         let ack = w0.commit(5).await.unwrap();
         assert!(ack.accepted, "{ack:?}");
-        snapshot_until(&coord, "checkpoint 5 recorded", |s| s.last_checkpoint == Some(checkpoint(5))).await;
+        snapshot_until(&coord, "checkpoint 5 recorded", |s| {
+            s.last_checkpoint == Some(checkpoint(5))
+        })
+        .await;
 
         w1.kill();
         let reason = w0.wait_reason().await.unwrap();
-        assert!(reason.contains("generation 1 ended: worker(s) w1"), "{reason}");
+        assert!(
+            reason.contains("generation 1 ended: worker(s) w1"),
+            "{reason}"
+        );
         assert!(reason.contains("heartbeat_timeout 200 ms"), "{reason}");
         let a = w0.assignment().await;
         assert_eq!((a.generation, a.rank, a.world_size), (2, 0, 1));
-        assert_eq!(a.restore, Some(checkpoint(5)), "restores the latest committed checkpoint");
+        assert_eq!(
+            a.restore,
+            Some(checkpoint(5)),
+            "restores the latest committed checkpoint"
+        );
         assert_eq!(a.start_step, 5);
-        assert_eq!(a.micro_batches_per_rank, 4, "global batch 16 kept: 1 rank x 4 per device x 4 micro-batches");
+        assert_eq!(
+            a.micro_batches_per_rank, 4,
+            "global batch 16 kept: 1 rank x 4 per device x 4 micro-batches"
+        );
         assert_eq!(a.global_batch_size, 16);
 
         let s = snapshot_until(&coord, "generation 2", |s| is_running(s, 2, 1)).await;
@@ -57,8 +70,16 @@ async fn newcomer_replaces_a_lost_worker_when_min_workers_is_2() {
         let mut w2 = SimWorker::join(addr, "w2").await.unwrap();
         let a0 = w0.assignment().await;
         let a2 = w2.assignment().await;
-        assert_eq!((a0.generation, a0.rank, a0.world_size), (2, 0, 2), "the survivor keeps rank 0");
-        assert_eq!((a2.generation, a2.rank, a2.world_size), (2, 1, 2), "the newcomer gets rank 1");
+        assert_eq!(
+            (a0.generation, a0.rank, a0.world_size),
+            (2, 0, 2),
+            "the survivor keeps rank 0"
+        );
+        assert_eq!(
+            (a2.generation, a2.rank, a2.world_size),
+            (2, 1, 2),
+            "the newcomer gets rank 1"
+        );
         assert_eq!(a2.restore, Some(checkpoint(10)));
         assert_eq!(a2.members, vec![wid("w0"), wid("w2")]);
         assert_eq!(coord.snapshot().restarts, 1);
@@ -78,12 +99,23 @@ async fn standby_newcomer_is_added_at_the_next_checkpoint_without_a_restart() {
 
         let mut w2 = SimWorker::join(addr, "w2").await.unwrap();
         let reason = w2.wait_reason().await.unwrap();
-        assert!(reason.starts_with("standby: generation 1 is running with world size 1"), "{reason}");
+        assert!(
+            reason.starts_with("standby: generation 1 is running with world size 1"),
+            "{reason}"
+        );
 
         assert!(w0.commit(20).await.unwrap().accepted);
         let a0 = w0.assignment().await;
         let a2 = w2.assignment().await;
-        assert_eq!((a0.generation, a0.rank, a0.world_size, a0.micro_batches_per_rank), (2, 0, 2, 2));
+        assert_eq!(
+            (
+                a0.generation,
+                a0.rank,
+                a0.world_size,
+                a0.micro_batches_per_rank
+            ),
+            (2, 0, 2, 2)
+        );
         assert_eq!((a2.rank, a2.start_step), (1, 20));
         assert_eq!(coord.snapshot().restarts, 0, "scaling up is not a failure");
         coord.shutdown();
@@ -138,7 +170,9 @@ async fn a_checkpoint_the_verifier_rejects_is_not_recorded() {
                 if c.step.is_multiple_of(2) {
                     Ok(())
                 } else {
-                    Err(VerifyError { reason: format!("manifest of step {} is missing", c.step) })
+                    Err(VerifyError {
+                        reason: format!("manifest of step {} is missing", c.step),
+                    })
                 }
             })
         }

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use splade_coordinator::{
-    ClusterSettings, CoordinatorHandle, CoordinatorOptions, JobSnapshot, JobSpec, JoinToken, PhaseKind,
+    ClusterSettings, CoordinatorHandle, CoordinatorOptions, JobSnapshot, JobSpec, JoinToken,
+    PhaseKind,
 };
 use splade_proto::domain::{
-    Assignment, CheckpointCommit, CheckpointRef, Directive, Heartbeat, JoinRequest, ProgressReport, WorkerId,
+    Assignment, CheckpointCommit, CheckpointRef, Directive, Heartbeat, JoinRequest, ProgressReport,
+    WorkerId,
 };
 use splade_proto::{ClientTls, CoordinatorClient, RetryPolicy};
 use tokio::sync::mpsc;
@@ -52,7 +54,9 @@ pub fn options(cluster: ClusterSettings, job: JobSpec) -> CoordinatorOptions {
 }
 
 pub async fn start(cluster: ClusterSettings, job: JobSpec) -> CoordinatorHandle {
-    splade_coordinator::start(options(cluster, job)).await.expect("coordinator starts")
+    splade_coordinator::start(options(cluster, job))
+        .await
+        .expect("coordinator starts")
 }
 
 /// A client that tries once: tests want to see refusals, not retries.
@@ -60,8 +64,16 @@ pub async fn client(addr: SocketAddr, token: &str) -> anyhow::Result<Coordinator
     client_tls(&addr.to_string(), token, None).await
 }
 
-pub async fn client_tls(addr: &str, token: &str, tls: Option<ClientTls>) -> anyhow::Result<CoordinatorClient> {
-    let retry = RetryPolicy { attempts: 1, connect_timeout: Duration::from_secs(2), ..Default::default() };
+pub async fn client_tls(
+    addr: &str,
+    token: &str,
+    tls: Option<ClientTls>,
+) -> anyhow::Result<CoordinatorClient> {
+    let retry = RetryPolicy {
+        attempts: 1,
+        connect_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
     Ok(CoordinatorClient::connect_with(addr, token, tls, retry).await?)
 }
 
@@ -70,11 +82,20 @@ pub fn wid(s: &str) -> WorkerId {
 }
 
 pub fn join_request(id: &str, store_port: Option<u16>) -> JoinRequest {
-    JoinRequest { worker_id: wid(id), advertise_host: format!("{id}.test"), store_port, device: "cpu".into() }
+    JoinRequest {
+        worker_id: wid(id),
+        advertise_host: format!("{id}.test"),
+        store_port,
+        device: "cpu".into(),
+    }
 }
 
 pub fn checkpoint(step: u64) -> CheckpointRef {
-    CheckpointRef { step, location: format!("/ckpt/checkpoint-{step}"), manifest_sha256: format!("{step:064x}") }
+    CheckpointRef {
+        step,
+        location: format!("/ckpt/checkpoint-{step}"),
+        manifest_sha256: format!("{step:064x}"),
+    }
 }
 
 /// Waits until `pred` holds for the coordinator's snapshot.
@@ -98,7 +119,10 @@ pub async fn snapshot_until(
     match tokio::time::timeout(PATIENCE, wait).await {
         Ok(s) if pred(&s) => s,
         Ok(s) => panic!("coordinator stopped before {what}; last snapshot {s:#?}"),
-        Err(_) => panic!("timed out waiting for {what}; snapshot {:#?}", handle.snapshot()),
+        Err(_) => panic!(
+            "timed out waiting for {what}; snapshot {:#?}",
+            handle.snapshot()
+        ),
     }
 }
 
@@ -123,13 +147,31 @@ impl SimWorker {
         Self::join_with(client(addr, TOKEN).await?, id, None).await
     }
 
-    pub async fn join_with(mut client: CoordinatorClient, id: &str, store_port: Option<u16>) -> anyhow::Result<Self> {
-        let ack = client.join(join_request(id, store_port)).await.with_context(|| format!("{id} joins"))?;
+    pub async fn join_with(
+        mut client: CoordinatorClient,
+        id: &str,
+        store_port: Option<u16>,
+    ) -> anyhow::Result<Self> {
+        let ack = client
+            .join(join_request(id, store_port))
+            .await
+            .with_context(|| format!("{id} joins"))?;
         assert_eq!(ack.heartbeat_interval, HEARTBEAT_INTERVAL);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (tx, directives) = mpsc::unbounded_channel();
-        let task = tokio::spawn(heartbeat_loop(client.clone(), ack.worker_id.clone(), shared.clone(), tx));
-        Ok(Self { id: ack.worker_id, client, shared, directives, task })
+        let task = tokio::spawn(heartbeat_loop(
+            client.clone(),
+            ack.worker_id.clone(),
+            shared.clone(),
+            tx,
+        ));
+        Ok(Self {
+            id: ack.worker_id,
+            client,
+            shared,
+            directives,
+            task,
+        })
     }
 
     /// The next directive that is not "keep going".
@@ -178,7 +220,11 @@ impl SimWorker {
         self.shared.lock().unwrap().generation
     }
 
-    pub async fn report(&mut self, step: u64, metrics: &[(&str, f64)]) -> splade_proto::domain::Ack {
+    pub async fn report(
+        &mut self,
+        step: u64,
+        metrics: &[(&str, f64)],
+    ) -> splade_proto::domain::Ack {
         self.set_step(step);
         let report = ProgressReport {
             worker_id: self.id.clone(),
@@ -186,10 +232,16 @@ impl SimWorker {
             step,
             metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         };
-        self.client.report_progress(report).await.expect("progress report")
+        self.client
+            .report_progress(report)
+            .await
+            .expect("progress report")
     }
 
-    pub async fn commit(&mut self, step: u64) -> Result<splade_proto::domain::Ack, splade_proto::ClientError> {
+    pub async fn commit(
+        &mut self,
+        step: u64,
+    ) -> Result<splade_proto::domain::Ack, splade_proto::ClientError> {
         let commit = CheckpointCommit {
             worker_id: self.id.clone(),
             generation: self.generation().expect("committing worker is training"),
@@ -216,14 +268,24 @@ async fn heartbeat_loop(
             let s = shared.lock().unwrap();
             (s.generation, s.step)
         };
-        let directive = match client.heartbeat(Heartbeat { worker_id: id.clone(), generation, step }).await {
+        let directive = match client
+            .heartbeat(Heartbeat {
+                worker_id: id.clone(),
+                generation,
+                step,
+            })
+            .await
+        {
             Ok(d) => d,
             Err(e) => {
                 tracing::info!(worker = %id, error = %e, "heartbeat failed; stopping");
                 return;
             }
         };
-        let done = matches!(directive, Directive::Complete { .. } | Directive::Failed { .. } | Directive::Rejoin { .. });
+        let done = matches!(
+            directive,
+            Directive::Complete { .. } | Directive::Failed { .. } | Directive::Rejoin { .. }
+        );
         match &directive {
             Directive::KeepGoing => {}
             Directive::Wait { reason } => {
@@ -255,7 +317,10 @@ async fn heartbeat_loop(
 
 /// Runs a test body with a hard time limit, so no test can hang the suite.
 pub async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
-    if tokio::time::timeout(Duration::from_secs(30), f).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .is_err()
+    {
         panic!("test exceeded 30 s");
     }
 }
@@ -266,7 +331,9 @@ pub fn is_running(s: &JobSnapshot, generation: u64, world: u32) -> bool {
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
 }

@@ -14,11 +14,20 @@ async fn wrong_token_is_refused_and_changes_nothing() {
 
         // An intruder cannot fill the second slot of the rendezvous ...
         let mut intruder = client(addr, "not-the-token").await.unwrap();
-        let err = intruder.join(join_request("intruder", None)).await.unwrap_err();
+        let err = intruder
+            .join(join_request("intruder", None))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Some(tonic::Code::Unauthenticated), "{err}");
-        assert!(err.to_string().contains("SPLADE_CLUSTER_TOKEN"), "the message names the variable: {err}");
+        assert!(
+            err.to_string().contains("SPLADE_CLUSTER_TOKEN"),
+            "the message names the variable: {err}"
+        );
         let s = coord.snapshot();
-        assert_eq!((s.phase, s.workers_alive, s.generation), (PhaseKind::Rendezvous, 1, 0));
+        assert_eq!(
+            (s.phase, s.workers_alive, s.generation),
+            (PhaseKind::Rendezvous, 1, 0)
+        );
 
         let mut w1 = SimWorker::join(addr, "w1").await.unwrap();
         w0.assignment().await;
@@ -26,18 +35,37 @@ async fn wrong_token_is_refused_and_changes_nothing() {
 
         // ... nor speak for a member: a forged leave or heartbeat is refused before it reaches the state.
         let err = intruder
-            .leave(splade_proto::domain::LeaveRequest { worker_id: wid("w1"), reason: "forged".into() })
+            .leave(splade_proto::domain::LeaveRequest {
+                worker_id: wid("w1"),
+                reason: "forged".into(),
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Some(tonic::Code::Unauthenticated));
-        let err = intruder.heartbeat(Heartbeat { worker_id: wid("w1"), generation: Some(1), step: 0 }).await.unwrap_err();
+        let err = intruder
+            .heartbeat(Heartbeat {
+                worker_id: wid("w1"),
+                generation: Some(1),
+                step: 0,
+            })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Some(tonic::Code::Unauthenticated));
 
         // A client with no token header at all.
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         let mut bare = pb::coordinator_client::CoordinatorClient::new(channel);
         let status = bare
-            .join(pb::JoinRequest { protocol_version: PROTOCOL_VERSION, worker_id: "x".into(), advertise_host: "h".into(), ..Default::default() })
+            .join(pb::JoinRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: "x".into(),
+                advertise_host: "h".into(),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
@@ -77,7 +105,12 @@ async fn another_protocol_version_is_refused_naming_both_versions() {
         );
         let status = c
             .raw()
-            .heartbeat(pb::HeartbeatRequest { protocol_version: 0, worker_id: "future".into(), generation: 0, step: 0 })
+            .heartbeat(pb::HeartbeatRequest {
+                protocol_version: 0,
+                worker_id: "future".into(),
+                generation: 0,
+                step: 0,
+            })
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
@@ -112,8 +145,18 @@ async fn heartbeat_of_an_unknown_worker_asks_it_to_rejoin() {
     bounded(async {
         let coord = start(settings(1, 1, 0), job(100)).await;
         let mut c = client(coord.local_addr(), TOKEN).await.unwrap();
-        match c.heartbeat(Heartbeat { worker_id: wid("ghost"), generation: None, step: 0 }).await.unwrap() {
-            Directive::Rejoin { reason } => assert!(reason.contains("ghost is not registered"), "{reason}"),
+        match c
+            .heartbeat(Heartbeat {
+                worker_id: wid("ghost"),
+                generation: None,
+                step: 0,
+            })
+            .await
+            .unwrap()
+        {
+            Directive::Rejoin { reason } => {
+                assert!(reason.contains("ghost is not registered"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
         coord.shutdown();
@@ -135,10 +178,17 @@ fn pki() -> Pki {
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let leaf = |name: &str| {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
         (cert.pem(), key.serialize_pem())
     };
-    Pki { ca_pem: ca.pem(), server: leaf("localhost"), client: leaf("worker") }
+    Pki {
+        ca_pem: ca.pem(),
+        server: leaf("localhost"),
+        client: leaf("worker"),
+    }
 }
 
 #[tokio::test]
@@ -157,21 +207,34 @@ async fn mutual_tls_accepts_certified_workers_only() {
         let url = format!("https://localhost:{}", coord.local_addr().port());
         let tls = ClientTls {
             ca_pem: pki.ca_pem.clone().into_bytes(),
-            identity: Some((pki.client.0.clone().into_bytes(), pki.client.1.clone().into_bytes())),
+            identity: Some((
+                pki.client.0.clone().into_bytes(),
+                pki.client.1.clone().into_bytes(),
+            )),
             domain: None,
         };
-        let mut w = SimWorker::join_with(client_tls(&url, TOKEN, Some(tls.clone())).await.unwrap(), "w0", None)
-            .await
-            .unwrap();
+        let mut w = SimWorker::join_with(
+            client_tls(&url, TOKEN, Some(tls.clone())).await.unwrap(),
+            "w0",
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(w.assignment().await.generation, 1);
 
         // Without a client certificate the handshake (or the first call) fails.
-        let no_identity = ClientTls { identity: None, ..tls.clone() };
+        let no_identity = ClientTls {
+            identity: None,
+            ..tls.clone()
+        };
         let refused = match client_tls(&url, TOKEN, Some(no_identity)).await {
             Err(_) => true,
             Ok(mut c) => c.join(join_request("w9", None)).await.is_err(),
         };
-        assert!(refused, "a worker without a client certificate must not get in");
+        assert!(
+            refused,
+            "a worker without a client certificate must not get in"
+        );
 
         // Plain text to a TLS port does not work either.
         let plain = format!("http://localhost:{}", coord.local_addr().port());

@@ -9,9 +9,13 @@ use splade_proto::WorkerSession;
 use tokio::sync::watch;
 
 async fn session(addr: std::net::SocketAddr, id: &str) -> WorkerSession {
-    WorkerSession::join(client(addr, TOKEN).await.unwrap(), join_request(id, None), Duration::from_secs(2))
-        .await
-        .unwrap()
+    WorkerSession::join(
+        client(addr, TOKEN).await.unwrap(),
+        join_request(id, None),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap()
 }
 
 async fn next_assignment(rx: &mut watch::Receiver<Directive>, after_generation: u64) -> Assignment {
@@ -25,7 +29,9 @@ async fn next_assignment(rx: &mut watch::Receiver<Directive>, after_generation: 
             rx.changed().await.expect("session alive");
         }
     };
-    tokio::time::timeout(PATIENCE, wait).await.expect("an assignment in time")
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .expect("an assignment in time")
 }
 
 #[tokio::test]
@@ -48,10 +54,24 @@ async fn sessions_follow_generations_to_completion() {
         let a0 = next_assignment(&mut d0, 1).await;
         assert_eq!((a0.generation, a0.world_size), (2, 1));
         s0.set_position(Some(2), 20);
-        let report = ProgressReport { worker_id: wid("w0"), generation: 2, step: 20, metrics: Default::default() };
+        let report = ProgressReport {
+            worker_id: wid("w0"),
+            generation: 2,
+            step: 20,
+            metrics: Default::default(),
+        };
         assert!(s0.client().report_progress(report).await.unwrap().accepted);
-        tokio::time::timeout(PATIENCE, d0.wait_for(|d| matches!(d, Directive::Complete { .. }))).await.unwrap().unwrap();
-        assert_eq!(coord.wait().await.unwrap(), JobOutcome::Completed { final_step: 20 });
+        tokio::time::timeout(
+            PATIENCE,
+            d0.wait_for(|d| matches!(d, Directive::Complete { .. })),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            coord.wait().await.unwrap(),
+            JobOutcome::Completed { final_step: 20 }
+        );
         tokio::time::timeout(PATIENCE, async {
             while !s0.is_finished() {
                 tokio::time::sleep(HEARTBEAT_INTERVAL).await;
@@ -74,7 +94,10 @@ async fn a_session_the_coordinator_forgot_joins_again() {
         snapshot_until(&coord, "w0 registered", |s| s.workers_alive == 1).await;
         // The coordinator forgets w0 (here: a leave on its behalf); its next heartbeat is answered "rejoin".
         let mut other = client(addr, TOKEN).await.unwrap();
-        let left = other.leave(splade_proto::domain::LeaveRequest { worker_id: wid("w0"), reason: "test".into() });
+        let left = other.leave(splade_proto::domain::LeaveRequest {
+            worker_id: wid("w0"),
+            reason: "test".into(),
+        });
         assert!(left.await.unwrap().accepted);
         // Only if the session re-registered can a generation of two form once w1 arrives.
         let mut w1 = SimWorker::join(addr, "w1").await.unwrap();
