@@ -1,1 +1,29 @@
 //! Cluster coordinator library; `src/bin/main.rs` is the thin binary.
+//!
+//! One loop owns the job's state machine ([`machine::Machine`]); gRPC calls reach it over a channel
+//! (`service.rs`), timers drive timeouts, and a broadcast stops everything. Durable state sits behind
+//! [`state::ClusterState`] ([`state::InMemoryClusterState`] for now).
+//!
+//! Start one with [`server::start`]; the returned [`CoordinatorHandle`] gives the bound address, a
+//! [`JobSnapshot`] for metrics, shutdown, and the job's [`JobOutcome`].
+
+pub mod config;
+pub mod machine;
+pub mod server;
+mod service;
+pub mod settings;
+pub mod snapshot;
+pub mod state;
+pub mod verify;
+
+pub use machine::{JobOutcome, Machine};
+pub use server::{
+    start, start_with_state, CoordinatorError, CoordinatorHandle, CoordinatorOptions,
+    ShutdownTrigger,
+};
+pub use settings::{
+    ClusterSettings, JobSpec, JoinToken, ServerTls, SettingsError, DEFAULT_TOKEN_ENV,
+};
+pub use snapshot::{JobSnapshot, PhaseKind, WorkerStatus};
+pub use state::{ClusterState, InMemoryClusterState};
+pub use verify::{CheckpointVerifier, TrustWorkers, VerifyError, VerifyFuture};

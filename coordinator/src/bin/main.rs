@@ -1,15 +1,92 @@
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
 use clap::Parser;
+use splade_coordinator::{
+    config, CoordinatorOptions, JobOutcome, JoinToken, ServerTls, TrustWorkers,
+};
 
 /// Coordinates a data-parallel SPLADE training job across splade-worker processes.
 #[derive(Parser)]
 #[command(name = "splade-coordinator", version)]
 struct Args {
-    /// Training config (YAML).
+    /// Training config (YAML); its `cluster:` section configures the coordinator.
     #[arg(long)]
     config: std::path::PathBuf,
+    /// gRPC address workers join on.
+    #[arg(long, default_value = "0.0.0.0:50051")]
+    listen: SocketAddr,
+    /// Address to serve Prometheus metrics on.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("splade-coordinator: not implemented yet")
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let (cluster, job) = config::load(&args.config)?;
+    let token = JoinToken::from_env(&cluster.token_env)
+        .with_context(|| format!("{}", args.config.display()))?;
+    let tls =
+        ServerTls::from_settings(&cluster).with_context(|| format!("{}", args.config.display()))?;
+    if let Some(addr) = args.metrics_listen {
+        tracing::warn!(%addr, "--metrics-listen: the Prometheus endpoint is not served by this build yet");
+    }
+    tracing::warn!("checkpoint manifests are not verified by this build: commits are recorded as workers report them");
+    let mut opts = CoordinatorOptions::new(cluster, job, args.listen, token);
+    opts.tls = tls;
+    opts.verifier = Arc::new(TrustWorkers);
+    let handle = splade_coordinator::start(opts).await?;
+
+    let trigger = handle.shutdown_trigger();
+    tokio::spawn(async move {
+        stop_signal().await;
+        tracing::info!("signal received; stopping");
+        trigger.shutdown();
+    });
+    match handle.wait().await? {
+        JobOutcome::Completed { final_step } => {
+            tracing::info!(final_step, "training complete");
+            Ok(ExitCode::SUCCESS)
+        }
+        JobOutcome::Failed { reason } => {
+            eprintln!("splade-coordinator: the job failed: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+        JobOutcome::ShutDown => {
+            eprintln!("splade-coordinator: stopped before the job completed");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

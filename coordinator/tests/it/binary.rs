@@ -1,0 +1,149 @@
+//! The `splade-coordinator` binary as a real process.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::harness::*;
+use splade_proto::domain::Directive;
+use splade_proto::{CoordinatorClient, RetryPolicy};
+
+const CONFIG: &str = "
+training:
+  per_device_train_batch_size: 4
+  max_steps: 3
+cluster:
+  min_workers: 1
+  max_workers: 1
+  heartbeat_interval: 50ms
+  heartbeat_timeout: 200ms
+  rendezvous_last_call: 100ms
+  token_env: SPLADE_IT_TOKEN
+";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn coordinator(config: &std::path::Path, port: u16) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_splade-coordinator"));
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test]
+async fn the_binary_runs_a_job_to_completion_and_exits_0() {
+    init_tracing();
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("job.yaml");
+        std::fs::write(&cfg, CONFIG).unwrap();
+        let port = free_port();
+        let child = coordinator(&cfg, port)
+            .env("SPLADE_IT_TOKEN", TOKEN)
+            .spawn()
+            .unwrap();
+
+        let retry = RetryPolicy {
+            attempts: 50,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(1),
+        };
+        let client =
+            CoordinatorClient::connect_with(&format!("127.0.0.1:{port}"), TOKEN, None, retry)
+                .await
+                .unwrap();
+        let mut w = SimWorker::join_with(client, "w0", None).await.unwrap();
+        let a = w.assignment().await;
+        assert_eq!(
+            (
+                a.world_size,
+                a.global_batch_size,
+                a.micro_batches_per_rank,
+                a.total_steps
+            ),
+            (1, 4, 1, 3)
+        );
+        assert_eq!(
+            a.config_yaml, CONFIG,
+            "workers get the config file verbatim"
+        );
+        assert!(w.report(3, &[("loss", 0.5)]).await.accepted);
+        assert_eq!(
+            w.final_directive().await,
+            Directive::Complete { final_step: 3 }
+        );
+
+        let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
+            .await
+            .expect("exits")
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "exit {:?}; stderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_start_without_its_token() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("job.yaml");
+        std::fs::write(&cfg, CONFIG).unwrap();
+        let child = coordinator(&cfg, free_port())
+            .env_remove("SPLADE_IT_TOKEN")
+            .spawn()
+            .unwrap();
+        let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
+            .await
+            .expect("exits")
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("job.yaml")
+                && stderr.contains("environment variable SPLADE_IT_TOKEN is not set"),
+            "{stderr}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_binary_names_a_bad_key() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("job.yaml");
+        std::fs::write(&cfg, CONFIG.replace("max_workers: 1", "max_worker: 1")).unwrap();
+        let child = coordinator(&cfg, free_port())
+            .env("SPLADE_IT_TOKEN", TOKEN)
+            .spawn()
+            .unwrap();
+        let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
+            .await
+            .expect("exits")
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("job.yaml: cluster.max_worker: unknown key"),
+            "{stderr}"
+        );
+    })
+    .await;
+}

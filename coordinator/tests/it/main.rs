@@ -1,0 +1,11 @@
+//! Integration tests of `splade-coordinator`: a real gRPC server on loopback driven by real clients.
+//! Timings are short (heartbeat 50 ms, timeout 200 ms) and every test is bounded (see `harness::bounded`).
+
+mod harness;
+
+mod binary;
+mod completion;
+mod elastic;
+mod rendezvous;
+mod security;
+mod session;

@@ -1,0 +1,250 @@
+use crate::harness::*;
+use splade_coordinator::PhaseKind;
+use splade_proto::domain::{Directive, Heartbeat};
+use splade_proto::{pb, ClientTls, PROTOCOL_VERSION};
+
+#[tokio::test]
+async fn wrong_token_is_refused_and_changes_nothing() {
+    init_tracing();
+    bounded(async {
+        let coord = start(settings(2, 2, 0), job(100)).await;
+        let addr = coord.local_addr();
+        let mut w0 = SimWorker::join(addr, "w0").await.unwrap();
+        w0.wait_reason().await.unwrap();
+
+        // An intruder cannot fill the second slot of the rendezvous ...
+        let mut intruder = client(addr, "not-the-token").await.unwrap();
+        let err = intruder
+            .join(join_request("intruder", None))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(tonic::Code::Unauthenticated), "{err}");
+        assert!(
+            err.to_string().contains("SPLADE_CLUSTER_TOKEN"),
+            "the message names the variable: {err}"
+        );
+        let s = coord.snapshot();
+        assert_eq!(
+            (s.phase, s.workers_alive, s.generation),
+            (PhaseKind::Rendezvous, 1, 0)
+        );
+
+        let mut w1 = SimWorker::join(addr, "w1").await.unwrap();
+        w0.assignment().await;
+        w1.assignment().await;
+
+        // ... nor speak for a member: a forged leave or heartbeat is refused before it reaches the state.
+        let err = intruder
+            .leave(splade_proto::domain::LeaveRequest {
+                worker_id: wid("w1"),
+                reason: "forged".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(tonic::Code::Unauthenticated));
+        let err = intruder
+            .heartbeat(Heartbeat {
+                worker_id: wid("w1"),
+                generation: Some(1),
+                step: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(tonic::Code::Unauthenticated));
+
+        // A client with no token header at all.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut bare = pb::coordinator_client::CoordinatorClient::new(channel);
+        let status = bare
+            .join(pb::JoinRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: "x".into(),
+                advertise_host: "h".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+        tokio::time::sleep(HEARTBEAT_TIMEOUT * 2).await;
+        let s = coord.snapshot();
+        assert!(is_running(&s, 1, 2), "the job runs on undisturbed: {s:#?}");
+        assert_eq!(s.restarts, 0);
+        coord.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn another_protocol_version_is_refused_naming_both_versions() {
+    init_tracing();
+    bounded(async {
+        let coord = start(settings(1, 1, 0), job(100)).await;
+        let mut c = client(coord.local_addr(), TOKEN).await.unwrap();
+        let status = c
+            .raw()
+            .join(pb::JoinRequest {
+                protocol_version: PROTOCOL_VERSION + 1,
+                worker_id: "future".into(),
+                advertise_host: "h".into(),
+                store_port: 0,
+                device: "cpu".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        let msg = status.message();
+        assert!(
+            msg.contains(&format!("peer speaks version {}", PROTOCOL_VERSION + 1))
+                && msg.contains(&format!("this build speaks version {PROTOCOL_VERSION}")),
+            "{msg}"
+        );
+        let status = c
+            .raw()
+            .heartbeat(pb::HeartbeatRequest {
+                protocol_version: 0,
+                worker_id: "future".into(),
+                generation: 0,
+                step: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(coord.snapshot().workers_alive, 0, "nothing was registered");
+
+        // An invalid field is named.
+        let status = c
+            .raw()
+            .join(pb::JoinRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: "ok".into(),
+                advertise_host: "".into(),
+                store_port: 0,
+                device: "cpu".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "JoinRequest.advertise_host: is empty");
+
+        // The job still forms for a worker of the right version.
+        let mut w = SimWorker::join(coord.local_addr(), "w0").await.unwrap();
+        assert_eq!(w.assignment().await.generation, 1);
+        coord.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn heartbeat_of_an_unknown_worker_asks_it_to_rejoin() {
+    init_tracing();
+    bounded(async {
+        let coord = start(settings(1, 1, 0), job(100)).await;
+        let mut c = client(coord.local_addr(), TOKEN).await.unwrap();
+        match c
+            .heartbeat(Heartbeat {
+                worker_id: wid("ghost"),
+                generation: None,
+                step: 0,
+            })
+            .await
+            .unwrap()
+        {
+            Directive::Rejoin { reason } => {
+                assert!(reason.contains("ghost is not registered"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        coord.shutdown();
+    })
+    .await;
+}
+
+/// A CA, a server certificate for `localhost` and a client certificate, all signed by the CA.
+struct Pki {
+    ca_pem: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca_pem: ca.pem(),
+        server: leaf("localhost"),
+        client: leaf("worker"),
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_accepts_certified_workers_only() {
+    init_tracing();
+    bounded(async {
+        let pki = pki();
+        // Room for a second worker, so a refusal below can only come from TLS, not from max_workers.
+        let mut opts = options(settings(1, 2, 0), job(100));
+        opts.tls = Some(splade_coordinator::ServerTls {
+            cert_pem: pki.server.0.clone().into_bytes(),
+            key_pem: pki.server.1.clone().into_bytes(),
+            client_ca_pem: Some(pki.ca_pem.clone().into_bytes()),
+        });
+        let coord = splade_coordinator::start(opts).await.unwrap();
+        let url = format!("https://localhost:{}", coord.local_addr().port());
+        let tls = ClientTls {
+            ca_pem: pki.ca_pem.clone().into_bytes(),
+            identity: Some((
+                pki.client.0.clone().into_bytes(),
+                pki.client.1.clone().into_bytes(),
+            )),
+            domain: None,
+        };
+        let mut w = SimWorker::join_with(
+            client_tls(&url, TOKEN, Some(tls.clone())).await.unwrap(),
+            "w0",
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(w.assignment().await.generation, 1);
+
+        // Without a client certificate the handshake (or the first call) fails.
+        let no_identity = ClientTls {
+            identity: None,
+            ..tls.clone()
+        };
+        let refused = match client_tls(&url, TOKEN, Some(no_identity)).await {
+            Err(_) => true,
+            Ok(mut c) => c.join(join_request("w9", None)).await.is_err(),
+        };
+        assert!(
+            refused,
+            "a worker without a client certificate must not get in"
+        );
+
+        // Plain text to a TLS port does not work either.
+        let plain = format!("http://localhost:{}", coord.local_addr().port());
+        let refused = match client_tls(&plain, TOKEN, None).await {
+            Err(_) => true,
+            Ok(mut c) => c.join(join_request("w8", None)).await.is_err(),
+        };
+        assert!(refused, "plain HTTP/2 must not reach a TLS coordinator");
+        assert_eq!(coord.snapshot().workers_alive, 1);
+        coord.shutdown();
+    })
+    .await;
+}

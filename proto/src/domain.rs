@@ -1,0 +1,183 @@
+//! Domain types of the control plane: what the coordinator and the worker reason about.
+//!
+//! They are only built from wire messages through `TryFrom` (see [`crate::convert`]), so a value of these types has
+//! passed validation: ids are non-empty and well-formed, ports fit in 16 bits, an [`Assignment`]'s batch arithmetic
+//! adds up and its rank is below its world size, a [`CheckpointRef`]'s digest is 64 hex digits.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Version of the control-plane protocol this build speaks. Carried in every message; peers must match exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Name of a worker, unique within a job (a pod name, `host-3`, ...).
+///
+/// Guarantees: 1 to 128 characters from `[A-Za-z0-9._:-]`, so it is safe in logs, metric labels and paths.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(String);
+
+impl WorkerId {
+    /// Checks `s` and wraps it; the error says what is wrong with it.
+    pub fn new(s: impl Into<String>) -> Result<Self, String> {
+        let s = s.into();
+        if s.is_empty() {
+            return Err("is empty".into());
+        }
+        if s.len() > 128 {
+            return Err(format!("is {} characters long (at most 128)", s.len()));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+        {
+            return Err(format!(
+                "{s:?} contains {c:?} (allowed: letters, digits, '.', '_', ':', '-')"
+            ));
+        }
+        Ok(Self(s))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A worker asking to take part in the job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JoinRequest {
+    pub worker_id: WorkerId,
+    /// Host or IP the other ranks reach this worker on; never empty.
+    pub advertise_host: String,
+    /// Port to host the c10d store on if this worker becomes rank 0; `None` lets the coordinator choose.
+    pub store_port: Option<u16>,
+    /// Device the worker trains on (`cuda:0`, `cpu`, ...); informational.
+    pub device: String,
+}
+
+/// The coordinator's answer to a join: the worker is registered and must heartbeat at this pace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JoinAck {
+    pub worker_id: WorkerId,
+    pub heartbeat_interval: std::time::Duration,
+    pub heartbeat_timeout: std::time::Duration,
+}
+
+/// Liveness report of a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Heartbeat {
+    pub worker_id: WorkerId,
+    /// Generation the worker is training in, `None` when idle.
+    pub generation: Option<u64>,
+    /// Last optimizer step it finished.
+    pub step: u64,
+}
+
+/// A committed checkpoint: its manifest has been written and (on the coordinator) verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointRef {
+    pub step: u64,
+    /// Local path or object-store URL of the checkpoint directory; never empty.
+    pub location: String,
+    /// Lower-case hex sha256 of the manifest, 64 digits.
+    pub manifest_sha256: String,
+}
+
+/// What one worker trains in one generation.
+///
+/// Guarantees: `rank < world_size`, `generation >= 1`, `micro_batches_per_rank >= 1`,
+/// `global_batch_size == world_size * per_device_batch_size * micro_batches_per_rank`,
+/// `members.len() == world_size`, `start_step <= total_steps` and, when `restore` is set, `start_step == restore.step`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assignment {
+    pub generation: u64,
+    pub rank: u32,
+    pub world_size: u32,
+    /// The training config (YAML), verbatim.
+    pub config_yaml: String,
+    /// Where rank 0 hosts the c10d TCPStore of this generation.
+    pub store_host: String,
+    pub store_port: u16,
+    /// Checkpoint to restore before the first step; `None` for a fresh start.
+    pub restore: Option<CheckpointRef>,
+    /// Step already done; training continues with step `start_step + 1`.
+    pub start_step: u64,
+    pub total_steps: u64,
+    pub global_batch_size: u32,
+    pub per_device_batch_size: u32,
+    pub micro_batches_per_rank: u32,
+    /// Worker ids in rank order.
+    pub members: Vec<WorkerId>,
+}
+
+/// What a worker must do now; the answer to every heartbeat.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Directive {
+    /// Keep training the generation the worker reported.
+    KeepGoing,
+    /// Not training now: tear down any process group and keep heartbeating.
+    Wait { reason: String },
+    /// Train this assignment.
+    Assign(Box<Assignment>),
+    /// Training finished at `final_step`; exit 0.
+    Complete { final_step: u64 },
+    /// The job failed; exit non-zero with this reason.
+    Failed { reason: String },
+    /// The coordinator does not know this worker; join again.
+    Rejoin { reason: String },
+}
+
+/// Training progress of one rank at one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgressReport {
+    pub worker_id: WorkerId,
+    pub generation: u64,
+    pub step: u64,
+    /// Named values (loss parts, samples/s, ...); names are non-empty.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// A worker announcing a checkpoint whose manifest it has written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointCommit {
+    pub worker_id: WorkerId,
+    pub generation: u64,
+    pub checkpoint: CheckpointRef,
+}
+
+/// A worker leaving the job on purpose.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaveRequest {
+    pub worker_id: WorkerId,
+    pub reason: String,
+}
+
+/// Answer to a progress report, commit or leave: `accepted == false` means valid but not applied, see `reason`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ack {
+    pub accepted: bool,
+    pub reason: String,
+}
+
+impl Ack {
+    /// An accepted report.
+    pub fn accepted() -> Self {
+        Self {
+            accepted: true,
+            reason: String::new(),
+        }
+    }
+    /// A valid report that was not applied, and why.
+    pub fn ignored(reason: impl Into<String>) -> Self {
+        Self {
+            accepted: false,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! A worker's membership in the job: join, then heartbeat in the background and publish what to do.
+//!
+//! The training loop reads [`WorkerSession::directive`] between steps and tells the session where it is with
+//! [`WorkerSession::set_position`]; the session re-joins on its own when the coordinator has forgotten the worker,
+//! and turns an unreachable coordinator into [`Directive::Failed`] once `give_up_after` has passed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::client::{ClientError, CoordinatorClient};
+use crate::domain::{Directive, Heartbeat, JoinAck, JoinRequest, WorkerId};
+
+#[derive(Clone, Copy, Default)]
+struct Position {
+    generation: Option<u64>,
+    step: u64,
+}
+
+/// A joined worker with a background heartbeat. Dropping it stops the heartbeat (the coordinator then drops the
+/// worker after its heartbeat timeout); [`WorkerSession::leave`] says goodbye properly.
+pub struct WorkerSession {
+    ack: JoinAck,
+    client: CoordinatorClient,
+    position: Arc<Mutex<Position>>,
+    directive: watch::Receiver<Directive>,
+    task: JoinHandle<()>,
+}
+
+impl WorkerSession {
+    /// Joins and starts heartbeating. `give_up_after` bounds how long the coordinator may be unreachable before
+    /// the session reports [`Directive::Failed`] (and stops).
+    pub async fn join(
+        mut client: CoordinatorClient,
+        request: JoinRequest,
+        give_up_after: Duration,
+    ) -> Result<Self, ClientError> {
+        let ack = client.join(request.clone()).await?;
+        let position = Arc::new(Mutex::new(Position::default()));
+        let (tx, directive) = watch::channel(Directive::Wait {
+            reason: "joined; waiting for the first heartbeat".into(),
+        });
+        let task = tokio::spawn(heartbeat_loop(
+            client.clone(),
+            request,
+            ack.clone(),
+            position.clone(),
+            tx,
+            give_up_after,
+        ));
+        Ok(Self {
+            ack,
+            client,
+            position,
+            directive,
+            task,
+        })
+    }
+
+    /// This worker's id and heartbeat timing as the coordinator confirmed them.
+    pub fn ack(&self) -> &JoinAck {
+        &self.ack
+    }
+
+    pub fn worker_id(&self) -> &WorkerId {
+        &self.ack.worker_id
+    }
+
+    /// The latest directive other than "keep going": `Wait`, `Assign`, `Complete` or `Failed` (never `KeepGoing`
+    /// or `Rejoin`). Use `changed()` on it to wait for the next one.
+    pub fn directive(&self) -> watch::Receiver<Directive> {
+        self.directive.clone()
+    }
+
+    /// Where training is: the generation it runs in (`None` when idle) and the last finished step. Sent with the
+    /// next heartbeat; a generation different from the coordinator's makes it send the assignment again.
+    pub fn set_position(&self, generation: Option<u64>, step: u64) {
+        *self.position.lock().unwrap_or_else(|e| e.into_inner()) = Position { generation, step };
+    }
+
+    /// A client on the same connection, for progress reports and checkpoint commits.
+    pub fn client(&self) -> CoordinatorClient {
+        self.client.clone()
+    }
+
+    /// True once the heartbeat has stopped (job over, or coordinator lost).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops heartbeating and tells the coordinator this worker is leaving.
+    pub async fn leave(mut self, reason: &str) -> Result<(), ClientError> {
+        self.task.abort();
+        let req = crate::domain::LeaveRequest {
+            worker_id: self.ack.worker_id.clone(),
+            reason: reason.to_owned(),
+        };
+        self.client.leave(req).await.map(|_| ())
+    }
+}
+
+impl Drop for WorkerSession {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Errors that retrying cannot fix: the coordinator refused us for good.
+fn is_fatal(e: &ClientError) -> bool {
+    use tonic::Code;
+    match e {
+        ClientError::Rpc { status, .. } => matches!(
+            status.code(),
+            Code::Unauthenticated
+                | Code::PermissionDenied
+                | Code::FailedPrecondition
+                | Code::InvalidArgument
+        ),
+        ClientError::Decode { .. }
+        | ClientError::InvalidToken(_)
+        | ClientError::InvalidAddress { .. } => true,
+        ClientError::Tls(_) | ClientError::Connect { .. } => false,
+    }
+}
+
+async fn heartbeat_loop(
+    mut client: CoordinatorClient,
+    request: JoinRequest,
+    ack: JoinAck,
+    position: Arc<Mutex<Position>>,
+    tx: watch::Sender<Directive>,
+    give_up_after: Duration,
+) {
+    let id = ack.worker_id.clone();
+    let mut last_ok = Instant::now();
+    loop {
+        let pos = *position.lock().unwrap_or_else(|e| e.into_inner());
+        let hb = Heartbeat {
+            worker_id: id.clone(),
+            generation: pos.generation,
+            step: pos.step,
+        };
+        let result = match client.heartbeat(hb).await {
+            Ok(Directive::Rejoin { reason }) => {
+                tracing::warn!(worker = %id, %reason, "coordinator asked this worker to join again");
+                tx.send_replace(Directive::Wait {
+                    reason: format!("re-joining: {reason}"),
+                });
+                client.join(request.clone()).await.map(|_| None)
+            }
+            Ok(d) => Ok(Some(d)),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(Some(Directive::KeepGoing)) | Ok(None) => last_ok = Instant::now(),
+            Ok(Some(d)) => {
+                last_ok = Instant::now();
+                let done = matches!(d, Directive::Complete { .. } | Directive::Failed { .. });
+                tx.send_if_modified(|cur| {
+                    let changed = *cur != d;
+                    *cur = d;
+                    changed
+                });
+                if done {
+                    return;
+                }
+            }
+            Err(e) if is_fatal(&e) => {
+                tracing::error!(worker = %id, error = %e, "coordinator refused this worker");
+                tx.send_replace(Directive::Failed {
+                    reason: e.to_string(),
+                });
+                return;
+            }
+            Err(e) if last_ok.elapsed() > give_up_after => {
+                tracing::error!(worker = %id, error = %e, "coordinator unreachable; giving up");
+                tx.send_replace(Directive::Failed {
+                    reason: format!("coordinator unreachable for more than {give_up_after:?}: {e}"),
+                });
+                return;
+            }
+            Err(e) => tracing::warn!(worker = %id, error = %e, "heartbeat failed; retrying"),
+        }
+        tokio::time::sleep(ack.heartbeat_interval).await;
+    }
+}
