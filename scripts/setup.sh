@@ -3,6 +3,7 @@
 #
 #   scripts/setup.sh            libtorch, Debian build packages, test models, Python tool venv
 #   scripts/setup.sh --reference   also the pinned sentence-transformers reference venv (~5 GB)
+#   scripts/setup.sh --cuda        also the CUDA/NCCL headers the `cuda` feature compiles the c10d shim with
 #
 # Everything lands under $SPLADE_CACHE (default ~/.cache/splade), outside the repository, and each
 # step is skipped when its result is already there. Prints the environment to export at the end;
@@ -14,10 +15,12 @@ mkdir -p "$SPLADE_CACHE"
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 WANT_REFERENCE=0
+WANT_CUDA=0
 for arg in "$@"; do
   case "$arg" in
     --reference) WANT_REFERENCE=1 ;;
-    *) echo "setup.sh: unknown argument '$arg' (expected --reference)" >&2; exit 2 ;;
+    --cuda) WANT_CUDA=1 ;;
+    *) echo "setup.sh: unknown argument '$arg' (expected --reference or --cuda)" >&2; exit 2 ;;
   esac
 done
 
@@ -92,6 +95,19 @@ if ((WANT_REFERENCE)); then
     [ -x "$REF/bin/python" ] || "$PY" -m venv "$REF"
     "$REF/bin/pip" install -q -r "$REFREQ"
     rm -f "$REF"/.req-* && touch "$stamp"
+  fi
+fi
+
+# 6. Optional: headers for `cargo build --features cuda` (the NCCL half of worker/csrc/dist_shim.cpp).
+# Headers only; running a CUDA build needs a full CUDA PyTorch install on the machine.
+if ((WANT_CUDA)); then
+  CUDA_HDR="$SPLADE_CACHE/cuda-headers"
+  if [ ! -f "$CUDA_HDR/.done" ]; then
+    log "installing CUDA runtime, CRT, CCCL and NCCL headers into $CUDA_HDR"
+    rm -rf "$CUDA_HDR.tmp"
+    "$PY" -m pip install -q --no-deps --target "$CUDA_HDR.tmp" \
+      nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85 nvidia-nccl-cu13==2.28.9
+    rm -rf "$CUDA_HDR" && mv "$CUDA_HDR.tmp" "$CUDA_HDR" && touch "$CUDA_HDR/.done"
   fi
 fi
 

@@ -2,4 +2,5 @@
 mod support;
 
 mod cli_errors;
+mod dist;
 mod parity;
