@@ -98,16 +98,21 @@ if ((WANT_REFERENCE)); then
   fi
 fi
 
-# 6. Optional: headers for `cargo build --features cuda` (the NCCL half of worker/csrc/dist_shim.cpp).
-# Headers only; running a CUDA build needs a full CUDA PyTorch install on the machine.
+# 6. Optional: headers for `cargo build --features cuda` (the NCCL half of worker/csrc/dist_shim.cpp;
+# ProcessGroupNCCL.hpp pulls in ATen's CUDA context, hence cuBLAS/cuSPARSE/cuSOLVER headers too).
+# Only the include/ trees are kept; running a CUDA build needs a full CUDA PyTorch install.
+# Versions: torch 2.11.0's pins (cuda-toolkit 13.0.2, nvidia-nccl-cu13 2.28.9).
 if ((WANT_CUDA)); then
   CUDA_HDR="$SPLADE_CACHE/cuda-headers"
   if [ ! -f "$CUDA_HDR/.done" ]; then
-    log "installing CUDA runtime, CRT, CCCL and NCCL headers into $CUDA_HDR"
-    rm -rf "$CUDA_HDR.tmp"
-    "$PY" -m pip install -q --no-deps --target "$CUDA_HDR.tmp" \
-      nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85 nvidia-nccl-cu13==2.28.9
-    rm -rf "$CUDA_HDR" && mv "$CUDA_HDR.tmp" "$CUDA_HDR" && touch "$CUDA_HDR/.done"
+    log "installing CUDA runtime, CRT, CCCL, cuBLAS, cuSPARSE, cuSOLVER and NCCL headers into $CUDA_HDR"
+    tmp=$(mktemp -d)
+    "$PY" -m pip download -q --no-deps -d "$tmp" \
+      nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85 nvidia-nccl-cu13==2.28.9 \
+      nvidia-cublas==13.1.0.3 nvidia-cusparse==12.6.3.3 nvidia-cusolver==12.0.4.66
+    rm -rf "$CUDA_HDR.tmp" && mkdir -p "$CUDA_HDR.tmp"
+    for whl in "$tmp"/*.whl; do unzip -q -o "$whl" 'nvidia/*/include/*' -d "$CUDA_HDR.tmp"; done
+    rm -rf "$tmp" "$CUDA_HDR" && mv "$CUDA_HDR.tmp" "$CUDA_HDR" && touch "$CUDA_HDR/.done"
   fi
 fi
 

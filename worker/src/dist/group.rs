@@ -116,7 +116,10 @@ pub struct GroupOptions {
 /// Timing and volume of one [`ProcessGroup::all_reduce_sum`] call, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct AllReduceStats {
-    /// Wall-clock seconds of the whole call: flattening, the collectives, copying back.
+    /// Wall-clock seconds of the whole call: flattening, the collectives, copying back. With
+    /// Gloo the collectives have finished when the call returns. With NCCL, waiting only orders
+    /// the current CUDA stream after the collective (PyTorch semantics), so this is host time
+    /// unless `TORCH_NCCL_BLOCKING_WAIT=1` makes the wait block.
     pub seconds: f64,
     /// Bytes reduced (the sum of the tensors' sizes).
     pub bytes: usize,
