@@ -110,7 +110,7 @@ fn child_entry() -> Result<()> {
     let out = PathBuf::from(std::env::var("SPLADE_DIST_OUT")?);
     match scenario.as_str() {
         "collectives" => child_collectives(rank, port),
-        "reform" => child_reform(rank, port),
+        "reform" => child_reform(rank, port, &out),
         "grad" => child_grad(rank, port, &out),
         other => bail!("unknown scenario {other}"),
     }
@@ -185,7 +185,7 @@ fn child_collectives(rank: usize, port: u16) -> Result<()> {
     Ok(())
 }
 
-fn child_reform(rank: usize, port: u16) -> Result<()> {
+fn child_reform(rank: usize, port: u16, out: &Path) -> Result<()> {
     // One store for the job; generation 1's group, then generation 2's on the same store. Without
     // the generation prefix the second rendezvous would read the first one's (stale) keys.
     let store = Store::new("127.0.0.1", port, rank == 0, WORLD, GROUP_TIMEOUT)?;
@@ -204,6 +204,27 @@ fn child_reform(rank: usize, port: u16) -> Result<()> {
     let got = g2.all_gather(&Tensor::from_slice(&[rank as i64]))?;
     ensure!(got.iter().enumerate().all(|(r, g)| g.int64_value(&[0]) == r as i64), "gen 2 all_gather: {got:?}");
     g2.barrier()?;
+    drop(g2);
+    drop(store);
+
+    // A restart where rank 0 hosts a brand-new store on the same port (the coordinator reuses the
+    // address): clients retry until the new server is up. Rank 1 must not reach the old server
+    // before it is gone (in a real restart the coordinator orders this), hence the marker file.
+    let marker = out.join("gen2-store-dropped");
+    if rank == 0 {
+        std::fs::write(&marker, b"")?;
+    } else {
+        let start = Instant::now();
+        while !marker.exists() {
+            ensure!(start.elapsed() < GROUP_TIMEOUT, "rank 0 never dropped the generation-2 store");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let mut g3 = ProcessGroup::connect("127.0.0.1", port, gloo(rank, 3))?;
+    let mut t = [Tensor::full([2], rank as f64 - 1.0, (Kind::Float, Device::Cpu))];
+    g3.all_reduce_sum(&mut t)?;
+    ensure!(max_abs_diff(&t[0], &Tensor::full([2], -1.0, (Kind::Float, Device::Cpu))) == 0.0, "gen 3: {}", t[0]);
+    g3.barrier()?;
     Ok(())
 }
 
@@ -276,7 +297,7 @@ fn dist_all_reduce_gather_broadcast_across_two_processes() {
 }
 
 #[test]
-fn dist_reformed_generation_on_the_same_store() {
+fn dist_reformed_generations_on_the_same_and_a_new_store() {
     let out = tempfile::tempdir().unwrap();
     run_ranks("reform", out.path());
 }
