@@ -31,6 +31,27 @@
 //!
 //! Gradient accumulation/caching composes: accumulate the per-micro-batch gradients locally and
 //! call [`ProcessGroup::all_reduce_sum`] once per optimizer step.
+//!
+//! # One training step
+//!
+//! ```ignore
+//! let mut pg = ProcessGroup::connect(&store_host, store_port, GroupOptions {
+//!     backend: Backend::for_device(device), rank, world_size, generation,
+//!     timeout: Duration::from_secs(300), gloo_host: Some(advertise_ip),
+//! })?;
+//! // every step:
+//! let batch = gather_global_batch(&mut pg, &q_local, &d_local)?; // [B, V], [B*k, V]
+//! let loss = global_loss(&batch.q, &batch.d);                    // same value on every rank
+//! loss.backward();
+//! let mut grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
+//! let stats = pg.all_reduce_sum(&mut grads)?;                   // SUM: see above
+//! optimizer.step();
+//! metrics.allreduce_seconds(stats.seconds);
+//! ```
+//!
+//! A dead peer turns the next collective into [`DistError::Collective`] (Gloo notices a closed
+//! connection at once, otherwise after `GroupOptions::timeout`); the caller then ends the
+//! generation, drops the group and forms a new one with the next generation number.
 
 mod ffi;
 mod global_batch;

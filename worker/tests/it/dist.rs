@@ -112,6 +112,7 @@ fn child_entry() -> Result<()> {
         "collectives" => child_collectives(rank, port),
         "reform" => child_reform(rank, port, &out),
         "grad" => child_grad(rank, port, &out),
+        "peer_dies" => child_peer_dies(rank, port),
         other => bail!("unknown scenario {other}"),
     }
 }
@@ -228,6 +229,31 @@ fn child_reform(rank: usize, port: u16, out: &Path) -> Result<()> {
     Ok(())
 }
 
+fn child_peer_dies(rank: usize, port: u16) -> Result<()> {
+    let timeout = Duration::from_secs(5);
+    let mut pg = ProcessGroup::connect("127.0.0.1", port, GroupOptions { timeout, ..gloo(rank, 1) })?;
+    pg.barrier()?;
+    if rank == 1 {
+        // Vanish without a goodbye, like a killed worker.
+        std::process::exit(0);
+    }
+    let start = Instant::now();
+    let mut t = [Tensor::ones([1000], (Kind::Float, Device::Cpu))];
+    let mut res = Ok(Default::default());
+    // The first collective may still complete into socket buffers; the dead peer shows up soon after.
+    for _ in 0..10 {
+        res = pg.all_reduce_sum(&mut t);
+        if res.is_err() {
+            break;
+        }
+    }
+    let elapsed = start.elapsed();
+    ensure!(matches!(res, Err(DistError::Collective(_))), "all_reduce with a dead peer returned {res:?}");
+    ensure!(elapsed < timeout * 3, "the dead peer was noticed only after {elapsed:?}");
+    eprintln!("dead peer reported after {elapsed:?}: {}", res.unwrap_err());
+    Ok(())
+}
+
 // ---- the gradient-equivalence scenario ----
 
 const B: i64 = 8; // global queries
@@ -300,6 +326,12 @@ fn dist_all_reduce_gather_broadcast_across_two_processes() {
 fn dist_reformed_generations_on_the_same_and_a_new_store() {
     let out = tempfile::tempdir().unwrap();
     run_ranks("reform", out.path());
+}
+
+#[test]
+fn dist_dead_peer_fails_the_collective_instead_of_hanging() {
+    let out = tempfile::tempdir().unwrap();
+    run_ranks("peer_dies", out.path());
 }
 
 #[test]
