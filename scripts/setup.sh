@@ -3,6 +3,7 @@
 #
 #   scripts/setup.sh            libtorch, Debian build packages, test models, Python tool venv
 #   scripts/setup.sh --reference   also the pinned sentence-transformers reference venv (~5 GB)
+#   scripts/setup.sh --cuda        also the CUDA/NCCL headers the `cuda` feature compiles the c10d shim with
 #
 # Everything lands under $SPLADE_CACHE (default ~/.cache/splade), outside the repository, and each
 # step is skipped when its result is already there. Prints the environment to export at the end;
@@ -14,10 +15,12 @@ mkdir -p "$SPLADE_CACHE"
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 WANT_REFERENCE=0
+WANT_CUDA=0
 for arg in "$@"; do
   case "$arg" in
     --reference) WANT_REFERENCE=1 ;;
-    *) echo "setup.sh: unknown argument '$arg' (expected --reference)" >&2; exit 2 ;;
+    --cuda) WANT_CUDA=1 ;;
+    *) echo "setup.sh: unknown argument '$arg' (expected --reference or --cuda)" >&2; exit 2 ;;
   esac
 done
 
@@ -92,6 +95,24 @@ if ((WANT_REFERENCE)); then
     [ -x "$REF/bin/python" ] || "$PY" -m venv "$REF"
     "$REF/bin/pip" install -q -r "$REFREQ"
     rm -f "$REF"/.req-* && touch "$stamp"
+  fi
+fi
+
+# 6. Optional: headers for `cargo build --features cuda` (the NCCL half of worker/csrc/dist_shim.cpp;
+# ProcessGroupNCCL.hpp pulls in ATen's CUDA context, hence cuBLAS/cuSPARSE/cuSOLVER headers too).
+# Only the include/ trees are kept; running a CUDA build needs a full CUDA PyTorch install.
+# Versions: torch 2.11.0's pins (cuda-toolkit 13.0.2, nvidia-nccl-cu13 2.28.9).
+if ((WANT_CUDA)); then
+  CUDA_HDR="$SPLADE_CACHE/cuda-headers"
+  if [ ! -f "$CUDA_HDR/.done" ]; then
+    log "installing CUDA runtime, CRT, CCCL, cuBLAS, cuSPARSE, cuSOLVER and NCCL headers into $CUDA_HDR"
+    tmp=$(mktemp -d)
+    "$PY" -m pip download -q --no-deps -d "$tmp" \
+      nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85 nvidia-nccl-cu13==2.28.9 \
+      nvidia-cublas==13.1.0.3 nvidia-cusparse==12.6.3.3 nvidia-cusolver==12.0.4.66
+    rm -rf "$CUDA_HDR.tmp" && mkdir -p "$CUDA_HDR.tmp"
+    for whl in "$tmp"/*.whl; do unzip -q -o "$whl" 'nvidia/*/include/*' -d "$CUDA_HDR.tmp"; done
+    rm -rf "$tmp" "$CUDA_HDR" && mv "$CUDA_HDR.tmp" "$CUDA_HDR" && touch "$CUDA_HDR/.done"
   fi
 fi
 

@@ -6,4 +6,5 @@
 pub mod cli;
 pub mod device;
 pub mod evaluate;
+pub mod dist;
 pub mod model;

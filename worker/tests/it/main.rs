@@ -4,4 +4,5 @@ mod support;
 mod cli_errors;
 mod eval_parity;
 mod lean_head;
+mod dist;
 mod parity;
