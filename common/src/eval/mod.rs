@@ -29,6 +29,8 @@ mod results;
 mod run;
 mod sparse;
 mod task;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::time::Instant;
