@@ -15,7 +15,9 @@ const VOCAB: usize = 30_522;
 
 fn read_vecs(path: &str) -> anyhow::Result<Vec<SparseVec>> {
     let f = std::io::BufReader::new(std::fs::File::open(path)?);
-    f.lines().map(|l| Ok(serde_json::from_str::<SparseVec>(&l?)?)).collect()
+    f.lines()
+        .map(|l| Ok(serde_json::from_str::<SparseVec>(&l?)?))
+        .collect()
 }
 
 fn synthetic(n: usize, active: usize, seed: u64) -> Vec<SparseVec> {
@@ -32,7 +34,10 @@ fn synthetic(n: usize, active: usize, seed: u64) -> Vec<SparseVec> {
                 .map(|_| {
                     // Squaring a uniform skews ids towards the front, like frequent wordpieces.
                     let u = (next() >> 11) as f64 / (1u64 << 53) as f64;
-                    ((u * u * VOCAB as f64) as u32, 0.05 + ((next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0)
+                    (
+                        (u * u * VOCAB as f64) as u32,
+                        0.05 + ((next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0,
+                    )
                 })
                 .collect();
             SparseVec::from_pairs(pairs).expect("finite")
@@ -43,18 +48,48 @@ fn synthetic(n: usize, active: usize, seed: u64) -> Vec<SparseVec> {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let task_dir = args.get(1).map(String::as_str).unwrap_or("data/norquad");
-    let n_queries: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(10_000);
+    let n_queries: usize = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(10_000);
     let task = Task::load(&LocalDir::new(task_dir), None, None)?;
     let (docs, base_queries) = match (args.get(3), args.get(4)) {
         (Some(d), Some(q)) => (read_vecs(d)?, read_vecs(q)?),
-        _ => (synthetic(task.corpus.len(), 200, 1), synthetic(task.queries.len(), 30, 2)),
+        _ => (
+            synthetic(task.corpus.len(), 200, 1),
+            synthetic(task.queries.len(), 30, 2),
+        ),
     };
-    anyhow::ensure!(docs.len() == task.corpus.len(), "{} doc vectors for {} documents", docs.len(), task.corpus.len());
-    let vocab = docs.iter().chain(&base_queries).map(SparseVec::dim_lower_bound).max().unwrap_or(0).max(VOCAB);
-    let queries: Vec<SparseVec> = base_queries.iter().cycle().take(n_queries).cloned().collect();
+    anyhow::ensure!(
+        docs.len() == task.corpus.len(),
+        "{} doc vectors for {} documents",
+        docs.len(),
+        task.corpus.len()
+    );
+    let vocab = docs
+        .iter()
+        .chain(&base_queries)
+        .map(SparseVec::dim_lower_bound)
+        .max()
+        .unwrap_or(0)
+        .max(VOCAB);
+    let queries: Vec<SparseVec> = base_queries
+        .iter()
+        .cycle()
+        .take(n_queries)
+        .cloned()
+        .collect();
     let ids = task.corpus.iter().map(|d| d.id.clone()).collect();
     let t = Instant::now();
-    let index = InvertedIndex::build(ids, &docs, VocabInfo { size: vocab, fingerprint: "bench".into() })?;
+    let index = InvertedIndex::build(
+        ids,
+        &docs,
+        VocabInfo {
+            size: vocab,
+            fingerprint: "bench".into(),
+        },
+    )?;
     let build = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let hits = index.search(&queries, 100)?;

@@ -14,14 +14,20 @@ fn python(var: &str, venv: &str) -> PathBuf {
     let p = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
         let cache = std::env::var_os("SPLADE_CACHE")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/splade"));
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/splade")
+            });
         cache.join(venv).join("bin/python")
     });
     assert!(
         p.exists(),
         "{var} ({}) not found: run scripts/setup.sh{} and `source scripts/env.sh`",
         p.display(),
-        if venv == "ref-venv" { " --reference" } else { "" }
+        if venv == "ref-venv" {
+            " --reference"
+        } else {
+            ""
+        }
     );
     p
 }
@@ -30,14 +36,19 @@ fn run_py(var: &str, venv: &str, script: &str, args: &[&Path]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let sp = dir.path().join("script.py");
     std::fs::write(&sp, script).unwrap();
-    let out = Command::new(python(var, venv)).arg(&sp).args(args).output().expect("run python");
+    let out = Command::new(python(var, venv))
+        .arg(&sp)
+        .args(args)
+        .output()
+        .expect("run python");
     assert!(
         out.status.success(),
         "python failed (missing package? run scripts/setup.sh): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 struct Rng(u64);
@@ -57,7 +68,13 @@ impl Rng {
 }
 
 /// Writes a BEIR task directory; `qrels` rows are (qid, did, grade).
-fn write_beir(dir: &Path, docs: &[(String, String, String)], queries: &[(String, String)], qrels: &[(String, String, i32)], split: &str) {
+fn write_beir(
+    dir: &Path,
+    docs: &[(String, String, String)],
+    queries: &[(String, String)],
+    qrels: &[(String, String, i32)],
+    split: &str,
+) {
     let mut c = String::new();
     for (id, title, text) in docs {
         c += &json!({"_id": id, "title": title, "text": text}).to_string();
@@ -89,7 +106,14 @@ struct Synthetic {
     vocab: usize,
 }
 
-fn synthetic(seed: u64, n_docs: usize, n_queries: usize, vocab: usize, exact_values: bool, graded: bool) -> Synthetic {
+fn synthetic(
+    seed: u64,
+    n_docs: usize,
+    n_queries: usize,
+    vocab: usize,
+    exact_values: bool,
+    graded: bool,
+) -> Synthetic {
     let mut rng = Rng(seed);
     let vec_for = |rng: &mut Rng, n_extra: u64, base: usize| {
         let n_active = base + rng.below(n_extra) as usize;
@@ -98,16 +122,24 @@ fn synthetic(seed: u64, n_docs: usize, n_queries: usize, vocab: usize, exact_val
             pairs.push((0u32, 0.05 + rng.unit()));
         }
         for _ in 0..n_active {
-            let v = if exact_values { (1 + rng.below(8)) as f32 * 0.25 } else { 0.01 + 2.0 * rng.unit() };
+            let v = if exact_values {
+                (1 + rng.below(8)) as f32 * 0.25
+            } else {
+                0.01 + 2.0 * rng.unit()
+            };
             pairs.push((rng.below(vocab as u64) as u32, v));
         }
         // from_pairs sums repeats; the sum of quarter multiples stays exact.
         SparseVec::from_pairs(pairs).unwrap()
     };
     // Shuffled ids whose string order differs from numeric and from file order.
-    let doc_ids: Vec<String> = (0..n_docs).map(|i| format!("d{}", (i * 37 + 11) % n_docs)).collect();
-    let docs: BTreeMap<String, SparseVec> =
-        doc_ids.iter().map(|id| (id.clone(), vec_for(&mut rng, 10, 3))).collect();
+    let doc_ids: Vec<String> = (0..n_docs)
+        .map(|i| format!("d{}", (i * 37 + 11) % n_docs))
+        .collect();
+    let docs: BTreeMap<String, SparseVec> = doc_ids
+        .iter()
+        .map(|id| (id.clone(), vec_for(&mut rng, 10, 3)))
+        .collect();
     let query_ids: Vec<String> = (0..n_queries).map(|i| format!("q{i}")).collect();
     let mut queries: BTreeMap<String, SparseVec> = BTreeMap::new();
     let mut qrels = Vec::new();
@@ -117,12 +149,21 @@ fn synthetic(seed: u64, n_docs: usize, n_queries: usize, vocab: usize, exact_val
         let noise = vec_for(&mut rng, 4, 1);
         let anchor = &doc_ids[rng.below(n_docs as u64) as usize];
         let mut pairs: Vec<(u32, f32)> = noise.iter().collect();
-        pairs.extend(docs[anchor].iter().skip(if exact_values { 0 } else { 1 }).take(2));
+        pairs.extend(
+            docs[anchor]
+                .iter()
+                .skip(if exact_values { 0 } else { 1 })
+                .take(2),
+        );
         queries.insert(q.clone(), SparseVec::from_pairs(pairs).unwrap());
         if qi % 7 == 6 {
             continue; // unjudged: excluded from evaluation
         }
-        qrels.push((q.clone(), anchor.clone(), if graded { 1 + rng.below(3) as i32 } else { 1 }));
+        qrels.push((
+            q.clone(),
+            anchor.clone(),
+            if graded { 1 + rng.below(3) as i32 } else { 1 },
+        ));
         for _ in 0..rng.below(3) {
             let d = &doc_ids[rng.below(n_docs as u64) as usize];
             if !qrels.iter().any(|(a, b, _)| a == q && b == d) {
@@ -135,24 +176,46 @@ fn synthetic(seed: u64, n_docs: usize, n_queries: usize, vocab: usize, exact_val
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let doc_rows: Vec<(String, String, String)> =
-        doc_ids.iter().map(|id| (id.clone(), String::new(), format!("text of {id}"))).collect();
-    let query_rows: Vec<(String, String)> = query_ids.iter().map(|id| (id.clone(), format!("question {id}"))).collect();
+    let doc_rows: Vec<(String, String, String)> = doc_ids
+        .iter()
+        .map(|id| (id.clone(), String::new(), format!("text of {id}")))
+        .collect();
+    let query_rows: Vec<(String, String)> = query_ids
+        .iter()
+        .map(|id| (id.clone(), format!("question {id}")))
+        .collect();
     write_beir(dir.path(), &doc_rows, &query_rows, &qrels, "dev");
     let task = Task::load(&LocalDir::new(dir.path()), None, Some("synthetic")).unwrap();
-    Synthetic { dir, task, docs, queries, vocab }
+    Synthetic {
+        dir,
+        task,
+        docs,
+        queries,
+        vocab,
+    }
 }
 
 impl Synthetic {
     fn vectors(&self) -> (Vec<SparseVec>, Vec<SparseVec>) {
         (
-            self.task.corpus.iter().map(|d| self.docs[&d.id].clone()).collect(),
-            self.task.queries.iter().map(|q| self.queries[&q.id].clone()).collect(),
+            self.task
+                .corpus
+                .iter()
+                .map(|d| self.docs[&d.id].clone())
+                .collect(),
+            self.task
+                .queries
+                .iter()
+                .map(|q| self.queries[&q.id].clone())
+                .collect(),
         )
     }
     fn evaluate(&self) -> TaskScores {
         let (d, q) = self.vectors();
-        let vocab = VocabInfo { size: self.vocab, fingerprint: "synthetic".into() };
+        let vocab = VocabInfo {
+            size: self.vocab,
+            fingerprint: "synthetic".into(),
+        };
         evaluate_run(&self.task, &d, &q, &EvalOptions::new(vocab)).unwrap()
     }
 }
@@ -160,7 +223,14 @@ impl Synthetic {
 #[test]
 fn metrics_equal_sentence_transformers_evaluator() {
     let s = synthetic(11, 180, 60, 48, true, false);
-    assert!(s.task.warnings.iter().any(|w| w.contains("missing from the corpus")), "{:?}", s.task.warnings);
+    assert!(
+        s.task
+            .warnings
+            .iter()
+            .any(|w| w.contains("missing from the corpus")),
+        "{:?}",
+        s.task.warnings
+    );
     let ours = s.evaluate();
     let (d, q) = s.vectors();
     let row = |id: &str, text: String, v: &SparseVec| json!({"id": id, "text": text, "indices": v.indices(), "values": v.values()});
@@ -175,7 +245,12 @@ fn metrics_equal_sentence_transformers_evaluator() {
     assert_eq!(q.len(), ours.n_queries);
     let spec_path = s.dir.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let st = run_py("SPLADE_REF_PY", "ref-venv", include_str!("py/st_reference.py"), &[&spec_path]);
+    let st = run_py(
+        "SPLADE_REF_PY",
+        "ref-venv",
+        include_str!("py/st_reference.py"),
+        &[&spec_path],
+    );
     let mut checked = 0;
     for (ours_key, st_key) in [
         ("ndcg_at_", "dot_ndcg@"),
@@ -184,7 +259,10 @@ fn metrics_equal_sentence_transformers_evaluator() {
         ("accuracy_at_", "dot_accuracy@"),
     ] {
         for k in [1, 3, 5, 10, 100] {
-            let (a, b) = (ours.metrics[&format!("{ours_key}{k}")], st[format!("{st_key}{k}")].as_f64().unwrap());
+            let (a, b) = (
+                ours.metrics[&format!("{ours_key}{k}")],
+                st[format!("{st_key}{k}")].as_f64().unwrap(),
+            );
             assert!((a - b).abs() < 1e-9, "{ours_key}{k}: ours {a} vs ST {b}");
             checked += 1;
         }
@@ -196,7 +274,11 @@ fn metrics_equal_sentence_transformers_evaluator() {
     }
     assert_eq!(checked, 22);
     // Sanity: the synthetic run is neither perfect nor empty, so agreement means something.
-    assert!(ours.metrics["ndcg_at_10"] > 0.05 && ours.metrics["ndcg_at_10"] < 0.95, "{:?}", ours.metrics);
+    assert!(
+        ours.metrics["ndcg_at_10"] > 0.05 && ours.metrics["ndcg_at_10"] < 0.95,
+        "{:?}",
+        ours.metrics
+    );
     let sp = ours.sparsity.as_ref().unwrap();
     for (a, b) in [
         (sp.query.mean, "query_active_dims"),
@@ -206,7 +288,10 @@ fn metrics_equal_sentence_transformers_evaluator() {
         (sp.avg_flops, "avg_flops"),
     ] {
         let y = st[b].as_f64().unwrap();
-        assert!((a - y).abs() <= 1e-6 * y.abs().max(1.0), "{b}: ours {a} vs ST {y}");
+        assert!(
+            (a - y).abs() <= 1e-6 * y.abs().max(1.0),
+            "{b}: ours {a} vs ST {y}"
+        );
     }
 }
 
@@ -220,17 +305,34 @@ fn metrics_equal_pytrec_eval_on_graded_run() {
     // where trec_eval (docid descending) and we (_id ascending) would order differently.
     let written = Run::load_trec(&run_path).unwrap();
     for (q, hits) in written.iter() {
-        let ours_ids: Vec<&str> = ours.run.get(q).unwrap().iter().map(|h| h.doc_id.as_str()).collect();
+        let ours_ids: Vec<&str> = ours
+            .run
+            .get(q)
+            .unwrap()
+            .iter()
+            .map(|h| h.doc_id.as_str())
+            .collect();
         let written_ids: Vec<&str> = hits.iter().map(|h| h.doc_id.as_str()).collect();
         assert_eq!(ours_ids, written_ids, "query {q}");
         assert!(hits.len() == 100);
-        assert!(hits[..10].windows(2).all(|w| w[0].score > w[1].score), "tie in top 10 of {q}");
+        assert!(
+            hits[..10].windows(2).all(|w| w[0].score > w[1].score),
+            "tie in top 10 of {q}"
+        );
     }
     let qrels_path = s.dir.path().join("qrels.json");
     std::fs::write(&qrels_path, serde_json::to_string(&s.task.qrels).unwrap()).unwrap();
-    let py = run_py("SPLADE_TOOLS_PY", "tools-venv", include_str!("py/pytrec_reference.py"), &[&qrels_path, &run_path]);
+    let py = run_py(
+        "SPLADE_TOOLS_PY",
+        "tools-venv",
+        include_str!("py/pytrec_reference.py"),
+        &[&qrels_path, &run_path],
+    );
     assert_eq!(py["n_queries"].as_u64().unwrap() as usize, ours.n_queries);
-    assert!(s.task.qrels.values().any(|m| m.values().any(|&g| g > 1)), "the test needs graded judgements");
+    assert!(
+        s.task.qrels.values().any(|m| m.values().any(|&g| g > 1)),
+        "the test needs graded judgements"
+    );
     let mut pairs = vec![("mrr_at_10".to_string(), "mrr_10".to_string())];
     for k in [1, 3, 5, 10, 100] {
         pairs.push((format!("ndcg_at_{k}"), format!("ndcg_cut_{k}")));
@@ -239,10 +341,19 @@ fn metrics_equal_pytrec_eval_on_graded_run() {
         pairs.push((format!("hit_rate_at_{k}"), format!("success_{k}")));
     }
     for (a, b) in pairs {
-        let (x, y) = (ours.metrics[&a], py[&b].as_f64().unwrap_or_else(|| panic!("{b} missing: {py}")));
+        let (x, y) = (
+            ours.metrics[&a],
+            py[&b]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{b} missing: {py}")),
+        );
         assert!((x - y).abs() < 1e-6, "{a}: ours {x} vs pytrec_eval {b} {y}");
     }
-    assert!(ours.metrics["ndcg_at_10"] > 0.01 && ours.metrics["recall_at_100"] < 1.0, "{:?}", ours.metrics);
+    assert!(
+        ours.metrics["ndcg_at_10"] > 0.01 && ours.metrics["recall_at_100"] < 1.0,
+        "{:?}",
+        ours.metrics
+    );
 }
 
 #[test]
@@ -267,11 +378,20 @@ print(json.dumps({"task_name": r.task_name, "main_score": e["main_score"], "ndcg
 "#;
     let py = run_py("SPLADE_REF_PY", "ref-venv", script, &[&path]);
     assert_eq!(py["task_name"], "synthetic");
-    assert_eq!(py["main_score"].as_f64().unwrap(), scores.metrics["ndcg_at_10"]);
-    assert_eq!(py["ndcg_at_10"].as_f64().unwrap(), scores.metrics["ndcg_at_10"]);
+    assert_eq!(
+        py["main_score"].as_f64().unwrap(),
+        scores.metrics["ndcg_at_10"]
+    );
+    assert_eq!(
+        py["ndcg_at_10"].as_f64().unwrap(),
+        scores.metrics["ndcg_at_10"]
+    );
     assert_eq!(py["hf_subset"], "default");
     assert_eq!(py["kg"], Value::Null);
-    assert_eq!(py["installed"], MTEB_VERSION, "update MTEB_VERSION and scripts/requirements-reference.txt together");
+    assert_eq!(
+        py["installed"], MTEB_VERSION,
+        "update MTEB_VERSION and scripts/requirements-reference.txt together"
+    );
     assert!(py["avg_flops"].as_f64().unwrap() > 0.0);
     // And our own baseline reader takes the file back.
     let base = read_baseline(&path).unwrap();
@@ -290,33 +410,81 @@ fn loads_repository_norquad() {
     assert!(task.warnings.is_empty(), "{:?}", task.warnings);
     let d0 = &task.corpus[0];
     assert_eq!(d0.id, "d0");
-    assert!(d0.text().starts_with("Fortsatt ikke i mål med gjenåpning av Moss lufthavn Rygge i 2020 Moss lufthavn"));
+    assert!(d0.text().starts_with(
+        "Fortsatt ikke i mål med gjenåpning av Moss lufthavn Rygge i 2020 Moss lufthavn"
+    ));
     // BM25 on it: a sanity floor, not a benchmark (NorQuAD questions share many words with their passage).
-    let run = bm25_run(&task, &Bm25Params { stemmer: Some("norwegian".into()), ..Default::default() }, 100).unwrap();
+    let run = bm25_run(
+        &task,
+        &Bm25Params {
+            stemmer: Some("norwegian".into()),
+            ..Default::default()
+        },
+        100,
+    )
+    .unwrap();
     let m = evaluate_ranked(&task, &run, &MetricsConfig::default()).metrics;
     assert!(m["ndcg_at_10"] > 0.5, "{m:?}");
 }
 
 #[test]
 fn bad_task_inputs_give_clear_errors() {
-    let docs = |ids: &[&str]| ids.iter().map(|i| (i.to_string(), String::new(), format!("text {i}"))).collect::<Vec<_>>();
-    let queries = |ids: &[&str]| ids.iter().map(|i| (i.to_string(), format!("q {i}"))).collect::<Vec<_>>();
-    let rel = |rows: &[(&str, &str)]| rows.iter().map(|(q, d)| (q.to_string(), d.to_string(), 1)).collect::<Vec<_>>();
+    let docs = |ids: &[&str]| {
+        ids.iter()
+            .map(|i| (i.to_string(), String::new(), format!("text {i}")))
+            .collect::<Vec<_>>()
+    };
+    let queries = |ids: &[&str]| {
+        ids.iter()
+            .map(|i| (i.to_string(), format!("q {i}")))
+            .collect::<Vec<_>>()
+    };
+    let rel = |rows: &[(&str, &str)]| {
+        rows.iter()
+            .map(|(q, d)| (q.to_string(), d.to_string(), 1))
+            .collect::<Vec<_>>()
+    };
     let load = |dir: &Path, split: Option<&str>| Task::load(&LocalDir::new(dir), split, None);
 
     let d = tempfile::tempdir().unwrap();
-    write_beir(d.path(), &docs(&["a", "b"]), &queries(&["q1"]), &rel(&[("q1", "a"), ("q9", "b")]), "dev");
+    write_beir(
+        d.path(),
+        &docs(&["a", "b"]),
+        &queries(&["q1"]),
+        &rel(&[("q1", "a"), ("q9", "b")]),
+        "dev",
+    );
     let e = load(d.path(), None).unwrap_err().to_string();
     assert!(e.contains("qrels/dev.tsv:3") && e.contains("'q9'"), "{e}");
 
     let d = tempfile::tempdir().unwrap();
-    write_beir(d.path(), &docs(&["a", "b", "a"]), &queries(&["q1"]), &rel(&[("q1", "a")]), "dev");
+    write_beir(
+        d.path(),
+        &docs(&["a", "b", "a"]),
+        &queries(&["q1"]),
+        &rel(&[("q1", "a")]),
+        "dev",
+    );
     let e = load(d.path(), None).unwrap_err().to_string();
-    assert!(e.contains("corpus.jsonl") && e.contains("duplicate corpus _id 'a'") && e.contains("records 1 and 3"), "{e}");
+    assert!(
+        e.contains("corpus.jsonl")
+            && e.contains("duplicate corpus _id 'a'")
+            && e.contains("records 1 and 3"),
+        "{e}"
+    );
 
     let d = tempfile::tempdir().unwrap();
-    write_beir(d.path(), &docs(&["a"]), &queries(&["q1", "q1"]), &rel(&[("q1", "a")]), "dev");
-    assert!(load(d.path(), None).unwrap_err().to_string().contains("duplicate query _id 'q1'"));
+    write_beir(
+        d.path(),
+        &docs(&["a"]),
+        &queries(&["q1", "q1"]),
+        &rel(&[("q1", "a")]),
+        "dev",
+    );
+    assert!(load(d.path(), None)
+        .unwrap_err()
+        .to_string()
+        .contains("duplicate query _id 'q1'"));
 
     let d = tempfile::tempdir().unwrap();
     write_beir(d.path(), &[], &queries(&["q1"]), &rel(&[]), "dev");
@@ -324,28 +492,104 @@ fn bad_task_inputs_give_clear_errors() {
     assert!(e.contains("corpus is empty"), "{e}");
 
     let d = tempfile::tempdir().unwrap();
-    write_beir(d.path(), &docs(&["a"]), &queries(&["q1"]), &rel(&[("q1", "a")]), "dev");
-    write_beir(d.path(), &docs(&["a"]), &queries(&["q1"]), &rel(&[("q1", "a")]), "test");
+    write_beir(
+        d.path(),
+        &docs(&["a"]),
+        &queries(&["q1"]),
+        &rel(&[("q1", "a")]),
+        "dev",
+    );
+    write_beir(
+        d.path(),
+        &docs(&["a"]),
+        &queries(&["q1"]),
+        &rel(&[("q1", "a")]),
+        "test",
+    );
     let e = load(d.path(), None).unwrap_err().to_string();
-    assert!(e.contains("several splits (dev, test)") && e.contains("--split"), "{e}");
+    assert!(
+        e.contains("several splits (dev, test)") && e.contains("--split"),
+        "{e}"
+    );
     let e = load(d.path(), Some("train")).unwrap_err().to_string();
-    assert!(e.contains("split 'train' not found") && e.contains("dev, test"), "{e}");
+    assert!(
+        e.contains("split 'train' not found") && e.contains("dev, test"),
+        "{e}"
+    );
     assert_eq!(load(d.path(), Some("test")).unwrap().split, "test");
 
     let d = tempfile::tempdir().unwrap();
-    write_beir(d.path(), &docs(&["a"]), &queries(&["q1", "q2"]), &rel(&[("q1", "a"), ("q2", "zz")]), "dev");
+    write_beir(
+        d.path(),
+        &docs(&["a"]),
+        &queries(&["q1", "q2"]),
+        &rel(&[("q1", "a"), ("q2", "zz")]),
+        "dev",
+    );
     let t = load(d.path(), None).unwrap();
-    assert!(t.warnings.iter().any(|w| w.starts_with("1 qrels rows name documents missing")), "{:?}", t.warnings);
+    assert!(
+        t.warnings
+            .iter()
+            .any(|w| w.starts_with("1 qrels rows name documents missing")),
+        "{:?}",
+        t.warnings
+    );
     assert_eq!(t.queries.len(), 2);
 
     let d = tempfile::tempdir().unwrap();
-    write_beir(d.path(), &docs(&["a"]), &queries(&["q1"]), &rel(&[("q1", "a")]), "dev");
-    std::fs::write(d.path().join("qrels/dev.tsv"), "query-id\tcorpus-id\tscore\nq1\ta\n").unwrap();
+    write_beir(
+        d.path(),
+        &docs(&["a"]),
+        &queries(&["q1"]),
+        &rel(&[("q1", "a")]),
+        "dev",
+    );
+    std::fs::write(
+        d.path().join("qrels/dev.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\ta\n",
+    )
+    .unwrap();
     let e = load(d.path(), None).unwrap_err().to_string();
-    assert!(e.contains("qrels/dev.tsv:2") && e.contains("3 tab-separated columns"), "{e}");
-    std::fs::write(d.path().join("corpus.jsonl"), "{\"_id\": \"a\", \"text\": \"x\"}\n{\"_id\": \"b\"\n").unwrap();
+    assert!(
+        e.contains("qrels/dev.tsv:2") && e.contains("3 tab-separated columns"),
+        "{e}"
+    );
+    std::fs::write(
+        d.path().join("corpus.jsonl"),
+        "{\"_id\": \"a\", \"text\": \"x\"}\n{\"_id\": \"b\"\n",
+    )
+    .unwrap();
     let e = load(d.path(), None).unwrap_err().to_string();
     assert!(e.contains("corpus.jsonl:2"), "{e}");
+
+    std::fs::write(
+        d.path().join("qrels/dev.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\ta\t1\nq1\ta\t1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("corpus.jsonl"),
+        "{\"_id\": \"a\", \"text\": \"x\"}\n",
+    )
+    .unwrap();
+    let t = load(d.path(), None).unwrap();
+    assert!(
+        t.warnings
+            .iter()
+            .any(|w| w == "1 repeated qrels rows ignored"),
+        "{:?}",
+        t.warnings
+    );
+    std::fs::write(
+        d.path().join("qrels/dev.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\ta\t1\nq1\ta\t2\n",
+    )
+    .unwrap();
+    let e = load(d.path(), None).unwrap_err().to_string();
+    assert!(
+        e.contains("qrels/dev.tsv:3") && e.contains("judged again with score 2"),
+        "{e}"
+    );
 
     let e = load(&d.path().join("nope"), None).unwrap_err().to_string();
     assert!(e.contains("does not exist"), "{e}");
@@ -355,7 +599,13 @@ fn bad_task_inputs_give_clear_errors() {
 fn gzip_corpus_is_read() {
     use std::io::Write;
     let d = tempfile::tempdir().unwrap();
-    write_beir(d.path(), &[("a".into(), "T".into(), "x".into())], &[("q".into(), "y".into())], &[("q".into(), "a".into(), 1)], "test");
+    write_beir(
+        d.path(),
+        &[("a".into(), "T".into(), "x".into())],
+        &[("q".into(), "y".into())],
+        &[("q".into(), "a".into(), 1)],
+        "test",
+    );
     let plain = std::fs::read(d.path().join("corpus.jsonl")).unwrap();
     std::fs::remove_file(d.path().join("corpus.jsonl")).unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -389,10 +639,22 @@ print("{}")
     run_py("SPLADE_TOOLS_PY", "tools-venv", script, &[d.path()]);
     let nano = Task::load(&LocalDir::new(d.path().join("nano")), None, None).unwrap();
     assert_eq!(nano.split, "train");
-    assert_eq!(nano.corpus.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d1", "d3"]);
+    assert_eq!(
+        nano.corpus
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>(),
+        ["d1", "d3"]
+    );
     assert_eq!(nano.queries.len(), 2);
     assert_eq!(nano.qrels["q2"].len(), 2);
-    assert!(nano.warnings.iter().any(|w| w.contains("empty text dropped")), "{:?}", nano.warnings);
+    assert!(
+        nano.warnings
+            .iter()
+            .any(|w| w.contains("empty text dropped")),
+        "{:?}",
+        nano.warnings
+    );
 
     let mteb_dir = LocalDir::new(d.path().join("mteb"));
     let e = Task::load(&mteb_dir, None, None).unwrap_err().to_string();
@@ -402,7 +664,10 @@ print("{}")
     assert_eq!(t.corpus[0].text(), "Title body a");
     assert_eq!(t.corpus[1].text(), "body b");
     // Query 2 has only a grade-0 judgement in test: not evaluated.
-    assert_eq!(t.queries.iter().map(|q| q.id.as_str()).collect::<Vec<_>>(), ["1"]);
+    assert_eq!(
+        t.queries.iter().map(|q| q.id.as_str()).collect::<Vec<_>>(),
+        ["1"]
+    );
     assert_eq!(t.qrels["1"]["10"], 2);
 }
 
@@ -415,6 +680,9 @@ fn hybrid_bm25_rrf_on_synthetic_task_runs_end_to_end() {
     let m = evaluate_ranked(&s.task, &fused, &MetricsConfig::default()).metrics;
     assert!(m.contains_key("ndcg_at_10"));
     for (q, hits) in fused.iter() {
-        assert!(hits.windows(2).all(|w| rank_order(&w[0], &w[1]).is_le()), "{q}");
+        assert!(
+            hits.windows(2).all(|w| rank_order(&w[0], &w[1]).is_le()),
+            "{q}"
+        );
     }
 }
