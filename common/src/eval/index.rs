@@ -250,6 +250,28 @@ impl InvertedIndex {
         (self.offsets[t + 1] - self.offsets[t]) as usize
     }
 
+    /// The document vectors back out of the postings, in index order (e.g. to export a saved index).
+    pub fn document_vectors(&self) -> Vec<SparseVec> {
+        let mut pairs: Vec<Vec<(u32, f32)>> = vec![Vec::new(); self.len()];
+        for t in 0..self.vocab.size {
+            let (lo, hi) = (self.offsets[t] as usize, self.offsets[t + 1] as usize);
+            for (&d, &x) in self.postings_doc[lo..hi]
+                .iter()
+                .zip(&self.postings_val[lo..hi])
+            {
+                pairs[d as usize].push((t as u32, x));
+            }
+        }
+        // Terms were visited in ascending order, so each list is already sorted and unique.
+        pairs
+            .into_iter()
+            .map(|p| {
+                let (i, v) = p.into_iter().unzip();
+                SparseVec::new(i, v).expect("postings hold valid vectors")
+            })
+            .collect()
+    }
+
     /// Exact top-`k` for every query, in parallel over queries. Each list holds `min(k, len())` hits
     /// ordered by (score descending, `_id` ascending). Documents sharing no term with the query score 0
     /// and fill the list in `_id` order, exactly as a dense top-k over all documents would.
@@ -625,6 +647,7 @@ mod tests {
         let loaded = InvertedIndex::load(dir.path(), Some(&vocab)).unwrap();
         assert_eq!(loaded.doc_ids(), index.doc_ids());
         assert_eq!(loaded.size_bytes(), index.size_bytes());
+        assert_eq!(loaded.document_vectors(), docs);
         let (_, queries) = synthetic(20, 30, 5);
         assert_eq!(
             loaded.search(&queries, 25).unwrap(),

@@ -427,6 +427,85 @@ fn loads_repository_norquad() {
     assert!(m["ndcg_at_10"] > 0.5, "{m:?}");
 }
 
+/// NorQuAD at full size through sentence-transformers' evaluator, with BM25 term vectors standing in for
+/// an encoder's output: real ids, real sparsity patterns, many exact and near ties.
+#[test]
+fn norquad_bm25_vectors_equal_sentence_transformers_evaluator() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/norquad");
+    let task = Task::load(&LocalDir::new(&dir), None, None).unwrap();
+    let texts: Vec<String> = task.corpus.iter().map(Doc::text).collect();
+    let bm = Bm25::build(
+        task.corpus
+            .iter()
+            .zip(&texts)
+            .map(|(d, t)| (d.id.as_str(), t.as_str())),
+        &Bm25Params::default(),
+    )
+    .unwrap();
+    let docs = bm.index().document_vectors();
+    let queries: Vec<SparseVec> = task.queries.iter().map(|q| bm.query_vec(&q.text)).collect();
+    let vocab = VocabInfo {
+        size: bm.n_terms(),
+        fingerprint: "bm25".into(),
+    };
+    let ours = evaluate_run(&task, &docs, &queries, &EvalOptions::new(vocab)).unwrap();
+    // The same numbers as the BM25 run scored directly.
+    let direct = evaluate_ranked(
+        &task,
+        &bm25_run(&task, &Bm25Params::default(), 100).unwrap(),
+        &MetricsConfig::default(),
+    );
+    assert_eq!(direct.metrics, ours.metrics);
+
+    let row = |id: &str, text: &str, v: &SparseVec| json!({"id": id, "text": text, "indices": v.indices(), "values": v.values()});
+    let spec = json!({
+        "vocab_size": bm.n_terms(),
+        "docs": task.corpus.iter().zip(&texts).zip(&docs).map(|((d, t), v)| row(&d.id, t, v)).collect::<Vec<_>>(),
+        "queries": task.queries.iter().zip(&queries).map(|(q, v)| row(&q.id, &q.text, v)).collect::<Vec<_>>(),
+        "qrels": task.qrels.iter().map(|(q, m)| (q.clone(), m.keys().cloned().collect::<Vec<_>>())).collect::<BTreeMap<_, _>>(),
+        "ks": {"ndcg": [1, 3, 5, 10, 100], "mrr": [10], "map": [100], "precision_recall": [1, 3, 5, 10, 100], "accuracy": [1, 3, 5, 10, 100]},
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let spec_path = tmp.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let st = run_py(
+        "SPLADE_REF_PY",
+        "ref-venv",
+        include_str!("py/st_reference.py"),
+        &[&spec_path],
+    );
+    for (ours_key, st_key) in [
+        ("ndcg_at_", "dot_ndcg@"),
+        ("recall_at_", "dot_recall@"),
+        ("precision_at_", "dot_precision@"),
+        ("accuracy_at_", "dot_accuracy@"),
+    ] {
+        for k in [1, 3, 5, 10, 100] {
+            let (a, b) = (
+                ours.metrics[&format!("{ours_key}{k}")],
+                st[format!("{st_key}{k}")].as_f64().unwrap(),
+            );
+            assert!((a - b).abs() < 1e-6, "{ours_key}{k}: ours {a} vs ST {b}");
+        }
+    }
+    for (a, b) in [("mrr_at_10", "dot_mrr@10"), ("map_at_100", "dot_map@100")] {
+        let (x, y) = (ours.metrics[a], st[b].as_f64().unwrap());
+        assert!((x - y).abs() < 1e-6, "{a}: ours {x} vs ST {y}");
+    }
+    let sp = ours.sparsity.as_ref().unwrap();
+    for (a, b) in [
+        (sp.query.mean, "query_active_dims"),
+        (sp.corpus.mean, "corpus_active_dims"),
+        (sp.avg_flops, "avg_flops"),
+    ] {
+        let y = st[b].as_f64().unwrap();
+        assert!(
+            (a - y).abs() <= 1e-6 * y.abs().max(1.0),
+            "{b}: ours {a} vs ST {y}"
+        );
+    }
+}
+
 #[test]
 fn bad_task_inputs_give_clear_errors() {
     let docs = |ids: &[&str]| {
