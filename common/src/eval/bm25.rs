@@ -32,7 +32,11 @@ pub struct Bm25Params {
 
 impl Default for Bm25Params {
     fn default() -> Self {
-        Self { k1: 0.9, b: 0.4, stemmer: None }
+        Self {
+            k1: 0.9,
+            b: 0.4,
+            stemmer: None,
+        }
     }
 }
 
@@ -73,14 +77,21 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("stemming", &self.stemmer.is_some()).finish()
+        f.debug_struct("Tokenizer")
+            .field("stemming", &self.stemmer.is_some())
+            .finish()
     }
 }
 
 impl Tokenizer {
     /// A tokenizer stemming with the named Snowball algorithm, or not stemming for `None`.
     pub fn new(stemmer: Option<&str>) -> Result<Self, EvalError> {
-        Ok(Self { stemmer: stemmer.map(stemmer_algorithm).transpose()?.map(Stemmer::create) })
+        Ok(Self {
+            stemmer: stemmer
+                .map(stemmer_algorithm)
+                .transpose()?
+                .map(Stemmer::create),
+        })
     }
 
     /// The tokens of `text` in order.
@@ -106,9 +117,15 @@ pub struct Bm25 {
 
 impl Bm25 {
     /// Indexes `docs` as `(id, text)` pairs.
-    pub fn build<'a>(docs: impl IntoIterator<Item = (&'a str, &'a str)>, params: &Bm25Params) -> Result<Self, EvalError> {
+    pub fn build<'a>(
+        docs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        params: &Bm25Params,
+    ) -> Result<Self, EvalError> {
         if !(params.k1 >= 0.0 && (0.0..=1.0).contains(&params.b)) {
-            return Err(EvalError::Bm25(format!("k1 = {} must be ≥ 0 and b = {} within [0, 1]", params.k1, params.b)));
+            return Err(EvalError::Bm25(format!(
+                "k1 = {} must be ≥ 0 and b = {} within [0, 1]",
+                params.k1, params.b
+            )));
         }
         let tokenizer = Tokenizer::new(params.stemmer.as_deref())?;
         let mut terms: HashMap<String, u32> = HashMap::new();
@@ -125,14 +142,21 @@ impl Bm25 {
             tfs.push((tf.into_iter().collect(), toks.len()));
         }
         let n = tfs.len() as f64;
-        let avgdl = if tfs.is_empty() { 1.0 } else { tfs.iter().map(|t| t.1).sum::<usize>() as f64 / n };
+        let avgdl = if tfs.is_empty() {
+            1.0
+        } else {
+            tfs.iter().map(|t| t.1).sum::<usize>() as f64 / n
+        };
         let mut df = vec![0u32; terms.len()];
         for (tf, _) in &tfs {
             for &(t, _) in tf {
                 df[t as usize] += 1;
             }
         }
-        let idf: Vec<f64> = df.iter().map(|&d| (1.0 + (n - d as f64 + 0.5) / (d as f64 + 0.5)).ln()).collect();
+        let idf: Vec<f64> = df
+            .iter()
+            .map(|&d| (1.0 + (n - d as f64 + 0.5) / (d as f64 + 0.5)).ln())
+            .collect();
         let (k1, b) = (params.k1 as f64, params.b as f64);
         let vecs = tfs
             .into_iter()
@@ -146,13 +170,25 @@ impl Bm25 {
                 SparseVec::from_pairs(pairs)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let vocab = VocabInfo { size: terms.len(), fingerprint: "bm25".into() };
-        Ok(Self { tokenizer, terms, index: InvertedIndex::build(ids, &vecs, vocab)? })
+        let vocab = VocabInfo {
+            size: terms.len(),
+            fingerprint: "bm25".into(),
+        };
+        Ok(Self {
+            tokenizer,
+            terms,
+            index: InvertedIndex::build(ids, &vecs, vocab)?,
+        })
     }
 
     /// The query as a vector of term counts over the index's terms (unknown terms dropped).
     pub fn query_vec(&self, text: &str) -> SparseVec {
-        let pairs = self.tokenizer.tokens(text).iter().filter_map(|t| self.terms.get(t).map(|&id| (id, 1.0))).collect();
+        let pairs = self
+            .tokenizer
+            .tokens(text)
+            .iter()
+            .filter_map(|t| self.terms.get(t).map(|&id| (id, 1.0)))
+            .collect();
         SparseVec::from_pairs(pairs).expect("counts are positive and finite")
     }
 
@@ -180,10 +216,16 @@ mod tests {
     #[test]
     fn tokenizer_lowercases_splits_and_stems() {
         let t = Tokenizer::new(None).unwrap();
-        assert_eq!(t.tokens("Hvor mange, Østlandet's 2020-tall?"), ["hvor", "mange", "østlandet's", "2020", "tall"]);
+        assert_eq!(
+            t.tokens("Hvor mange, Østlandet's 2020-tall?"),
+            ["hvor", "mange", "østlandet's", "2020", "tall"]
+        );
         let s = Tokenizer::new(Some("norwegian")).unwrap();
         assert_eq!(s.tokens("Flyselskapene"), ["flyselskap"]);
-        assert!(Tokenizer::new(Some("klingon")).unwrap_err().to_string().contains("norwegian"));
+        assert!(Tokenizer::new(Some("klingon"))
+            .unwrap_err()
+            .to_string()
+            .contains("norwegian"));
     }
 
     #[test]
@@ -197,7 +239,11 @@ mod tests {
         let d1 = idf(1.0) * w(2.0, 3.0) + 2.0 * idf(2.0) * w(1.0, 3.0);
         let d2 = 2.0 * idf(2.0) * w(1.0, 2.0);
         assert_eq!(bm.index().doc_ids()[hits[0].doc as usize], "d1");
-        assert!((hits[0].score as f64 - d1).abs() < 1e-5, "{} vs {d1}", hits[0].score);
+        assert!(
+            (hits[0].score as f64 - d1).abs() < 1e-5,
+            "{} vs {d1}",
+            hits[0].score
+        );
         assert_eq!(bm.index().doc_ids()[hits[1].doc as usize], "d2");
         assert!((hits[1].score as f64 - d2).abs() < 1e-5);
         assert_eq!(hits[2].score, 0.0);

@@ -11,7 +11,11 @@ use super::{EvalError, SparseVec};
 
 fn check_inputs(ids: &[String], vecs: &[SparseVec], vocab: &[String]) -> Result<(), EvalError> {
     if ids.len() != vecs.len() {
-        return Err(EvalError::Export(format!("{} ids but {} vectors", ids.len(), vecs.len())));
+        return Err(EvalError::Export(format!(
+            "{} ids but {} vectors",
+            ids.len(),
+            vecs.len()
+        )));
     }
     for (id, v) in ids.iter().zip(vecs) {
         if v.dim_lower_bound() > vocab.len() {
@@ -47,10 +51,14 @@ pub fn write_anserini(
 ) -> Result<usize, EvalError> {
     check_inputs(ids, vecs, vocab)?;
     if !(factor.is_finite() && factor > 0.0) {
-        return Err(EvalError::Export(format!("quantisation factor {factor} must be a positive number")));
+        return Err(EvalError::Export(format!(
+            "quantisation factor {factor} must be a positive number"
+        )));
     }
     if contents.is_some_and(|c| c.len() != ids.len()) {
-        return Err(EvalError::Export("contents must have one entry per document".into()));
+        return Err(EvalError::Export(
+            "contents must have one entry per document".into(),
+        ));
     }
     for (i, (id, v)) in ids.iter().zip(vecs).enumerate() {
         let mut vector = Map::new();
@@ -61,8 +69,11 @@ pub fn write_anserini(
             }
         }
         let text = contents.map_or("", |c| c[i].as_str());
-        serde_json::to_writer(&mut *w, &json!({"id": id, "contents": text, "vector": vector}))
-            .map_err(|e| EvalError::Export(e.to_string()))?;
+        serde_json::to_writer(
+            &mut *w,
+            &json!({"id": id, "contents": text, "vector": vector}),
+        )
+        .map_err(|e| EvalError::Export(e.to_string()))?;
         w.write_all(b"\n").map_err(io)?;
     }
     Ok(ids.len())
@@ -118,11 +129,17 @@ pub fn write_qdrant_points(
     vocab_size: usize,
 ) -> Result<usize, EvalError> {
     if ids.len() != vecs.len() {
-        return Err(EvalError::Export(format!("{} ids but {} vectors", ids.len(), vecs.len())));
+        return Err(EvalError::Export(format!(
+            "{} ids but {} vectors",
+            ids.len(),
+            vecs.len()
+        )));
     }
     for (i, (id, v)) in ids.iter().zip(vecs).enumerate() {
         if v.dim_lower_bound() > vocab_size {
-            return Err(EvalError::Export(format!("document '{id}' exceeds the vocabulary of {vocab_size}")));
+            return Err(EvalError::Export(format!(
+                "document '{id}' exceeds the vocabulary of {vocab_size}"
+            )));
         }
         let point = json!({
             "id": i,
@@ -140,7 +157,10 @@ mod tests {
     use super::*;
 
     fn fixture() -> (Vec<String>, Vec<SparseVec>, Vec<String>) {
-        let vocab: Vec<String> = ["[PAD]", "fly", "##plass", "moss", "."].iter().map(|s| s.to_string()).collect();
+        let vocab: Vec<String> = ["[PAD]", "fly", "##plass", "moss", "."]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let vecs = vec![
             SparseVec::new(vec![1, 2, 3], vec![1.234, 0.375, 0.0049]).unwrap(),
             SparseVec::new(vec![0, 4], vec![2.5, 0.015]).unwrap(),
@@ -158,14 +178,29 @@ mod tests {
         let (ids, vecs, vocab) = fixture();
         let mut out = Vec::new();
         write_anserini(&mut out, &ids, &vecs, &vocab, 100.0, None).unwrap();
-        let lines: Vec<Value> =
-            String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines[0], json!({"id": "d0", "contents": "", "vector": {"fly": 123, "##plass": 38}}));
-        assert_eq!(lines[1], json!({"id": "d1", "contents": "", "vector": {"[PAD]": 250, ".": 1}}));
+        let lines: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines[0],
+            json!({"id": "d0", "contents": "", "vector": {"fly": 123, "##plass": 38}})
+        );
+        assert_eq!(
+            lines[1],
+            json!({"id": "d1", "contents": "", "vector": {"[PAD]": 250, ".": 1}})
+        );
         for (line, v) in lines.iter().zip(&vecs) {
             for (t, x) in v.iter() {
                 let expect = ((x as f64) * 100.0 + 0.5).floor() as i64;
-                assert_eq!(line["vector"].get(&vocab[t as usize]).and_then(Value::as_i64).unwrap_or(0), expect);
+                assert_eq!(
+                    line["vector"]
+                        .get(&vocab[t as usize])
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0),
+                    expect
+                );
             }
         }
     }
@@ -177,15 +212,24 @@ mod tests {
         write_opensearch_bulk(&mut out, "norquad", "splade", &ids, &vecs, &vocab).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with('\n'));
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 4);
-        assert_eq!(lines[0], json!({"index": {"_index": "norquad", "_id": "d0"}}));
+        assert_eq!(
+            lines[0],
+            json!({"index": {"_index": "norquad", "_id": "d0"}})
+        );
         let feats = lines[1]["splade"].as_object().unwrap();
         assert!(feats.keys().all(|k| vocab.contains(k)));
         assert_eq!(feats["fly"].as_f64().unwrap() as f32, 1.234);
         let neg = vec![SparseVec::new(vec![1], vec![-1.0]).unwrap()];
         assert!(write_opensearch_bulk(&mut Vec::new(), "i", "f", &ids[..1], &neg, &vocab).is_err());
-        assert_eq!(opensearch_mapping("splade")["mappings"]["properties"]["splade"]["type"], "rank_features");
+        assert_eq!(
+            opensearch_mapping("splade")["mappings"]["properties"]["splade"]["type"],
+            "rank_features"
+        );
     }
 
     #[test]
@@ -195,10 +239,18 @@ mod tests {
         write_qdrant_points(&mut out, "splade", &ids, &vecs, 5).unwrap();
         for (line, v) in String::from_utf8(out).unwrap().lines().zip(&vecs) {
             let p: Value = serde_json::from_str(line).unwrap();
-            let idx: Vec<u64> = p["vector"]["splade"]["indices"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+            let idx: Vec<u64> = p["vector"]["splade"]["indices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap())
+                .collect();
             assert!(idx.windows(2).all(|w| w[0] < w[1]));
             assert_eq!(idx.len(), v.nnz());
-            assert_eq!(p["vector"]["splade"]["values"].as_array().unwrap().len(), v.nnz());
+            assert_eq!(
+                p["vector"]["splade"]["values"].as_array().unwrap().len(),
+                v.nnz()
+            );
         }
         assert!(write_qdrant_points(&mut Vec::new(), "s", &ids, &vecs, 3).is_err());
     }

@@ -31,7 +31,10 @@ impl Default for Fusion {
 
 /// Fuses `runs` (each paired with its weight; use 1.0 for plain RRF) over the union of their queries.
 pub fn fuse(runs: &[(&Run, f64)], method: &Fusion) -> Run {
-    let queries: BTreeSet<&str> = runs.iter().flat_map(|(r, _)| r.iter().map(|(q, _)| q)).collect();
+    let queries: BTreeSet<&str> = runs
+        .iter()
+        .flat_map(|(r, _)| r.iter().map(|(q, _)| q))
+        .collect();
     let mut out = Run::new();
     for q in queries {
         let mut acc: BTreeMap<&str, f64> = BTreeMap::new();
@@ -44,17 +47,31 @@ pub fn fuse(runs: &[(&Run, f64)], method: &Fusion) -> Run {
                     }
                 }
                 Fusion::MinMax => {
-                    let (lo, hi) = hits.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), h| {
-                        (lo.min(h.score), hi.max(h.score))
-                    });
+                    let (lo, hi) = hits
+                        .iter()
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), h| {
+                            (lo.min(h.score), hi.max(h.score))
+                        });
                     for h in hits {
-                        let norm = if hi > lo { (h.score - lo) / (hi - lo) } else { 1.0 };
+                        let norm = if hi > lo {
+                            (h.score - lo) / (hi - lo)
+                        } else {
+                            1.0
+                        };
                         *acc.entry(&h.doc_id).or_insert(0.0) += w * norm;
                     }
                 }
             }
         }
-        out.insert(q, acc.into_iter().map(|(d, score)| RunHit { doc_id: d.to_string(), score }).collect());
+        out.insert(
+            q,
+            acc.into_iter()
+                .map(|(d, score)| RunHit {
+                    doc_id: d.to_string(),
+                    score,
+                })
+                .collect(),
+        );
     }
     out
 }
@@ -65,7 +82,15 @@ mod tests {
 
     fn run(q: &str, hits: &[(&str, f64)]) -> Run {
         let mut r = Run::new();
-        r.insert(q, hits.iter().map(|(d, s)| RunHit { doc_id: d.to_string(), score: *s }).collect());
+        r.insert(
+            q,
+            hits.iter()
+                .map(|(d, s)| RunHit {
+                    doc_id: d.to_string(),
+                    score: *s,
+                })
+                .collect(),
+        );
         r
     }
 
@@ -96,8 +121,20 @@ mod tests {
         let a = run("q1", &[("y", 1.0), ("x", 1.0)]);
         let b = run("q2", &[("z", 3.0)]);
         let fused = fuse(&[(&a, 1.0), (&b, 1.0)], &Fusion::default());
-        assert_eq!(fused.get("q1").unwrap()[0], RunHit { doc_id: "x".into(), score: 1.0 / 61.0 });
-        assert_eq!(fused.get("q1").unwrap()[1], RunHit { doc_id: "y".into(), score: 1.0 / 62.0 });
+        assert_eq!(
+            fused.get("q1").unwrap()[0],
+            RunHit {
+                doc_id: "x".into(),
+                score: 1.0 / 61.0
+            }
+        );
+        assert_eq!(
+            fused.get("q1").unwrap()[1],
+            RunHit {
+                doc_id: "y".into(),
+                score: 1.0 / 62.0
+            }
+        );
         assert_eq!(fused.get("q2").unwrap()[0].doc_id, "z");
     }
 
@@ -106,13 +143,26 @@ mod tests {
         let a = run("q", &[("a", 10.0), ("b", 6.0), ("c", 2.0)]);
         let b = run("q", &[("b", 0.5), ("d", 0.25), ("a", 0.0)]);
         let fused = fuse(&[(&a, 1.0), (&b, 0.5)], &Fusion::MinMax);
-        let got: Vec<(String, f64)> = fused.get("q").unwrap().iter().map(|h| (h.doc_id.clone(), h.score)).collect();
+        let got: Vec<(String, f64)> = fused
+            .get("q")
+            .unwrap()
+            .iter()
+            .map(|h| (h.doc_id.clone(), h.score))
+            .collect();
         // a: 1 + 0.5*0 = 1; b: 0.5 + 0.5*1 = 1; c: 0; d: 0.5*0.5 = 0.25
         assert_eq!(
             got,
-            vec![("a".into(), 1.0), ("b".into(), 1.0), ("d".into(), 0.25), ("c".into(), 0.0)]
+            vec![
+                ("a".into(), 1.0),
+                ("b".into(), 1.0),
+                ("d".into(), 0.25),
+                ("c".into(), 0.0)
+            ]
         );
         let single = run("q", &[("only", 3.0)]);
-        assert_eq!(fuse(&[(&single, 2.0)], &Fusion::MinMax).get("q").unwrap()[0].score, 2.0);
+        assert_eq!(
+            fuse(&[(&single, 2.0)], &Fusion::MinMax).get("q").unwrap()[0].score,
+            2.0
+        );
     }
 }

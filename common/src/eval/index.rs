@@ -32,7 +32,10 @@ pub struct VocabInfo {
 impl VocabInfo {
     /// Size and fingerprint of a token list (position = vocabulary id).
     pub fn from_tokens<S: AsRef<str>>(tokens: &[S]) -> Self {
-        Self { size: tokens.len(), fingerprint: vocab_fingerprint(tokens) }
+        Self {
+            size: tokens.len(),
+            fingerprint: vocab_fingerprint(tokens),
+        }
     }
 }
 
@@ -73,7 +76,11 @@ impl Plain for f32 {}
 /// An array either owned or borrowed from a memory map; derefs to a slice either way.
 enum Buf<T: Plain> {
     Owned(Vec<T>),
-    Mapped { map: memmap2::Mmap, len: usize, _t: PhantomData<T> },
+    Mapped {
+        map: memmap2::Mmap,
+        len: usize,
+        _t: PhantomData<T>,
+    },
 }
 
 impl<T: Plain> Deref for Buf<T> {
@@ -84,7 +91,9 @@ impl<T: Plain> Deref for Buf<T> {
             // SAFETY: `map_file` checked that the map is aligned for T and holds exactly `len` elements; the
             // element types are plain numbers for which every bit pattern is valid, and the map lives as
             // long as self. The file is not expected to change while mapped (documented on `load`).
-            Buf::Mapped { map, len, .. } => unsafe { std::slice::from_raw_parts(map.as_ptr() as *const T, *len) },
+            Buf::Mapped { map, len, .. } => unsafe {
+                std::slice::from_raw_parts(map.as_ptr() as *const T, *len)
+            },
         }
     }
 }
@@ -102,7 +111,13 @@ struct Header {
 
 const FORMAT: &str = "splade-inverted-index";
 const VERSION: u32 = 1;
-const FILES: [&str; 5] = ["offsets.u64", "postings_doc.u32", "postings_val.f32", "id_rank.u32", "by_rank.u32"];
+const FILES: [&str; 5] = [
+    "offsets.u64",
+    "postings_doc.u32",
+    "postings_val.f32",
+    "id_rank.u32",
+    "by_rank.u32",
+];
 
 /// Inverted index over document vectors. Immutable once built; `search` is safe to call from many
 /// threads.
@@ -132,12 +147,23 @@ impl std::fmt::Debug for InvertedIndex {
 impl InvertedIndex {
     /// Builds the index. `doc_ids[i]` names `docs[i]`; ids must be unique and every vector index below
     /// `vocab.size`.
-    pub fn build(doc_ids: Vec<String>, docs: &[SparseVec], vocab: VocabInfo) -> Result<Self, EvalError> {
+    pub fn build(
+        doc_ids: Vec<String>,
+        docs: &[SparseVec],
+        vocab: VocabInfo,
+    ) -> Result<Self, EvalError> {
         if doc_ids.len() != docs.len() {
-            return Err(EvalError::Index(format!("{} document ids but {} vectors", doc_ids.len(), docs.len())));
+            return Err(EvalError::Index(format!(
+                "{} document ids but {} vectors",
+                doc_ids.len(),
+                docs.len()
+            )));
         }
         if u32::try_from(docs.len()).is_err() {
-            return Err(EvalError::Index(format!("{} documents exceed the u32 limit", docs.len())));
+            return Err(EvalError::Index(format!(
+                "{} documents exceed the u32 limit",
+                docs.len()
+            )));
         }
         let v = vocab.size;
         let mut counts = vec![0u64; v + 1];
@@ -209,7 +235,10 @@ impl InvertedIndex {
     /// Bytes of the index's binary arrays (offsets, posting ids and values, id-order maps), which is what
     /// [`InvertedIndex::save`] writes apart from the small header and the id list.
     pub fn size_bytes(&self) -> u64 {
-        (self.offsets.len() * 8 + self.postings_doc.len() * 8 + self.id_rank.len() * 4 + self.by_rank.len() * 4) as u64
+        (self.offsets.len() * 8
+            + self.postings_doc.len() * 8
+            + self.id_rank.len() * 4
+            + self.by_rank.len() * 4) as u64
     }
 
     /// Length of the posting list of vocabulary id `t` (0 when out of range): its document frequency.
@@ -219,6 +248,28 @@ impl InvertedIndex {
             return 0;
         }
         (self.offsets[t + 1] - self.offsets[t]) as usize
+    }
+
+    /// The document vectors back out of the postings, in index order (e.g. to export a saved index).
+    pub fn document_vectors(&self) -> Vec<SparseVec> {
+        let mut pairs: Vec<Vec<(u32, f32)>> = vec![Vec::new(); self.len()];
+        for t in 0..self.vocab.size {
+            let (lo, hi) = (self.offsets[t] as usize, self.offsets[t + 1] as usize);
+            for (&d, &x) in self.postings_doc[lo..hi]
+                .iter()
+                .zip(&self.postings_val[lo..hi])
+            {
+                pairs[d as usize].push((t as u32, x));
+            }
+        }
+        // Terms were visited in ascending order, so each list is already sorted and unique.
+        pairs
+            .into_iter()
+            .map(|p| {
+                let (i, v) = p.into_iter().unzip();
+                SparseVec::new(i, v).expect("postings hold valid vectors")
+            })
+            .collect()
     }
 
     /// Exact top-`k` for every query, in parallel over queries. Each list holds `min(k, len())` hits
@@ -238,14 +289,21 @@ impl InvertedIndex {
         let n = self.len();
         Ok(queries
             .par_iter()
-            .map_init(|| Scratch { scores: vec![0.0; n], seen: vec![false; n], touched: Vec::new() }, |s, q| {
-                self.search_one(s, q, k)
-            })
+            .map_init(
+                || Scratch {
+                    scores: vec![0.0; n],
+                    seen: vec![false; n],
+                    touched: Vec::new(),
+                },
+                |s, q| self.search_one(s, q, k),
+            )
             .collect())
     }
 
     fn cmp_hits(&self, a: &Hit, b: &Hit) -> Ordering {
-        b.score.total_cmp(&a.score).then_with(|| self.id_rank[a.doc as usize].cmp(&self.id_rank[b.doc as usize]))
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| self.id_rank[a.doc as usize].cmp(&self.id_rank[b.doc as usize]))
     }
 
     fn search_one(&self, s: &mut Scratch, q: &SparseVec, k: usize) -> Vec<Hit> {
@@ -254,8 +312,14 @@ impl InvertedIndex {
             return Vec::new();
         }
         for (t, w) in q.iter() {
-            let (lo, hi) = (self.offsets[t as usize] as usize, self.offsets[t as usize + 1] as usize);
-            for (&d, &x) in self.postings_doc[lo..hi].iter().zip(&self.postings_val[lo..hi]) {
+            let (lo, hi) = (
+                self.offsets[t as usize] as usize,
+                self.offsets[t as usize + 1] as usize,
+            );
+            for (&d, &x) in self.postings_doc[lo..hi]
+                .iter()
+                .zip(&self.postings_val[lo..hi])
+            {
                 let d = d as usize;
                 if !s.seen[d] {
                     s.seen[d] = true;
@@ -264,7 +328,14 @@ impl InvertedIndex {
                 s.scores[d] += w * x;
             }
         }
-        let mut hits: Vec<Hit> = s.touched.iter().map(|&d| Hit { doc: d, score: s.scores[d as usize] }).collect();
+        let mut hits: Vec<Hit> = s
+            .touched
+            .iter()
+            .map(|&d| Hit {
+                doc: d,
+                score: s.scores[d as usize],
+            })
+            .collect();
         if hits.len() > k {
             hits.select_nth_unstable_by(k - 1, |a, b| self.cmp_hits(a, b));
             hits.truncate(k);
@@ -283,7 +354,8 @@ impl InvertedIndex {
             let mut merged = Vec::with_capacity(k);
             let (mut i, mut j) = (0, 0);
             while merged.len() < k && (i < hits.len() || j < zeros.len()) {
-                let take_hit = j >= zeros.len() || (i < hits.len() && self.cmp_hits(&hits[i], &zeros[j]).is_le());
+                let take_hit = j >= zeros.len()
+                    || (i < hits.len() && self.cmp_hits(&hits[i], &zeros[j]).is_le());
                 if take_hit {
                     merged.push(hits[i]);
                     i += 1;
@@ -305,16 +377,28 @@ impl InvertedIndex {
     /// Writes the index into `dir` (created if missing; existing index files are replaced).
     pub fn save(&self, dir: &Path) -> Result<(), EvalError> {
         std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
-        write_array(&dir.join(FILES[0]), &self.offsets, |x, w| w.write_all(&x.to_le_bytes()))?;
-        write_array(&dir.join(FILES[1]), &self.postings_doc, |x, w| w.write_all(&x.to_le_bytes()))?;
-        write_array(&dir.join(FILES[2]), &self.postings_val, |x, w| w.write_all(&x.to_le_bytes()))?;
-        write_array(&dir.join(FILES[3]), &self.id_rank, |x, w| w.write_all(&x.to_le_bytes()))?;
-        write_array(&dir.join(FILES[4]), &self.by_rank, |x, w| w.write_all(&x.to_le_bytes()))?;
+        write_array(&dir.join(FILES[0]), &self.offsets, |x, w| {
+            w.write_all(&x.to_le_bytes())
+        })?;
+        write_array(&dir.join(FILES[1]), &self.postings_doc, |x, w| {
+            w.write_all(&x.to_le_bytes())
+        })?;
+        write_array(&dir.join(FILES[2]), &self.postings_val, |x, w| {
+            w.write_all(&x.to_le_bytes())
+        })?;
+        write_array(&dir.join(FILES[3]), &self.id_rank, |x, w| {
+            w.write_all(&x.to_le_bytes())
+        })?;
+        write_array(&dir.join(FILES[4]), &self.by_rank, |x, w| {
+            w.write_all(&x.to_le_bytes())
+        })?;
         let ids_path = dir.join("doc_ids.jsonl");
-        let mut w = BufWriter::new(File::create(&ids_path).map_err(|e| EvalError::io(&ids_path, e))?);
+        let mut w =
+            BufWriter::new(File::create(&ids_path).map_err(|e| EvalError::io(&ids_path, e))?);
         for id in &self.doc_ids {
             serde_json::to_writer(&mut w, id).map_err(|e| EvalError::Index(e.to_string()))?;
-            w.write_all(b"\n").map_err(|e| EvalError::io(&ids_path, e))?;
+            w.write_all(b"\n")
+                .map_err(|e| EvalError::io(&ids_path, e))?;
         }
         w.flush().map_err(|e| EvalError::io(&ids_path, e))?;
         // The header goes last: a directory without it is an incomplete write, not an index.
@@ -327,7 +411,8 @@ impl InvertedIndex {
             n_postings: self.n_postings(),
         };
         let hp = dir.join("index.json");
-        let text = serde_json::to_string_pretty(&header).map_err(|e| EvalError::Index(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&header).map_err(|e| EvalError::Index(e.to_string()))?;
         std::fs::write(&hp, text).map_err(|e| EvalError::io(&hp, e))
     }
 
@@ -336,7 +421,9 @@ impl InvertedIndex {
     /// must not be modified while the index is open.
     pub fn load(dir: &Path, expected: Option<&VocabInfo>) -> Result<Self, EvalError> {
         if cfg!(target_endian = "big") {
-            return Err(EvalError::Index("memory-mapped indexes are little-endian; this machine is big-endian".into()));
+            return Err(EvalError::Index(
+                "memory-mapped indexes are little-endian; this machine is big-endian".into(),
+            ));
         }
         let hp = dir.join("index.json");
         let text = std::fs::read_to_string(&hp).map_err(|e| EvalError::io(&hp, e))?;
@@ -370,15 +457,28 @@ impl InvertedIndex {
         let id_rank: Buf<u32> = map_file(&dir.join(FILES[3]), h.n_docs)?;
         let by_rank: Buf<u32> = map_file(&dir.join(FILES[4]), h.n_docs)?;
         // Cheap structural checks so a corrupt file errors here rather than panicking inside a search.
-        let corrupt = |what: &str| EvalError::Index(format!("{}: corrupt index ({what}); rebuild it", dir.display()));
-        if offsets[0] != 0 || offsets[h.vocab.size] as usize != h.n_postings || offsets.windows(2).any(|w| w[0] > w[1]) {
+        let corrupt = |what: &str| {
+            EvalError::Index(format!(
+                "{}: corrupt index ({what}); rebuild it",
+                dir.display()
+            ))
+        };
+        if offsets[0] != 0
+            || offsets[h.vocab.size] as usize != h.n_postings
+            || offsets.windows(2).any(|w| w[0] > w[1])
+        {
             return Err(corrupt("posting offsets"));
         }
-        if id_rank.iter().chain(by_rank.iter()).any(|&r| r as usize >= h.n_docs) {
+        if id_rank
+            .iter()
+            .chain(by_rank.iter())
+            .any(|&r| r as usize >= h.n_docs)
+        {
             return Err(corrupt("id order maps"));
         }
         let ids_path = dir.join("doc_ids.jsonl");
-        let ids_text = std::fs::read_to_string(&ids_path).map_err(|e| EvalError::io(&ids_path, e))?;
+        let ids_text =
+            std::fs::read_to_string(&ids_path).map_err(|e| EvalError::io(&ids_path, e))?;
         let doc_ids = ids_text
             .lines()
             .enumerate()
@@ -393,7 +493,15 @@ impl InvertedIndex {
         if postings_doc.iter().any(|&d| d as usize >= h.n_docs) {
             return Err(corrupt("posting document ids"));
         }
-        Ok(Self { vocab: h.vocab, doc_ids, offsets, postings_doc, postings_val, id_rank, by_rank })
+        Ok(Self {
+            vocab: h.vocab,
+            doc_ids,
+            offsets,
+            postings_doc,
+            postings_val,
+            id_rank,
+            by_rank,
+        })
     }
 }
 
@@ -407,8 +515,14 @@ struct Scratch {
 fn rank_ids(ids: &[String]) -> Result<(Vec<u32>, Vec<u32>), EvalError> {
     let mut order: Vec<u32> = (0..ids.len() as u32).collect();
     order.sort_unstable_by(|&a, &b| ids[a as usize].cmp(&ids[b as usize]));
-    if let Some(w) = order.windows(2).find(|w| ids[w[0] as usize] == ids[w[1] as usize]) {
-        return Err(EvalError::Index(format!("duplicate document id '{}'", ids[w[0] as usize])));
+    if let Some(w) = order
+        .windows(2)
+        .find(|w| ids[w[0] as usize] == ids[w[1] as usize])
+    {
+        return Err(EvalError::Index(format!(
+            "duplicate document id '{}'",
+            ids[w[0] as usize]
+        )));
     }
     let mut rank = vec![0u32; ids.len()];
     for (r, &d) in order.iter().enumerate() {
@@ -445,10 +559,17 @@ fn map_file<T: Plain>(path: &Path, len: usize) -> Result<Buf<T>, EvalError> {
     }
     // SAFETY: read-only map of a file the caller promises not to modify while the index is open.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EvalError::io(path, e))?;
-    if map.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
-        return Err(EvalError::Index(format!("{}: memory map is not aligned", path.display())));
+    if map.as_ptr().align_offset(std::mem::align_of::<T>()) != 0 {
+        return Err(EvalError::Index(format!(
+            "{}: memory map is not aligned",
+            path.display()
+        )));
     }
-    Ok(Buf::Mapped { map, len, _t: PhantomData })
+    Ok(Buf::Mapped {
+        map,
+        len,
+        _t: PhantomData,
+    })
 }
 
 #[cfg(test)]
@@ -461,7 +582,11 @@ mod tests {
 
     /// Brute force over all documents with the same total order.
     fn brute(ids: &[String], docs: &[SparseVec], q: &SparseVec, k: usize) -> Vec<(String, f32)> {
-        let mut all: Vec<(String, f32)> = ids.iter().cloned().zip(docs.iter().map(|d| d.dot(q))).collect();
+        let mut all: Vec<(String, f32)> = ids
+            .iter()
+            .cloned()
+            .zip(docs.iter().map(|d| d.dot(q)))
+            .collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         all.truncate(k);
         all
@@ -475,12 +600,16 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let ids: Vec<String> = (0..n_docs).map(|i| format!("d{}", (i * 7919) % n_docs)).collect();
+        let ids: Vec<String> = (0..n_docs)
+            .map(|i| format!("d{}", (i * 7919) % n_docs))
+            .collect();
         let docs = (0..n_docs)
             .map(|_| {
                 let n = (next() % 6) as usize;
                 // Small integer-valued weights make exact ties (including at zero) common.
-                v(&(0..n).map(|_| ((next() % vocab as u64) as u32, ((next() % 5) as f32) - 1.0)).collect::<Vec<_>>())
+                v(&(0..n)
+                    .map(|_| ((next() % vocab as u64) as u32, ((next() % 5) as f32) - 1.0))
+                    .collect::<Vec<_>>())
             })
             .collect();
         (ids, docs)
@@ -489,13 +618,19 @@ mod tests {
     #[test]
     fn search_equals_brute_force_with_ties_and_negatives() {
         let (ids, docs) = synthetic(300, 40, 7);
-        let vocab = VocabInfo { size: 40, fingerprint: "t".into() };
+        let vocab = VocabInfo {
+            size: 40,
+            fingerprint: "t".into(),
+        };
         let index = InvertedIndex::build(ids.clone(), &docs, vocab).unwrap();
         let (_, queries) = synthetic(50, 40, 99);
         for k in [1, 10, 100, 300, 500] {
             let res = index.search(&queries, k).unwrap();
             for (q, hits) in queries.iter().zip(&res) {
-                let got: Vec<(String, f32)> = hits.iter().map(|h| (ids[h.doc as usize].clone(), h.score)).collect();
+                let got: Vec<(String, f32)> = hits
+                    .iter()
+                    .map(|h| (ids[h.doc as usize].clone(), h.score))
+                    .collect();
                 assert_eq!(got, brute(&ids, &docs, q, k), "k={k}");
             }
         }
@@ -512,12 +647,17 @@ mod tests {
         let loaded = InvertedIndex::load(dir.path(), Some(&vocab)).unwrap();
         assert_eq!(loaded.doc_ids(), index.doc_ids());
         assert_eq!(loaded.size_bytes(), index.size_bytes());
+        assert_eq!(loaded.document_vectors(), docs);
         let (_, queries) = synthetic(20, 30, 5);
-        assert_eq!(loaded.search(&queries, 25).unwrap(), index.search(&queries, 25).unwrap());
+        assert_eq!(
+            loaded.search(&queries, 25).unwrap(),
+            index.search(&queries, 25).unwrap()
+        );
 
         let mut other_tokens = tokens.clone();
         other_tokens[3] = "different".into();
-        let err = InvertedIndex::load(dir.path(), Some(&VocabInfo::from_tokens(&other_tokens))).unwrap_err();
+        let err = InvertedIndex::load(dir.path(), Some(&VocabInfo::from_tokens(&other_tokens)))
+            .unwrap_err();
         assert!(matches!(err, EvalError::VocabMismatch(_)), "{err}");
         assert!(err.to_string().contains("rebuild the index"), "{err}");
 
@@ -528,11 +668,19 @@ mod tests {
 
     #[test]
     fn rejects_out_of_vocab_and_duplicate_ids() {
-        let vocab = VocabInfo { size: 4, fingerprint: "t".into() };
-        let e = InvertedIndex::build(vec!["a".into()], &[v(&[(4, 1.0)])], vocab.clone()).unwrap_err();
+        let vocab = VocabInfo {
+            size: 4,
+            fingerprint: "t".into(),
+        };
+        let e =
+            InvertedIndex::build(vec!["a".into()], &[v(&[(4, 1.0)])], vocab.clone()).unwrap_err();
         assert!(e.to_string().contains("different models"), "{e}");
-        let e = InvertedIndex::build(vec!["a".into(), "a".into()], &[v(&[(1, 1.0)]), v(&[(2, 1.0)])], vocab.clone())
-            .unwrap_err();
+        let e = InvertedIndex::build(
+            vec!["a".into(), "a".into()],
+            &[v(&[(1, 1.0)]), v(&[(2, 1.0)])],
+            vocab.clone(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("duplicate document id 'a'"), "{e}");
         let idx = InvertedIndex::build(vec!["a".into()], &[v(&[(1, 1.0)])], vocab).unwrap();
         assert!(idx.search(&[v(&[(9, 1.0)])], 1).is_err());
@@ -540,7 +688,13 @@ mod tests {
 
     #[test]
     fn fingerprint_distinguishes_token_boundaries() {
-        assert_ne!(vocab_fingerprint(&["ab", "c"]), vocab_fingerprint(&["a", "bc"]));
-        assert_eq!(vocab_fingerprint(&["a", "b"]), vocab_fingerprint(&["a".to_string(), "b".to_string()]));
+        assert_ne!(
+            vocab_fingerprint(&["ab", "c"]),
+            vocab_fingerprint(&["a", "bc"])
+        );
+        assert_eq!(
+            vocab_fingerprint(&["a", "b"]),
+            vocab_fingerprint(&["a".to_string(), "b".to_string()])
+        );
     }
 }

@@ -13,6 +13,7 @@
 //! - `map@k` = Σ over relevant hits in the top k of precision at their rank, divided by
 //!   `min(k, number of relevant)`: ST's definition (pytrec_eval's `map_cut` divides by the number of
 //!   relevant documents; the two agree whenever a query has at most k relevant documents).
+//!
 //! Each metric is the mean over evaluated queries; a query with no hits scores 0.
 
 use std::collections::BTreeMap;
@@ -51,11 +52,17 @@ impl Default for MetricsConfig {
 impl MetricsConfig {
     /// The deepest cut-off: how many hits per query the search must return.
     pub fn max_k(&self) -> usize {
-        [&self.ndcg_at, &self.mrr_at, &self.map_at, &self.precision_recall_at, &self.accuracy_at]
-            .iter()
-            .flat_map(|v| v.iter().copied())
-            .max()
-            .unwrap_or(10)
+        [
+            &self.ndcg_at,
+            &self.mrr_at,
+            &self.map_at,
+            &self.precision_recall_at,
+            &self.accuracy_at,
+        ]
+        .iter()
+        .flat_map(|v| v.iter().copied())
+        .max()
+        .unwrap_or(10)
     }
 }
 
@@ -80,9 +87,16 @@ pub fn compute_metrics<'a>(
         let judged = qrels.get(qid).unwrap_or(&empty);
         let hits = run.get(qid).unwrap_or(&[]);
         let hits = &hits[..hits.len().min(max_k)];
-        let gains: Vec<f64> = hits.iter().map(|h| judged.get(&h.doc_id).map_or(0.0, |&g| g.max(0) as f64)).collect();
+        let gains: Vec<f64> = hits
+            .iter()
+            .map(|h| judged.get(&h.doc_id).map_or(0.0, |&g| g.max(0) as f64))
+            .collect();
         let n_rel = judged.values().filter(|&&g| g > 0).count();
-        let mut ideal: Vec<f64> = judged.values().filter(|&&g| g > 0).map(|&g| g as f64).collect();
+        let mut ideal: Vec<f64> = judged
+            .values()
+            .filter(|&&g| g > 0)
+            .map(|&g| g as f64)
+            .collect();
         ideal.sort_by(|a, b| b.total_cmp(a));
         let rel_in = |k: usize| gains.iter().take(k).filter(|&&g| g > 0.0).count();
 
@@ -94,15 +108,24 @@ pub fn compute_metrics<'a>(
         for &k in &cfg.precision_recall_at {
             let c = rel_in(k) as f64;
             *sums.entry(format!("precision_at_{k}")).or_default() += c / k as f64;
-            *sums.entry(format!("recall_at_{k}")).or_default() += if n_rel > 0 { c / n_rel as f64 } else { 0.0 };
+            *sums.entry(format!("recall_at_{k}")).or_default() +=
+                if n_rel > 0 { c / n_rel as f64 } else { 0.0 };
         }
         for &k in &cfg.mrr_at {
-            let rr = gains.iter().take(k).position(|&g| g > 0.0).map_or(0.0, |r| 1.0 / (r + 1) as f64);
+            let rr = gains
+                .iter()
+                .take(k)
+                .position(|&g| g > 0.0)
+                .map_or(0.0, |r| 1.0 / (r + 1) as f64);
             *sums.entry(format!("mrr_at_{k}")).or_default() += rr;
         }
         for &k in &cfg.ndcg_at {
             let idcg = dcg(&ideal, k);
-            let v = if idcg > 0.0 { dcg(&gains, k) / idcg } else { 0.0 };
+            let v = if idcg > 0.0 {
+                dcg(&gains, k) / idcg
+            } else {
+                0.0
+            };
             *sums.entry(format!("ndcg_at_{k}")).or_default() += v;
         }
         for &k in &cfg.map_at {
@@ -114,7 +137,8 @@ pub fn compute_metrics<'a>(
                 }
             }
             let denom = k.min(n_rel);
-            *sums.entry(format!("map_at_{k}")).or_default() += if denom > 0 { sum / denom as f64 } else { 0.0 };
+            *sums.entry(format!("map_at_{k}")).or_default() +=
+                if denom > 0 { sum / denom as f64 } else { 0.0 };
         }
     }
     if n > 0 {
@@ -126,7 +150,12 @@ pub fn compute_metrics<'a>(
 }
 
 fn dcg(gains: &[f64], k: usize) -> f64 {
-    gains.iter().take(k).enumerate().map(|(i, g)| g / ((i + 2) as f64).log2()).sum()
+    gains
+        .iter()
+        .take(k)
+        .enumerate()
+        .map(|(i, g)| g / ((i + 2) as f64).log2())
+        .sum()
 }
 
 /// Distribution of active (non-zero) dimensions over a set of vectors.
@@ -151,7 +180,10 @@ impl ActiveDims {
     pub fn of(vecs: &[SparseVec], vocab_size: usize) -> Self {
         let mut counts: Vec<usize> = vecs.iter().map(SparseVec::nnz).collect();
         if counts.is_empty() {
-            return Self { sparsity_ratio: 1.0, ..Self::default() };
+            return Self {
+                sparsity_ratio: 1.0,
+                ..Self::default()
+            };
         }
         counts.sort_unstable();
         let mean = counts.iter().sum::<usize>() as f64 / counts.len() as f64;
@@ -161,7 +193,11 @@ impl ActiveDims {
             p95: percentile(&counts, 95.0),
             min: counts[0],
             max: counts[counts.len() - 1],
-            sparsity_ratio: if vocab_size > 0 { 1.0 - mean / vocab_size as f64 } else { 1.0 },
+            sparsity_ratio: if vocab_size > 0 {
+                1.0 - mean / vocab_size as f64
+            } else {
+                1.0
+            },
         }
     }
 }
@@ -219,15 +255,25 @@ pub fn avg_flops(queries: &[SparseVec], docs: &[SparseVec], vocab_size: usize) -
     if queries.is_empty() || docs.is_empty() {
         return 0.0;
     }
-    let (cq, cd) = (count_vector(queries, vocab_size), count_vector(docs, vocab_size));
+    let (cq, cd) = (
+        count_vector(queries, vocab_size),
+        count_vector(docs, vocab_size),
+    );
     let (nq, nd) = (queries.len() as f64, docs.len() as f64);
-    cq.iter().zip(&cd).map(|(&a, &b)| (a as f64 / nq) * (b as f64 / nd)).sum()
+    cq.iter()
+        .zip(&cd)
+        .map(|(&a, &b)| (a as f64 / nq) * (b as f64 / nd))
+        .sum()
 }
 
 /// The `n` most frequently active dimensions, as (vocabulary id, count), ties by id.
 pub fn most_active(vecs: &[SparseVec], vocab_size: usize, n: usize) -> Vec<(u32, u32)> {
-    let mut pairs: Vec<(u32, u32)> =
-        count_vector(vecs, vocab_size).into_iter().enumerate().filter(|p| p.1 > 0).map(|(i, c)| (i as u32, c)).collect();
+    let mut pairs: Vec<(u32, u32)> = count_vector(vecs, vocab_size)
+        .into_iter()
+        .enumerate()
+        .filter(|p| p.1 > 0)
+        .map(|(i, c)| (i as u32, c))
+        .collect();
     pairs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     pairs.truncate(n);
     pairs
@@ -241,10 +287,27 @@ mod tests {
     #[test]
     fn hand_computed_binary_and_graded() {
         let mut qrels = Qrels::new();
-        qrels.insert("q1".into(), [("a".to_string(), 1), ("c".to_string(), 1)].into_iter().collect());
-        qrels.insert("q2".into(), [("x".to_string(), 2), ("y".to_string(), 1), ("z".to_string(), 0)].into_iter().collect());
+        qrels.insert(
+            "q1".into(),
+            [("a".to_string(), 1), ("c".to_string(), 1)]
+                .into_iter()
+                .collect(),
+        );
+        qrels.insert(
+            "q2".into(),
+            [
+                ("x".to_string(), 2),
+                ("y".to_string(), 1),
+                ("z".to_string(), 0),
+            ]
+            .into_iter()
+            .collect(),
+        );
         let mut run = Run::new();
-        let hit = |d: &str, s: f64| RunHit { doc_id: d.into(), score: s };
+        let hit = |d: &str, s: f64| RunHit {
+            doc_id: d.into(),
+            score: s,
+        };
         run.insert("q1", vec![hit("b", 3.0), hit("a", 2.0), hit("c", 1.0)]);
         run.insert("q2", vec![hit("z", 3.0), hit("y", 2.0), hit("w", 1.0)]);
         let m = compute_metrics(&qrels, ["q1", "q2"], &run, &MetricsConfig::default());

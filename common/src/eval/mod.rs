@@ -29,6 +29,8 @@ mod results;
 mod run;
 mod sparse;
 mod task;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::time::Instant;
@@ -36,13 +38,19 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 pub use bm25::{stemmer_algorithm, Bm25, Bm25Params, Tokenizer};
-pub use export::{opensearch_mapping, quantize, write_anserini, write_opensearch_bulk, write_qdrant_points};
+pub use export::{
+    opensearch_mapping, quantize, write_anserini, write_opensearch_bulk, write_qdrant_points,
+};
 pub use fusion::{fuse, Fusion};
 pub use index::{vocab_fingerprint, Hit, InvertedIndex, VocabInfo};
 pub use metrics::{
-    avg_flops, compute_metrics, count_vector, most_active, ActiveDims, Metrics, MetricsConfig, SparsityStats,
+    avg_flops, compute_metrics, count_vector, most_active, ActiveDims, Metrics, MetricsConfig,
+    SparsityStats,
 };
-pub use results::{delta_table, read_baseline, summary_table, BaselineScores, ScoreEntry, TaskResult, MTEB_VERSION};
+pub use results::{
+    delta_table, read_baseline, sparsity_report, summary_table, BaselineScores, ScoreEntry,
+    TaskResult, MTEB_VERSION,
+};
 pub use run::{rank_order, Run, RunHit};
 pub use sparse::SparseVec;
 pub use task::{Doc, LocalDir, Qrels, Query, Task, TaskFiles};
@@ -89,7 +97,10 @@ pub enum EvalError {
 
 impl EvalError {
     pub(crate) fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        EvalError::Io { path: path.as_ref().display().to_string(), source }
+        EvalError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 }
 
@@ -105,7 +116,10 @@ pub struct EvalOptions {
 impl EvalOptions {
     /// Default cut-offs over `vocab`.
     pub fn new(vocab: VocabInfo) -> Self {
-        Self { vocab, metrics: MetricsConfig::default() }
+        Self {
+            vocab,
+            metrics: MetricsConfig::default(),
+        }
     }
 }
 
@@ -160,7 +174,15 @@ impl TaskScores {
         if let Some(b) = self.index_size_bytes {
             extra.insert("index_size_bytes".into(), b.into());
         }
-        TaskResult::new(&self.task_name, &self.split, &self.metrics, languages, dataset_revision, evaluation_time, extra)
+        TaskResult::new(
+            &self.task_name,
+            &self.split,
+            &self.metrics,
+            languages,
+            dataset_revision,
+            evaluation_time,
+            extra,
+        )
     }
 }
 
@@ -174,7 +196,12 @@ pub fn run_from_hits<'a>(
     for (q, hs) in query_ids.into_iter().zip(hits) {
         run.insert(
             q,
-            hs.into_iter().map(|h| RunHit { doc_id: doc_ids[h.doc as usize].clone(), score: h.score as f64 }).collect(),
+            hs.into_iter()
+                .map(|h| RunHit {
+                    doc_id: doc_ids[h.doc as usize].clone(),
+                    score: h.score as f64,
+                })
+                .collect(),
         );
     }
     run
@@ -206,13 +233,26 @@ pub fn evaluate_run(
     let t1 = Instant::now();
     let hits = index.search(query_vecs, opts.metrics.max_k())?;
     let search_seconds = t1.elapsed().as_secs_f64();
-    let run = run_from_hits(index.doc_ids(), task.queries.iter().map(|q| q.id.as_str()), hits);
-    let metrics = compute_metrics(&task.qrels, task.queries.iter().map(|q| q.id.as_str()), &run, &opts.metrics);
+    let run = run_from_hits(
+        index.doc_ids(),
+        task.queries.iter().map(|q| q.id.as_str()),
+        hits,
+    );
+    let metrics = compute_metrics(
+        &task.qrels,
+        task.queries.iter().map(|q| q.id.as_str()),
+        &run,
+        &opts.metrics,
+    );
     Ok(TaskScores {
         task_name: task.name.clone(),
         split: task.split.clone(),
         metrics,
-        sparsity: Some(SparsityStats::compute(query_vecs, doc_vecs, opts.vocab.size)),
+        sparsity: Some(SparsityStats::compute(
+            query_vecs,
+            doc_vecs,
+            opts.vocab.size,
+        )),
         index_size_bytes: Some(index.size_bytes()),
         n_queries: task.queries.len(),
         n_docs: task.corpus.len(),
@@ -228,7 +268,12 @@ pub fn evaluate_ranked(task: &Task, run: &Run, cfg: &MetricsConfig) -> TaskScore
     TaskScores {
         task_name: task.name.clone(),
         split: task.split.clone(),
-        metrics: compute_metrics(&task.qrels, task.queries.iter().map(|q| q.id.as_str()), run, cfg),
+        metrics: compute_metrics(
+            &task.qrels,
+            task.queries.iter().map(|q| q.id.as_str()),
+            run,
+            cfg,
+        ),
         sparsity: None,
         index_size_bytes: None,
         n_queries: task.queries.len(),
@@ -243,8 +288,18 @@ pub fn evaluate_ranked(task: &Task, run: &Run, cfg: &MetricsConfig) -> TaskScore
 /// BM25 run over a task (documents as [`Doc::text`]), `k` hits per evaluated query.
 pub fn bm25_run(task: &Task, params: &Bm25Params, k: usize) -> Result<Run, EvalError> {
     let texts: Vec<String> = task.corpus.iter().map(Doc::text).collect();
-    let bm = Bm25::build(task.corpus.iter().zip(&texts).map(|(d, t)| (d.id.as_str(), t.as_str())), params)?;
+    let bm = Bm25::build(
+        task.corpus
+            .iter()
+            .zip(&texts)
+            .map(|(d, t)| (d.id.as_str(), t.as_str())),
+        params,
+    )?;
     let queries: Vec<&str> = task.queries.iter().map(|q| q.text.as_str()).collect();
     let hits = bm.search(&queries, k)?;
-    Ok(run_from_hits(bm.index().doc_ids(), task.queries.iter().map(|q| q.id.as_str()), hits))
+    Ok(run_from_hits(
+        bm.index().doc_ids(),
+        task.queries.iter().map(|q| q.id.as_str()),
+        hits,
+    ))
 }

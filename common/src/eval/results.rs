@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{EvalError, Metrics};
+use super::{EvalError, Metrics, SparsityStats};
 
 /// The `mteb` release whose `TaskResult` loader the written files are tested against.
 pub const MTEB_VERSION: &str = "2.26.24";
@@ -81,7 +81,8 @@ impl TaskResult {
     pub fn write_to_dir(&self, dir: &Path) -> Result<std::path::PathBuf, EvalError> {
         std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
         let path = dir.join(format!("{}.json", self.task_name));
-        let text = serde_json::to_string_pretty(self).map_err(|e| EvalError::Results(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| EvalError::Results(e.to_string()))?;
         std::fs::write(&path, text + "\n").map_err(|e| EvalError::io(&path, e))?;
         Ok(path)
     }
@@ -101,7 +102,9 @@ pub fn read_baseline(path: &Path) -> Result<BaselineScores, EvalError> {
 }
 
 fn numeric(obj: &Map<String, Value>) -> BTreeMap<String, f64> {
-    obj.iter().filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x))).collect()
+    obj.iter()
+        .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
+        .collect()
 }
 
 fn parse_baseline(v: &Value) -> Result<BaselineScores, String> {
@@ -109,7 +112,9 @@ fn parse_baseline(v: &Value) -> Result<BaselineScores, String> {
     let mut out = BaselineScores::new();
     if let Some(scores) = obj.get("scores").and_then(Value::as_object) {
         for (split, entries) in scores {
-            let list = entries.as_array().ok_or_else(|| format!("scores.{split} is not a list (MTEB v2 form)"))?;
+            let list = entries
+                .as_array()
+                .ok_or_else(|| format!("scores.{split} is not a list (MTEB v2 form)"))?;
             let entry = list
                 .iter()
                 .filter_map(Value::as_object)
@@ -120,9 +125,14 @@ fn parse_baseline(v: &Value) -> Result<BaselineScores, String> {
         }
     } else {
         for (k, val) in obj {
-            let Some(inner) = val.as_object() else { continue };
+            let Some(inner) = val.as_object() else {
+                continue;
+            };
             let direct = numeric(inner);
-            if direct.keys().any(|m| m.contains("_at_") || m == "main_score") {
+            if direct
+                .keys()
+                .any(|m| m.contains("_at_") || m == "main_score")
+            {
                 out.insert(k.clone(), direct);
             } else if let Some(sub) = inner.get("default").and_then(Value::as_object) {
                 out.insert(k.clone(), numeric(sub));
@@ -142,13 +152,30 @@ fn parse_baseline(v: &Value) -> Result<BaselineScores, String> {
 }
 
 /// The metrics the console tables show, in this order.
-pub const TABLE_METRICS: [&str; 8] =
-    ["ndcg_at_10", "mrr_at_10", "map_at_100", "recall_at_10", "recall_at_100", "precision_at_10", "accuracy_at_1", "accuracy_at_10"];
+pub const TABLE_METRICS: [&str; 8] = [
+    "ndcg_at_10",
+    "mrr_at_10",
+    "map_at_100",
+    "recall_at_10",
+    "recall_at_100",
+    "precision_at_10",
+    "accuracy_at_1",
+    "accuracy_at_10",
+];
 
 /// A fixed-width table: one row per (task, metrics) pair, one column per [`TABLE_METRICS`] entry present.
 pub fn summary_table(rows: &[(String, Metrics)]) -> String {
-    let cols: Vec<&str> = TABLE_METRICS.iter().copied().filter(|m| rows.iter().any(|(_, r)| r.contains_key(*m))).collect();
-    let w0 = rows.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(4).max(4);
+    let cols: Vec<&str> = TABLE_METRICS
+        .iter()
+        .copied()
+        .filter(|m| rows.iter().any(|(_, r)| r.contains_key(*m)))
+        .collect();
+    let w0 = rows
+        .iter()
+        .map(|(n, _)| n.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let mut s = format!("{:<w0$}", "task");
     for c in &cols {
         s.push_str(&format!("  {c:>14}"));
@@ -170,13 +197,20 @@ pub fn summary_table(rows: &[(String, Metrics)]) -> String {
 /// Baseline, current and delta for every metric both sides report (table order first, then the rest
 /// alphabetically); metrics missing on one side are listed with `-`.
 pub fn delta_table(baseline: &BTreeMap<String, f64>, current: &Metrics) -> String {
-    let mut names: Vec<&str> = TABLE_METRICS.iter().copied().filter(|m| current.contains_key(*m) || baseline.contains_key(*m)).collect();
+    let mut names: Vec<&str> = TABLE_METRICS
+        .iter()
+        .copied()
+        .filter(|m| current.contains_key(*m) || baseline.contains_key(*m))
+        .collect();
     for k in current.keys().chain(baseline.keys()) {
         if k.contains("_at_") && !names.contains(&k.as_str()) {
             names.push(k);
         }
     }
-    let mut s = format!("{:<16} {:>10} {:>10} {:>10}\n", "metric", "baseline", "current", "delta");
+    let mut s = format!(
+        "{:<16} {:>10} {:>10} {:>10}\n",
+        "metric", "baseline", "current", "delta"
+    );
     for n in names {
         let (b, c) = (baseline.get(n), current.get(n));
         let f = |x: Option<&f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
@@ -185,6 +219,36 @@ pub fn delta_table(baseline: &BTreeMap<String, f64>, current: &Metrics) -> Strin
             _ => "-".into(),
         };
         s.push_str(&format!("{n:<16} {:>10} {:>10} {d:>10}\n", f(b), f(c)));
+    }
+    s
+}
+
+/// The `--analyze-sparsity` console report: active-dimension distribution of queries and documents, FLOPS,
+/// and (when given) the most frequently active tokens as `(token, number of vectors)`.
+pub fn sparsity_report(
+    stats: &SparsityStats,
+    top_query_tokens: &[(String, u32)],
+    top_doc_tokens: &[(String, u32)],
+) -> String {
+    let mut s = format!(
+        "{:<8} {:>10} {:>10} {:>10} {:>8} {:>8} {:>14}\n",
+        "side", "mean", "median", "p95", "min", "max", "sparsity"
+    );
+    for (name, d) in [("query", &stats.query), ("corpus", &stats.corpus)] {
+        s.push_str(&format!(
+            "{name:<8} {:>10.1} {:>10.1} {:>10.1} {:>8} {:>8} {:>14.6}\n",
+            d.mean, d.median, d.p95, d.min, d.max, d.sparsity_ratio
+        ));
+    }
+    s.push_str(&format!(
+        "avg_flops {:.4} (vocabulary {})\n",
+        stats.avg_flops, stats.vocab_size
+    ));
+    for (name, top) in [("query", top_query_tokens), ("corpus", top_doc_tokens)] {
+        if !top.is_empty() {
+            let list: Vec<String> = top.iter().map(|(t, c)| format!("{t} ({c})")).collect();
+            s.push_str(&format!("most active {name} tokens: {}\n", list.join(", ")));
+        }
     }
     s
 }
@@ -206,12 +270,31 @@ mod tests {
 
     #[test]
     fn tables_show_deltas() {
-        let cur: Metrics = [("ndcg_at_10".to_string(), 0.6), ("mrr_at_10".to_string(), 0.5)].into_iter().collect();
+        let cur: Metrics = [
+            ("ndcg_at_10".to_string(), 0.6),
+            ("mrr_at_10".to_string(), 0.5),
+        ]
+        .into_iter()
+        .collect();
         let base: BTreeMap<String, f64> = [("ndcg_at_10".to_string(), 0.5)].into_iter().collect();
         let t = delta_table(&base, &cur);
         assert!(t.contains("ndcg_at_10") && t.contains("+0.1000"), "{t}");
-        assert!(t.lines().any(|l| l.starts_with("mrr_at_10") && l.contains('-')), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("mrr_at_10") && l.contains('-')),
+            "{t}"
+        );
         let s = summary_table(&[("norquad".into(), cur)]);
+        let stats = SparsityStats {
+            avg_flops: 1.5,
+            vocab_size: 10,
+            ..Default::default()
+        };
+        let r = sparsity_report(&stats, &[("hva".into(), 3)], &[]);
+        assert!(
+            r.contains("avg_flops 1.5000") && r.contains("hva (3)") && !r.contains("corpus tokens"),
+            "{r}"
+        );
         assert!(s.contains("norquad") && s.contains("0.6000"), "{s}");
     }
 }

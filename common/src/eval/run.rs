@@ -25,7 +25,9 @@ pub struct Run {
 
 /// The ranking order shared by every list in this module.
 pub fn rank_order(a: &RunHit, b: &RunHit) -> std::cmp::Ordering {
-    b.score.total_cmp(&a.score).then_with(|| a.doc_id.cmp(&b.doc_id))
+    b.score
+        .total_cmp(&a.score)
+        .then_with(|| a.doc_id.cmp(&b.doc_id))
 }
 
 impl Run {
@@ -69,7 +71,11 @@ impl Run {
 
     /// Writes the run in TREC format, ranks 1-based in rank order, scores with 9 significant digits.
     pub fn write_trec(&self, w: &mut dyn Write, tag: &str) -> std::io::Result<()> {
-        let tag = if tag.is_empty() || tag.contains(char::is_whitespace) { "splade" } else { tag };
+        let tag = if tag.is_empty() || tag.contains(char::is_whitespace) {
+            "splade"
+        } else {
+            tag
+        };
         for (q, hits) in &self.queries {
             for (i, h) in hits.iter().enumerate() {
                 writeln!(w, "{q} Q0 {} {} {:.8e} {tag}", h.doc_id, i + 1, h.score)?;
@@ -82,7 +88,9 @@ impl Run {
     pub fn save_trec(&self, path: &Path, tag: &str) -> Result<(), EvalError> {
         let f = std::fs::File::create(path).map_err(|e| EvalError::io(path, e))?;
         let mut w = std::io::BufWriter::new(f);
-        self.write_trec(&mut w, tag).and_then(|_| w.flush()).map_err(|e| EvalError::io(path, e))
+        self.write_trec(&mut w, tag)
+            .and_then(|_| w.flush())
+            .map_err(|e| EvalError::io(path, e))
     }
 
     /// Parses TREC run text (`qid Q0 docid rank score tag`, whitespace separated). Like trec_eval, the
@@ -91,7 +99,8 @@ impl Run {
     /// `source` and the line.
     pub fn parse_trec(text: &str, source: &str) -> Result<Run, EvalError> {
         let mut queries: BTreeMap<String, Vec<RunHit>> = BTreeMap::new();
-        let mut seen: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+        let mut seen: std::collections::HashSet<(String, String)> =
+            std::collections::HashSet::new();
         for (i, line) in text.lines().enumerate() {
             let at = || format!("{source}:{}", i + 1);
             if line.trim().is_empty() {
@@ -106,13 +115,23 @@ impl Run {
                 )));
             }
             if cols[3].parse::<u64>().map_or(true, |r| r == 0) {
-                return Err(EvalError::Run(format!("{}: rank '{}' is not a positive integer", at(), cols[3])));
+                return Err(EvalError::Run(format!(
+                    "{}: rank '{}' is not a positive integer",
+                    at(),
+                    cols[3]
+                )));
             }
             let score: f64 = cols[4]
                 .parse()
                 .ok()
                 .filter(|s: &f64| s.is_finite())
-                .ok_or_else(|| EvalError::Run(format!("{}: score '{}' is not a finite number", at(), cols[4])))?;
+                .ok_or_else(|| {
+                    EvalError::Run(format!(
+                        "{}: score '{}' is not a finite number",
+                        at(),
+                        cols[4]
+                    ))
+                })?;
             if !seen.insert((cols[0].to_string(), cols[2].to_string())) {
                 return Err(EvalError::Run(format!(
                     "{}: document '{}' appears twice for query '{}'",
@@ -121,7 +140,13 @@ impl Run {
                     cols[0]
                 )));
             }
-            queries.entry(cols[0].to_string()).or_default().push(RunHit { doc_id: cols[2].to_string(), score });
+            queries
+                .entry(cols[0].to_string())
+                .or_default()
+                .push(RunHit {
+                    doc_id: cols[2].to_string(),
+                    score,
+                });
         }
         let mut run = Run::new();
         for (q, hits) in queries {
@@ -147,9 +172,18 @@ mod tests {
         run.insert(
             "q1",
             vec![
-                RunHit { doc_id: "b".into(), score: 1.0 },
-                RunHit { doc_id: "a".into(), score: 1.0 },
-                RunHit { doc_id: "c".into(), score: 2.5 },
+                RunHit {
+                    doc_id: "b".into(),
+                    score: 1.0,
+                },
+                RunHit {
+                    doc_id: "a".into(),
+                    score: 1.0,
+                },
+                RunHit {
+                    doc_id: "c".into(),
+                    score: 2.5,
+                },
             ],
         );
         let mut out = Vec::new();
@@ -164,13 +198,24 @@ mod tests {
 
     #[test]
     fn malformed_lines_name_file_and_line() {
-        let e = Run::parse_trec("q1 Q0 a 1 1.0 t\nq1 Q0 b 2 t\n", "run.trec").unwrap_err().to_string();
-        assert!(e.contains("run.trec:2") && e.contains("expected 6 fields"), "{e}");
-        let e = Run::parse_trec("q1 Q0 a 1 abc t\n", "run.trec").unwrap_err().to_string();
+        let e = Run::parse_trec("q1 Q0 a 1 1.0 t\nq1 Q0 b 2 t\n", "run.trec")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("run.trec:2") && e.contains("expected 6 fields"),
+            "{e}"
+        );
+        let e = Run::parse_trec("q1 Q0 a 1 abc t\n", "run.trec")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("run.trec:1") && e.contains("'abc'"), "{e}");
-        let e = Run::parse_trec("q1 Q0 a x 1 t\n", "run.trec").unwrap_err().to_string();
+        let e = Run::parse_trec("q1 Q0 a x 1 t\n", "run.trec")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("rank 'x'"), "{e}");
-        let e = Run::parse_trec("q1 Q0 a 1 1 t\nq1 Q0 a 2 0.5 t\n", "r").unwrap_err().to_string();
+        let e = Run::parse_trec("q1 Q0 a 1 1 t\nq1 Q0 a 2 0.5 t\n", "r")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("r:2") && e.contains("twice"), "{e}");
     }
 }

@@ -48,7 +48,11 @@ impl SparseVec {
                 )));
             }
         }
-        if let Some((i, v)) = indices.iter().zip(&values).find(|(_, v)| **v == 0.0 || !v.is_finite()) {
+        if let Some((i, v)) = indices
+            .iter()
+            .zip(&values)
+            .find(|(_, v)| **v == 0.0 || !v.is_finite())
+        {
             return Err(EvalError::InvalidVector(format!(
                 "value at index {i} is {v}; values must be finite and non-zero (drop zero entries)"
             )));
@@ -69,7 +73,11 @@ impl SparseVec {
                 values.push(v);
             }
         }
-        let (indices, values) = indices.into_iter().zip(values).filter(|(_, v)| *v != 0.0).unzip();
+        let (indices, values) = indices
+            .into_iter()
+            .zip(values)
+            .filter(|(_, v)| *v != 0.0)
+            .unzip();
         Self::new(indices, values)
     }
 
@@ -79,11 +87,16 @@ impl SparseVec {
         let mut values = Vec::new();
         for (i, &v) in dense.iter().enumerate() {
             if !v.is_finite() {
-                return Err(EvalError::InvalidVector(format!("dense value at position {i} is {v}")));
+                return Err(EvalError::InvalidVector(format!(
+                    "dense value at position {i} is {v}"
+                )));
             }
             if v != 0.0 {
                 indices.push(u32::try_from(i).map_err(|_| {
-                    EvalError::InvalidVector(format!("dense vector longer than u32::MAX ({})", dense.len()))
+                    EvalError::InvalidVector(format!(
+                        "dense vector longer than u32::MAX ({})",
+                        dense.len()
+                    ))
                 })?);
                 values.push(v);
             }
@@ -120,7 +133,10 @@ impl SparseVec {
 
     /// Iterates `(index, value)` in ascending index order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, f32)> + '_ {
-        self.indices.iter().copied().zip(self.values.iter().copied())
+        self.indices
+            .iter()
+            .copied()
+            .zip(self.values.iter().copied())
     }
 
     /// The largest index plus one (0 when empty): the smallest vocabulary this vector fits.
@@ -167,10 +183,14 @@ mod tests {
         assert!(SparseVec::new(vec![1, 1], vec![1.0, 1.0]).is_err());
         assert!(SparseVec::new(vec![1], vec![0.0]).is_err());
         assert!(SparseVec::from_dense(&[f32::NAN]).is_err());
-        let p = SparseVec::from_pairs(vec![(5, 1.0), (2, 1.0), (5, 2.0), (7, 1.0), (7, -1.0)]).unwrap();
+        let p =
+            SparseVec::from_pairs(vec![(5, 1.0), (2, 1.0), (5, 2.0), (7, 1.0), (7, -1.0)]).unwrap();
         assert_eq!(p.indices(), &[2, 5]);
         assert_eq!(p.values(), &[1.0, 3.0]);
-        assert_eq!(p.dot(&SparseVec::from_dense(&[0.0, 0.0, 2.0, 0.0, 0.0, 1.0]).unwrap()), 5.0);
+        assert_eq!(
+            p.dot(&SparseVec::from_dense(&[0.0, 0.0, 2.0, 0.0, 0.0, 1.0]).unwrap()),
+            5.0
+        );
     }
 
     #[test]

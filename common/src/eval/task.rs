@@ -60,8 +60,14 @@ impl TaskFiles for LocalDir {
                 if name.starts_with('.') {
                     continue;
                 }
-                let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
-                let ty = entry.file_type().map_err(|e| EvalError::io(entry.path(), e))?;
+                let rel = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                let ty = entry
+                    .file_type()
+                    .map_err(|e| EvalError::io(entry.path(), e))?;
                 if ty.is_dir() || (ty.is_symlink() && entry.path().is_dir()) {
                     walk(&entry.path(), &rel, out)?;
                 } else {
@@ -87,7 +93,11 @@ impl TaskFiles for LocalDir {
     }
 
     fn describe(&self) -> String {
-        self.root.display().to_string()
+        // Canonical where possible, so `.` or `data/norquad/` still name the task by its directory.
+        std::fs::canonicalize(&self.root)
+            .unwrap_or_else(|_| self.root.clone())
+            .display()
+            .to_string()
     }
 }
 
@@ -146,14 +156,24 @@ pub struct Task {
 impl Task {
     /// Loads a task from `files`. `split`: `None` takes the only split present and errors when there are
     /// several, listing them. `name`: the task name; `None` uses the last component of `files.describe()`.
-    pub fn load(files: &dyn TaskFiles, split: Option<&str>, name: Option<&str>) -> Result<Task, EvalError> {
+    pub fn load(
+        files: &dyn TaskFiles,
+        split: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Task, EvalError> {
         let listing = files.list()?;
         let set: BTreeSet<&str> = listing.iter().map(String::as_str).collect();
         let root = files.describe();
         let name = name.map(str::to_string).unwrap_or_else(|| {
-            root.trim_end_matches('/').rsplit('/').next().unwrap_or("task").to_string()
+            root.trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("task")
+                .to_string()
         });
-        let beir_corpus = ["corpus.jsonl", "corpus.jsonl.gz"].into_iter().find(|f| set.contains(f));
+        let beir_corpus = ["corpus.jsonl", "corpus.jsonl.gz"]
+            .into_iter()
+            .find(|f| set.contains(f));
         let raw = if let Some(corpus_file) = beir_corpus {
             read_beir(files, &set, corpus_file, split)?
         } else if set.iter().any(|f| f.ends_with(".parquet")) {
@@ -206,14 +226,24 @@ fn finish(root: String, name: String, raw: RawTask) -> Result<Task, EvalError> {
             )));
         }
     }
-    let empty_docs: BTreeSet<String> = raw.corpus.iter().filter(|d| d.text().is_empty()).map(|d| d.id.clone()).collect();
-    let empty_queries: BTreeSet<String> =
-        raw.queries.iter().filter(|q| q.text.trim().is_empty()).map(|q| q.id.clone()).collect();
+    let empty_docs: BTreeSet<String> = raw
+        .corpus
+        .iter()
+        .filter(|d| d.text().is_empty())
+        .map(|d| d.id.clone())
+        .collect();
+    let empty_queries: BTreeSet<String> = raw
+        .queries
+        .iter()
+        .filter(|q| q.text.trim().is_empty())
+        .map(|q| q.id.clone())
+        .collect();
 
     let mut qrels: Qrels = BTreeMap::new();
     let mut missing_docs = 0usize;
     let mut missing_example = None;
     let mut dropped_qrels_empty_query = 0usize;
+    let mut repeated_rows = 0usize;
     for (qid, did, grade, at) in &raw.qrels {
         if !query_ids.contains_key(qid.as_str()) {
             return Err(EvalError::Task(format!(
@@ -230,10 +260,16 @@ fn finish(root: String, name: String, raw: RawTask) -> Result<Task, EvalError> {
             missing_example.get_or_insert_with(|| format!("{at}: '{did}'"));
         }
         let per_query = qrels.entry(qid.clone()).or_default();
-        if per_query.insert(did.clone(), *grade).is_some() {
-            return Err(EvalError::Task(format!(
-                "{root}/{at}: duplicate judgement for query '{qid}' and document '{did}'; each pair may appear once"
-            )));
+        match per_query.insert(did.clone(), *grade) {
+            // Some public qrels repeat a row verbatim; harmless, but counted.
+            Some(prev) if prev == *grade => repeated_rows += 1,
+            Some(prev) => {
+                return Err(EvalError::Task(format!(
+                    "{root}/{at}: query '{qid}' and document '{did}' judged again with score {grade} (earlier \
+                     {prev}); keep one judgement per pair"
+                )))
+            }
+            None => {}
         }
     }
     if missing_docs > 0 {
@@ -243,8 +279,14 @@ fn finish(root: String, name: String, raw: RawTask) -> Result<Task, EvalError> {
             missing_example.unwrap_or_default()
         ));
     }
+    if repeated_rows > 0 {
+        warnings.push(format!("{repeated_rows} repeated qrels rows ignored"));
+    }
     if !empty_docs.is_empty() {
-        warnings.push(format!("{} corpus documents with empty text dropped", empty_docs.len()));
+        warnings.push(format!(
+            "{} corpus documents with empty text dropped",
+            empty_docs.len()
+        ));
     }
     if !empty_queries.is_empty() {
         warnings.push(format!(
@@ -254,7 +296,11 @@ fn finish(root: String, name: String, raw: RawTask) -> Result<Task, EvalError> {
     }
     drop(doc_ids);
     drop(query_ids);
-    let corpus: Vec<Doc> = raw.corpus.into_iter().filter(|d| !empty_docs.contains(d.id.as_str())).collect();
+    let corpus: Vec<Doc> = raw
+        .corpus
+        .into_iter()
+        .filter(|d| !empty_docs.contains(d.id.as_str()))
+        .collect();
     if corpus.is_empty() {
         return Err(EvalError::Task(format!(
             "{root}/{}: the corpus is empty (no document with non-empty text)",
@@ -282,20 +328,37 @@ fn finish(root: String, name: String, raw: RawTask) -> Result<Task, EvalError> {
     }
     let kept: BTreeSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
     qrels.retain(|qid, _| kept.contains(qid.as_str()));
-    Ok(Task { name, split: raw.split, corpus, queries, qrels, warnings })
+    Ok(Task {
+        name,
+        split: raw.split,
+        corpus,
+        queries,
+        qrels,
+        warnings,
+    })
 }
 
-fn pick_split(root_hint: &str, mut splits: Vec<String>, wanted: Option<&str>) -> Result<String, EvalError> {
+fn pick_split(
+    root_hint: &str,
+    mut splits: Vec<String>,
+    wanted: Option<&str>,
+) -> Result<String, EvalError> {
     splits.sort();
     splits.dedup();
     match wanted {
         Some(s) if splits.iter().any(|x| x == s) => Ok(s.to_string()),
         Some(s) => Err(EvalError::Task(format!(
             "{root_hint}: split '{s}' not found; available splits: {}",
-            if splits.is_empty() { "none".to_string() } else { splits.join(", ") }
+            if splits.is_empty() {
+                "none".to_string()
+            } else {
+                splits.join(", ")
+            }
         ))),
         None if splits.len() == 1 => Ok(splits.remove(0)),
-        None if splits.is_empty() => Err(EvalError::Task(format!("{root_hint}: no qrels split found"))),
+        None if splits.is_empty() => Err(EvalError::Task(format!(
+            "{root_hint}: no qrels split found"
+        ))),
         None => Err(EvalError::Task(format!(
             "{root_hint}: several splits ({}); choose one with --split",
             splits.join(", ")
@@ -333,23 +396,38 @@ fn id_string(v: &serde_json::Value) -> Option<String> {
 }
 
 /// Parses a JSON-lines file of `{_id, title?, text}` records; errors name the file and line.
-fn read_jsonl(root: &str, name: &str, bytes: Vec<u8>) -> Result<Vec<(String, String, String)>, EvalError> {
+fn read_jsonl(
+    root: &str,
+    name: &str,
+    bytes: Vec<u8>,
+) -> Result<Vec<(String, String, String)>, EvalError> {
     let bytes = decompress_if_gz(name, bytes)?;
-    let text = String::from_utf8(bytes).map_err(|e| EvalError::Task(format!("{root}/{name}: not UTF-8: {e}")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| EvalError::Task(format!("{root}/{name}: not UTF-8: {e}")))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let rec: JsonRecord = serde_json::from_str(line).map_err(|e| {
-            EvalError::Task(format!("{root}/{name}:{}: invalid record ({e}); expected {{\"_id\", \"text\"}}", i + 1))
+            EvalError::Task(format!(
+                "{root}/{name}:{}: invalid record ({e}); expected {{\"_id\", \"text\"}}",
+                i + 1
+            ))
         })?;
         let id = id_string(&rec.id).ok_or_else(|| {
-            EvalError::Task(format!("{root}/{name}:{}: _id must be a string or number, got {}", i + 1, rec.id))
+            EvalError::Task(format!(
+                "{root}/{name}:{}: _id must be a string or number, got {}",
+                i + 1,
+                rec.id
+            ))
         })?;
-        let body = rec
-            .text
-            .ok_or_else(|| EvalError::Task(format!("{root}/{name}:{}: record '{id}' has no \"text\" field", i + 1)))?;
+        let body = rec.text.ok_or_else(|| {
+            EvalError::Task(format!(
+                "{root}/{name}:{}: record '{id}' has no \"text\" field",
+                i + 1
+            ))
+        })?;
         out.push((id, rec.title.unwrap_or_default(), body));
     }
     Ok(out)
@@ -365,10 +443,17 @@ fn read_beir(
     let queries_file = ["queries.jsonl", "queries.jsonl.gz"]
         .into_iter()
         .find(|f| set.contains(f))
-        .ok_or_else(|| EvalError::Task(format!("{root}: queries.jsonl is missing next to {corpus_file}")))?;
+        .ok_or_else(|| {
+            EvalError::Task(format!(
+                "{root}: queries.jsonl is missing next to {corpus_file}"
+            ))
+        })?;
     let splits: Vec<String> = set
         .iter()
-        .filter_map(|f| f.strip_prefix("qrels/").and_then(|s| s.strip_suffix(".tsv")))
+        .filter_map(|f| {
+            f.strip_prefix("qrels/")
+                .and_then(|s| s.strip_suffix(".tsv"))
+        })
         .filter(|s| !s.contains('/'))
         .map(str::to_string)
         .collect();
@@ -385,17 +470,26 @@ fn read_beir(
         .collect();
 
     let bytes = files.read(&qrels_file)?;
-    let text = String::from_utf8(bytes).map_err(|e| EvalError::Task(format!("{root}/{qrels_file}: not UTF-8: {e}")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| EvalError::Task(format!("{root}/{qrels_file}: not UTF-8: {e}")))?;
     let mut qrels = Vec::new();
     let mut lines = text.lines().enumerate();
     match lines.next() {
-        Some((_, h)) if h.split('\t').map(str::trim).take(2).eq(["query-id", "corpus-id"]) => {}
+        Some((_, h))
+            if h.split('\t')
+                .map(str::trim)
+                .take(2)
+                .eq(["query-id", "corpus-id"]) => {}
         Some((_, h)) => {
             return Err(EvalError::Task(format!(
                 "{root}/{qrels_file}:1: header is '{h}'; expected 'query-id\\tcorpus-id\\tscore'"
             )))
         }
-        None => return Err(EvalError::Task(format!("{root}/{qrels_file}: empty file, expected a header line"))),
+        None => {
+            return Err(EvalError::Task(format!(
+                "{root}/{qrels_file}: empty file, expected a header line"
+            )))
+        }
     }
     for (i, line) in lines {
         if line.trim().is_empty() {
@@ -409,9 +503,18 @@ fn read_beir(
                 cols.len()
             )));
         }
-        let grade = parse_grade(cols[2].trim())
-            .ok_or_else(|| EvalError::Task(format!("{root}/{at}: score '{}' is not an integer", cols[2])))?;
-        qrels.push((cols[0].trim().to_string(), cols[1].trim().to_string(), grade, at));
+        let grade = parse_grade(cols[2].trim()).ok_or_else(|| {
+            EvalError::Task(format!(
+                "{root}/{at}: score '{}' is not an integer",
+                cols[2]
+            ))
+        })?;
+        qrels.push((
+            cols[0].trim().to_string(),
+            cols[1].trim().to_string(),
+            grade,
+            at,
+        ));
     }
     Ok(RawTask {
         split,
@@ -436,7 +539,9 @@ fn split_of_shard(stem: &str) -> &str {
     let parts: Vec<&str> = stem.rsplitn(4, '-').collect();
     if parts.len() == 4
         && parts[1] == "of"
-        && [parts[0], parts[2]].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && [parts[0], parts[2]]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
     {
         parts[3]
     } else {
@@ -451,7 +556,11 @@ fn table_files(listing: &[String], name: &str) -> Vec<(String, String)> {
         if f == &format!("{name}.parquet") {
             out.push(("default".to_string(), f.clone()));
         } else if let Some(rest) = f.strip_prefix(&format!("{name}/")) {
-            if let Some(stem) = rest.rsplit('/').next().and_then(|b| b.strip_suffix(".parquet")) {
+            if let Some(stem) = rest
+                .rsplit('/')
+                .next()
+                .and_then(|b| b.strip_suffix(".parquet"))
+            {
                 out.push((split_of_shard(stem).to_string(), f.clone()));
             }
         }
@@ -460,7 +569,11 @@ fn table_files(listing: &[String], name: &str) -> Vec<(String, String)> {
     out
 }
 
-fn read_parquet_layout(files: &dyn TaskFiles, listing: &[String], split: Option<&str>) -> Result<RawTask, EvalError> {
+fn read_parquet_layout(
+    files: &dyn TaskFiles,
+    listing: &[String],
+    split: Option<&str>,
+) -> Result<RawTask, EvalError> {
     let root = files.describe();
     let corpus_files = table_files(listing, "corpus");
     let query_files = table_files(listing, "queries");
@@ -468,27 +581,50 @@ fn read_parquet_layout(files: &dyn TaskFiles, listing: &[String], split: Option<
     if qrels_files.is_empty() {
         qrels_files = table_files(listing, "default");
     }
-    for (what, fs) in [("corpus", &corpus_files), ("queries", &query_files), ("qrels", &qrels_files)] {
+    for (what, fs) in [
+        ("corpus", &corpus_files),
+        ("queries", &query_files),
+        ("qrels", &qrels_files),
+    ] {
         if fs.is_empty() {
             return Err(EvalError::Task(format!(
                 "{root}: Parquet table '{what}' missing; expected {what}.parquet or {what}/*.parquet"
             )));
         }
     }
-    let split = pick_split(&format!("{root}/qrels"), qrels_files.iter().map(|(s, _)| s.clone()).collect(), split)?;
+    let split = pick_split(
+        &format!("{root}/qrels"),
+        qrels_files.iter().map(|(s, _)| s.clone()).collect(),
+        split,
+    )?;
     // Corpus and queries shards are usually one HF split of their own ("corpus", "queries", "train"); when
     // they are split like the qrels, take the matching shards.
     let select = |fs: &[(String, String)]| -> Vec<String> {
-        let matching: Vec<String> = fs.iter().filter(|(s, _)| *s == split).map(|(_, f)| f.clone()).collect();
-        if matching.is_empty() { fs.iter().map(|(_, f)| f.clone()).collect() } else { matching }
+        let matching: Vec<String> = fs
+            .iter()
+            .filter(|(s, _)| *s == split)
+            .map(|(_, f)| f.clone())
+            .collect();
+        if matching.is_empty() {
+            fs.iter().map(|(_, f)| f.clone()).collect()
+        } else {
+            matching
+        }
     };
     let corpus_sel = select(&corpus_files);
     let query_sel = select(&query_files);
-    let qrels_sel: Vec<String> = qrels_files.iter().filter(|(s, _)| *s == split).map(|(_, f)| f.clone()).collect();
+    let qrels_sel: Vec<String> = qrels_files
+        .iter()
+        .filter(|(s, _)| *s == split)
+        .map(|(_, f)| f.clone())
+        .collect();
 
     let mut corpus = Vec::new();
     for f in &corpus_sel {
-        for (i, row) in parquet_rows(files, f, &["_id", "text"], &["title"])?.into_iter().enumerate() {
+        for (i, row) in parquet_rows(files, f, &["_id", "text"], &["title"])?
+            .into_iter()
+            .enumerate()
+        {
             let [id, text, title]: [Option<String>; 3] = row.try_into().expect("3 columns");
             corpus.push(Doc {
                 id: id.ok_or_else(|| null_err(&root, f, i, "_id"))?,
@@ -499,20 +635,30 @@ fn read_parquet_layout(files: &dyn TaskFiles, listing: &[String], split: Option<
     }
     let mut queries = Vec::new();
     for f in &query_sel {
-        for (i, row) in parquet_rows(files, f, &["_id", "text"], &[])?.into_iter().enumerate() {
+        for (i, row) in parquet_rows(files, f, &["_id", "text"], &[])?
+            .into_iter()
+            .enumerate()
+        {
             let [id, text]: [Option<String>; 2] = row.try_into().expect("2 columns");
-            queries.push(Query { id: id.ok_or_else(|| null_err(&root, f, i, "_id"))?, text: text.unwrap_or_default() });
+            queries.push(Query {
+                id: id.ok_or_else(|| null_err(&root, f, i, "_id"))?,
+                text: text.unwrap_or_default(),
+            });
         }
     }
     let mut qrels = Vec::new();
     for f in &qrels_sel {
-        for (i, row) in parquet_rows(files, f, &["query-id", "corpus-id"], &["score"])?.into_iter().enumerate() {
+        for (i, row) in parquet_rows(files, f, &["query-id", "corpus-id"], &["score"])?
+            .into_iter()
+            .enumerate()
+        {
             let [q, d, s]: [Option<String>; 3] = row.try_into().expect("3 columns");
             let at = format!("{f}:row {}", i + 1);
             let grade = match s {
                 None => 1,
-                Some(s) => parse_grade(&s)
-                    .ok_or_else(|| EvalError::Task(format!("{root}/{at}: score '{s}' is not an integer")))?,
+                Some(s) => parse_grade(&s).ok_or_else(|| {
+                    EvalError::Task(format!("{root}/{at}: score '{s}' is not an integer"))
+                })?,
             };
             qrels.push((
                 q.ok_or_else(|| null_err(&root, f, i, "query-id"))?,
@@ -533,7 +679,10 @@ fn read_parquet_layout(files: &dyn TaskFiles, listing: &[String], split: Option<
 }
 
 fn null_err(root: &str, file: &str, row: usize, col: &str) -> EvalError {
-    EvalError::Task(format!("{root}/{file}:row {}: column '{col}' is null", row + 1))
+    EvalError::Task(format!(
+        "{root}/{file}:row {}: column '{col}' is null",
+        row + 1
+    ))
 }
 
 /// Reads the named columns of every row as strings (numbers formatted, nulls as `None`). `required`
@@ -548,7 +697,9 @@ fn parquet_rows(
     use parquet::record::Field;
     let root = files.describe();
     let bytes = bytes::Bytes::from(files.read(rel)?);
-    let perr = |e: parquet::errors::ParquetError| EvalError::Task(format!("{root}/{rel}: invalid Parquet file: {e}"));
+    let perr = |e: parquet::errors::ParquetError| {
+        EvalError::Task(format!("{root}/{rel}: invalid Parquet file: {e}"))
+    };
     let reader = SerializedFileReader::new(bytes).map_err(perr)?;
     let schema = reader.metadata().file_metadata().schema_descr();
     let names: Vec<String> = schema.columns().iter().map(|c| c.path().string()).collect();
@@ -566,7 +717,9 @@ fn parquet_rows(
         let row = row.map_err(perr)?;
         let mut vals: Vec<Option<String>> = vec![None; wanted.len()];
         for (name, field) in row.get_column_iter() {
-            let Some(pos) = wanted.iter().position(|w| w == name) else { continue };
+            let Some(pos) = wanted.iter().position(|w| w == name) else {
+                continue;
+            };
             vals[pos] = match field {
                 Field::Null => None,
                 Field::Str(s) => Some(s.clone()),
@@ -609,9 +762,17 @@ mod tests {
 
     #[test]
     fn doc_text_joins_title() {
-        let d = Doc { id: "1".into(), title: "T".into(), body: "body ".into() };
+        let d = Doc {
+            id: "1".into(),
+            title: "T".into(),
+            body: "body ".into(),
+        };
         assert_eq!(d.text(), "T body");
-        let d = Doc { id: "1".into(), title: String::new(), body: " body".into() };
+        let d = Doc {
+            id: "1".into(),
+            title: String::new(),
+            body: " body".into(),
+        };
         assert_eq!(d.text(), "body");
     }
 }
