@@ -8,3 +8,4 @@ pub mod device;
 pub mod evaluate;
 pub mod dist;
 pub mod model;
+pub mod train;

@@ -3,6 +3,7 @@
 
 mod encode;
 mod eval;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +17,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Train a SPLADE encoder on one node from a YAML config.
+    Train(train::TrainArgs),
     /// Encode texts into sparse vectors.
     Encode(encode::EncodeArgs),
     /// Show the top-weighted vocabulary tokens of texts.
@@ -27,6 +30,7 @@ pub enum Command {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Train(a) => train::run_train(a),
         Command::Encode(a) => encode::run_encode(a),
         Command::Decode(a) => encode::run_decode(a),
         Command::Eval(a) => eval::run_eval(a),

@@ -1,0 +1,590 @@
+//! Single-node SPLADE training (`splade train --config cfg.yaml`): the sentence-transformers
+//! `SparseEncoderTrainer` recipe (SpladeLoss, AdamW, linear warm-up/decay, clipping) in libtorch,
+//! with checkpoints committed through `splade_common::store` and exact resume.
+//!
+//! One [`Trainer`] owns the model, the optimizer and the batch plan; [`Trainer::train_step`] is the
+//! unit the data-parallel worker reuses.
+
+pub mod loss;
+pub mod optim;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use splade_common::config::{Config, InnerLoss as CfgInner, ResumeFrom, SaveStrategy};
+use splade_common::data::plan::{BatchPlan, PlanDataset, PlanSpec, PlanStop, PlannedBatch};
+use splade_common::data::{load_dataset_blocking, Example};
+use splade_common::store::checkpoint::{commit_checkpoint, fetch_checkpoint, latest_checkpoint, prune};
+use splade_common::store::{block_on, Location, StoreOptions};
+use tch::{Device, Kind, Tensor};
+
+use crate::model::{resolve::resolve_model, LoadOptions, PoolingConfig, PoolingStrategy, SparseEncoder, TextKind};
+use loss::{InnerLoss, SpladeLossConfig};
+use optim::{clip_grad_norm, linear_schedule, no_decay, warmup_steps, AdamW, ParamGroup};
+use state::{TrainerState, OPTIMIZER_STATE, TRAINER_STATE};
+
+/// Why training could not start or continue. Each message names the input at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] splade_common::config::ConfigError),
+    #[error(transparent)]
+    Data(#[from] splade_common::data::DataError),
+    #[error(transparent)]
+    Store(#[from] splade_common::store::StoreError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn other(msg: impl Into<String>) -> TrainError {
+    TrainError::Other(msg.into())
+}
+
+/// Per-run switches that are not part of the YAML.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Write the batch plan (dataset and rows per step) as JSONL here and continue.
+    pub dump_batches: Option<PathBuf>,
+    /// Set by SIGTERM/Ctrl-C: finish the current step, checkpoint, return.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Device override (`--device`), else `hardware.device`.
+    pub device: Option<String>,
+    /// Serve Prometheus metrics here while training.
+    pub metrics_listen: Option<String>,
+}
+
+/// Numbers of one optimizer step, for logs and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StepStats {
+    pub step: u64,
+    pub epoch: u64,
+    pub loss: f64,
+    pub ranking_loss: f64,
+    pub flops_query: f64,
+    pub flops_document: f64,
+    pub query_regularizer_weight: f64,
+    pub document_regularizer_weight: f64,
+    pub learning_rate: f64,
+    pub grad_norm: f64,
+    pub query_active_dims: f64,
+    pub document_active_dims: f64,
+    pub samples: usize,
+    pub tokens: usize,
+    pub step_seconds: f64,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    pub final_step: u64,
+    /// Where the final model was written (`output_dir/final`), unless the run was interrupted.
+    pub final_model: Option<String>,
+    pub interrupted: bool,
+    pub last_checkpoint: Option<String>,
+}
+
+/// A SPLADE trainer: model, optimizer, objective and the deterministic batch plan.
+pub struct Trainer {
+    pub cfg: Config,
+    pub model: SparseEncoder,
+    pub opt: AdamW,
+    pub loss: SpladeLossConfig,
+    pub datasets: BTreeMap<String, Vec<Example>>,
+    pub plan: BatchPlan,
+    pub state: TrainerState,
+    pub output: Location,
+    /// Micro-batches per optimizer step on this process.
+    pub micro_batches: usize,
+    warmup: u64,
+    seed: u64,
+}
+
+fn inner_loss(cfg: &Config) -> InnerLoss {
+    match cfg.loss.inner_loss {
+        CfgInner::SparseMultipleNegativesRankingLoss => InnerLoss::MultipleNegativesRanking { scale: cfg.loss.scale },
+        CfgInner::SparseMarginMse => InnerLoss::MarginMse,
+        CfgInner::SparseDistillKldiv => InnerLoss::DistillKlDiv { temperature: cfg.loss.temperature },
+    }
+}
+
+/// Loads every enabled dataset's training part, keyed by name.
+pub fn load_train_datasets(cfg: &Config) -> Result<BTreeMap<String, Vec<Example>>, TrainError> {
+    let opts = StoreOptions::from_env();
+    let mut out = BTreeMap::new();
+    for (name, spec) in cfg.datasets.enabled() {
+        let ds = load_dataset_blocking(name, spec, &opts)?;
+        if ds.bad_records > 0 {
+            tracing::warn!(dataset = name, skipped = ds.bad_records, "skipped bad records (on_bad_record: skip)");
+        }
+        let (train, _eval) = ds.split(spec.split_ratio, cfg.training.seed);
+        out.insert(name.to_string(), train);
+    }
+    if out.is_empty() {
+        return Err(other(format!("{}: no enabled dataset under `datasets:`; enable at least one", cfg.origin)));
+    }
+    Ok(out)
+}
+
+/// The batch plan for `global_batch` rows per optimizer step.
+pub fn build_plan(cfg: &Config, datasets: &BTreeMap<String, Vec<Example>>, global_batch: usize) -> Result<BatchPlan, TrainError> {
+    let pds: Vec<PlanDataset> = datasets.iter().map(|(n, ex)| PlanDataset::from_examples(n, ex)).collect();
+    let stop = match cfg.training.max_steps() {
+        Some(n) => PlanStop::MaxSteps(n),
+        None => PlanStop::Epochs(cfg.training.num_train_epochs),
+    };
+    let spec = PlanSpec {
+        batch_size: global_batch,
+        sampling: cfg.datasets.sampling_strategy,
+        batch_sampler: cfg.training.batch_sampler,
+        seed: cfg.training.seed,
+        stop,
+    };
+    BatchPlan::build(&pds, &spec).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))
+}
+
+fn fingerprint(plan: &BatchPlan) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(plan.to_jsonl().as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+/// Model loading options the training config implies.
+pub fn load_options(cfg: &Config) -> LoadOptions {
+    LoadOptions {
+        dropout: cfg.model.dropout,
+        max_seq_length: cfg.training.max_seq_length,
+        query_max_length: cfg.training.query_max_length,
+        document_max_length: cfg.training.document_max_length,
+        pooling: Some(PoolingConfig {
+            pooling_strategy: match cfg.model.pooling_strategy {
+                splade_common::config::PoolingStrategy::Max => PoolingStrategy::Max,
+                splade_common::config::PoolingStrategy::Sum => PoolingStrategy::Sum,
+            },
+            ..PoolingConfig::default()
+        }),
+    }
+}
+
+fn param_groups(model: &SparseEncoder, cfg: &Config) -> Vec<ParamGroup> {
+    let mut decay = ParamGroup { names: vec![], params: vec![], weight_decay: cfg.training.weight_decay, lr_scale: 1.0 };
+    let mut plain = ParamGroup { names: vec![], params: vec![], weight_decay: 0.0, lr_scale: 1.0 };
+    for (name, t) in model.named_parameters() {
+        let g = if no_decay(&name) { &mut plain } else { &mut decay };
+        g.names.push(name);
+        g.params.push(t);
+    }
+    vec![decay, plain]
+}
+
+impl Trainer {
+    /// Builds a trainer for `cfg` on `device` whose plan has `global_batch` rows per step, of
+    /// which this process computes `micro_batches` micro-batches of `per_device_train_batch_size`.
+    pub fn new(cfg: Config, device: Device, global_batch: usize, micro_batches: usize) -> Result<Self, TrainError> {
+        let datasets = load_train_datasets(&cfg)?;
+        let plan = build_plan(&cfg, &datasets, global_batch)?;
+        if plan.is_empty() {
+            return Err(other(format!(
+                "{}: the datasets are smaller than one batch of {global_batch}; lower training.per_device_train_batch_size",
+                cfg.origin
+            )));
+        }
+        let dir = resolve_model(&cfg.model.base_model)?;
+        if cfg.model.architecture == splade_common::config::Architecture::InferenceFreeSplade {
+            return Err(other(format!(
+                "{}: model.architecture inference-free-splade is not implemented by this trainer yet; use splade",
+                cfg.origin
+            )));
+        }
+        let model = SparseEncoder::load(&dir, device, &load_options(&cfg))?;
+        let opt = AdamW::new(param_groups(&model, &cfg));
+        let total = plan.len() as u64;
+        let loss = SpladeLossConfig {
+            inner: inner_loss(&cfg),
+            query_regularizer_weight: cfg.loss.query_regularizer_weight,
+            document_regularizer_weight: cfg.loss.document_regularizer_weight,
+            regularizer_warmup_ratio: cfg.loss.regularizer_warmup_ratio,
+        };
+        let output = Location::parse(&cfg.training.output_dir)?;
+        let state = TrainerState { total_steps: total, plan_fingerprint: fingerprint(&plan), ..Default::default() };
+        let warmup = warmup_steps(total, cfg.training.warmup_ratio);
+        let seed = cfg.training.seed;
+        Ok(Self { cfg, model, opt, loss, datasets, plan, state, output, micro_batches, warmup, seed })
+    }
+
+    /// Learning rate of the step about to run.
+    pub fn learning_rate(&self) -> f64 {
+        linear_schedule(self.cfg.training.learning_rate, self.state.global_step, self.warmup, self.state.total_steps)
+    }
+
+    /// Examples of a planned batch, in plan order.
+    pub fn examples<'a>(&'a self, batch: &PlannedBatch, rows: &[usize]) -> Vec<&'a Example> {
+        let ds = &self.datasets[&batch.dataset];
+        rows.iter().map(|&r| &ds[r]).collect()
+    }
+
+    /// Embeds queries and candidates (positives, then each negative column) of `ex`.
+    fn embed(&self, ex: &[&Example], train: bool) -> Result<(Tensor, Tensor, usize), TrainError> {
+        let dev = self.model.device();
+        let anchors: Vec<&str> = ex.iter().map(|e| e.anchor.as_str()).collect();
+        let negs = ex.first().map(|e| e.negatives.len()).unwrap_or(0);
+        if ex.iter().any(|e| e.negatives.len() != negs) {
+            return Err(other("rows of one batch have different numbers of negatives; give every row the same negative columns"));
+        }
+        let mut cands: Vec<&str> = ex.iter().map(|e| e.positive.as_str()).collect();
+        for k in 0..negs {
+            cands.extend(ex.iter().map(|e| e.negatives[k].as_str()));
+        }
+        let qb = self.model.tokenize(&anchors, TextKind::Query)?.to(dev);
+        let db = self.model.tokenize(&cands, TextKind::Document)?.to(dev);
+        let tokens = qb.lengths.iter().sum::<usize>() + db.lengths.iter().sum::<usize>();
+        let q = self.model.forward(&qb, train);
+        let d = self.model.forward(&db, train);
+        Ok((q, d, tokens))
+    }
+
+    fn labels(ex: &[&Example]) -> Option<Tensor> {
+        if ex.iter().all(|e| e.label.is_some()) && !ex.is_empty() {
+            let w = ex[0].label.as_ref().unwrap().len();
+            let flat: Vec<f32> = ex.iter().flat_map(|e| e.label.clone().unwrap()).collect();
+            Some(Tensor::from_slice(&flat).view([ex.len() as i64, w as i64]))
+        } else {
+            None
+        }
+    }
+
+    /// Seeds libtorch's generator from (seed, step, micro-batch) so dropout masks are a function of
+    /// the position in the run: resume replays them, and gradient cache's second pass sees the
+    /// first pass's masks.
+    fn seed_for(&self, micro: usize) {
+        tch::manual_seed((self.seed as i64).wrapping_mul(1_000_003) ^ ((self.state.global_step as i64) << 12) ^ micro as i64);
+    }
+
+    /// Forward + backward for this process's rows of one step; gradients accumulate in the
+    /// parameters. Returns the stats of the loss (on this process's rows).
+    pub fn forward_backward(&self, ex: &[&Example]) -> Result<StepStats, TrainError> {
+        let step = self.state.global_step;
+        let total = self.state.total_steps;
+        let mb = (ex.len() / self.micro_batches.max(1)).max(1);
+        let mut stats = StepStats { step: step + 1, samples: ex.len(), ..Default::default() };
+        if self.cfg.training.gradient_cache && self.micro_batches > 1 {
+            // Gradient cache: embed every micro-batch without a graph, take the loss over the whole
+            // batch, then re-run each micro-batch with a graph and back-propagate the cached
+            // embedding gradients through it. Exact, since the loss sees every in-batch negative.
+            let chunks: Vec<&[&Example]> = ex.chunks(mb).collect();
+            let mut qs = Vec::new();
+            let mut ds = Vec::new();
+            tch::no_grad(|| -> Result<(), TrainError> {
+                for (i, c) in chunks.iter().enumerate() {
+                    self.seed_for(i);
+                    let (q, d, tokens) = self.embed(c, true)?;
+                    stats.tokens += tokens;
+                    qs.push(q);
+                    ds.push(d);
+                }
+                Ok(())
+            })?;
+            let negs = ex[0].negatives.len() as i64 + 1;
+            let q_all = Tensor::cat(&qs, 0).detach().set_requires_grad(true);
+            // Candidates are laid out column-major over the whole batch: all positives, then all
+            // first negatives, …; each micro-batch's block is [positives; negatives] of its rows.
+            let d_cols: Vec<Tensor> = (0..negs)
+                .map(|c| {
+                    let parts: Vec<Tensor> = ds.iter().zip(&chunks).map(|(d, ch)| d.narrow(0, c * ch.len() as i64, ch.len() as i64)).collect();
+                    Tensor::cat(&parts, 0)
+                })
+                .collect();
+            let d_all = Tensor::cat(&d_cols, 0).detach().set_requires_grad(true);
+            let labels = Self::labels(ex);
+            let parts = self.loss.compute(&q_all, &d_all, labels.as_ref(), step, total);
+            parts.total.backward();
+            fill_loss_stats(&mut stats, &parts, &q_all, &d_all);
+            let gq = q_all.grad();
+            let gd = d_all.grad();
+            let n = ex.len() as i64;
+            let mut offset = 0i64;
+            for (i, c) in chunks.iter().enumerate() {
+                self.seed_for(i);
+                let (q, d, _) = self.embed(c, true)?;
+                let len = c.len() as i64;
+                let gq_i = gq.narrow(0, offset, len);
+                let gd_i = Tensor::cat(&(0..negs).map(|col| gd.narrow(0, col * n + offset, len)).collect::<Vec<_>>(), 0);
+                let surrogate = (q * gq_i).sum(Kind::Float) + (d * gd_i).sum(Kind::Float);
+                surrogate.backward();
+                offset += len;
+            }
+        } else {
+            // Plain accumulation: each micro-batch is its own loss (negatives within it), averaged.
+            let chunks: Vec<&[&Example]> = ex.chunks(mb).collect();
+            let k = chunks.len() as f64;
+            for (i, c) in chunks.iter().enumerate() {
+                self.seed_for(i);
+                let (q, d, tokens) = self.embed(c, true)?;
+                stats.tokens += tokens;
+                let labels = Self::labels(c);
+                let parts = self.loss.compute(&q, &d, labels.as_ref(), step, total);
+                (&parts.total / k).backward();
+                let mut s = StepStats::default();
+                fill_loss_stats(&mut s, &parts, &q, &d);
+                stats.loss += s.loss / k;
+                stats.ranking_loss += s.ranking_loss / k;
+                stats.flops_query += s.flops_query / k;
+                stats.flops_document += s.flops_document / k;
+                stats.query_active_dims += s.query_active_dims / k;
+                stats.document_active_dims += s.document_active_dims / k;
+                stats.query_regularizer_weight = s.query_regularizer_weight;
+                stats.document_regularizer_weight = s.document_regularizer_weight;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Clips, updates and zeroes gradients: the end of an optimizer step. Returns the gradient norm.
+    pub fn apply_gradients(&mut self, lr: f64) -> f64 {
+        let norm = clip_grad_norm(&self.opt.params(), self.cfg.training.max_grad_norm);
+        self.opt.step(lr);
+        self.opt.zero_grad();
+        self.state.global_step += 1;
+        norm
+    }
+
+    /// One full optimizer step on planned batch `self.state.global_step`.
+    pub fn train_step(&mut self) -> Result<StepStats, TrainError> {
+        let t0 = Instant::now();
+        let batch = self
+            .plan
+            .step(self.state.global_step + 1)
+            .cloned()
+            .ok_or_else(|| other(format!("step {} is past the plan's {} steps", self.state.global_step, self.plan.len())))?;
+        let lr = self.learning_rate();
+        self.model.vs.unfreeze();
+        let ex = self.examples(&batch, &batch.rows);
+        let mut stats = self.forward_backward(&ex)?;
+        stats.learning_rate = lr;
+        stats.epoch = batch.epoch;
+        stats.grad_norm = self.apply_gradients(lr);
+        self.state.epoch = batch.epoch;
+        self.state.samples_seen += batch.rows.len() as u64;
+        stats.step_seconds = t0.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+
+    /// Writes model + optimizer + trainer state into `dir` (a local staging folder).
+    pub fn write_checkpoint_files(&self, dir: &Path) -> Result<(), TrainError> {
+        self.model.save(dir)?;
+        self.opt.save(&dir.join(OPTIMIZER_STATE)).map_err(|e| other(format!("{}: {e}", dir.display())))?;
+        let st = serde_json::to_string_pretty(&self.state).expect("state serialises");
+        std::fs::write(dir.join(TRAINER_STATE), st).map_err(|e| other(format!("{}: {e}", dir.display())))?;
+        Ok(())
+    }
+
+    /// Commits `checkpoint-<step>` under the output location and applies `save_total_limit`.
+    pub fn save_checkpoint(&self) -> Result<String, TrainError> {
+        let name = format!("checkpoint-{}", self.state.global_step);
+        let staging = tempfile::tempdir().map_err(|e| other(format!("cannot create a staging dir: {e}")))?;
+        self.write_checkpoint_files(staging.path())?;
+        block_on(commit_checkpoint(&self.output, &name, self.state.global_step, staging.path()))?;
+        if let Some(limit) = self.cfg.training.save_total_limit {
+            let protect: Vec<&str> = self.state.best_checkpoint.iter().map(String::as_str).collect();
+            let removed = block_on(prune(&self.output, limit, &protect))?;
+            if !removed.is_empty() {
+                tracing::info!(removed = ?removed, "save_total_limit {limit}: pruned old checkpoints");
+            }
+        }
+        Ok(self.output.url_of(&name))
+    }
+
+    /// Restores weights, optimizer and position from a committed checkpoint (`None`: the latest).
+    pub fn resume(&mut self, name: Option<&str>) -> Result<Option<String>, TrainError> {
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => match block_on(latest_checkpoint(&self.output))? {
+                Some(info) => info.name,
+                None => return Ok(None),
+            },
+        };
+        let local = tempfile::tempdir().map_err(|e| other(format!("cannot create a temp dir: {e}")))?;
+        block_on(fetch_checkpoint(&self.output, &name, local.path()))?;
+        let state: TrainerState = serde_json::from_str(
+            &std::fs::read_to_string(local.path().join(TRAINER_STATE)).map_err(|e| other(format!("{name}: {e}")))?,
+        )
+        .map_err(|e| other(format!("{name}/{TRAINER_STATE}: {e}")))?;
+        if state.plan_fingerprint != self.state.plan_fingerprint {
+            return Err(other(format!(
+                "{}: checkpoint {name} was trained on a different batch plan (datasets, batch size or seed changed); \
+                 resume with the config it was started with, or start a new output_dir",
+                self.cfg.origin
+            )));
+        }
+        let saved = SparseEncoder::load(local.path(), Device::Cpu, &load_options(&self.cfg))?;
+        let src = saved.vs.variables();
+        tch::no_grad(|| {
+            for (n, mut t) in self.model.vs.variables() {
+                t.copy_(&src[&n]);
+            }
+        });
+        self.opt.load(&local.path().join(OPTIMIZER_STATE)).map_err(other)?;
+        self.state = state;
+        Ok(Some(name))
+    }
+}
+
+fn active_dims(emb: &Tensor) -> f64 {
+    emb.detach().gt(0.0).to_kind(Kind::Float).sum_dim_intlist([1i64].as_slice(), false, Kind::Float).mean(Kind::Float).double_value(&[])
+}
+
+fn fill_loss_stats(s: &mut StepStats, parts: &loss::LossParts, q: &Tensor, d: &Tensor) {
+    s.loss = parts.ranking + parts.flops_query + parts.flops_document;
+    s.ranking_loss = parts.ranking;
+    s.flops_query = parts.flops_query;
+    s.flops_document = parts.flops_document;
+    s.query_regularizer_weight = parts.query_weight;
+    s.document_regularizer_weight = parts.document_weight;
+    s.query_active_dims = active_dims(q);
+    s.document_active_dims = active_dims(d);
+}
+
+/// Steps between events for an HF-style `*_steps` value (a fraction < 1 means that share of the run).
+fn every(v: f64, total: u64) -> u64 {
+    if v <= 0.0 {
+        0
+    } else if v < 1.0 {
+        ((total as f64 * v).ceil() as u64).max(1)
+    } else {
+        v as u64
+    }
+}
+
+/// Runs `splade train`: the whole single-process job, from config to `output_dir/final`.
+pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
+    cfg.validate_for_training()?;
+    for key in cfg.inactive_keys() {
+        tracing::warn!("{}: `{key}` is parsed but not acted on yet", cfg.origin);
+    }
+    if let Some(n) = cfg.hardware.num_threads {
+        tch::set_num_threads(n as i32);
+    }
+    let dev_spec = opts.device.clone().unwrap_or_else(|| {
+        use splade_common::config::DeviceKind;
+        match cfg.hardware.device {
+            DeviceKind::Auto => "auto",
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Mps => "mps",
+        }
+        .to_string()
+    });
+    let device = crate::device::parse_device(&dev_spec).map_err(other)?;
+    let per_device = cfg.training.per_device_train_batch_size;
+    let accum = cfg.training.gradient_accumulation_steps.max(1);
+    let mut trainer = Trainer::new(cfg, device, per_device * accum, accum)?;
+    if let Some(p) = &opts.dump_batches {
+        std::fs::write(p, trainer.plan.to_jsonl()).map_err(|e| other(format!("{}: cannot write: {e}", p.display())))?;
+    }
+    match trainer.cfg.training.resume_from_checkpoint.clone() {
+        Some(ResumeFrom::Latest) => {
+            if let Some(n) = trainer.resume(None)? {
+                tracing::info!(checkpoint = n, step = trainer.state.global_step, "resumed");
+            } else {
+                tracing::info!("resume_from_checkpoint: no committed checkpoint yet, starting fresh");
+            }
+        }
+        Some(ResumeFrom::Path(p)) => {
+            let name = p.trim_end_matches('/').rsplit('/').next().unwrap_or(&p).to_string();
+            trainer.resume(Some(&name))?;
+            tracing::info!(checkpoint = name, step = trainer.state.global_step, "resumed");
+        }
+        _ => {}
+    }
+    let total = trainer.state.total_steps;
+    let log_every = every(trainer.cfg.training.logging_steps, total).max(1);
+    let save_every = match trainer.cfg.training.save_strategy {
+        SaveStrategy::Steps => every(trainer.cfg.training.save_steps, total),
+        _ => 0,
+    };
+    let metrics_path = trainer.cfg.training.logging_dir.clone().map(PathBuf::from).unwrap_or_else(|| {
+        trainer.output.local_path().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("splade-runs"))
+    });
+    std::fs::create_dir_all(&metrics_path).map_err(|e| other(format!("{}: {e}", metrics_path.display())))?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(metrics_path.join("metrics.jsonl"))
+        .map_err(|e| other(format!("{}: {e}", metrics_path.display())))?;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("static template"),
+    );
+    bar.set_position(trainer.state.global_step);
+    let mut last_checkpoint = None;
+    let mut interrupted = false;
+    let t_start = Instant::now();
+    let mut samples = 0usize;
+    while trainer.state.global_step < total {
+        let stats = trainer.train_step()?;
+        samples += stats.samples;
+        let sps = samples as f64 / t_start.elapsed().as_secs_f64().max(1e-9);
+        bar.set_position(stats.step);
+        bar.set_message(format!("loss {:.4} lr {:.2e} {:.1} samples/s", stats.loss, stats.learning_rate, sps));
+        writeln!(metrics, "{}", serde_json::to_string(&stats).expect("stats serialise")).ok();
+        if stats.step % log_every == 0 || stats.step == total {
+            bar.suspend(|| {
+                tracing::info!(
+                    step = stats.step,
+                    loss = format!("{:.5}", stats.loss),
+                    ranking = format!("{:.5}", stats.ranking_loss),
+                    flops_q = format!("{:.5}", stats.flops_query),
+                    flops_d = format!("{:.5}", stats.flops_document),
+                    w_q = format!("{:.2e}", stats.query_regularizer_weight),
+                    w_d = format!("{:.2e}", stats.document_regularizer_weight),
+                    lr = format!("{:.3e}", stats.learning_rate),
+                    active_q = format!("{:.1}", stats.query_active_dims),
+                    active_d = format!("{:.1}", stats.document_active_dims),
+                    samples_per_s = format!("{sps:.2}"),
+                    "train"
+                )
+            });
+        }
+        let stop_now = opts.stop.as_ref().map(|s| s.load(Ordering::SeqCst)).unwrap_or(false);
+        let due = save_every > 0 && stats.step % save_every == 0;
+        if (due || stop_now) && stats.step < total {
+            last_checkpoint = Some(trainer.save_checkpoint()?);
+            bar.suspend(|| tracing::info!(step = stats.step, checkpoint = ?last_checkpoint, "checkpoint committed"));
+        }
+        if stop_now {
+            interrupted = true;
+            bar.abandon_with_message("interrupted: checkpoint written");
+            break;
+        }
+    }
+    let final_model = if interrupted {
+        None
+    } else {
+        bar.finish();
+        if save_every > 0 || trainer.cfg.training.save_strategy != SaveStrategy::No {
+            last_checkpoint = Some(trainer.save_checkpoint()?);
+        }
+        let staging = tempfile::tempdir().map_err(|e| other(format!("cannot create a staging dir: {e}")))?;
+        trainer.model.save(staging.path())?;
+        block_on(commit_checkpoint(&trainer.output, "final", trainer.state.global_step, staging.path()))?;
+        Some(trainer.output.url_of("final"))
+    };
+    Ok(TrainOutcome { final_step: trainer.state.global_step, final_model, interrupted, last_checkpoint })
+}
+
+/// Installs SIGTERM/SIGINT handlers that set the returned flag (the trainer checks it between steps).
+pub fn stop_on_signals() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let _ = signal_hook::flag::register(sig, Arc::clone(&flag));
+    }
+    flag
+}

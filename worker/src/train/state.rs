@@ -1,0 +1,28 @@
+//! What a checkpoint holds besides the model: the trainer's position and bookkeeping.
+
+use serde::{Deserialize, Serialize};
+
+/// File names inside a checkpoint folder.
+pub const TRAINER_STATE: &str = "trainer_state.json";
+pub const OPTIMIZER_STATE: &str = "optimizer.safetensors";
+
+/// The trainer's state after `global_step` optimizer steps. Together with the model weights,
+/// the optimizer moments and the config (which rebuilds the same batch plan from its seed), it
+/// determines the rest of the run exactly: dropout is re-seeded from (seed, step) every step, so
+/// no RNG stream needs saving.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct TrainerState {
+    /// Optimizer steps completed; the next step to run is this index.
+    pub global_step: u64,
+    /// Epoch of the last completed step (fractional progress is implied by the plan).
+    pub epoch: u64,
+    /// Steps the run was planned for.
+    pub total_steps: u64,
+    /// Best value of `metric_for_best_model` seen so far and the checkpoint that had it.
+    pub best_metric: Option<f64>,
+    pub best_checkpoint: Option<String>,
+    /// Samples consumed so far (global batch × steps).
+    pub samples_seen: u64,
+    /// Fingerprint of the batch plan (hash of its JSONL): resume refuses a different plan.
+    pub plan_fingerprint: String,
+}
