@@ -137,8 +137,11 @@ impl Fixture {
     }
 }
 
+/// The `splade` binary of this build. `SPLADE_TEST_BIN` overrides it: with a `CARGO_TARGET_DIR`
+/// shared between checkouts, `target/debug/splade` may be another checkout's link.
 fn splade() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_splade"));
+    let bin = std::env::var_os("SPLADE_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_splade")));
+    let mut c = Command::new(bin);
     c.env("RUST_LOG", "info");
     c
 }
