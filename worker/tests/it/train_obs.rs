@@ -106,8 +106,9 @@ impl Fixture {
     /// Writes `cfg.yaml`: SPLADE-tiny, batch 4, lengths 32/64, CPU, plus `training` keys and extra sections.
     fn config(&self, training: &str, extra: &str) -> PathBuf {
         let yaml = format!(
-            "model:\n  base_model: {model}\ntraining:\n  output_dir: {out}\n  per_device_train_batch_size: 4\n  per_device_eval_batch_size: 8\n  learning_rate: 1.0e-4\n  query_max_length: 32\n  document_max_length: 64\n  seed: 7\n{training}\nloss:\n  query_regularizer_weight: 5.0e-3\n  document_regularizer_weight: 3.0e-3\ndatasets:\n  pairs:\n    source: {train}\n    format: jsonl\nhardware:\n  device: cpu\n  num_threads: 1\n{extra}",
+            "model:\n  base_model: {model}\ntraining:\n  output_dir: {out}\n  per_device_train_batch_size: 4\n  per_device_eval_batch_size: 8\n{lr}  query_max_length: 32\n  document_max_length: 64\n  seed: 7\n{training}\nloss:\n  query_regularizer_weight: 5.0e-3\n  document_regularizer_weight: 3.0e-3\ndatasets:\n  pairs:\n    source: {train}\n    format: jsonl\nhardware:\n  device: cpu\n  num_threads: 1\n{extra}",
             model = model("splade-tiny").display(),
+            lr = if training.contains("learning_rate:") { "" } else { "  learning_rate: 1.0e-4\n" },
             out = self.out().display(),
             train = self.dir.path().join("train.jsonl").display(),
         );
