@@ -185,7 +185,7 @@ pub struct TrainingConfig {
     pub eval_steps: Option<f64>,
     /// Steps between log lines (a value below 1 is a fraction of the total); default 500 (HF).
     pub logging_steps: f64,
-    /// Default: `output_dir/runs`.
+    /// TensorBoard event-file folder. Default: `output_dir/runs/<run_name>`.
     pub logging_dir: Option<String>,
     /// `steps` (default), `epoch`, `best` or `no`.
     pub save_strategy: SaveStrategy,
@@ -195,11 +195,11 @@ pub struct TrainingConfig {
     pub save_total_limit: Option<usize>,
     /// Default false.
     pub load_best_model_at_end: bool,
-    /// e.g. `eval_norquad_ndcg@10`; default: the loss.
+    /// e.g. `eval_norquad_ndcg@10`, `eval_NanoBEIR_mean_dot_ndcg@10` (the mean over tasks) or `loss`; default: the mean NDCG@10.
     pub metric_for_best_model: Option<String>,
     /// Default: true unless the metric is a loss (HF).
     pub greater_is_better: Option<bool>,
-    /// Default: generated.
+    /// Default: `YYYYmmdd-HHMMSS-<host>` (UTC).
     pub run_name: Option<String>,
     /// Integrations (`mlflow`, `tensorboard`, `none`, ...); a single string or a list. Default none.
     #[serde(deserialize_with = "one_or_many")]

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::store::StoreOptions;
 
+pub mod tools;
+
 /// A running `moto` S3 server on 127.0.0.1.
 pub struct MotoServer {
     child: Child,

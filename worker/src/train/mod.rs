@@ -6,17 +6,17 @@
 //! unit the data-parallel worker reuses.
 
 pub mod loss;
+pub mod monitor;
 pub mod optim;
 pub mod state;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use splade_common::config::{Config, InnerLoss as CfgInner, ResumeFrom, SaveStrategy};
+use splade_common::config::{Config, InnerLoss as CfgInner, IntervalStrategy, ResumeFrom, SaveStrategy};
 use splade_common::data::plan::{BatchPlan, PlanDataset, PlanSpec, PlanStop, PlannedBatch};
 use splade_common::data::{load_dataset_blocking, Example};
 use splade_common::store::checkpoint::{
@@ -521,15 +521,46 @@ pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, Tr
         SaveStrategy::Steps => every(trainer.cfg.training.save_steps, total),
         _ => 0,
     };
-    let metrics_path = trainer.cfg.training.logging_dir.clone().map(PathBuf::from).unwrap_or_else(|| {
-        trainer.output.local_path().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("splade-runs"))
-    });
-    std::fs::create_dir_all(&metrics_path).map_err(|e| other(format!("{}: {e}", metrics_path.display())))?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(metrics_path.join("metrics.jsonl"))
-        .map_err(|e| other(format!("{}: {e}", metrics_path.display())))?;
+    let eval_strategy = trainer.cfg.training.eval_strategy;
+    let eval_every = match eval_strategy {
+        IntervalStrategy::Steps => {
+            every(trainer.cfg.training.eval_steps.unwrap_or(trainer.cfg.training.logging_steps), total).max(1)
+        }
+        _ => 0,
+    };
+    monitor::check_best_model_schedule(&trainer.cfg, save_every, eval_every)?;
+    let evals = monitor::DuringEval::load(&trainer.cfg)?;
+    if eval_strategy != IntervalStrategy::No && evals.tasks.is_empty() && evals.selector.metric != "loss" {
+        return Err(other(format!(
+            "{}: `training.eval_strategy` is {eval_strategy:?} but `evaluation.tasks` is empty; add a task (name, source, split) or set eval_strategy: no",
+            trainer.cfg.origin
+        )));
+    }
+    let mut mon = monitor::Monitor::start(&trainer.cfg, &trainer.output, opts.metrics_listen.as_deref())?;
+    mon.log_config(&trainer.cfg);
+    mon.training.set_global_step(trainer.state.global_step);
+    let result = train_loop(&mut trainer, opts, &mut mon, &evals, log_every, save_every, eval_every);
+    if result.is_err() {
+        // Dropping the monitor marks the MLflow run FAILED; jsonl and TensorBoard are already flushed.
+        drop(mon);
+    }
+    result
+}
+
+/// The step loop of [`run_training`] and the end of the run (final evaluation, best model, `final/`).
+#[allow(clippy::too_many_arguments)]
+fn train_loop(
+    trainer: &mut Trainer,
+    opts: &TrainOptions,
+    mon: &mut monitor::Monitor,
+    evals: &monitor::DuringEval,
+    log_every: u64,
+    save_every: u64,
+    eval_every: u64,
+) -> Result<TrainOutcome, TrainError> {
+    let total = trainer.state.total_steps;
+    let eval_strategy = trainer.cfg.training.eval_strategy;
+    let save_strategy = trainer.cfg.training.save_strategy;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
@@ -540,14 +571,21 @@ pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, Tr
     let mut interrupted = false;
     let t_start = Instant::now();
     let mut samples = 0usize;
+    // Best evaluation so far and the step it was measured at; it becomes `state.best_checkpoint`
+    // when a checkpoint is written at that step (as Hugging Face's Trainer records it).
+    let mut best: Option<(f64, u64)> = trainer.state.best_metric.map(|m| (m, 0));
+    let mut last_eval: Option<(u64, monitor::EvalRound)> = None;
+    let mut last_loss = f64::NAN;
     while trainer.state.global_step < total {
         let stats = trainer.train_step()?;
         samples += stats.samples;
+        last_loss = stats.loss;
         let sps = samples as f64 / t_start.elapsed().as_secs_f64().max(1e-9);
         bar.set_position(stats.step);
         bar.set_message(format!("loss {:.4} lr {:.2e} {:.1} samples/s", stats.loss, stats.learning_rate, sps));
-        writeln!(metrics, "{}", serde_json::to_string(&stats).expect("stats serialise")).ok();
-        if stats.step % log_every == 0 || stats.step == total {
+        let log_now = stats.step % log_every == 0 || stats.step == total;
+        mon.record_step(&stats, log_now);
+        if log_now {
             bar.suspend(|| {
                 tracing::info!(
                     step = stats.step,
@@ -558,6 +596,7 @@ pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, Tr
                     w_q = format!("{:.2e}", stats.query_regularizer_weight),
                     w_d = format!("{:.2e}", stats.document_regularizer_weight),
                     lr = format!("{:.3e}", stats.learning_rate),
+                    grad_norm = format!("{:.3}", stats.grad_norm),
                     active_q = format!("{:.1}", stats.query_active_dims),
                     active_d = format!("{:.1}", stats.document_active_dims),
                     samples_per_s = format!("{sps:.2}"),
@@ -565,10 +604,32 @@ pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, Tr
                 )
             });
         }
+        let epoch_end = stats.step == total || trainer.plan.step(stats.step + 1).map(|b| b.epoch) != Some(stats.epoch);
+        let eval_due = match eval_strategy {
+            IntervalStrategy::Steps => eval_every > 0 && stats.step % eval_every == 0,
+            IntervalStrategy::Epoch => epoch_end,
+            IntervalStrategy::No => false,
+        };
+        let mut improved = false;
+        if eval_due {
+            let round = bar.suspend(|| evaluate_now(trainer, mon, evals, stats.step))?;
+            if let Some(v) = evals.selector.value(&round, stats.loss) {
+                if evals.selector.improves(v, best.map(|b| b.0)) {
+                    best = Some((v, stats.step));
+                    improved = true;
+                }
+            }
+            last_eval = Some((stats.step, round));
+        }
         let stop_now = opts.stop.as_ref().map(|s| s.load(Ordering::SeqCst)).unwrap_or(false);
-        let due = save_every > 0 && stats.step % save_every == 0;
+        let due = match save_strategy {
+            SaveStrategy::Steps => save_every > 0 && stats.step % save_every == 0,
+            SaveStrategy::Epoch => epoch_end,
+            SaveStrategy::Best => improved,
+            SaveStrategy::No => false,
+        };
         if (due || stop_now) && stats.step < total {
-            last_checkpoint = Some(trainer.save_checkpoint()?);
+            last_checkpoint = Some(save_and_record(trainer, mon, best)?);
             bar.suspend(|| tracing::info!(step = stats.step, checkpoint = ?last_checkpoint, "checkpoint committed"));
         }
         if stop_now {
@@ -577,23 +638,116 @@ pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, Tr
             break;
         }
     }
-    let final_model = if interrupted {
-        None
-    } else {
-        bar.finish();
-        if save_every > 0 || trainer.cfg.training.save_strategy != SaveStrategy::No {
-            last_checkpoint = Some(trainer.save_checkpoint()?);
+    if interrupted {
+        mon.finish(None);
+        return Ok(TrainOutcome { final_step: trainer.state.global_step, final_model: None, interrupted, last_checkpoint });
+    }
+    bar.finish();
+    // The end of the run is evaluated when tasks are configured (unless the last step just was).
+    let step = trainer.state.global_step;
+    if !evals.tasks.is_empty() {
+        let round = match last_eval.take() {
+            Some((s, r)) if s == step => r,
+            _ => {
+                let round = evaluate_now(trainer, mon, evals, step)?;
+                if eval_strategy != IntervalStrategy::No {
+                    if let Some(v) = evals.selector.value(&round, last_loss) {
+                        if evals.selector.improves(v, best.map(|b| b.0)) {
+                            best = Some((v, step));
+                        }
+                    }
+                }
+                round
+            }
+        };
+        for (name, s) in &round.tasks {
+            let get = |k: &str| s.metrics.get(k).copied().unwrap_or(f64::NAN);
+            eprintln!("eval {name} ({}) at step {step}: NDCG@10 {:.4}  MRR@10 {:.4}", s.split, get("ndcg_at_10"), get("mrr_at_10"));
         }
-        let staging = tempfile::tempdir().map_err(|e| other(format!("cannot create a staging dir: {e}")))?;
-        trainer.model.save(staging.path())?;
-        // A resumed or repeated run replaces an earlier final model (manifest removed first).
-        if block_on(verify_checkpoint(&trainer.output, "final", Verify::Sizes)).is_ok() {
-            block_on(delete_checkpoint(&trainer.output, "final"))?;
+        if round.tasks.len() > 1 {
+            eprintln!("eval mean over {} tasks: NDCG@10 {:.4}", round.tasks.len(), round.mean.get("ndcg_at_10").copied().unwrap_or(f64::NAN));
         }
-        block_on(commit_checkpoint(&trainer.output, "final", trainer.state.global_step, staging.path()))?;
-        Some(trainer.output.url_of("final"))
-    };
-    Ok(TrainOutcome { final_step: trainer.state.global_step, final_model, interrupted, last_checkpoint })
+    }
+    if save_every > 0 || save_strategy != SaveStrategy::No {
+        last_checkpoint = Some(save_and_record(trainer, mon, best)?);
+    }
+    if trainer.cfg.training.load_best_model_at_end {
+        match trainer.state.best_checkpoint.clone() {
+            Some(name) if name != format!("checkpoint-{step}") => {
+                load_checkpoint_weights(trainer, &name)?;
+                eprintln!(
+                    "load_best_model_at_end: final model = {name} ({} {:.4})",
+                    evals.selector.logged_as,
+                    trainer.state.best_metric.unwrap_or(f64::NAN)
+                );
+            }
+            Some(_) => {}
+            None => tracing::warn!("load_best_model_at_end: no evaluated checkpoint was saved; the final model is the last step's"),
+        }
+    }
+    let staging = tempfile::tempdir().map_err(|e| other(format!("cannot create a staging dir: {e}")))?;
+    trainer.model.save(staging.path())?;
+    // A resumed or repeated run replaces an earlier final model (manifest removed first).
+    if block_on(verify_checkpoint(&trainer.output, "final", Verify::Sizes)).is_ok() {
+        block_on(delete_checkpoint(&trainer.output, "final"))?;
+    }
+    block_on(commit_checkpoint(&trainer.output, "final", trainer.state.global_step, staging.path()))?;
+    mon.finish(Some(staging.path()));
+    Ok(TrainOutcome {
+        final_step: trainer.state.global_step,
+        final_model: Some(trainer.output.url_of("final")),
+        interrupted,
+        last_checkpoint,
+    })
+}
+
+/// Evaluates the configured tasks now and reports them at `step`.
+fn evaluate_now(
+    trainer: &Trainer,
+    mon: &mut monitor::Monitor,
+    evals: &monitor::DuringEval,
+    step: u64,
+) -> Result<monitor::EvalRound, TrainError> {
+    let t0 = Instant::now();
+    let round = evals.run(&trainer.model)?;
+    mon.record_eval(step, &round);
+    let shown: Vec<String> = round
+        .tasks
+        .iter()
+        .map(|(n, s)| format!("{n} ndcg@10 {:.4}", s.metrics.get("ndcg_at_10").copied().unwrap_or(f64::NAN)))
+        .collect();
+    tracing::info!(step, seconds = format!("{:.1}", t0.elapsed().as_secs_f64()), "eval: {}", shown.join(", "));
+    Ok(round)
+}
+
+/// Commits `checkpoint-<step>`, first recording it as the best when `best` was measured at this step.
+fn save_and_record(trainer: &mut Trainer, mon: &monitor::Monitor, best: Option<(f64, u64)>) -> Result<String, TrainError> {
+    let step = trainer.state.global_step;
+    if let Some((v, s)) = best {
+        if s == step {
+            trainer.state.best_metric = Some(v);
+            trainer.state.best_checkpoint = Some(format!("checkpoint-{step}"));
+        }
+    }
+    let t0 = Instant::now();
+    let url = trainer.save_checkpoint()?;
+    mon.record_checkpoint(step, t0.elapsed().as_secs_f64());
+    Ok(url)
+}
+
+/// Replaces the model's weights with those of committed checkpoint `name` (optimizer and position stay).
+fn load_checkpoint_weights(trainer: &mut Trainer, name: &str) -> Result<(), TrainError> {
+    let local = tempfile::tempdir().map_err(|e| other(format!("cannot create a temp dir: {e}")))?;
+    block_on(fetch_checkpoint(&trainer.output, name, local.path()))?;
+    let saved = SparseEncoder::load(local.path(), Device::Cpu, &load_options(&trainer.cfg))?;
+    let src = saved.vs.variables();
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for (n, mut t) in trainer.model.vs.variables() {
+            let s = src.get(&n).ok_or_else(|| other(format!("{name}: the checkpoint has no tensor `{n}`")))?;
+            t.copy_(s);
+        }
+        Ok(())
+    })
 }
 
 /// Installs SIGTERM/SIGINT handlers that set the returned flag (the trainer checks it between steps).

@@ -7,3 +7,4 @@ mod lean_head;
 mod dist;
 mod parity;
 mod train;
+mod train_obs;

@@ -51,8 +51,20 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     p
 }
 
-fn read_jsonl(p: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+/// The per-step training records of a `metrics.jsonl` (the reporter's `scalars` lines that carry
+/// `train/loss`), as `{"step", "train/...": value}` objects in file order.
+pub fn train_steps(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "scalars" && v["values"].get("train/loss").is_some())
+        .map(|v| {
+            let mut o = v["values"].clone();
+            o["step"] = v["step"].clone();
+            o
+        })
+        .collect()
 }
 
 fn close(a: f64, b: f64, rel: f64) -> bool {
@@ -69,7 +81,7 @@ fn train_loss_parity_with_sentence_transformers() {
     let plan = tmp.path().join("plan.jsonl");
     let opts = TrainOptions { dump_batches: Some(plan.clone()), ..Default::default() };
     run_training(cfg, &opts).unwrap();
-    let ours = read_jsonl(&out.join("metrics.jsonl"));
+    let ours = train_steps(&out.join("metrics.jsonl"));
     assert_eq!(ours.len(), 30);
 
     let steps = tmp.path().join("st.json");
@@ -85,20 +97,20 @@ fn train_loss_parity_with_sentence_transformers() {
     for (o, t) in ours.iter().zip(&theirs) {
         let step = o["step"].as_u64().unwrap();
         for (ok, tk) in [
-            ("ranking_loss", "ranking"),
-            ("flops_query", "flops_query"),
-            ("flops_document", "flops_document"),
-            ("learning_rate", "learning_rate"),
-            ("query_regularizer_weight", "query_weight"),
-            ("document_regularizer_weight", "document_weight"),
+            ("train/loss_ranking", "ranking"),
+            ("train/loss_flops_query", "flops_query"),
+            ("train/loss_flops_document", "flops_document"),
+            ("train/learning_rate", "learning_rate"),
+            ("train/query_regularizer_weight", "query_weight"),
+            ("train/document_regularizer_weight", "document_weight"),
         ] {
             let (a, b) = (o[ok].as_f64().unwrap(), t[tk].as_f64().unwrap());
             assert!(close(a, b, 1e-4), "step {step} {ok}: ours {a} vs sentence-transformers {b}");
         }
     }
     // The run must have moved: the loss at the end differs from the start.
-    let first = ours[0]["ranking_loss"].as_f64().unwrap();
-    let last = ours[29]["ranking_loss"].as_f64().unwrap();
+    let first = ours[0]["train/loss_ranking"].as_f64().unwrap();
+    let last = ours[29]["train/loss_ranking"].as_f64().unwrap();
     assert!((first - last).abs() > 1e-3, "training did not change the loss ({first} → {last})");
 }
 
@@ -197,7 +209,7 @@ fn train_resume_after_sigterm_is_bitwise_identical() {
     let metrics = stopped.join("metrics.jsonl");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
-        let n = std::fs::read_to_string(&metrics).map(|s| s.lines().count()).unwrap_or(0);
+        let n = train_steps(&metrics).len();
         if n >= 20 {
             break;
         }
@@ -208,7 +220,7 @@ fn train_resume_after_sigterm_is_bitwise_identical() {
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM must checkpoint and exit 0, got {status}");
     assert!(!stopped.join("final").exists(), "an interrupted run writes no final model");
-    let steps_done = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    let steps_done = train_steps(&metrics).len();
     assert!(steps_done < 40, "stopped at step {steps_done}");
     assert!(stopped.join(format!("checkpoint-{steps_done}/manifest.json")).exists(), "checkpoint of the stop step");
 
@@ -286,7 +298,7 @@ fn train_s3_datasets_and_checkpoints() {
 
     // Resume continues from checkpoint-4 (not the half-written 6) and finishes the run.
     train(&mk(8, true));
-    let metrics = read_jsonl(&tmp.path().join("logs/metrics.jsonl"));
+    let metrics = train_steps(&tmp.path().join("logs/metrics.jsonl"));
     let steps: Vec<u64> = metrics.iter().map(|m| m["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6, 7, 8], "resumed run must continue at step 5");
     let names: Vec<String> = block_on(list_checkpoints(&out_loc)).unwrap().into_iter().map(|c| c.name).collect();
