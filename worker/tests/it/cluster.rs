@@ -319,6 +319,9 @@ async fn gradient_equals_single_process(per_device: usize) {
         })
         .collect();
     let rel = rel_l2(&g0, &single);
+    let norm: f64 = single.values().map(|g| f64::try_from(g.square().sum(tch::Kind::Double)).unwrap()).sum::<f64>().sqrt();
+    eprintln!("per-device {per_device}: gradient norm {norm:e}, relative L2 to the single process {rel:e}");
+    assert!(norm > 0.0, "the single-process gradient is zero");
     assert!(rel < 1e-5, "relative L2 between the all-reduced and the single-process gradient is {rel:e}");
 }
 
