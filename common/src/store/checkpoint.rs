@@ -491,17 +491,27 @@ pub async fn list_checkpoints_with(location: &Location, how: Verify) -> Result<V
     Ok(out)
 }
 
-/// The committed checkpoint with the highest step whose files verify fully; checks newest first and stops at
-/// the first good one, so only that one is read in full.
-pub async fn latest_checkpoint(location: &Location) -> Result<Option<CheckpointInfo>, StoreError> {
+/// `checkpoint-<N>` names with a readable manifest, as (manifest step, name) in ascending order: the
+/// candidates for resuming. Other names (`final`, an exported model) are not training checkpoints.
+async fn resumable(location: &Location) -> Result<Vec<(u64, String)>, StoreError> {
     let mut candidates = Vec::new();
     for name in manifest_names(location).await? {
+        if name.strip_prefix("checkpoint-").and_then(|s| s.parse::<u64>().ok()).is_none() {
+            continue;
+        }
         if let Ok(m) = read_manifest(location, &name).await {
             candidates.push((m.step, name));
         }
     }
     candidates.sort();
-    for (_, name) in candidates.into_iter().rev() {
+    Ok(candidates)
+}
+
+/// The resumable `checkpoint-<N>` with the highest step whose files verify fully; checks newest first and
+/// stops at the first good one, so only that one is read in full. Other names (`final`, an exported model)
+/// are not training checkpoints and are never returned.
+pub async fn latest_checkpoint(location: &Location) -> Result<Option<CheckpointInfo>, StoreError> {
+    for (_, name) in resumable(location).await?.into_iter().rev() {
         match verify_checkpoint(location, &name, Verify::Full).await {
             Ok(info) => return Ok(Some(info)),
             Err(e @ StoreError::Verify { .. }) => {
@@ -562,16 +572,9 @@ pub async fn fetch_checkpoint(location: &Location, name: &str, local_dir: &Path)
     Ok(info(location, manifest))
 }
 
-/// Fetches the newest checkpoint that downloads and verifies, falling back to older ones (each failure logged).
+/// Fetches the newest `checkpoint-<N>` that downloads and verifies, falling back to older ones (each failure logged).
 pub async fn fetch_latest_checkpoint(location: &Location, local_dir: &Path) -> Result<Option<CheckpointInfo>, StoreError> {
-    let mut candidates = Vec::new();
-    for name in manifest_names(location).await? {
-        if let Ok(m) = read_manifest(location, &name).await {
-            candidates.push((m.step, name));
-        }
-    }
-    candidates.sort();
-    for (_, name) in candidates.into_iter().rev() {
+    for (_, name) in resumable(location).await?.into_iter().rev() {
         match fetch_checkpoint(location, &name, local_dir).await {
             Ok(info) => return Ok(Some(info)),
             Err(e @ StoreError::Verify { .. }) => {
@@ -605,7 +608,8 @@ pub async fn prune(location: &Location, keep_last: usize, protect: &[&str]) -> R
     Ok(deleted)
 }
 
-async fn delete_checkpoint(location: &Location, name: &str) -> Result<(), StoreError> {
+/// Deletes checkpoint `name`: the manifest first, so a half-deleted checkpoint is never listed.
+pub async fn delete_checkpoint(location: &Location, name: &str) -> Result<(), StoreError> {
     match location.local_path() {
         Some(root) => {
             let dir = root.join(name);

@@ -20,7 +20,9 @@ use std::time::Instant;
 use splade_common::config::{Config, InnerLoss as CfgInner, ResumeFrom, SaveStrategy};
 use splade_common::data::plan::{BatchPlan, PlanDataset, PlanSpec, PlanStop, PlannedBatch};
 use splade_common::data::{load_dataset_blocking, Example};
-use splade_common::store::checkpoint::{commit_checkpoint, fetch_checkpoint, latest_checkpoint, prune};
+use splade_common::store::checkpoint::{
+    commit_checkpoint, delete_checkpoint, fetch_checkpoint, latest_checkpoint, prune, verify_checkpoint, Verify,
+};
 use splade_common::store::{block_on, Location, StoreOptions};
 use tch::{Device, Kind, Tensor};
 
@@ -150,10 +152,18 @@ pub fn build_plan(cfg: &Config, datasets: &BTreeMap<String, Vec<Example>>, globa
     BatchPlan::build(&pds, &spec).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))
 }
 
-fn fingerprint(plan: &BatchPlan) -> String {
+/// Fingerprint of the first `steps` batches of the plan: a checkpoint records the batches it
+/// consumed, so resume can check that the data so far was the same, while a longer or shorter
+/// run (another max_steps) stays allowed.
+fn fingerprint(plan: &BatchPlan, steps: u64) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(plan.to_jsonl().as_bytes());
+    for b in plan.batches.iter().take(steps as usize) {
+        h.update(b.dataset.as_bytes());
+        for r in &b.rows {
+            h.update((*r as u64).to_le_bytes());
+        }
+    }
     hex::encode(&h.finalize()[..8])
 }
 
@@ -214,7 +224,7 @@ impl Trainer {
             regularizer_warmup_ratio: cfg.loss.regularizer_warmup_ratio,
         };
         let output = Location::parse(&cfg.training.output_dir)?;
-        let state = TrainerState { total_steps: total, plan_fingerprint: fingerprint(&plan), ..Default::default() };
+        let state = TrainerState { total_steps: total, ..Default::default() };
         let warmup = warmup_steps(total, cfg.training.warmup_ratio);
         let seed = cfg.training.seed;
         Ok(Self { cfg, model, opt, loss, datasets, plan, state, output, micro_batches, warmup, seed })
@@ -381,7 +391,8 @@ impl Trainer {
     pub fn write_checkpoint_files(&self, dir: &Path) -> Result<(), TrainError> {
         self.model.save(dir)?;
         self.opt.save(&dir.join(OPTIMIZER_STATE)).map_err(|e| other(format!("{}: {e}", dir.display())))?;
-        let st = serde_json::to_string_pretty(&self.state).expect("state serialises");
+        let state = TrainerState { plan_fingerprint: fingerprint(&self.plan, self.state.global_step), ..self.state.clone() };
+        let st = serde_json::to_string_pretty(&state).expect("state serialises");
         std::fs::write(dir.join(TRAINER_STATE), st).map_err(|e| other(format!("{}: {e}", dir.display())))?;
         Ok(())
     }
@@ -417,7 +428,7 @@ impl Trainer {
             &std::fs::read_to_string(local.path().join(TRAINER_STATE)).map_err(|e| other(format!("{name}: {e}")))?,
         )
         .map_err(|e| other(format!("{name}/{TRAINER_STATE}: {e}")))?;
-        if state.plan_fingerprint != self.state.plan_fingerprint {
+        if state.plan_fingerprint != fingerprint(&self.plan, state.global_step) {
             return Err(other(format!(
                 "{}: checkpoint {name} was trained on a different batch plan (datasets, batch size or seed changed); \
                  resume with the config it was started with, or start a new output_dir",
@@ -432,7 +443,8 @@ impl Trainer {
             }
         });
         self.opt.load(&local.path().join(OPTIMIZER_STATE)).map_err(other)?;
-        self.state = state;
+        // The schedule follows this run's plan length, even if the checkpoint's run was planned longer or shorter.
+        self.state = TrainerState { total_steps: self.state.total_steps, ..state };
         Ok(Some(name))
     }
 }
@@ -575,6 +587,10 @@ pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, Tr
         }
         let staging = tempfile::tempdir().map_err(|e| other(format!("cannot create a staging dir: {e}")))?;
         trainer.model.save(staging.path())?;
+        // A resumed or repeated run replaces an earlier final model (manifest removed first).
+        if block_on(verify_checkpoint(&trainer.output, "final", Verify::Sizes)).is_ok() {
+            block_on(delete_checkpoint(&trainer.output, "final"))?;
+        }
         block_on(commit_checkpoint(&trainer.output, "final", trainer.state.global_step, staging.path()))?;
         Some(trainer.output.url_of("final"))
     };

@@ -23,6 +23,7 @@ pub struct TrainerState {
     pub best_checkpoint: Option<String>,
     /// Samples consumed so far (global batch × steps).
     pub samples_seen: u64,
-    /// Fingerprint of the batch plan (hash of its JSONL): resume refuses a different plan.
+    /// Fingerprint of the first `global_step` batches of the plan: resume refuses a checkpoint
+    /// whose consumed batches differ from what this run would have consumed.
     pub plan_fingerprint: String,
 }

@@ -82,3 +82,41 @@ fn truncated_safetensors() {
     assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors file"), "{e}");
     assert!(e.contains("fetch the model again"), "{e}");
 }
+
+/// Runs `splade train` on `yaml` (written to a temp file) and returns its stderr.
+fn train_error(yaml: &str) -> (String, std::path::PathBuf, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_splade")).args(["train", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success(), "expected failure");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (stderr, cfg, tmp)
+}
+
+fn base_yaml(data: &str) -> String {
+    format!(
+        "model:\n  base_model: {}\ntraining:\n  output_dir: out\n  max_steps: 2\n  per_device_train_batch_size: 2\ndatasets:\n  d:\n    source: {data}\nhardware:\n  device: cpu\n",
+        model("splade-tiny").display()
+    )
+}
+
+#[test]
+fn train_config_typo_names_file_line_key_and_suggestion() {
+    let yaml = base_yaml("x.jsonl").replace("  max_steps: 2", "  max_stepz: 2");
+    let (e, cfg, _t) = train_error(&yaml);
+    assert!(e.contains(&format!("{}:5:", cfg.display())) && e.contains("`training.max_stepz`") && e.contains("did you mean `training.max_steps`"), "{e}");
+}
+
+#[test]
+fn train_bad_jsonl_line_names_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("pairs.jsonl");
+    std::fs::write(&data, "{\"anchor\": \"a\", \"positive\": \"b\"}\nnot json\n").unwrap();
+    let (e, _, _t) = train_error(&base_yaml(data.to_str().unwrap()));
+    assert!(e.contains(&format!("{}:2:", data.display())) && e.contains("not valid JSON") && e.contains("on_bad_record: skip"), "{e}");
+    let missing = tmp.path().join("nope.jsonl");
+    let (e, _, _t) = train_error(&base_yaml(missing.to_str().unwrap()));
+    assert!(e.contains("nope.jsonl") && e.contains("datasets.d.source"), "{e}");
+}

@@ -7,3 +7,4 @@ mod eval_parity;
 mod lean_head;
 mod dist;
 mod parity;
+mod train;

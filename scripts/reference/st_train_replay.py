@@ -1,0 +1,102 @@
+"""Trains with sentence-transformers 6.2's SparseEncoderTrainer on a batch plan dumped by
+`splade train --dump-batches`, recording the exact loss parts, learning rate and regulariser
+weights of every step (SpladeLoss + SparseMultipleNegativesRankingLoss, fp32, CPU, dropout 0).
+
+  st_train_replay.py --model DIR --data train.jsonl[.gz] --plan plan.jsonl --out steps.json
+      --batch-size 16 --max-steps 30 --lr 1e-4 --warmup-ratio 0.1 --q-weight 5e-3 --d-weight 3e-3 --max-length 64
+"""
+import argparse, gzip, json, os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
+from datasets import Dataset
+from sentence_transformers import SparseEncoder
+from sentence_transformers.sparse_encoder import SparseEncoderTrainer, SparseEncoderTrainingArguments
+from sentence_transformers.sparse_encoder.losses import SparseMultipleNegativesRankingLoss, SpladeLoss
+from transformers import TrainerCallback
+
+p = argparse.ArgumentParser()
+for k in ["model", "data", "plan", "out"]:
+    p.add_argument(f"--{k}", required=True)
+p.add_argument("--batch-size", type=int, default=16)
+p.add_argument("--max-steps", type=int, default=30)
+p.add_argument("--lr", type=float, default=1e-4)
+p.add_argument("--warmup-ratio", type=float, default=0.1)
+p.add_argument("--q-weight", type=float, default=5e-3)
+p.add_argument("--d-weight", type=float, default=3e-3)
+p.add_argument("--max-length", type=int, default=64)
+a = p.parse_args()
+
+torch.manual_seed(0)
+opener = gzip.open if a.data.endswith(".gz") else open
+rows = [json.loads(l) for l in opener(a.data, "rt") if l.strip()]
+ds = Dataset.from_dict({"anchor": [r["anchor"] for r in rows], "positive": [r["positive"] for r in rows]})
+plan = [json.loads(l)["rows"] for l in open(a.plan) if l.strip()][: a.max_steps]
+
+model = SparseEncoder(a.model, device="cpu", config_kwargs={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+for m in model.modules():
+    if isinstance(m, torch.nn.Dropout):
+        m.p = 0.0
+model.max_seq_length = a.max_length
+
+records = []
+
+
+class RecordingSpladeLoss(SpladeLoss):
+    def forward(self, sentence_features, labels=None):
+        out = super().forward(sentence_features, labels)
+        records.append(
+            {
+                "ranking": float(out["base_loss"].detach()),
+                "flops_document": float(out["document_regularizer_loss"].detach()),
+                "flops_query": float(out["query_regularizer_loss"].detach()),
+                "query_weight": float(self.query_regularizer_weight),
+                "document_weight": float(self.document_regularizer_weight),
+            }
+        )
+        return out
+
+
+loss = RecordingSpladeLoss(
+    model, SparseMultipleNegativesRankingLoss(model), query_regularizer_weight=a.q_weight, document_regularizer_weight=a.d_weight
+)
+lrs = []
+
+
+class LrRecorder(TrainerCallback):
+    def on_step_begin(self, args, state, control, lr_scheduler=None, **kw):
+        lrs.append(float(lr_scheduler.get_last_lr()[0]))
+
+
+class ReplaySampler:
+    def __iter__(self):
+        return iter(plan)
+
+    def __len__(self):
+        return len(plan)
+
+
+class ReplayTrainer(SparseEncoderTrainer):
+    def get_batch_sampler(self, *args, **kwargs):
+        return ReplaySampler()
+
+
+args = SparseEncoderTrainingArguments(
+    output_dir=os.path.join(os.path.dirname(a.out), "st-out"),
+    max_steps=a.max_steps,
+    per_device_train_batch_size=a.batch_size,
+    learning_rate=a.lr,
+    warmup_ratio=a.warmup_ratio,
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    logging_steps=1,
+    save_strategy="no",
+    report_to="none",
+    seed=42,
+    dataloader_drop_last=False,
+    use_cpu=True,
+)
+trainer = ReplayTrainer(model=model, args=args, train_dataset=ds, loss=loss, callbacks=[LrRecorder()])
+trainer.train()
+steps = [dict(r, step=i + 1, learning_rate=lrs[i]) for i, r in enumerate(records)]
+json.dump(steps, open(a.out, "w"))
