@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod machine;
+pub mod metrics;
 pub mod server;
 mod service;
 pub mod settings;
@@ -26,4 +27,4 @@ pub use settings::{
 };
 pub use snapshot::{JobSnapshot, PhaseKind, WorkerStatus};
 pub use state::{ClusterState, InMemoryClusterState};
-pub use verify::{CheckpointVerifier, TrustWorkers, VerifyError, VerifyFuture};
+pub use verify::{CheckpointVerifier, StoreVerifier, TrustWorkers, VerifyError, VerifyFuture};

@@ -8,4 +8,5 @@ pub mod device;
 pub mod evaluate;
 pub mod dist;
 pub mod model;
+pub mod node;
 pub mod train;

@@ -733,6 +733,13 @@ pub struct ClusterConfig {
     pub tls_ca: Option<String>,
     /// `auto` (default: NCCL on CUDA, Gloo otherwise), `gloo` or `nccl`.
     pub c10d_backend: C10dBackend,
+    /// Seconds to wait for more workers (up to `max_workers`) once `min_workers` are there; default 10.
+    pub rendezvous_last_call: f64,
+    /// Port rank 0 hosts the c10d store on when its worker names none; default 29500.
+    pub store_port: u16,
+    /// Samples per optimizer step across all workers, fixed whatever the world size; default
+    /// `per_device_train_batch_size × gradient_accumulation_steps × max_workers`.
+    pub global_batch_size: Option<usize>,
 }
 
 impl Default for ClusterConfig {
@@ -749,6 +756,9 @@ impl Default for ClusterConfig {
             tls_key: None,
             tls_ca: None,
             c10d_backend: C10dBackend::Auto,
+            rendezvous_last_call: 10.0,
+            store_port: 29500,
+            global_batch_size: None,
         }
     }
 }
@@ -949,6 +959,12 @@ impl Config {
             "must be positive (seconds)")?;
         check(c.heartbeat_timeout > c.heartbeat_interval, "cluster.heartbeat_timeout",
             c.heartbeat_timeout.to_string(), "must be longer than heartbeat_interval")?;
+        check(c.rendezvous_last_call >= 0.0, "cluster.rendezvous_last_call", c.rendezvous_last_call.to_string(),
+            "must be ≥ 0 (seconds)")?;
+        check(c.store_port >= 1, "cluster.store_port", c.store_port.to_string(), "use a fixed port such as 29500")?;
+        if let Some(g) = c.global_batch_size {
+            check(g >= 1, "cluster.global_batch_size", g.to_string(), "must be at least 1, or left out")?;
+        }
         check(c.tls_cert.is_some() == c.tls_key.is_some(), "cluster.tls_cert",
             c.tls_cert.clone().unwrap_or_default(), "tls_cert and tls_key go together; set both or neither")?;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use splade_coordinator::{
-    config, CoordinatorOptions, JobOutcome, JoinToken, ServerTls, TrustWorkers,
+    config, CoordinatorOptions, JobOutcome, JoinToken, ServerTls, StoreVerifier,
 };
 
 /// Coordinates a data-parallel SPLADE training job across splade-worker processes.
@@ -32,19 +32,28 @@ async fn main() -> anyhow::Result<ExitCode> {
         )
         .init();
     let args = Args::parse();
-    let (cluster, job) = config::load(&args.config)?;
+    let (cfg, cluster, job) = config::load(&args.config)?;
+    let output = splade_common::store::Location::parse(&cfg.training.output_dir)
+        .with_context(|| format!("{}: training.output_dir", args.config.display()))?;
     let token = JoinToken::from_env(&cluster.token_env)
         .with_context(|| format!("{}", args.config.display()))?;
     let tls =
         ServerTls::from_settings(&cluster).with_context(|| format!("{}", args.config.display()))?;
-    if let Some(addr) = args.metrics_listen {
-        tracing::warn!(%addr, "--metrics-listen: the Prometheus endpoint is not served by this build yet");
-    }
-    tracing::warn!("checkpoint manifests are not verified by this build: commits are recorded as workers report them");
     let mut opts = CoordinatorOptions::new(cluster, job, args.listen, token);
     opts.tls = tls;
-    opts.verifier = Arc::new(TrustWorkers);
+    opts.verifier = Arc::new(StoreVerifier::new(output));
+    let expected = opts.cluster.max_workers as usize;
     let handle = splade_coordinator::start(opts).await?;
+    let registry = splade_common::obs::Registry::new();
+    let _exporter = splade_coordinator::metrics::spawn_exporter(&registry, handle.subscribe(), expected)?;
+    let _metrics = match args.metrics_listen {
+        Some(addr) => {
+            let server = splade_common::obs::serve_metrics(&addr.to_string(), registry.clone())?;
+            tracing::info!(url = server.url(), "serving Prometheus metrics");
+            Some(server)
+        }
+        None => None,
+    };
 
     let trigger = handle.shutdown_trigger();
     tokio::spawn(async move {

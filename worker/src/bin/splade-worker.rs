@@ -1,5 +1,6 @@
 //! `splade-worker`: joins a splade-coordinator and trains as one data-parallel replica.
 use clap::Parser;
+use splade_worker::node::{run_node, NodeOptions};
 
 /// A libtorch data-parallel replica of a splade-coordinator job.
 #[derive(Parser, Debug)]
@@ -11,17 +12,33 @@ struct Args {
     /// auto, cpu, cuda:N or mps.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Address other workers reach this one at (the c10d store when rank 0).
+    /// Host other workers reach this one at (the c10d store when rank 0); default 127.0.0.1.
     #[arg(long)]
     advertise: Option<String>,
     /// Serve Prometheus metrics here.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Worker id (default <hostname>-<pid>).
+    #[arg(long, env = "SPLADE_WORKER_ID")]
+    id: Option<String>,
+    /// The shared join token.
+    #[arg(long, env = "SPLADE_CLUSTER_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 fn main() {
     splade_worker::cli::init_logging();
     let args = Args::parse();
-    eprintln!("error: joining {} is not implemented yet", args.join);
-    std::process::exit(1);
+    let opts = NodeOptions {
+        join: args.join,
+        device: args.device,
+        advertise: args.advertise,
+        metrics_listen: args.metrics_listen,
+        worker_id: args.id,
+        token: args.token,
+    };
+    if let Err(e) = run_node(opts) {
+        eprintln!("splade-worker: {e}");
+        std::process::exit(1);
+    }
 }

@@ -5,6 +5,7 @@
 //! One [`Trainer`] owns the model, the optimizer and the batch plan; [`Trainer::train_step`] is the
 //! unit the data-parallel worker reuses.
 
+pub mod distributed;
 pub mod loss;
 pub mod monitor;
 pub mod optim;
@@ -45,7 +46,7 @@ pub enum TrainError {
     Other(String),
 }
 
-fn other(msg: impl Into<String>) -> TrainError {
+pub(crate) fn other(msg: impl Into<String>) -> TrainError {
     TrainError::Other(msg.into())
 }
 
@@ -241,7 +242,7 @@ impl Trainer {
     }
 
     /// Embeds queries and candidates (positives, then each negative column) of `ex`.
-    fn embed(&self, ex: &[&Example], train: bool) -> Result<(Tensor, Tensor, usize), TrainError> {
+    pub(crate) fn embed(&self, ex: &[&Example], train: bool) -> Result<(Tensor, Tensor, usize), TrainError> {
         let dev = self.model.device();
         let anchors: Vec<&str> = ex.iter().map(|e| e.anchor.as_str()).collect();
         let negs = ex.first().map(|e| e.negatives.len()).unwrap_or(0);
@@ -260,7 +261,7 @@ impl Trainer {
         Ok((q, d, tokens))
     }
 
-    fn labels(ex: &[&Example]) -> Option<Tensor> {
+    pub(crate) fn labels(ex: &[&Example]) -> Option<Tensor> {
         if ex.iter().all(|e| e.label.is_some()) && !ex.is_empty() {
             let w = ex[0].label.as_ref().unwrap().len();
             let flat: Vec<f32> = ex.iter().flat_map(|e| e.label.clone().unwrap()).collect();
@@ -273,7 +274,7 @@ impl Trainer {
     /// Seeds libtorch's generator from (seed, step, micro-batch) so dropout masks are a function of
     /// the position in the run: resume replays them, and gradient cache's second pass sees the
     /// first pass's masks.
-    fn seed_for(&self, micro: usize) {
+    pub(crate) fn seed_for(&self, micro: usize) {
         tch::manual_seed((self.seed as i64).wrapping_mul(1_000_003) ^ ((self.state.global_step as i64) << 12) ^ micro as i64);
     }
 
@@ -452,7 +453,7 @@ fn active_dims(emb: &Tensor) -> f64 {
     emb.detach().gt(0.0).to_kind(Kind::Float).sum_dim_intlist([1i64].as_slice(), false, Kind::Float).mean(Kind::Float).double_value(&[])
 }
 
-fn fill_loss_stats(s: &mut StepStats, parts: &loss::LossParts, q: &Tensor, d: &Tensor) {
+pub(crate) fn fill_loss_stats(s: &mut StepStats, parts: &loss::LossParts, q: &Tensor, d: &Tensor) {
     s.loss = parts.ranking + parts.flops_query + parts.flops_document;
     s.ranking_loss = parts.ranking;
     s.flops_query = parts.flops_query;

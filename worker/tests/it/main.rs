@@ -2,6 +2,7 @@
 mod support;
 
 mod cli_errors;
+mod cluster;
 mod eval_parity;
 mod lean_head;
 mod dist;

@@ -1,0 +1,391 @@
+//! `splade-worker --join HOST:PORT`: one data-parallel replica of a coordinator's job.
+//!
+//! The worker joins with the shared token, then follows the coordinator's directives
+//! ([`WorkerSession::directive`]): on `Assign` it builds a [`Trainer`] from the shipped config,
+//! forms the generation's c10d group, restores the assigned (verified) checkpoint and trains
+//! steps with [`Trainer::forward_backward_distributed`] until the job completes or the directive
+//! changes (then the group is dropped and the next generation is formed). Rank 0 commits
+//! checkpoints and the final model through `splade_common::store` and announces each commit.
+//!
+//! Heartbeats run on a tokio runtime's own threads, so a long step never starves them; the
+//! training loop itself runs on the calling thread.
+//!
+//! Debug switches (environment, used by the integration tests):
+//! - `SPLADE_DEBUG_DUMP_GRADS=PATH`: after the all-reduce of step 1, write the reduced gradients
+//!   (safetensors, parameter names) to `PATH.rank<R>` and continue.
+//! - `SPLADE_DEBUG_LEDGER=PATH`: append one JSON line per finished step with the generation, rank,
+//!   step, dataset and the rows this rank consumed.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use splade_common::config::{C10dBackend, Config};
+use splade_common::data::plan::slice_for_rank;
+use splade_common::obs::{Registry, WorkerMetrics};
+use splade_common::store::block_on;
+use splade_common::store::checkpoint::{verify_checkpoint, Verify};
+use splade_proto::domain::{
+    Assignment, CheckpointCommit, CheckpointRef, Directive, JoinRequest, ProgressReport, WorkerId,
+};
+use splade_proto::{CoordinatorClient, WorkerSession};
+use tch::Device;
+use tokio::sync::watch;
+
+use crate::dist::{Backend, GroupOptions, ProcessGroup};
+use crate::train::Trainer;
+
+/// Why the worker stopped with an error. Each message says what failed and where.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("joining the coordinator at {addr}: {source}")]
+    Join {
+        addr: String,
+        #[source]
+        source: splade_proto::ClientError,
+    },
+    #[error("the job failed: {0}")]
+    JobFailed(String),
+}
+
+/// Command-line options of `splade-worker`.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Coordinator `HOST:PORT` (or an `http(s)://` URL).
+    pub join: String,
+    /// `auto`, `cpu`, `cuda:N` or `mps`.
+    pub device: String,
+    /// Host the other ranks reach this worker on; default `127.0.0.1`.
+    pub advertise: Option<String>,
+    /// Serve this worker's Prometheus metrics here.
+    pub metrics_listen: Option<String>,
+    /// Worker id; default `<hostname>-<pid>`.
+    pub worker_id: Option<String>,
+    /// The join token (from `SPLADE_CLUSTER_TOKEN`).
+    pub token: String,
+}
+
+/// How a generation ended.
+enum GenEnd {
+    /// Trained the last step (and, on rank 0, wrote `final`).
+    Finished,
+    /// The coordinator moved on (new generation, wait, complete, failed).
+    Superseded,
+}
+
+fn setup(msg: impl Into<String>) -> NodeError {
+    NodeError::Setup(msg.into())
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')).collect();
+    format!("{host}-{}", std::process::id())
+}
+
+/// The config shipped in an assignment: `Config::to_json` output from the coordinator, or YAML.
+pub fn config_from_assignment(text: &str) -> Result<Config, NodeError> {
+    let c = if text.trim_start().starts_with('{') {
+        Config::from_json(text, "<assignment>")
+    } else {
+        Config::from_str(text, "<assignment>")
+    };
+    c.map_err(|e| setup(format!("the coordinator's config: {e}")))
+}
+
+/// sha256 of a checkpoint's manifest as the coordinator and the workers agree to compute it
+/// (the pretty JSON of the parsed manifest).
+pub fn manifest_digest(m: &splade_common::store::checkpoint::Manifest) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(serde_json::to_vec_pretty(m).expect("manifest serializes")))
+}
+
+/// Joins the coordinator and trains until the job completes (`Ok`) or fails.
+pub fn run_node(opts: NodeOptions) -> Result<(), NodeError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("splade-worker-rpc")
+        .build()
+        .map_err(|e| setup(format!("cannot start the RPC runtime: {e}")))?;
+    let device = crate::device::parse_device(&opts.device).map_err(setup)?;
+    let advertise = opts.advertise.clone().unwrap_or_else(|| "127.0.0.1".into());
+    let id = WorkerId::new(opts.worker_id.clone().unwrap_or_else(default_worker_id))
+        .map_err(|e| setup(format!("worker id {e}")))?;
+    let registry = Registry::new();
+    let metrics = WorkerMetrics::new(&registry).map_err(|e| setup(e.to_string()))?;
+    let _server = match &opts.metrics_listen {
+        Some(addr) => Some(splade_common::obs::serve_metrics(addr, registry.clone()).map_err(|e| setup(e.to_string()))?),
+        None => None,
+    };
+    let client = rt
+        .block_on(CoordinatorClient::connect(&opts.join, &opts.token, None))
+        .map_err(|source| NodeError::Join { addr: opts.join.clone(), source })?;
+    let request = JoinRequest {
+        worker_id: id.clone(),
+        advertise_host: advertise.clone(),
+        store_port: None,
+        device: format!("{device:?}").to_lowercase(),
+    };
+    let session = rt
+        .block_on(WorkerSession::join(client, request, Duration::from_secs(120)))
+        .map_err(|source| NodeError::Join { addr: opts.join.clone(), source })?;
+    tracing::info!(worker = %id, coordinator = %opts.join, "joined");
+    let mut rx = session.directive();
+    let mut last_step = 0u64;
+    loop {
+        let d = rx.borrow_and_update().clone();
+        match d {
+            Directive::Wait { reason } => {
+                tracing::info!(%reason, "waiting");
+                metrics.set_rank(None);
+                session.set_position(None, last_step);
+                if rt.block_on(rx.changed()).is_err() {
+                    return Err(NodeError::JobFailed("the coordinator session ended".into()));
+                }
+            }
+            Directive::Assign(a) => {
+                metrics.set_rank(Some(a.rank));
+                tracing::info!(generation = a.generation, rank = a.rank, world = a.world_size, start = a.start_step, "assigned");
+                match train_generation(&rt, &session, &a, device, &advertise, &mut rx, &metrics, &mut last_step) {
+                    Ok(GenEnd::Finished) => {
+                        session.set_position(Some(a.generation), last_step);
+                        // Wait for the coordinator to declare completion (or re-form).
+                        if rt.block_on(rx.changed()).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(GenEnd::Superseded) => {}
+                    Err(e) => {
+                        tracing::error!(generation = a.generation, error = %e, "generation failed; waiting for the next");
+                        session.set_position(None, last_step);
+                        // A failed peer ends the generation on the coordinator once its heartbeat
+                        // times out; the directive then changes.
+                        if !rx.has_changed().unwrap_or(false) && rt.block_on(rx.changed()).is_err() {
+                            return Err(NodeError::JobFailed(e.to_string()));
+                        }
+                    }
+                }
+            }
+            Directive::Complete { final_step } => {
+                tracing::info!(final_step, "training complete");
+                return Ok(());
+            }
+            Directive::Failed { reason } => return Err(NodeError::JobFailed(reason)),
+            Directive::KeepGoing | Directive::Rejoin { .. } => {
+                if rt.block_on(rx.changed()).is_err() {
+                    return Err(NodeError::JobFailed("the coordinator session ended".into()));
+                }
+            }
+        }
+    }
+}
+
+fn superseded(rx: &watch::Receiver<Directive>, generation: u64) -> bool {
+    match &*rx.borrow() {
+        Directive::Assign(a) => a.generation != generation,
+        _ => true,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_generation(
+    rt: &tokio::runtime::Runtime,
+    session: &WorkerSession,
+    a: &Assignment,
+    device: Device,
+    advertise: &str,
+    rx: &mut watch::Receiver<Directive>,
+    metrics: &WorkerMetrics,
+    last_step: &mut u64,
+) -> Result<GenEnd, NodeError> {
+    let cfg = config_from_assignment(&a.config_yaml)?;
+    if let Some(n) = cfg.hardware.num_threads {
+        tch::set_num_threads(n as i32);
+    }
+    let mut trainer = Trainer::new(cfg, device, a.global_batch_size as usize, a.micro_batches_per_rank as usize)
+        .map_err(|e| setup(e.to_string()))?;
+    if trainer.state.total_steps != a.total_steps {
+        return Err(setup(format!(
+            "this worker plans {} steps but the coordinator {}; both must read the same datasets",
+            trainer.state.total_steps, a.total_steps
+        )));
+    }
+    if let Some(ckpt) = &a.restore {
+        let name = ckpt.location.trim_end_matches('/').rsplit('/').next().unwrap_or(&ckpt.location).to_string();
+        let info = block_on(verify_checkpoint(&trainer.output, &name, Verify::Full))
+            .map_err(|e| setup(format!("assigned checkpoint {}: {e}", ckpt.location)))?;
+        if manifest_digest(&info.manifest) != ckpt.manifest_sha256 {
+            return Err(setup(format!("assigned checkpoint {}: its manifest differs from the committed one", ckpt.location)));
+        }
+        trainer.resume(Some(&name)).map_err(|e| setup(e.to_string()))?;
+        tracing::info!(checkpoint = name, step = trainer.state.global_step, "restored");
+    }
+    if trainer.state.global_step != a.start_step {
+        return Err(setup(format!(
+            "assignment starts after step {} but the restored state is at step {}",
+            a.start_step, trainer.state.global_step
+        )));
+    }
+    let backend = match trainer.cfg.cluster.c10d_backend {
+        C10dBackend::Auto => Backend::for_device(device),
+        C10dBackend::Gloo => Backend::Gloo,
+        C10dBackend::Nccl => Backend::Nccl,
+    };
+    let mut pg = ProcessGroup::connect(
+        &a.store_host,
+        a.store_port,
+        GroupOptions {
+            backend,
+            rank: a.rank as usize,
+            world_size: a.world_size as usize,
+            generation: a.generation,
+            timeout: Duration::from_secs(120),
+            gloo_host: Some(advertise.to_string()),
+        },
+    )
+    .map_err(|e| setup(e.to_string()))?;
+    let rank = a.rank as usize;
+    let world = a.world_size as usize;
+    let total = trainer.state.total_steps;
+    let save_every = match trainer.cfg.training.save_strategy {
+        splade_common::config::SaveStrategy::Steps => {
+            let v = trainer.cfg.training.save_steps;
+            if v < 1.0 { ((total as f64 * v).ceil() as u64).max(1) } else { v as u64 }
+        }
+        _ => 0,
+    };
+    let dump_grads = std::env::var_os("SPLADE_DEBUG_DUMP_GRADS").map(PathBuf::from);
+    let ledger = std::env::var_os("SPLADE_DEBUG_LEDGER").map(PathBuf::from);
+    let mut client = session.client();
+    session.set_position(Some(a.generation), trainer.state.global_step);
+    let t_start = Instant::now();
+    let mut samples = 0u64;
+    while trainer.state.global_step < total {
+        if superseded(rx, a.generation) {
+            return Ok(GenEnd::Superseded);
+        }
+        let t0 = Instant::now();
+        let step = trainer.state.global_step + 1;
+        let batch = trainer.plan.step(step).cloned().ok_or_else(|| setup(format!("step {step} is past the plan")))?;
+        let lr = trainer.learning_rate();
+        trainer.model.vs.unfreeze();
+        let global = trainer.examples(&batch, &batch.rows);
+        let rows = slice_for_rank(&batch, rank, world);
+        let local = trainer.examples(&batch, rows);
+        let data_wait = t0.elapsed().as_secs_f64();
+        let (mut stats, ar) =
+            trainer.forward_backward_distributed(&global, &local, &mut pg).map_err(|e| setup(e.to_string()))?;
+        if step == 1 {
+            if let Some(p) = &dump_grads {
+                dump_gradients(&trainer, &p.with_extension(format!("rank{rank}")))?;
+            }
+        }
+        stats.learning_rate = lr;
+        stats.epoch = batch.epoch;
+        stats.grad_norm = trainer.apply_gradients(lr);
+        trainer.state.epoch = batch.epoch;
+        trainer.state.samples_seen += batch.rows.len() as u64;
+        stats.step_seconds = t0.elapsed().as_secs_f64();
+        samples += batch.rows.len() as u64;
+        metrics.record_step(stats.step_seconds, data_wait);
+        if let Some(p) = &ledger {
+            let line = serde_json::json!({
+                "generation": a.generation, "rank": rank, "step": step, "dataset": batch.dataset, "rows": rows,
+            });
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)
+                .map_err(|e| setup(format!("{}: {e}", p.display())))?;
+            writeln!(f, "{line}").map_err(|e| setup(format!("{}: {e}", p.display())))?;
+        }
+        if step == total && rank == 0 {
+            // The final model before the last position is reported: the coordinator completes the
+            // job when it sees the last step.
+            save_final(&trainer)?;
+        }
+        if step == total {
+            // Nobody reports the last step before rank 0 has written `final`.
+            pg.barrier().map_err(|e| setup(e.to_string()))?;
+        }
+        *last_step = step;
+        session.set_position(Some(a.generation), step);
+        if rank == 0 {
+            let sps = samples as f64 / t_start.elapsed().as_secs_f64().max(1e-9);
+            let m = [
+                ("loss", stats.loss),
+                ("loss_ranking", stats.ranking_loss),
+                ("flops_query", stats.flops_query),
+                ("flops_document", stats.flops_document),
+                ("active_dims_query", stats.query_active_dims),
+                ("active_dims_document", stats.document_active_dims),
+                ("learning_rate", stats.learning_rate),
+                ("grad_norm", stats.grad_norm),
+                ("epoch", stats.epoch as f64),
+                ("samples", stats.samples as f64),
+                ("tokens", (stats.tokens * world) as f64),
+                ("step_seconds", stats.step_seconds),
+                ("samples_per_second", sps),
+                ("allreduce_seconds", ar.seconds),
+            ];
+            let report = ProgressReport {
+                worker_id: session.worker_id().clone(),
+                generation: a.generation,
+                step,
+                metrics: m.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            };
+            if let Err(e) = rt.block_on(client.report_progress(report)) {
+                tracing::warn!(error = %e, "progress report failed");
+            }
+            tracing::info!(step, loss = format!("{:.5}", stats.loss), samples_per_s = format!("{sps:.2}"), "train");
+            if save_every > 0 && step % save_every == 0 && step < total {
+                let t = Instant::now();
+                let url = trainer.save_checkpoint().map_err(|e| setup(e.to_string()))?;
+                let name = format!("checkpoint-{step}");
+                let info = block_on(verify_checkpoint(&trainer.output, &name, Verify::Sizes))
+                    .map_err(|e| setup(e.to_string()))?;
+                let commit = CheckpointCommit {
+                    worker_id: session.worker_id().clone(),
+                    generation: a.generation,
+                    checkpoint: CheckpointRef { step, location: url.clone(), manifest_sha256: manifest_digest(&info.manifest) },
+                };
+                match rt.block_on(client.commit_checkpoint(commit)) {
+                    Ok(ack) if ack.accepted => {
+                        tracing::info!(checkpoint = url, seconds = t.elapsed().as_secs_f64(), "checkpoint committed")
+                    }
+                    Ok(ack) => tracing::warn!(checkpoint = url, reason = ack.reason, "checkpoint not recorded"),
+                    Err(e) => tracing::warn!(checkpoint = url, error = %e, "checkpoint announcement failed"),
+                }
+            }
+        }
+    }
+    Ok(GenEnd::Finished)
+}
+
+fn save_final(trainer: &Trainer) -> Result<(), NodeError> {
+    use splade_common::store::checkpoint::commit_checkpoint;
+    let staging = tempfile::tempdir().map_err(|e| setup(format!("cannot create a staging dir: {e}")))?;
+    trainer.model.save(staging.path()).map_err(|e| setup(e.to_string()))?;
+    block_on(commit_checkpoint(&trainer.output, "final", trainer.state.global_step, staging.path()))
+        .map_err(|e| setup(e.to_string()))?;
+    tracing::info!(model = trainer.output.url_of("final"), "final model written");
+    Ok(())
+}
+
+fn dump_gradients(trainer: &Trainer, path: &std::path::Path) -> Result<(), NodeError> {
+    let named: Vec<(String, tch::Tensor)> = trainer
+        .model
+        .named_parameters()
+        .into_iter()
+        .filter_map(|(n, p)| {
+            let g = p.grad();
+            g.defined().then(|| (n, g.to_device(Device::Cpu).contiguous()))
+        })
+        .collect();
+    tch::Tensor::write_safetensors(&named, path).map_err(|e| setup(format!("{}: {e}", path.display())))
+}

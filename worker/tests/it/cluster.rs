@@ -1,0 +1,419 @@
+//! The cluster end to end: an in-process coordinator (`splade_coordinator::start`, checkpoint
+//! manifests verified against the store) and real `splade-worker` processes training SPLADE-tiny
+//! data-parallel over Gloo on loopback. Every test here is named `cluster_*` so nextest runs them
+//! one at a time (`.config/nextest.toml`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use splade_common::config::Config;
+use splade_common::store::checkpoint::{verify_checkpoint, Verify};
+use splade_common::store::Location;
+use splade_coordinator::{CoordinatorHandle, CoordinatorOptions, JobOutcome, JoinToken, StoreVerifier};
+use splade_worker::train::{build_plan, load_train_datasets, Trainer};
+use tch::{Device, Tensor};
+
+use crate::support::*;
+
+const TOKEN: &str = "cluster-test-token-0123456789";
+/// Bound on a whole job on a loaded 2-core CI box.
+const JOB_LIMIT: Duration = Duration::from_secs(420);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `n` rows with one hard negative each (so the candidate layout across ranks is exercised).
+fn write_data(dir: &Path, n: usize) -> PathBuf {
+    let topics = ["fjord", "skiing", "salmon", "aurora", "ferries", "stave churches", "brown cheese"];
+    let mut s = String::new();
+    for i in 0..n {
+        let t = topics[i % topics.len()];
+        let row = serde_json::json!({
+            "anchor": format!("question {i}: what is special about {t} number {i}?"),
+            "positive": format!("Document {i} explains {t}: item {i} is known for reason {}.", i * 7 % 13),
+            "negative": format!("Unrelated note {i} about the weather on day {}.", i * 3 % 11),
+        });
+        s.push_str(&row.to_string());
+        s.push('\n');
+    }
+    let p = dir.join("train.jsonl");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+/// A tiny cluster job: SPLADE-tiny, dropout 0, short sequences, `global` rows per step.
+fn job_yaml(out: &Path, data: &Path, per_device: usize, global: usize, steps: usize, save_steps: usize, workers: (usize, usize)) -> String {
+    format!(
+        r#"
+model:
+  base_model: {model}
+  dropout: 0.0
+training:
+  output_dir: {out}
+  per_device_train_batch_size: {per_device}
+  learning_rate: 1.0e-3
+  warmup_ratio: 0.0
+  max_seq_length: 32
+  max_steps: {steps}
+  save_strategy: steps
+  save_steps: {save_steps}
+  logging_steps: 1
+  seed: 7
+  report_to: none
+loss:
+  type: splade_loss
+  inner_loss: sparse_multiple_negatives_ranking_loss
+  query_regularizer_weight: 5.0e-3
+  document_regularizer_weight: 3.0e-3
+datasets:
+  toy:
+    source: {data}
+hardware:
+  device: cpu
+  num_threads: 1
+cluster:
+  min_workers: {min}
+  max_workers: {max}
+  global_batch_size: {global}
+  heartbeat_interval: 0.3
+  heartbeat_timeout: 6
+  rendezvous_timeout: 120
+  rendezvous_last_call: 1
+  store_port: {port}
+  max_restarts: 3
+"#,
+        model = model("splade-tiny").display(),
+        out = out.display(),
+        data = data.display(),
+        min = workers.0,
+        max = workers.1,
+        port = free_port(),
+    )
+}
+
+fn parse(yaml: &str) -> Config {
+    Config::from_str(yaml, "cluster-test.yaml").unwrap()
+}
+
+async fn start_coordinator(cfg: &Config) -> CoordinatorHandle {
+    let (cluster, job) = splade_coordinator::config::from_config(cfg).unwrap();
+    let mut opts = CoordinatorOptions::new(cluster, job, "127.0.0.1:0".parse().unwrap(), JoinToken::new(TOKEN).unwrap());
+    opts.verifier = Arc::new(StoreVerifier::new(Location::parse(&cfg.training.output_dir).unwrap()));
+    splade_coordinator::start(opts).await.unwrap()
+}
+
+struct Worker {
+    id: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn spawn_worker(addr: SocketAddr, id: &str, dir: &Path, token: &str, env: &[(&str, &Path)], metrics: Option<&str>) -> Worker {
+    let log = dir.join(format!("{id}.log"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_splade-worker"));
+    cmd.args(["--join", &addr.to_string(), "--device", "cpu", "--advertise", "127.0.0.1", "--id", id])
+        .env("SPLADE_CLUSTER_TOKEN", token)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    if let Some(m) = metrics {
+        cmd.args(["--metrics-listen", m]);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Worker { id: id.into(), child: cmd.spawn().unwrap(), log }
+}
+
+/// Waits for the job with a bound; on failure prints the workers' logs.
+async fn finish(handle: CoordinatorHandle, workers: &mut [Worker]) -> JobOutcome {
+    let outcome = tokio::time::timeout(JOB_LIMIT, handle.wait()).await;
+    let outcome = match outcome {
+        Ok(o) => o.unwrap(),
+        Err(_) => {
+            for w in workers.iter_mut() {
+                let _ = w.child.kill();
+                eprintln!("--- {} ---\n{}", w.id, w.log());
+            }
+            panic!("the job did not finish within {JOB_LIMIT:?}");
+        }
+    };
+    outcome
+}
+
+/// Waits (bounded) for a worker to exit and returns whether it succeeded.
+fn exit_ok(w: &mut Worker, limit: Duration) -> bool {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = w.child.try_wait().unwrap() {
+            return s.success();
+        }
+        if t.elapsed() > limit {
+            let _ = w.child.kill();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn promtool_check(text: &str, what: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian `prometheus`) is missing: run scripts/setup.sh");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed on the {what}'s /metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn scrape(url: &str) -> Option<String> {
+    let addr = url.trim_start_matches("http://").split('/').next().unwrap();
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let (head, text) = body.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| text.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_two_workers_train_to_completion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path(), 48);
+    let out = tmp.path().join("out");
+    let cfg = parse(&job_yaml(&out, &data, 4, 8, 4, 2, (2, 2)));
+    let handle = start_coordinator(&cfg).await;
+    let addr = handle.local_addr();
+    let mut snaps = handle.subscribe();
+
+    // The coordinator's /metrics as the binary serves it.
+    let registry = splade_common::obs::Registry::new();
+    let _exporter = splade_coordinator::metrics::spawn_exporter(&registry, handle.subscribe(), 2).unwrap();
+    let coord_metrics = splade_common::obs::serve_metrics("127.0.0.1:0", registry).unwrap();
+    let worker_metrics = format!("127.0.0.1:{}", free_port());
+
+    let mut workers = vec![
+        spawn_worker(addr, "w0", tmp.path(), TOKEN, &[], Some(&worker_metrics)),
+        spawn_worker(addr, "w1", tmp.path(), TOKEN, &[], None),
+    ];
+    // A worker with the wrong token is refused, says why, and changes nothing.
+    let mut intruder = spawn_worker(addr, "intruder", tmp.path(), "not-the-token", &[], None);
+    assert!(!exit_ok(&mut intruder, Duration::from_secs(60)), "a wrong token must be refused");
+    let why = intruder.log();
+    assert!(why.to_lowercase().contains("token") || why.contains("Unauthenticated"), "{why}");
+
+    // While training runs: both /metrics pass promtool.
+    let t = Instant::now();
+    let (mut coord_ok, mut worker_ok) = (false, false);
+    while !(coord_ok && worker_ok) && t.elapsed() < JOB_LIMIT && !handle.is_finished() {
+        if !coord_ok && snaps.borrow_and_update().global_step >= 1 {
+            if let Some(text) = scrape(&coord_metrics.url()) {
+                assert!(text.contains("splade_train_loss"), "{text}");
+                promtool_check(&text, "coordinator");
+                coord_ok = true;
+            }
+        }
+        if !worker_ok {
+            if let Some(text) = scrape(&format!("http://{worker_metrics}/metrics")) {
+                if text.contains("splade_worker_step_seconds_count") && !text.contains("splade_worker_step_seconds_count 0") {
+                    promtool_check(&text, "worker");
+                    worker_ok = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let last = handle.snapshot();
+    assert!(!last.workers.iter().any(|w| w.id.as_str() == "intruder"), "{last:?}");
+    let outcome = finish(handle, &mut workers).await;
+    assert_eq!(outcome, JobOutcome::Completed { final_step: 4 }, "w0:\n{}\nw1:\n{}", workers[0].log(), workers[1].log());
+    for w in &mut workers {
+        assert!(exit_ok(w, Duration::from_secs(60)), "{} did not exit 0:\n{}", w.id, w.log());
+    }
+    assert!(coord_ok && worker_ok, "metrics were not scraped during the run (coordinator {coord_ok}, worker {worker_ok})");
+    let loc = Location::parse(out.to_str().unwrap()).unwrap();
+    let ck = splade_common::store::block_on(verify_checkpoint(&loc, "checkpoint-2", Verify::Full)).unwrap();
+    assert_eq!(ck.step, 2);
+    let fin = splade_common::store::block_on(verify_checkpoint(&loc, "final", Verify::Full)).unwrap();
+    assert_eq!(fin.step, 4);
+    let recorded = snaps.borrow().last_checkpoint.clone().expect("a checkpoint was recorded");
+    assert_eq!(recorded.step, 2);
+}
+
+fn load_grads(p: &Path) -> BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).into_iter().collect()
+}
+
+fn rel_l2(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) -> f64 {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "the same parameters have gradients");
+    let (mut diff, mut norm) = (0.0, 0.0);
+    for (n, x) in a {
+        let y = &b[n];
+        diff += f64::try_from((x - y).square().sum(tch::Kind::Double)).unwrap();
+        norm += f64::try_from(y.square().sum(tch::Kind::Double)).unwrap();
+    }
+    (diff / norm).sqrt()
+}
+
+/// Two ranks at per-device batch `per_device` with `micro` micro-batches each must give the
+/// gradient one process computes on the whole global batch.
+async fn gradient_equals_single_process(per_device: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path(), 32);
+    let out = tmp.path().join("out");
+    let yaml = job_yaml(&out, &data, per_device, 8, 2, 100, (2, 2));
+    let cfg = parse(&yaml);
+    let handle = start_coordinator(&cfg).await;
+    let addr = handle.local_addr();
+    let dump = tmp.path().join("grads");
+    let mut workers = vec![
+        spawn_worker(addr, "w0", tmp.path(), TOKEN, &[("SPLADE_DEBUG_DUMP_GRADS", &dump)], None),
+        spawn_worker(addr, "w1", tmp.path(), TOKEN, &[("SPLADE_DEBUG_DUMP_GRADS", &dump)], None),
+    ];
+    let outcome = finish(handle, &mut workers).await;
+    assert_eq!(outcome, JobOutcome::Completed { final_step: 2 }, "w0:\n{}", workers[0].log());
+    for w in &mut workers {
+        assert!(exit_ok(w, Duration::from_secs(60)), "{}:\n{}", w.id, w.log());
+    }
+    let g0 = load_grads(&tmp.path().join("grads.rank0"));
+    let g1 = load_grads(&tmp.path().join("grads.rank1"));
+    assert!(rel_l2(&g0, &g1) == 0.0, "ranks must hold identical reduced gradients");
+
+    tch::set_num_threads(1);
+    let mut single_cfg = parse(&yaml);
+    single_cfg.training.output_dir = tmp.path().join("single").display().to_string();
+    let mut trainer = Trainer::new(single_cfg, Device::Cpu, 8, 1).unwrap();
+    let batch = trainer.plan.step(1).unwrap().clone();
+    trainer.model.vs.unfreeze();
+    let ex = trainer.examples(&batch, &batch.rows);
+    trainer.forward_backward(&ex).unwrap();
+    let single: BTreeMap<String, Tensor> = trainer
+        .model
+        .named_parameters()
+        .into_iter()
+        .filter_map(|(n, p)| {
+            let g = p.grad();
+            g.defined().then(|| (n, g.copy()))
+        })
+        .collect();
+    let rel = rel_l2(&g0, &single);
+    let norm: f64 = single.values().map(|g| f64::try_from(g.square().sum(tch::Kind::Double)).unwrap()).sum::<f64>().sqrt();
+    eprintln!("per-device {per_device}: gradient norm {norm:e}, relative L2 to the single process {rel:e}");
+    assert!(norm > 0.0, "the single-process gradient is zero");
+    assert!(rel < 1e-5, "relative L2 between the all-reduced and the single-process gradient is {rel:e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_gradient_equals_single_process() {
+    gradient_equals_single_process(4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_gradient_equals_single_process_with_gradient_cache() {
+    // Per-device 2 with a global batch of 8 on 2 ranks: 2 gradient-cache micro-batches per rank.
+    gradient_equals_single_process(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_worker_killed_job_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path(), 64);
+    let out = tmp.path().join("out");
+    let steps = 8;
+    let cfg = parse(&job_yaml(&out, &data, 4, 8, steps, 2, (1, 2)));
+    let handle = start_coordinator(&cfg).await;
+    let addr = handle.local_addr();
+    let mut snaps = handle.subscribe();
+    let ledger = tmp.path().join("ledger.jsonl");
+    let mut workers = vec![
+        spawn_worker(addr, "w0", tmp.path(), TOKEN, &[("SPLADE_DEBUG_LEDGER", &ledger)], None),
+        spawn_worker(addr, "w1", tmp.path(), TOKEN, &[("SPLADE_DEBUG_LEDGER", &ledger)], None),
+    ];
+    // Wait for a committed checkpoint in a 2-worker generation, then kill rank 1 hard.
+    let t = Instant::now();
+    let victim = loop {
+        {
+            let s = snaps.borrow_and_update();
+            if s.world_size == 2 && s.last_checkpoint.is_some() {
+                let w = s.workers.iter().find(|w| w.rank == Some(1)).expect("rank 1");
+                break w.id.as_str().to_string();
+            }
+        }
+        assert!(t.elapsed() < JOB_LIMIT && !handle.is_finished(), "no checkpoint in a 2-worker generation");
+        let _ = tokio::time::timeout(Duration::from_secs(1), snaps.changed()).await;
+    };
+    let vi = workers.iter().position(|w| w.id == victim).unwrap();
+    workers[vi].child.kill().unwrap(); // SIGKILL
+    let _ = workers[vi].child.wait();
+
+    let outcome = finish(handle, &mut workers).await;
+    let survivor = &mut workers[1 - vi];
+    assert_eq!(outcome, JobOutcome::Completed { final_step: steps as u64 }, "survivor:\n{}", survivor.log());
+    assert!(exit_ok(survivor, Duration::from_secs(60)), "survivor:\n{}", survivor.log());
+    let last = snaps.borrow().clone();
+    assert!(last.restarts >= 1 && last.generation >= 2, "{last:?}");
+    let loc = Location::parse(out.to_str().unwrap()).unwrap();
+    splade_common::store::block_on(verify_checkpoint(&loc, "final", Verify::Full)).unwrap();
+
+    // The ledger: each generation resumed where its checkpoint left off; the committed trajectory
+    // (each generation up to where the next one started) consumed exactly the planned rows.
+    let mut by_gen: BTreeMap<u64, BTreeMap<u64, Vec<usize>>> = BTreeMap::new();
+    for line in std::fs::read_to_string(&ledger).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let rows: Vec<usize> = serde_json::from_value(v["rows"].clone()).unwrap();
+        by_gen
+            .entry(v["generation"].as_u64().unwrap())
+            .or_default()
+            .entry(v["step"].as_u64().unwrap())
+            .or_default()
+            .extend(rows);
+    }
+    let gens: Vec<u64> = by_gen.keys().copied().collect();
+    assert!(gens.len() >= 2, "the ledger shows {} generation(s)", gens.len());
+    let starts: Vec<u64> = gens.iter().map(|g| by_gen[g].keys().next().unwrap() - 1).collect();
+    let mut committed: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, g) in gens.iter().enumerate() {
+        let until = starts.get(i + 1).copied().unwrap_or(u64::MAX);
+        for (step, rows) in &by_gen[g] {
+            if *step <= until {
+                assert!(committed.insert(*step, rows.clone()).is_none(), "step {step} committed twice");
+            }
+        }
+    }
+    let plan_cfg = parse(&job_yaml(&out, &data, 4, 8, steps, 2, (1, 2)));
+    let datasets = load_train_datasets(&plan_cfg).unwrap();
+    let plan = build_plan(&plan_cfg, &datasets, 8).unwrap();
+    assert_eq!(committed.len(), steps, "committed steps: {:?}", committed.keys().collect::<Vec<_>>());
+    for (step, rows) in &mut committed {
+        let mut planned = plan.step(*step).unwrap().rows.clone();
+        planned.sort_unstable();
+        rows.sort_unstable();
+        assert_eq!(rows, &planned, "step {step}: consumed rows differ from the plan");
+    }
+    // A resumed generation started exactly at a committed checkpoint.
+    for s in &starts[1..] {
+        assert!(*s > 0 && *s % 2 == 0, "generation started after step {s}, which is not a checkpoint");
+    }
+}
