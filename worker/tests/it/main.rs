@@ -6,3 +6,4 @@ mod eval_parity;
 mod lean_head;
 mod dist;
 mod parity;
+mod windows;
