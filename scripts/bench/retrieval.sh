@@ -14,8 +14,9 @@ models=("$SPLADE_TEST_MODELS/splade-tiny")
 for m in "$@"; do
   if [ -e "$m/config.json" ] || [ -e "$m/modules.json" ]; then models+=("$m"); else echo "skipping $m: not a model folder" >&2; fi
 done
-cargo build --release -q -p splade-worker --bin splade
-BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/splade
+# SPLADE_BIN=path/to/splade skips the build (e.g. an already built optimised binary).
+if [ -z "${SPLADE_BIN:-}" ]; then cargo build --release -q -p splade-worker --bin splade; fi
+BIN=${SPLADE_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/splade}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 rows="$tmp/rows.tsv"; : > "$rows"
 for m in "${models[@]}"; do
