@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::device::parse_device;
-use crate::model::{resolve::resolve_model, LoadOptions, SparseEncoder, TextKind};
+use crate::model::{resolve::resolve_model, LoadOptions, SparseEncoder, TextKind, WindowSpec};
 
 /// Arguments shared by commands that load a model.
 #[derive(Args, Debug, Clone)]
@@ -41,12 +41,34 @@ impl ModelArgs {
     }
 }
 
+/// `--doc-window SIZE:STRIDE[:MAX]`, shared by `encode`, `eval` and `index`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct WindowArgs {
+    /// Encode documents as overlapping windows of SIZE text tokens (special tokens not counted), a new
+    /// window every STRIDE tokens, at most MAX windows (default: no limit), combined by element-wise max.
+    /// Rule: 0 < STRIDE ≤ SIZE ≤ max_length − 2. Without it documents are truncated to the max length.
+    #[arg(long = "doc-window", value_name = "SIZE:STRIDE[:MAX]")]
+    pub doc_window: Option<WindowSpec>,
+}
+
+impl WindowArgs {
+    /// The spec, checked against the model's document max length (error names the flag).
+    pub fn checked(&self, model: &SparseEncoder) -> anyhow::Result<Option<WindowSpec>> {
+        if let Some(spec) = &self.doc_window {
+            model.check_windows(spec, TextKind::Document).map_err(|e| anyhow::anyhow!("--doc-window: {e}"))?;
+        }
+        Ok(self.doc_window)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct EncodeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub windows: WindowArgs,
     /// Encode as queries (query prompt and max length).
-    #[arg(long, conflicts_with = "document")]
+    #[arg(long, conflicts_with_all = ["document", "doc_window"])]
     pub query: bool,
     /// Encode as documents (the default).
     #[arg(long)]
@@ -101,7 +123,20 @@ pub fn run_encode(a: EncodeArgs) -> anyhow::Result<()> {
     let model = a.model.load()?;
     let kind = if a.query { TextKind::Query } else { TextKind::Document };
     let refs: Vec<&str> = inputs.iter().map(|t| t.text.as_str()).collect();
-    let vecs = model.encode(&refs, kind, a.model.batch_size)?;
+    let vecs = match a.windows.checked(&model)? {
+        Some(spec) => {
+            let (v, s) = model.encode_windowed(&refs, kind, &spec, a.model.batch_size)?;
+            eprintln!(
+                "windows {spec}: {} windows for {} documents ({:.2} per document, at most {})",
+                s.windows,
+                s.documents,
+                s.windows_per_doc(),
+                s.max_windows_per_doc
+            );
+            v
+        }
+        None => model.encode(&refs, kind, a.model.batch_size)?,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for (inp, (idx, val)) in inputs.iter().zip(vecs) {

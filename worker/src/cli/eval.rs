@@ -11,13 +11,15 @@ use splade_common::eval::{
     Task,
 };
 
-use super::encode::{top_tokens, ModelArgs};
-use crate::evaluate::evaluate_model;
+use super::encode::{top_tokens, ModelArgs, WindowArgs};
+use crate::evaluate::evaluate_model_windowed;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub windows: WindowArgs,
     /// Task directories (BEIR layout or MTEB Parquet layout).
     #[arg(long = "task", required = true)]
     pub tasks: Vec<PathBuf>,
@@ -66,6 +68,7 @@ fn task_name(dir: &std::path::Path) -> String {
 /// Runs `splade eval`.
 pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     let model = a.model.load()?;
+    let windows = a.windows.checked(&model)?;
     let fusion = match a.fusion.as_str() {
         "rrf" => Fusion::Rrf { k: a.rrf_k },
         "minmax" => Fusion::MinMax,
@@ -75,6 +78,8 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         anyhow::ensure!(h == "bm25", "--hybrid '{h}': only `bm25` is built in; use --fuse RUN.trec for other runs");
     }
     let baseline = a.baseline.as_ref().map(|p| read_baseline(p)).transpose()?;
+    // Read before encoding so a malformed run file fails in a second, not after the corpus is encoded.
+    let external = a.fuse.as_ref().map(|p| Run::load_trec(p).map(|r| (p.display().to_string(), r))).transpose()?;
     let mut rows = Vec::new();
     for dir in &a.tasks {
         let t0 = Instant::now();
@@ -83,7 +88,7 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         for w in &task.warnings {
             tracing::warn!(task = name, "{w}");
         }
-        let (scores, enc) = evaluate_model(&model, &task, a.model.batch_size)?;
+        let (scores, enc) = evaluate_model_windowed(&model, &task, windows.as_ref(), a.model.batch_size)?;
         let elapsed = t0.elapsed().as_secs_f64();
         eprintln!(
             "{name}: encoded {} documents in {:.2}s, {} queries in {:.2}s; index {:.3}s, search {:.3}s",
@@ -96,6 +101,25 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         );
         let mut extra = Map::new();
         extra.insert("model".into(), json!(a.model.model));
+        if let (Some(spec), Some(ws)) = (&windows, &enc.windows) {
+            eprintln!(
+                "{name}: windows {spec}: {} windows for {} documents ({:.2} per document, at most {}; {} tokens past MAX dropped)",
+                ws.windows,
+                ws.documents,
+                ws.windows_per_doc(),
+                ws.max_windows_per_doc,
+                ws.tokens_dropped
+            );
+            extra.insert(
+                "document_windows".into(),
+                json!({
+                    "size": spec.size, "stride": spec.stride, "max_windows": spec.max_windows,
+                    "documents": ws.documents, "windows": ws.windows,
+                    "windows_per_document": ws.windows_per_doc(), "max_windows_per_document": ws.max_windows_per_doc,
+                    "tokens_dropped": ws.tokens_dropped, "encode_documents_seconds": enc.encode_docs_seconds,
+                }),
+            );
+        }
         rows.push((format!("{name} (splade)"), scores.metrics.clone()));
         if let Some(p) = &a.save_run {
             scores.run.save_trec(p, "splade")?;
@@ -122,8 +146,8 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         if a.hybrid.is_some() {
             to_fuse.push(("bm25".into(), bm25.clone().expect("computed above")));
         }
-        if let Some(p) = &a.fuse {
-            to_fuse.push((p.display().to_string(), Run::load_trec(p)?));
+        if let Some((label, run)) = &external {
+            to_fuse.push((label.clone(), run.clone()));
         }
         if !to_fuse.is_empty() {
             let mut runs: Vec<(&Run, f64)> = vec![(&scores.run, 1.0)];

@@ -1,8 +1,10 @@
-//! The `splade` command line: `train`, `eval`, `encode`, `decode`. Each subcommand is a function
+//! The `splade` command line: `train`, `eval`, `encode`, `decode`, `index`, `search`. Each subcommand is a function
 //! over parsed arguments so tests can call it without a process.
 
 mod encode;
 mod eval;
+mod index;
+mod search;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,10 @@ pub enum Command {
     Decode(encode::DecodeArgs),
     /// Evaluate retrieval (MTEB-format results, sparsity analysis, BM25 and hybrid baselines).
     Eval(eval::EvalArgs),
+    /// Encode a corpus into a persistent inverted index (and export it for search engines).
+    Index(index::IndexArgs),
+    /// Search an index written by `splade index`.
+    Search(search::SearchArgs),
 }
 
 /// Runs the parsed command line.
@@ -34,6 +40,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Encode(a) => encode::run_encode(a),
         Command::Decode(a) => encode::run_decode(a),
         Command::Eval(a) => eval::run_eval(a),
+        Command::Index(a) => index::run_index(a),
+        Command::Search(a) => search::run_search(a),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod resolve;
 mod st_format;
 mod tokenize;
 mod weights;
+pub mod windows;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ pub use config::BertConfig;
 pub use pooling::{Activation, PoolingConfig, PoolingStrategy};
 pub use st_format::FolderSpec;
 pub use tokenize::{Batch, TextTokenizer};
+pub use windows::{WindowSpec, WindowSpecError, WindowStats};
 
 /// Why a model could not be loaded, saved or run. Messages name the file and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,8 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("{0}")]
     Resolve(String),
+    #[error(transparent)]
+    Window(#[from] WindowSpecError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

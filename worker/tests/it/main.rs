@@ -9,3 +9,4 @@ mod dist;
 mod parity;
 mod train;
 mod train_obs;
+mod windows;
