@@ -39,6 +39,12 @@ pub const INACTIVE_KEYS: &[&str] = &[
     "training.hub_strategy",
     "training.hub_private_repo",
     "training.torch_compile",
+    "training.fp16",
+    "training.bf16",
+    "training.query_learning_rate",
+    "model.freeze_static_embedding",
+    "hardware.gradient_checkpointing",
+    "hardware.tf32",
     "evaluation.nanobeir_datasets",
     "evaluation.mteb_tasks",
 ];

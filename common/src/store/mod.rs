@@ -353,3 +353,37 @@ mod cloud_url_tests {
         assert_eq!(az.prefix().as_ref(), "runs/b");
     }
 }
+
+/// Copies every object under `location` (a model folder in object storage) into `local_dir`, keeping
+/// relative paths, and returns how many files were copied. Used to resolve `model.base_model: s3://…`.
+/// A prefix with no objects is an error naming the location.
+pub async fn download_prefix(location: &Location, local_dir: &Path) -> Result<usize, StoreError> {
+    use futures::StreamExt;
+    let prefix = location.prefix().clone();
+    let mut listed = location.store().list(Some(&prefix));
+    let mut n = 0;
+    while let Some(meta) = listed.next().await {
+        let meta = meta.map_err(|e| location.os_err("", e))?;
+        let key = meta.location.to_string();
+        let rel = key.strip_prefix(prefix.as_ref()).unwrap_or(&key).trim_start_matches('/').to_string();
+        if rel.is_empty() {
+            continue;
+        }
+        let bytes = location.store().get(&meta.location).await.map_err(|e| location.os_err(&rel, e))?;
+        let bytes = bytes.bytes().await.map_err(|e| location.os_err(&rel, e))?;
+        let dest = local_dir.join(&rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Io { path: parent.display().to_string(), source: e })?;
+        }
+        std::fs::write(&dest, &bytes).map_err(|e| StoreError::Io { path: dest.display().to_string(), source: e })?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(StoreError::BadLocation {
+            location: location.url().to_string(),
+            reason: "no objects under this prefix".into(),
+            fix: "point model.base_model at the folder that holds config.json and model.safetensors".into(),
+        });
+    }
+    Ok(n)
+}

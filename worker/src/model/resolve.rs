@@ -27,14 +27,29 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf, ModelError> {
         return local(Path::new(rest), spec);
     }
     if spec.contains("://") {
-        // TODO(store merge): copy the prefix into the local cache through splade_common::store.
-        return Err(ModelError::Resolve(format!("model '{spec}': object-store model URLs are not wired yet")));
+        return from_object_store(spec);
     }
     let p = Path::new(spec);
     if p.exists() || spec.starts_with('.') || spec.starts_with('/') || spec.matches('/').count() > 1 {
         return local(p, spec);
     }
     hub(spec)
+}
+
+/// Copies an object-store model folder into `$SPLADE_CACHE/remote-models/<hash of the URL>` (fresh
+/// each time, so a changed remote folder is never served stale) and returns that folder.
+fn from_object_store(spec: &str) -> Result<PathBuf, ModelError> {
+    use sha2::{Digest, Sha256};
+    let loc = splade_common::store::Location::parse(spec).map_err(|e| ModelError::Resolve(format!("model '{spec}': {e}")))?;
+    let cache = std::env::var("SPLADE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache/splade"));
+    let dir = cache.join("remote-models").join(hex::encode(&Sha256::digest(spec.as_bytes())[..8]));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| ModelError::Resolve(format!("model '{spec}': cannot create {}: {e}", dir.display())))?;
+    splade_common::store::block_on(splade_common::store::download_prefix(&loc, &dir))
+        .map_err(|e| ModelError::Resolve(format!("model '{spec}': {e}")))?;
+    Ok(dir)
 }
 
 fn local(p: &Path, spec: &str) -> Result<PathBuf, ModelError> {

@@ -257,6 +257,11 @@ fn train_s3_datasets_and_checkpoints() {
         lines.push('\n');
     }
     block_on(data_loc.store().put(&ObjPath::from("data/pairs.jsonl"), PutPayload::from(lines.into_bytes()))).unwrap();
+    // The base model comes from the bucket too (model.base_model: s3://…).
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        let bytes = std::fs::read(model("splade-tiny").join(f)).unwrap();
+        block_on(data_loc.store().put(&ObjPath::from(format!("models/tiny/{f}")), PutPayload::from(bytes))).unwrap();
+    }
 
     let tmp = tempfile::tempdir().unwrap();
     let out_url = "s3://splade/runs/tiny";
@@ -268,6 +273,7 @@ fn train_s3_datasets_and_checkpoints() {
         let text = tiny_config(Path::new(out_url), Path::new("s3://splade/data/*.jsonl"), &training, "")
             .replace("  per_device_train_batch_size: 16\n", "")
             .replace("  max_seq_length: 64\n", "")
+            .replace(&format!("base_model: {}", model("splade-tiny").display()), "base_model: s3://splade/models/tiny")
             .replace(&format!("  logging_steps: 1\n"), &format!("  logging_steps: 1\n  logging_dir: {}\n", tmp.path().join("logs").display()));
         let cfg = tmp.path().join(format!("cfg-{steps}-{resume}.yaml"));
         std::fs::write(&cfg, text).unwrap();
