@@ -46,6 +46,9 @@ fn build_dist_shim() {
         for dir in cuda_include_dirs() {
             build.include(dir);
         }
+        // Keep libtorch_cuda as a dependency even where no symbol of it is referenced directly:
+        // libtorch registers its CUDA backend when that library loads.
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
     build.compile("splade_dist_shim");
 }
