@@ -7,8 +7,9 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 source "$REPO/scripts/env.sh"
 MODEL=${1:-$SPLADE_TEST_MODELS/splade-tiny}
 cd "$REPO"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$SPLADE_CACHE/target}
 cargo build --release -q -p splade-worker --bin splade
-BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/splade
+BIN=$CARGO_TARGET_DIR/release/splade
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 -c "
 import json,sys
