@@ -61,27 +61,20 @@ pub fn run_name(cfg: &Config) -> String {
     if let Some(n) = cfg.training.run_name.as_ref().filter(|n| !n.trim().is_empty()) {
         return n.clone();
     }
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    // `YYYY-MM-DDTHH:MM:SSZ` → `YYYYMMDD-HHMMSS`, reusing the checkpoint manifests' UTC formatter.
+    let stamp: String = splade_common::store::checkpoint::rfc3339(secs)
+        .trim_end_matches('Z')
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .map(|c| if c == 'T' { '-' } else { c })
+        .collect();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{host}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!("{stamp}-{host}")
 }
 
 /// Where TensorBoard event files go: `training.logging_dir`, else `output_dir/runs/<run_name>`
