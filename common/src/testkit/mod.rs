@@ -46,7 +46,11 @@ impl MotoServer {
         }
     }
 
-    /// Starts a server and waits (up to 30 s) until it answers HTTP.
+    /// Longest wait for a fresh server to answer. moto imports a few hundred modules; on a 2-core CI machine
+    /// that is also running sentence-transformers reference processes this took over 30 s.
+    pub const START_TIMEOUT_S: u64 = 180;
+
+    /// Starts a server and waits (up to [`MotoServer::START_TIMEOUT_S`]) until it answers HTTP.
     pub fn try_start() -> Result<MotoServer, String> {
         let py = std::env::var("SPLADE_TOOLS_PY").map_err(|_| {
             "SPLADE_TOOLS_PY is not set: source scripts/env.sh (run scripts/setup.sh first to create the tools venv with moto[server])".to_string()
@@ -66,7 +70,7 @@ impl MotoServer {
             .spawn()
             .map_err(|e| format!("cannot run {py}: {e}; run scripts/setup.sh"))?;
         let mut server = MotoServer { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(Self::START_TIMEOUT_S);
         loop {
             if let Some(status) = server.child.try_wait().map_err(|e| e.to_string())? {
                 let mut err = String::new();
@@ -82,7 +86,11 @@ impl MotoServer {
                 return Ok(server);
             }
             if Instant::now() > deadline {
-                return Err("moto server did not answer within 30 s".into());
+                return Err(format!(
+                    "moto server on port {} did not answer within {} s (machine overloaded, or a broken tools venv: run scripts/setup.sh)",
+                    server.port,
+                    Self::START_TIMEOUT_S
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
