@@ -26,6 +26,7 @@ fn libtorch_include() -> PathBuf {
 
 fn build_dist_shim() {
     println!("cargo:rerun-if-changed=csrc/dist_shim.cpp");
+    println!("cargo:rerun-if-changed=csrc/amp_shim.cpp");
     let inc = libtorch_include();
     let mut build = cc::Build::new();
     build
@@ -40,7 +41,8 @@ fn build_dist_shim() {
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DUSE_C10D_GLOO")
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file("csrc/dist_shim.cpp");
+        .file("csrc/dist_shim.cpp")
+        .file("csrc/amp_shim.cpp");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         build.flag("-DUSE_C10D_NCCL").flag("-DSPLADE_WITH_NCCL").flag("-Wno-interference-size");
         for dir in cuda_include_dirs() {

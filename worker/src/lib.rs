@@ -3,6 +3,7 @@
 //!
 //! Binaries are thin wrappers in `src/bin/` over this library.
 
+pub mod amp;
 pub mod cli;
 pub mod device;
 pub mod evaluate;
