@@ -93,12 +93,12 @@ fn windowed_training_embedding_equals_the_encode_doc_window_vector() {
 
     // `sample`: one window a document, the one `sampled_window` names, encoded as if alone.
     let sample = TrainingWindows { spec, mode: WindowTrainingMode::Sample };
+    let alone: Vec<Tensor> = refs.iter().map(|t| tch::no_grad(|| windows_alone(&m, t, &spec))).collect();
     let mut picked = std::collections::BTreeSet::new();
     for step in [0u64, 1, 2, 3] {
         let got = tch::no_grad(|| embed_documents(&m, &refs, Some(&sample), 42, step, false).unwrap());
         assert_eq!(got.windows, docs.len(), "sample mode encodes one window per document");
-        for (d, text) in refs.iter().enumerate() {
-            let alone = tch::no_grad(|| windows_alone(&m, text, &spec));
+        for (d, (text, alone)) in refs.iter().zip(&alone).enumerate() {
             let k = sampled_window(42, step, text, alone.size()[0] as usize);
             picked.insert(k);
             let diff = max_abs_diff(&got.embeddings.get(d as i64), &alone.get(k as i64));
@@ -234,7 +234,7 @@ extern "C" {
 fn train_windows_sample_resume_after_sigterm_is_bitwise_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let data = pairs_file(tmp.path(), 60);
-    let training = "  max_steps: 24\n  per_device_train_batch_size: 2\n  gradient_accumulation_steps: 2\n  gradient_cache: true\n  \
+    let training = "  max_steps: 16\n  per_device_train_batch_size: 2\n  gradient_accumulation_steps: 2\n  gradient_cache: true\n  \
                     save_strategy: steps\n  save_steps: 4";
     let run = |out: &Path, resume: bool| -> std::process::Child {
         let mut text = tiny_config(out, &data, training, "").replace("  per_device_train_batch_size: 16\n", "") + &windows_yaml("sample");
@@ -257,7 +257,7 @@ fn train_windows_sample_resume_after_sigterm_is_bitwise_identical() {
     let straight = tmp.path().join("straight");
     assert!(run(&straight, false).wait().unwrap().success());
     let steps = train_steps(&straight.join("metrics.jsonl"));
-    assert_eq!(steps.len(), 24);
+    assert_eq!(steps.len(), 16);
     for s in &steps {
         assert_eq!(s["train/windows_per_doc"].as_f64(), Some(1.0), "sample mode encodes one window per document: {s}");
         let a = s["train/windows_available_per_doc"].as_f64().unwrap();
@@ -268,21 +268,21 @@ fn train_windows_sample_resume_after_sigterm_is_bitwise_identical() {
     let mut child = run(&stopped, false);
     let metrics = stopped.join("metrics.jsonl");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while train_steps(&metrics).len() < 10 {
-        assert!(std::time::Instant::now() < deadline, "training never reached step 10");
+    while train_steps(&metrics).len() < 6 {
+        assert!(std::time::Instant::now() < deadline, "training never reached step 6");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     unsafe { libc_kill(child.id() as i32, 15) };
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM must checkpoint and exit 0, got {status}");
     let done = train_steps(&metrics).len();
-    assert!(done < 24 && !stopped.join("final").exists(), "the run was not interrupted (stopped at step {done})");
+    assert!(done < 16 && !stopped.join("final").exists(), "the run was not interrupted (stopped at step {done})");
     assert!(stopped.join(format!("checkpoint-{done}/manifest.json")).exists(), "checkpoint of the stop step");
 
     assert!(run(&stopped, true).wait().unwrap().success());
-    assert_eq!(
-        safetensors_bytes(&straight.join("final")),
-        safetensors_bytes(&stopped.join("final")),
+    // assert! rather than assert_eq!: a failure must not print megabytes of weights.
+    assert!(
+        safetensors_bytes(&straight.join("final")) == safetensors_bytes(&stopped.join("final")),
         "resumed windowed run's final weights differ from the straight run's"
     );
 }
