@@ -110,6 +110,8 @@ impl Trainer {
         // skipping them keeps the ranks' tensor lists identical.
         let mut grads: Vec<Tensor> = self.opt.params().iter().map(Tensor::grad).filter(Tensor::defined).collect();
         let ar = pg.all_reduce_sum(&mut grads).map_err(dist)?;
+        // This rank's documents only (windowing cost is not all-reduced).
+        stats.windows_per_doc = self.window_cost.take();
         Ok((stats, ar))
     }
 }

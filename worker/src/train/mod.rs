@@ -10,6 +10,7 @@ pub mod loss;
 pub mod monitor;
 pub mod optim;
 pub mod state;
+pub mod windows;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,8 @@ pub struct StepStats {
     pub samples: usize,
     pub tokens: usize,
     pub step_seconds: f64,
+    /// With `document_windows`: mean (windows encoded, windows available) per training document.
+    pub windows_per_doc: Option<(f64, f64)>,
 }
 
 /// How a run ended.
@@ -107,6 +110,7 @@ pub struct Trainer {
     pub micro_batches: usize,
     warmup: u64,
     seed: u64,
+    window_cost: windows::WindowCost,
 }
 
 fn inner_loss(cfg: &Config) -> InnerLoss {
@@ -215,6 +219,9 @@ impl Trainer {
             )));
         }
         let model = SparseEncoder::load(&dir, device, &load_options(&cfg))?;
+        if let Some(w) = windows::TrainingWindows::from_config(&cfg) {
+            w.check(&model, &cfg.origin)?;
+        }
         let opt = AdamW::new(param_groups(&model, &cfg));
         let total = plan.len() as u64;
         let loss = SpladeLossConfig {
@@ -227,7 +234,7 @@ impl Trainer {
         let state = TrainerState { total_steps: total, ..Default::default() };
         let warmup = warmup_steps(total, cfg.training.warmup_ratio);
         let seed = cfg.training.seed;
-        Ok(Self { cfg, model, opt, loss, datasets, plan, state, output, micro_batches, warmup, seed })
+        Ok(Self { cfg, model, opt, loss, datasets, plan, state, output, micro_batches, warmup, seed, window_cost: Default::default() })
     }
 
     /// Learning rate of the step about to run.
@@ -254,11 +261,14 @@ impl Trainer {
             cands.extend(ex.iter().map(|e| e.negatives[k].as_str()));
         }
         let qb = self.model.tokenize(&anchors, TextKind::Query)?.to(dev);
-        let db = self.model.tokenize(&cands, TextKind::Document)?.to(dev);
-        let tokens = qb.lengths.iter().sum::<usize>() + db.lengths.iter().sum::<usize>();
         let q = self.model.forward(&qb, train);
-        let d = self.model.forward(&db, train);
-        Ok((q, d, tokens))
+        let tw = windows::TrainingWindows::from_config(&self.cfg);
+        let docs = windows::embed_documents(&self.model, &cands, tw.as_ref(), self.seed, self.state.global_step, train)?;
+        if tw.is_some() {
+            self.window_cost.add(cands.len(), &docs);
+        }
+        let tokens = qb.lengths.iter().sum::<usize>() + docs.tokens;
+        Ok((q, docs.embeddings, tokens))
     }
 
     pub(crate) fn labels(ex: &[&Example]) -> Option<Tensor> {
@@ -354,6 +364,7 @@ impl Trainer {
                 stats.document_regularizer_weight = s.document_regularizer_weight;
             }
         }
+        stats.windows_per_doc = self.window_cost.take();
         Ok(stats)
     }
 
@@ -498,6 +509,9 @@ pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, Tr
     let per_device = cfg.training.per_device_train_batch_size;
     let accum = cfg.training.gradient_accumulation_steps.max(1);
     let mut trainer = Trainer::new(cfg, device, per_device * accum, accum)?;
+    if let Some(w) = windows::TrainingWindows::from_config(&trainer.cfg) {
+        tracing::info!(spec = %w.spec, mode = ?w.mode, "document_windows: training documents are windowed (cost logged as train/windows_per_doc)");
+    }
     if let Some(p) = &opts.dump_batches {
         std::fs::write(p, trainer.plan.to_jsonl()).map_err(|e| other(format!("{}: cannot write: {e}", p.display())))?;
     }

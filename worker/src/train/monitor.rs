@@ -181,6 +181,10 @@ impl Monitor {
         let mut scalars = o.scalars();
         scalars.push(("train/query_regularizer_weight", s.query_regularizer_weight));
         scalars.push(("train/document_regularizer_weight", s.document_regularizer_weight));
+        if let Some((encoded, available)) = s.windows_per_doc {
+            scalars.push(("train/windows_per_doc", encoded));
+            scalars.push(("train/windows_available_per_doc", available));
+        }
         self.jsonl.log_scalars(s.step, &scalars);
         if log_now {
             self.reporters.log_scalars(s.step, &scalars);

@@ -9,4 +9,5 @@ mod dist;
 mod parity;
 mod train;
 mod train_obs;
+mod train_windows;
 mod windows;
