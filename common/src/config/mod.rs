@@ -40,7 +40,6 @@ pub const INACTIVE_KEYS: &[&str] = &[
     "training.hub_private_repo",
     "training.torch_compile",
     "training.fp16",
-    "training.bf16",
     "training.query_learning_rate",
     "model.freeze_static_embedding",
     "hardware.gradient_checkpointing",
@@ -171,9 +170,11 @@ pub struct TrainingConfig {
     pub weight_decay: f64,
     /// Gradient clipping norm; default 1.0 (HF); 0 disables clipping.
     pub max_grad_norm: f64,
-    /// Default false.
+    /// Default false. Parsed but not acted on (see [`INACTIVE_KEYS`]): fp16 autocast needs dynamic loss
+    /// scaling, which the trainer does not implement; training runs in fp32 and says so at start-up.
     pub fp16: bool,
-    /// Default false.
+    /// Default false. True runs the encoder forwards under bf16 autocast (CUDA, MPS, and CPUs with
+    /// AVX512-BF16/AMX); parameters, gradients and optimizer state stay fp32.
     pub bf16: bool,
     /// Truncation length for both sides when the side-specific ones are unset; default: the model's.
     pub max_seq_length: Option<usize>,

@@ -219,6 +219,12 @@ impl Trainer {
             )));
         }
         let model = SparseEncoder::load(&dir, device, &load_options(&cfg))?;
+        if cfg.training.bf16 && crate::amp::Autocast::new(device, Kind::BFloat16).is_none() {
+            return Err(other(format!(
+                "{}: training.bf16 is true but libtorch has no autocast for device {device:?}; set bf16: false",
+                cfg.origin
+            )));
+        }
         if let Some(w) = windows::TrainingWindows::from_config(&cfg) {
             w.check(&model, &cfg.origin)?;
         }
@@ -251,6 +257,9 @@ impl Trainer {
     /// Embeds queries and candidates (positives, then each negative column) of `ex`.
     pub(crate) fn embed(&self, ex: &[&Example], train: bool) -> Result<(Tensor, Tensor, usize), TrainError> {
         let dev = self.model.device();
+        // bf16 covers the encoder forwards only; the loss and the backward run outside the scope, as
+        // `torch.autocast` is meant to be used.
+        let amp = self.cfg.training.bf16.then(|| crate::amp::Autocast::new(dev, Kind::BFloat16)).flatten();
         let anchors: Vec<&str> = ex.iter().map(|e| e.anchor.as_str()).collect();
         let negs = ex.first().map(|e| e.negatives.len()).unwrap_or(0);
         if ex.iter().any(|e| e.negatives.len() != negs) {
@@ -268,7 +277,8 @@ impl Trainer {
             self.window_cost.add(cands.len(), &docs);
         }
         let tokens = qb.lengths.iter().sum::<usize>() + docs.tokens;
-        Ok((q, docs.embeddings, tokens))
+        drop(amp);
+        Ok((q.to_kind(Kind::Float), docs.embeddings.to_kind(Kind::Float), tokens))
     }
 
     pub(crate) fn labels(ex: &[&Example]) -> Option<Tensor> {

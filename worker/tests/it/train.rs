@@ -161,6 +161,31 @@ fn gradient_cache_equals_full_batch_gradient() {
     assert!((num / den).sqrt() > 1e-3, "plain accumulation should differ from the full batch");
 }
 
+#[test]
+fn bf16_autocast_loss_and_gradients_track_fp32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo().join("data/norquad/train.jsonl.gz");
+    let mk = |bf16: bool| {
+        let text = tiny_config(&tmp.path().join("o"), &data, &format!("  max_steps: 2\n  bf16: {bf16}"), "");
+        Trainer::new(Config::from_str(&text, "bf16.yaml").unwrap(), Device::Cpu, 16, 1).unwrap()
+    };
+    let (fp32, bf16) = (mk(false), mk(true));
+    let batch = fp32.plan.step(1).unwrap().clone();
+    let s32 = fp32.forward_backward(&fp32.examples(&batch, &batch.rows)).unwrap();
+    let s16 = bf16.forward_backward(&bf16.examples(&batch, &batch.rows)).unwrap();
+    // bf16 keeps 8 bits of mantissa: the loss moves, but only in the third digit or so.
+    assert!(s32.loss != s16.loss, "bf16 left the loss bit-identical ({}): autocast did not engage", s32.loss);
+    assert!(close(s32.loss, s16.loss, 3e-2), "loss fp32 {} vs bf16 {}", s32.loss, s16.loss);
+    let (g32, g16) = (all_grads(&fp32), all_grads(&bf16));
+    let num: f64 = g32.iter().zip(&g16).map(|((_, a), (_, b))| (a - b).square().sum(Kind::Double).double_value(&[])).sum();
+    let den: f64 = g32.iter().map(|(_, a)| a.square().sum(Kind::Double).double_value(&[])).sum();
+    let rel = (num / den).sqrt();
+    assert!(rel > 0.0 && rel < 0.1, "bf16 gradients vs fp32: relative L2 {rel}");
+    for (name, g) in &g16 {
+        assert_eq!(g.kind(), Kind::Float, "{name}: gradients must stay fp32 under autocast");
+    }
+}
+
 fn safetensors_bytes(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("model.safetensors")).unwrap()
 }
