@@ -498,3 +498,80 @@ async fn cluster_worker_killed_job_resumes() {
         assert!(*s > 0 && *s % 2 == 0, "generation started after step {s}, which is not a checkpoint");
     }
 }
+
+/// Rank 0 killed with SIGKILL between uploading a checkpoint's files to S3 (moto) and writing its
+/// manifest (the store's test hook holds it there): the half-written checkpoint is in the bucket but
+/// `latest_checkpoint` does not pick it and the coordinator never recorded it; the survivor re-forms
+/// from scratch, commits the same checkpoint over the leftovers and completes the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_worker_killed_mid_checkpoint_leaves_no_resumable_checkpoint() {
+    use splade_common::store::checkpoint::{latest_checkpoint, MANIFEST_NAME};
+    use splade_common::testkit::MotoServer;
+
+    let moto = tokio::task::spawn_blocking(MotoServer::start).await.unwrap();
+    moto.create_bucket("splade-ckpt");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path(), 64);
+    let out = "s3://splade-ckpt/run";
+    let steps = 6;
+    let yaml = job_yaml(Path::new(out), &data, 4, 8, steps, 2, (1, 2));
+    let cfg = parse(&yaml);
+    let opts = moto.store_options();
+    let loc = Location::parse_with(out, &opts).unwrap();
+    let (cluster, job) = splade_coordinator::config::from_config(&cfg).unwrap();
+    let mut copts = CoordinatorOptions::new(cluster, job, "127.0.0.1:0".parse().unwrap(), JoinToken::new(TOKEN).unwrap());
+    copts.verifier = Arc::new(StoreVerifier::new(loc.clone()));
+    let handle = splade_coordinator::start(copts).await.unwrap();
+    let addr = handle.local_addr();
+    let snaps = handle.subscribe();
+
+    // The first checkpoint commit (whichever process is rank 0) pauses before its manifest.
+    let flag = tmp.path().join("pause-once");
+    std::fs::write(&flag, "").unwrap();
+    let hook = format!("{}:300", flag.display());
+    let mut env: Vec<(String, String)> = moto.env();
+    env.push(("SPLADE_TEST_HOOK_PAUSE_BEFORE_MANIFEST".into(), hook));
+    let env_refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (k.as_str(), Path::new(v.as_str()))).collect();
+    let mut workers = vec![
+        spawn_worker(addr, "w0", tmp.path(), TOKEN, &env_refs, None),
+        spawn_worker(addr, "w1", tmp.path(), TOKEN, &env_refs, None),
+    ];
+    let paused = "test hook: checkpoint checkpoint-2 files written";
+    let t = Instant::now();
+    let vi = loop {
+        if let Some(i) = workers.iter().position(|w| w.log().contains(paused)) {
+            break i;
+        }
+        if t.elapsed() > JOB_LIMIT || handle.is_finished() {
+            for w in &mut workers {
+                let _ = w.child.kill();
+                eprintln!("--- {} ---\n{}", w.id, w.log());
+            }
+            panic!("no worker reached the paused checkpoint commit");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    workers[vi].child.kill().unwrap(); // SIGKILL, files uploaded, manifest not
+    let _ = workers[vi].child.wait();
+
+    // The bucket holds the half-written checkpoint, and nothing picks it.
+    let listed = loc.store().list_with_delimiter(Some(&loc.child("checkpoint-2"))).await.unwrap();
+    let keys: Vec<String> = listed.objects.iter().map(|o| o.location.to_string()).collect();
+    assert!(!keys.is_empty(), "the killed writer uploaded no checkpoint file; the test did not exercise a half-written checkpoint");
+    assert!(!keys.iter().any(|k| k.ends_with(MANIFEST_NAME)), "{keys:?}");
+    assert!(latest_checkpoint(&loc).await.unwrap().is_none(), "a resume would pick the half-written checkpoint-2 ({keys:?})");
+    assert!(verify_checkpoint(&loc, "checkpoint-2", Verify::Full).await.is_err());
+    assert_eq!(handle.snapshot().last_checkpoint, None, "the coordinator recorded an uncommitted checkpoint");
+
+    // The survivor re-forms from scratch (no committed checkpoint), commits checkpoint-2 over the
+    // leftovers and finishes.
+    let outcome = finish(handle, &mut workers).await;
+    let survivor = &mut workers[1 - vi];
+    assert_eq!(outcome, JobOutcome::Completed { final_step: steps as u64 }, "survivor:\n{}", survivor.log());
+    assert!(exit_ok(survivor, Duration::from_secs(60)), "survivor:\n{}", survivor.log());
+    let last = snaps.borrow().clone();
+    assert!(last.restarts >= 1 && last.generation >= 2, "{last:?}");
+    assert_eq!(verify_checkpoint(&loc, "checkpoint-2", Verify::Full).await.unwrap().step, 2);
+    assert_eq!(verify_checkpoint(&loc, "final", Verify::Full).await.unwrap().step, steps as u64);
+    assert_eq!(latest_checkpoint(&loc).await.unwrap().map(|c| c.name), Some("checkpoint-4".to_string()));
+}
