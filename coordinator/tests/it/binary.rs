@@ -91,21 +91,25 @@ async fn the_binary_runs_a_job_to_completion_and_exits_0() {
         // Mid-job, `--metrics-listen` serves the job's series and they pass `promtool check metrics`.
         assert!(w.report(1, &[("loss", 0.75), ("samples", 4.0)]).await.accepted);
         let url = format!("http://{metrics}/metrics");
-        let text = tokio::task::spawn_blocking(move || {
-            wait_until("the coordinator's /metrics to show step 1", PATIENCE, || {
+        // Scrape and promtool off the runtime thread: the simulated worker must keep heartbeating
+        // (timeout 0.2 s) meanwhile.
+        let (text, (ok, lint)) = tokio::task::spawn_blocking(move || {
+            let text = wait_until("the coordinator's /metrics to show step 1", PATIENCE, || {
                 http_get(&url)
                     .ok()
                     .filter(|(status, body)| *status == 200 && body.contains("splade_train_global_step 1"))
                     .map(|(_, body)| body)
-            })
+            });
+            let lint = promtool_check_metrics(&text);
+            (text, lint)
         })
         .await
         .unwrap();
         assert!(text.contains("splade_train_loss 0.75"), "{text}");
         assert!(text.contains("splade_cluster_workers_alive 1"), "{text}");
-        let (ok, lint) = promtool_check_metrics(&text);
         assert!(ok && lint.trim().is_empty(), "promtool check metrics: {lint}\n{text}");
-        assert!(w.report(3, &[("loss", 0.5)]).await.accepted);
+        let ack = w.report(3, &[("loss", 0.5)]).await;
+        assert!(ack.accepted, "{}", ack.reason);
         assert_eq!(
             w.final_directive().await,
             Directive::Complete { final_step: 3 }
