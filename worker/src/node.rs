@@ -360,6 +360,17 @@ fn train_generation(
                 let name = format!("checkpoint-{step}");
                 let info = block_on(verify_checkpoint(&trainer.output, &name, Verify::Sizes))
                     .map_err(|e| setup(e.to_string()))?;
+                // The write time goes with this step's progress before the commit, so the
+                // coordinator's exporter has it when it records the checkpoint.
+                let timing = ProgressReport {
+                    worker_id: session.worker_id().clone(),
+                    generation: a.generation,
+                    step,
+                    metrics: [("checkpoint_seconds".to_string(), t.elapsed().as_secs_f64())].into_iter().collect(),
+                };
+                if let Err(e) = rt.block_on(client.report_progress(timing)) {
+                    tracing::warn!(error = %e, "checkpoint timing report failed");
+                }
                 let commit = CheckpointCommit {
                     worker_id: session.worker_id().clone(),
                     generation: a.generation,

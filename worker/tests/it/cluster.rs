@@ -314,6 +314,14 @@ async fn cluster_two_workers_train_to_completion() {
     // Every metric the dashboard and the alert rules name is exported by the live coordinator or
     // worker (or is Prometheus' own per-target `up`, which it recorded for both jobs).
     let coord_text = scrape(&coord_metrics.url()).expect("the coordinator still serves /metrics");
+    // Both intermediate checkpoints (4 and 8) were timed by rank 0 and recorded by the coordinator.
+    let sample = |name: &str| -> f64 {
+        let line = coord_text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name}:\n{coord_text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(sample("splade_checkpoint_write_seconds_count"), 2.0, "{coord_text}");
+    assert!(sample("splade_checkpoint_write_seconds_sum") > 0.0, "checkpoint write time not reported:\n{coord_text}");
+    assert_eq!(sample("splade_checkpoint_last_committed_step"), 8.0, "{coord_text}");
     let mut exported = exposed_names(&coord_text);
     exported.extend(exposed_names(&worker_text));
     for job in ["splade-coordinator", "splade-worker"] {
