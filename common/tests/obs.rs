@@ -13,6 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+// Shared with the worker crate's cluster test (which gets it as `splade_common::testkit::promql`).
+#[path = "../src/testkit/promql.rs"]
+mod promql;
+use promql::{exposed_names, promql_metric_names};
+
 use splade_common::obs::{
     self, ClusterMetrics, MlflowReporter, MlflowSettings, Registry, Reporter, StepStats,
     TrainingMetrics, WorkerMetrics,
@@ -187,15 +192,6 @@ fn full_registry(steps: u64) -> (Registry, TrainingMetrics) {
     training.record_eval("norquad-dev", steps, 0.41, 0.38);
     training.record_checkpoint(steps, 2.5);
     (registry, training)
-}
-
-/// Sample names in a text exposition (what a PromQL selector can match; histograms only as
-/// `_bucket`, `_sum`, `_count`).
-fn exposed_names(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l[..l.find(['{', ' ']).unwrap_or(l.len())].to_string())
-        .collect()
 }
 
 /// Metric family names declared by `# TYPE` lines.
@@ -556,125 +552,6 @@ fn alert_rules_and_dashboard_promql_parse_and_use_exported_metrics() {
         }
     }
     assert!(checked >= exprs.len());
-}
-
-/// Metric names in a PromQL expression: identifiers outside label matchers, strings and range
-/// selectors that are not functions, keywords or label names after `by`/`on`/….
-fn promql_metric_names(expr: &str) -> Vec<String> {
-    const KEYWORDS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-        "Inf",
-        "NaN",
-        "inf",
-        "nan",
-        // Aggregation operators may be followed by a `by`/`without` clause instead of `(`.
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-        "limitk",
-        "limit_ratio",
-    ];
-    let chars: Vec<char> = expr.chars().collect();
-    let mut names = Vec::new();
-    let (mut i, mut depth_brace, mut depth_bracket) = (0, 0, 0);
-    let mut after_grouping = false; // inside `by (...)` & co.
-    let mut paren_grouping_depth: Option<usize> = None;
-    let mut paren_depth = 0usize;
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            '"' | '\'' | '`' => {
-                i += 1;
-                while i < chars.len() && chars[i] != c {
-                    if chars[i] == '\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
-            '{' => depth_brace += 1,
-            '}' => depth_brace -= 1,
-            '[' => depth_bracket += 1,
-            ']' => depth_bracket -= 1,
-            '(' => {
-                paren_depth += 1;
-                if after_grouping {
-                    paren_grouping_depth = Some(paren_depth);
-                    after_grouping = false;
-                }
-            }
-            ')' => {
-                if paren_grouping_depth == Some(paren_depth) {
-                    paren_grouping_depth = None;
-                }
-                paren_depth -= 1;
-            }
-            c if (c.is_ascii_alphabetic() || c == '_' || c == ':')
-                && depth_brace == 0
-                && depth_bracket == 0 =>
-            {
-                let start = i;
-                while i + 1 < chars.len()
-                    && (chars[i + 1].is_ascii_alphanumeric()
-                        || chars[i + 1] == '_'
-                        || chars[i + 1] == ':')
-                {
-                    i += 1;
-                }
-                let word: String = chars[start..=i].iter().collect();
-                let next = chars[i + 1..].iter().find(|c| !c.is_whitespace()).copied();
-                let prev_digit = start > 0 && chars[start - 1].is_ascii_digit();
-                if matches!(
-                    word.as_str(),
-                    "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
-                ) {
-                    after_grouping = true;
-                } else if paren_grouping_depth.is_none()
-                    && next != Some('(')
-                    && !KEYWORDS.contains(&word.as_str())
-                    && !prev_digit
-                {
-                    names.push(word);
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    names
-}
-
-#[test]
-fn promql_identifier_extraction() {
-    assert_eq!(
-        promql_metric_names(
-            r#"histogram_quantile(0.95, sum by (le, pod) (rate(a_bucket{job=~"x"}[5m]))) / on (job) b > 15 * 60"#
-        ),
-        vec!["a_bucket", "b"]
-    );
-    assert_eq!(
-        promql_metric_names("time() - c > 0 and on (job, instance) d"),
-        vec!["c", "d"]
-    );
 }
 
 // ---------------------------------------------------------------------------------------------

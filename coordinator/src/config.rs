@@ -18,6 +18,9 @@ pub enum ConfigError {
     Schema(#[from] splade_common::config::ConfigError),
     #[error("{path}: {key}: {problem}")]
     Key { path: String, key: String, problem: String },
+    /// An enabled dataset whose source lists no file (or whose store cannot be listed).
+    #[error("{path}: {source}")]
+    Dataset { path: String, source: splade_common::data::DataError },
 }
 
 /// Reads and validates `path`, returning the parsed config with the coordinator's settings derived from it.
@@ -44,6 +47,24 @@ fn count(key: &str, v: usize, origin: &str) -> Result<u32, ConfigError> {
         key: key.into(),
         problem: format!("{v} is too large"),
     })
+}
+
+/// Lists every enabled dataset's source (local path or object store, credentials from `options` and
+/// the environment) and fails on the first that matches no file, so a job whose data is missing stops
+/// at start-up with the config file, the dataset, its source and the key to fix, instead of every
+/// worker failing its first generation. Returns the number of files found per dataset, in config order.
+pub async fn check_datasets(
+    cfg: &Config,
+    options: &splade_common::store::StoreOptions,
+) -> Result<Vec<(String, usize)>, ConfigError> {
+    let mut found = Vec::new();
+    for (name, spec) in cfg.datasets.enabled() {
+        let files = splade_common::data::list_source_files(name, &spec.source, options)
+            .await
+            .map_err(|source| ConfigError::Dataset { path: cfg.origin.clone(), source })?;
+        found.push((name.to_string(), files.len()));
+    }
+    Ok(found)
 }
 
 /// Derives the coordinator's settings from a parsed config (validated here).

@@ -33,6 +33,7 @@ use tch::Device;
 use tokio::sync::watch;
 
 use crate::dist::{Backend, GroupOptions, ProcessGroup};
+use crate::train::monitor::{resident_bytes, to_obs_stats};
 use crate::train::Trainer;
 
 /// Why the worker stopped with an error. Each message says what failed and where.
@@ -296,6 +297,10 @@ fn train_generation(
         stats.step_seconds = t0.elapsed().as_secs_f64();
         samples += batch.rows.len() as u64;
         metrics.record_step(stats.step_seconds, data_wait);
+        if let Some(rss) = resident_bytes() {
+            // Host memory of this process, like `splade train` exports for the `cpu` device.
+            metrics.set_device_memory("cpu", rss);
+        }
         if let Some(p) = &ledger {
             let line = serde_json::json!({
                 "generation": a.generation, "rank": rank, "step": step, "dataset": batch.dataset, "rows": rows,
@@ -317,19 +322,25 @@ fn train_generation(
         session.set_position(Some(a.generation), step);
         if rank == 0 {
             let sps = samples as f64 / t_start.elapsed().as_secs_f64().max(1e-9);
+            // The same numbers `splade train` exports, in the coordinator's progress keys
+            // (`splade_coordinator::metrics` reads them back): weighted FLOPS terms as loss parts,
+            // unweighted FLOPS as the sparsity measure.
+            let o = to_obs_stats(&stats);
             let m = [
-                ("loss", stats.loss),
-                ("loss_ranking", stats.ranking_loss),
-                ("flops_query", stats.flops_query),
-                ("flops_document", stats.flops_document),
-                ("active_dims_query", stats.query_active_dims),
-                ("active_dims_document", stats.document_active_dims),
-                ("learning_rate", stats.learning_rate),
-                ("grad_norm", stats.grad_norm),
-                ("epoch", stats.epoch as f64),
-                ("samples", stats.samples as f64),
+                ("loss", o.loss),
+                ("loss_ranking", o.loss_ranking),
+                ("loss_flops_query", o.loss_flops_query),
+                ("loss_flops_document", o.loss_flops_document),
+                ("flops_query", o.flops_query),
+                ("flops_document", o.flops_document),
+                ("active_dims_query", o.active_dims_query),
+                ("active_dims_document", o.active_dims_document),
+                ("learning_rate", o.learning_rate),
+                ("grad_norm", o.grad_norm),
+                ("epoch", o.epoch),
+                ("samples", o.samples as f64),
                 ("tokens", (stats.tokens * world) as f64),
-                ("step_seconds", stats.step_seconds),
+                ("step_seconds", o.step_seconds),
                 ("samples_per_second", sps),
                 ("allreduce_seconds", ar.seconds),
             ];
@@ -349,6 +360,17 @@ fn train_generation(
                 let name = format!("checkpoint-{step}");
                 let info = block_on(verify_checkpoint(&trainer.output, &name, Verify::Sizes))
                     .map_err(|e| setup(e.to_string()))?;
+                // The write time goes with this step's progress before the commit, so the
+                // coordinator's exporter has it when it records the checkpoint.
+                let timing = ProgressReport {
+                    worker_id: session.worker_id().clone(),
+                    generation: a.generation,
+                    step,
+                    metrics: [("checkpoint_seconds".to_string(), t.elapsed().as_secs_f64())].into_iter().collect(),
+                };
+                if let Err(e) = rt.block_on(client.report_progress(timing)) {
+                    tracing::warn!(error = %e, "checkpoint timing report failed");
+                }
                 let commit = CheckpointCommit {
                     worker_id: session.worker_id().clone(),
                     generation: a.generation,

@@ -313,6 +313,14 @@ fn format_of(dataset: &str, file: &str, configured: Option<DataFormat>) -> Resul
     }
 }
 
+/// The files dataset `name`'s `source` resolves to (path, glob, directory, URL or URL glob), sorted,
+/// without reading them: what a coordinator checks before it starts a job.
+/// Errors: [`DataError::NotFound`] naming the dataset, its source and the config key when it matches no
+/// file; a store error naming the location when the store cannot be listed (missing bucket, credentials).
+pub async fn list_source_files(name: &str, source: &str, options: &StoreOptions) -> Result<Vec<String>, DataError> {
+    Ok(source::resolve(name, source, options).await?.iter().map(|f| f.display()).collect())
+}
+
 /// Reads dataset `name` as `spec` describes (sources, format, columns, `max_samples`, `on_bad_record`).
 /// `split_ratio` is applied separately by [`LoadedDataset::split`].
 pub async fn load_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions) -> Result<LoadedDataset, DataError> {

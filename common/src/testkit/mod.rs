@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::store::StoreOptions;
 
+pub mod promql;
 pub mod tools;
 
 /// A running `moto` S3 server on 127.0.0.1.

@@ -122,7 +122,7 @@ pub fn promtool_check_metrics(text: &str) -> (bool, String) {
     (out.status.success(), msg)
 }
 
-/// A `prometheus` server on 127.0.0.1 scraping one target every second.
+/// A `prometheus` server on 127.0.0.1 scraping its targets every second.
 pub struct PrometheusServer {
     _guard: ChildGuard,
     /// Its HTTP port.
@@ -133,16 +133,19 @@ pub struct PrometheusServer {
 impl PrometheusServer {
     /// Starts Prometheus scraping `target` (`HOST:PORT`) as job `job`, data in a temp dir.
     pub fn start(target: &str, job: &str) -> Self {
+        Self::start_jobs(&[(job, target)])
+    }
+
+    /// Starts Prometheus with one scrape job per `(job, target)` pair (`target` is `HOST:PORT`).
+    pub fn start_jobs(jobs: &[(&str, &str)]) -> Self {
         let prometheus = debian_tool("prometheus");
         let dir = ScratchDir::new();
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
+        let mut yaml = String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n");
+        for (job, target) in jobs {
+            yaml.push_str(&format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"));
+        }
+        std::fs::write(&config, yaml).unwrap();
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let guard = spawn_group(

@@ -33,6 +33,11 @@ async fn main() -> anyhow::Result<ExitCode> {
         .init();
     let args = Args::parse();
     let (cfg, cluster, job) = config::load(&args.config)?;
+    for (dataset, files) in
+        config::check_datasets(&cfg, &splade_common::store::StoreOptions::from_env()).await?
+    {
+        tracing::info!(dataset, files, "dataset found");
+    }
     let output = splade_common::store::Location::parse(&cfg.training.output_dir)
         .with_context(|| format!("{}: training.output_dir", args.config.display()))?;
     let token = JoinToken::from_env(&cluster.token_env)

@@ -4,6 +4,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::*;
+use splade_common::testkit::tools::{http_get, promtool_check_metrics, wait_until};
+use splade_common::testkit::MotoServer;
 use splade_proto::domain::Directive;
 use splade_proto::{CoordinatorClient, RetryPolicy};
 
@@ -51,7 +53,10 @@ async fn the_binary_runs_a_job_to_completion_and_exits_0() {
         let cfg = dir.path().join("job.yaml");
         std::fs::write(&cfg, CONFIG).unwrap();
         let port = free_port();
+        let metrics = format!("127.0.0.1:{}", free_port());
         let child = coordinator(&cfg, port)
+            .arg("--metrics-listen")
+            .arg(&metrics)
             .env("SPLADE_IT_TOKEN", TOKEN)
             .spawn()
             .unwrap();
@@ -83,7 +88,28 @@ async fn the_binary_runs_a_job_to_completion_and_exits_0() {
             (shipped.training.max_steps, shipped.cluster.token_env.as_str()),
             (3, "SPLADE_IT_TOKEN")
         );
-        assert!(w.report(3, &[("loss", 0.5)]).await.accepted);
+        // Mid-job, `--metrics-listen` serves the job's series and they pass `promtool check metrics`.
+        assert!(w.report(1, &[("loss", 0.75), ("samples", 4.0)]).await.accepted);
+        let url = format!("http://{metrics}/metrics");
+        // Scrape and promtool off the runtime thread: the simulated worker must keep heartbeating
+        // (timeout 0.2 s) meanwhile.
+        let (text, (ok, lint)) = tokio::task::spawn_blocking(move || {
+            let text = wait_until("the coordinator's /metrics to show step 1", PATIENCE, || {
+                http_get(&url)
+                    .ok()
+                    .filter(|(status, body)| *status == 200 && body.contains("splade_train_global_step 1"))
+                    .map(|(_, body)| body)
+            });
+            let lint = promtool_check_metrics(&text);
+            (text, lint)
+        })
+        .await
+        .unwrap();
+        assert!(text.contains("splade_train_loss 0.75"), "{text}");
+        assert!(text.contains("splade_cluster_workers_alive 1"), "{text}");
+        assert!(ok && lint.trim().is_empty(), "promtool check metrics: {lint}\n{text}");
+        let ack = w.report(3, &[("loss", 0.5)]).await;
+        assert!(ack.accepted, "{}", ack.reason);
         assert_eq!(
             w.final_directive().await,
             Directive::Complete { final_step: 3 }
@@ -150,4 +176,58 @@ async fn the_binary_names_a_bad_key() {
         );
     })
     .await;
+}
+
+/// A config whose dataset is missing in the bucket (real S3: moto): the binary exits non-zero before it
+/// listens, naming the config file, the dataset, its source and the key to fix; a dataset that is there
+/// passes the same check. Named `multi_process_*` so nextest runs it alone (it starts moto).
+#[tokio::test]
+async fn multi_process_the_binary_refuses_datasets_missing_in_the_bucket() {
+    init_tracing();
+    let moto = tokio::task::spawn_blocking(MotoServer::start).await.unwrap();
+    moto.create_bucket("splade-data");
+    let present = "s3://splade-data/train/part-0.jsonl";
+    let loc = splade_common::store::Location::parse_with("s3://splade-data/train", &moto.store_options()).unwrap();
+    loc.store()
+        .put(&loc.child("part-0.jsonl"), br#"{"anchor": "q", "positive": "d"}"#.to_vec().into())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |source: &str, name: &str| {
+        let cfg = dir.path().join(name);
+        let datasets = format!("datasets:\n  present:\n    source: {present}\n  msmarco:\n    source: {source}\n");
+        std::fs::write(&cfg, format!("{CONFIG}{datasets}")).unwrap();
+        let mut cmd = coordinator(&cfg, free_port());
+        cmd.env("SPLADE_IT_TOKEN", TOKEN);
+        for (k, v) in moto.env() {
+            cmd.env(k, v);
+        }
+        cmd
+    };
+    for (source, name) in [
+        ("s3://splade-data/msmarco/*.jsonl", "glob.yaml"),
+        ("s3://splade-data/msmarco/train.jsonl", "key.yaml"),
+    ] {
+        let out = tokio::time::timeout(PATIENCE, run(source, name).spawn().unwrap().wait_with_output())
+            .await
+            .expect("exits")
+            .unwrap();
+        assert!(!out.status.success(), "a missing dataset must stop the coordinator");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(name)
+                && stderr.contains(&format!("source `{source}` matches no file"))
+                && stderr.contains("datasets.msmarco.source"),
+            "{stderr}"
+        );
+    }
+
+    // With both datasets present the coordinator starts and waits for workers (stopped by SIGTERM).
+    let mut child = run("s3://splade-data/train/", "ok.yaml").env("RUST_LOG", "info").spawn().unwrap();
+    let exited = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(exited.is_err(), "the coordinator exited although both datasets exist: {exited:?}\n{log}");
+    assert!(log.contains("dataset found") && log.contains("msmarco"), "{log}");
 }

@@ -139,6 +139,105 @@ async fn another_protocol_version_is_refused_naming_both_versions() {
     .await;
 }
 
+/// A worker of another protocol version cannot join a running job, nor speak for one of its members:
+/// every call is refused with FAILED_PRECONDITION naming both versions, and the job's state does not move.
+#[tokio::test]
+async fn another_protocol_version_leaves_a_running_job_unchanged() {
+    init_tracing();
+    bounded(async {
+        let coord = start(settings(1, 2, 0), job(100)).await;
+        let addr = coord.local_addr();
+        let mut w0 = SimWorker::join(addr, "w0").await.unwrap();
+        let a = w0.assignment().await;
+        assert!(w0.report(3, &[("loss", 0.7)]).await.accepted);
+        let before = snapshot_until(&coord, "step 3", |s| s.global_step == 3).await;
+        assert!(is_running(&before, a.generation, 1), "{before:#?}");
+
+        let both_versions = |status: &tonic::Status, theirs: u32| {
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+            let msg = status.message();
+            assert!(
+                msg.contains(&format!("peer speaks version {theirs}"))
+                    && msg.contains(&format!("this build speaks version {PROTOCOL_VERSION}")),
+                "the refusal names both versions: {msg}"
+            );
+        };
+        let mut old = client(addr, TOKEN).await.unwrap();
+        for theirs in [PROTOCOL_VERSION + 1, PROTOCOL_VERSION - 1] {
+            // A newcomer: would be the second member of a max_workers 2 job.
+            let status = old
+                .raw()
+                .join(pb::JoinRequest {
+                    protocol_version: theirs,
+                    worker_id: "other-version".into(),
+                    advertise_host: "127.0.0.1".into(),
+                    store_port: 0,
+                    device: "cpu".into(),
+                })
+                .await
+                .unwrap_err();
+            both_versions(&status, theirs);
+            // Calls in the name of the running member.
+            let status = old
+                .raw()
+                .report_progress(pb::ProgressReport {
+                    protocol_version: theirs,
+                    worker_id: "w0".into(),
+                    generation: a.generation,
+                    step: 50,
+                    metrics: [("loss".to_string(), 9.0)].into_iter().collect(),
+                })
+                .await
+                .unwrap_err();
+            both_versions(&status, theirs);
+            let status = old
+                .raw()
+                .commit_checkpoint(pb::CheckpointCommit {
+                    protocol_version: theirs,
+                    worker_id: "w0".into(),
+                    generation: a.generation,
+                    step: 50,
+                    location: "/nowhere/checkpoint-50".into(),
+                    manifest_sha256: "0".repeat(64),
+                })
+                .await
+                .unwrap_err();
+            both_versions(&status, theirs);
+            let status = old
+                .raw()
+                .leave(pb::LeaveRequest {
+                    protocol_version: theirs,
+                    worker_id: "w0".into(),
+                    reason: "other version".into(),
+                })
+                .await
+                .unwrap_err();
+            both_versions(&status, theirs);
+        }
+
+        // Past a heartbeat timeout the job still runs as before: same generation, world, step and
+        // progress, no restart, no checkpoint, and the newcomer is not registered.
+        tokio::time::sleep(HEARTBEAT_TIMEOUT * 2).await;
+        let after = coord.snapshot();
+        assert!(is_running(&after, a.generation, 1), "{after:#?}");
+        assert_eq!(
+            (after.workers_alive, after.restarts, after.global_step, after.progress_step),
+            (before.workers_alive, before.restarts, before.global_step, before.progress_step)
+        );
+        assert_eq!(after.progress, before.progress);
+        assert_eq!(after.last_checkpoint, None);
+        assert_eq!(
+            after.workers.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+            vec!["w0"]
+        );
+        // The member of the right version carries on.
+        assert!(w0.report(4, &[("loss", 0.6)]).await.accepted);
+        snapshot_until(&coord, "step 4", |s| s.global_step == 4).await;
+        coord.shutdown();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn heartbeat_of_an_unknown_worker_asks_it_to_rejoin() {
     init_tracing();

@@ -221,7 +221,7 @@ fn metric(s: &TaskScores, key: &str) -> f64 {
 }
 
 /// This process's resident memory (Linux `/proc/self/statm`), for the `cpu` device series.
-fn resident_bytes() -> Option<u64> {
+pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
