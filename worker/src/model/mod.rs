@@ -41,6 +41,9 @@ pub enum ModelError {
     Resolve(String),
     #[error(transparent)]
     Window(#[from] WindowSpecError),
+    /// An operation this kind of model cannot do (e.g. windowing an inference-free model's queries).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

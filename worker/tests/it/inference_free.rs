@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use splade_common::config::Config;
-use splade_worker::model::{LoadOptions, SparseEncoder, TextKind};
-use splade_worker::train::{run_training, TrainOptions};
+use splade_worker::model::{LoadOptions, SparseEncoder, TextKind, WindowSpec, STATIC_VAR};
+use splade_worker::train::{run_training, TrainOptions, Trainer};
 use tch::{Device, Tensor};
 
 use crate::parity::{assert_all_close, ours, theirs, weight_warnings};
@@ -83,6 +83,11 @@ fn inference_free_sentence_transformers_folder_loads_and_round_trips() {
     assert!(q.1.iter().any(|&v| (v - 1.0).abs() > 1e-3), "query weights look like the all-ones default: {:?}", q.1);
     assert!(!q.0.contains(&101) && !q.0.contains(&102), "static queries carry no special tokens: {:?}", q.0);
     assert!(q.0.len() <= 6 && d.0.len() > 6, "query {} dims vs document {} dims", q.0.len(), d.0.len());
+    // Windows are for documents; a static query has nothing to window.
+    let spec = WindowSpec { size: 16, stride: 8, max_windows: None };
+    assert!(model.check_windows(&spec, TextKind::Document).is_ok());
+    let e = model.encode_windowed(&["a query"], TextKind::Query, &spec, 4).unwrap_err().to_string();
+    assert!(e.contains("static token table"), "{e}");
 
     // Saving writes sentence-transformers' own layout, and it loads there with the same embeddings.
     let saved = tmp.path().join("ours");
@@ -217,4 +222,38 @@ fn train_inference_free_loss_parity_with_sentence_transformers() {
             assert!(close(a, b), "step {step} {ok}: ours {a} vs sentence-transformers {b}");
         }
     }
+}
+
+#[test]
+fn train_inference_free_frozen_table_and_config_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_pairs(tmp.path(), 16);
+    let training = "  max_steps: 1\n  per_device_train_batch_size: 4\n  max_seq_length: 32\n  query_learning_rate: 1.0e-2";
+    let text = inference_free_config(&tmp.path().join("o"), &data, training, "  freeze_static_embedding: true\n")
+        .replace("  per_device_train_batch_size: 16\n", "")
+        .replace("  max_seq_length: 64\n", "");
+    let mut t = Trainer::new(Config::from_str(&text, "frozen.yaml").unwrap(), Device::Cpu, 4, 1).unwrap();
+    assert!(t.opt.groups.iter().all(|g| !g.names.iter().any(|n| n == STATIC_VAR)), "a frozen table is not optimised");
+    t.train_step().unwrap();
+    let st = t.model.query_static.as_ref().unwrap();
+    assert_eq!(st.weight.min().double_value(&[]), 1.0, "frozen table moved");
+    assert_eq!(st.weight.max().double_value(&[]), 1.0, "frozen table moved");
+    let saved = tmp.path().join("saved");
+    t.model.save(&saved).unwrap();
+    assert_eq!(json(&saved.join("query_0_SparseStaticEmbedding/config.json")), serde_json::json!({"frozen": true}));
+
+    // Unfrozen: its own group at query_learning_rate / learning_rate.
+    let unfrozen = text.replace("  freeze_static_embedding: true\n", "");
+    let t = Trainer::new(Config::from_str(&unfrozen, "if.yaml").unwrap(), Device::Cpu, 4, 1).unwrap();
+    let g = t.opt.groups.iter().find(|g| g.names.iter().any(|n| n == STATIC_VAR)).expect("a group for the table");
+    assert_eq!(g.names.len(), 1);
+    assert!((g.lr_scale - 100.0).abs() < 1e-9, "lr scale {}", g.lr_scale);
+
+    // Keys that only mean something for inference-free SPLADE are refused with plain SPLADE.
+    let plain = unfrozen.replace("  architecture: inference-free-splade\n", "");
+    let e = Trainer::new(Config::from_str(&plain, "plain.yaml").unwrap(), Device::Cpu, 4, 1).err().unwrap().to_string();
+    assert!(e.contains("training.query_learning_rate") && e.contains("inference-free-splade"), "{e}");
+    let routed = plain.replace("  query_learning_rate: 1.0e-2\n", "").replace("  dropout: 0.0\n", "  dropout: 0.0\n  use_router: true\n");
+    let e = Trainer::new(Config::from_str(&routed, "router.yaml").unwrap(), Device::Cpu, 4, 1).err().unwrap().to_string();
+    assert!(e.contains("router.yaml:") && e.contains("model.use_router"), "{e}");
 }
