@@ -257,3 +257,33 @@ fn train_inference_free_frozen_table_and_config_errors() {
     let e = Trainer::new(Config::from_str(&routed, "router.yaml").unwrap(), Device::Cpu, 4, 1).err().unwrap().to_string();
     assert!(e.contains("router.yaml:") && e.contains("model.use_router"), "{e}");
 }
+
+#[test]
+fn train_inference_free_config_file_trains_a_step() {
+    // configs/inference-free.yaml as shipped, shrunk to one small step in a temp dir.
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("configs/inference-free.yaml")).unwrap();
+    for key in ["source: data/", "output_dir: runs/inference-free", "max_steps: 300", "per_device_train_batch_size: 16", "document_max_length: 256"] {
+        assert!(text.contains(key), "configs/inference-free.yaml no longer has `{key}`");
+    }
+    let text = text
+        .replace("source: data/", &format!("source: {}/data/", repo().display()))
+        .replace("output_dir: runs/inference-free", &format!("output_dir: {}", tmp.path().join("o").display()))
+        .replace("max_steps: 300", "max_steps: 1")
+        .replace("per_device_train_batch_size: 16", "per_device_train_batch_size: 4")
+        .replace("document_max_length: 256", "document_max_length: 64");
+    let cfg = Config::from_str(&text, "configs/inference-free.yaml").unwrap();
+    assert!(cfg.inactive_keys().is_empty(), "inactive keys: {:?}", cfg.inactive_keys());
+    let mut t = Trainer::new(cfg, Device::Cpu, 4, 1).unwrap();
+    assert!(t.model.is_inference_free());
+    let stats = t.train_step().unwrap();
+    assert!(stats.loss.is_finite());
+    assert_eq!(stats.flops_query, 0.0, "query_regularizer_weight: 0 in the config");
+    // The table trains at query_learning_rate 1e-3 = 20 × learning_rate 5e-5.
+    assert!(t.opt.groups.iter().any(|g| g.names.iter().any(|n| n == STATIC_VAR) && (g.lr_scale - 20.0).abs() < 1e-9));
+    let saved = tmp.path().join("saved");
+    t.model.save(&saved).unwrap();
+    let qtc = json(&saved.join("query_0_SparseStaticEmbedding/tokenizer_config.json"));
+    assert_eq!(qtc["model_max_length"], 64, "query_max_length is where sentence-transformers will truncate queries");
+    assert!(saved.join("router_config.json").exists());
+}
