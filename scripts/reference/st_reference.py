@@ -7,6 +7,11 @@ Subcommands (all print or write JSON):
   make-tied --base DIR --out DIR
       Builds a SparseEncoder from a bare BertModel (MLM head tied to the word embeddings, transform
       randomly initialised by transformers) and saves it, so both sides hold the same random head.
+  make-inference-free --base DIR --out DIR [--max-length N] [--random-weights]
+      Builds an inference-free SparseEncoder the documented way (Router.for_query_document: query
+      route SparseStaticEmbedding over the MLM's tokenizer, document route MLMTransformer +
+      SpladePooling) and saves it. --random-weights replaces the constructor's all-ones table by
+      seeded random weights (some zero), so a loader that ignores the table cannot pass.
 """
 import argparse
 import contextlib
@@ -93,6 +98,25 @@ def cmd_make_tied(a):
     model.save(a.out)
 
 
+def cmd_make_inference_free(a):
+    import torch
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Router
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SparseStaticEmbedding, SpladePooling
+
+    mlm = MLMTransformer(a.base, max_seq_length=a.max_length)
+    static = SparseStaticEmbedding(tokenizer=mlm.tokenizer, frozen=False)
+    if a.random_weights:
+        g = torch.Generator().manual_seed(1234)
+        w = torch.rand(static.weight.shape, generator=g) * 3.0
+        w[torch.rand(static.weight.shape, generator=g) < 0.2] = 0.0
+        with torch.no_grad():
+            static.weight.copy_(w)
+    router = Router.for_query_document(query_modules=[static], document_modules=[mlm, SpladePooling(pooling_strategy="max")])
+    model = SparseEncoder(modules=[router], similarity_fn_name="dot", device="cpu")
+    model.save(a.out)
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -105,8 +129,13 @@ def main():
     t.add_argument("--base", required=True)
     t.add_argument("--out", required=True)
     t.add_argument("--max-length", type=int, default=256)
+    f = sub.add_parser("make-inference-free")
+    f.add_argument("--base", required=True)
+    f.add_argument("--out", required=True)
+    f.add_argument("--max-length", type=int, default=128)
+    f.add_argument("--random-weights", action="store_true")
     a = p.parse_args()
-    {"encode": cmd_encode, "make-tied": cmd_make_tied}[a.cmd](a)
+    {"encode": cmd_encode, "make-tied": cmd_make_tied, "make-inference-free": cmd_make_inference_free}[a.cmd](a)
 
 
 if __name__ == "__main__":

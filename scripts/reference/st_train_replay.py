@@ -4,6 +4,12 @@ weights of every step (SpladeLoss + SparseMultipleNegativesRankingLoss, fp32, CP
 
   st_train_replay.py --model DIR --data train.jsonl[.gz] --plan plan.jsonl --out steps.json
       --batch-size 16 --max-steps 30 --lr 1e-4 --warmup-ratio 0.1 --q-weight 5e-3 --d-weight 3e-3 --max-length 64
+      [--inference-free --q-lr 1e-2]
+
+--inference-free builds the documented inference-free model from --model: a Router whose query route
+is a fresh SparseStaticEmbedding (all ones) over the MLM's tokenizer and whose document route is the
+MLM + SpladePooling; router_mapping sends `anchor` to the query route, and learning_rate_mapping
+trains the static table (parameter `0.sub_modules.query.0.weight`) at --q-lr.
 """
 import argparse, gzip, json, os
 
@@ -25,6 +31,8 @@ p.add_argument("--warmup-ratio", type=float, default=0.1)
 p.add_argument("--q-weight", type=float, default=5e-3)
 p.add_argument("--d-weight", type=float, default=3e-3)
 p.add_argument("--max-length", type=int, default=64)
+p.add_argument("--inference-free", action="store_true")
+p.add_argument("--q-lr", type=float, default=None)
 a = p.parse_args()
 
 torch.manual_seed(0)
@@ -38,6 +46,18 @@ for m in model.modules():
     if isinstance(m, torch.nn.Dropout):
         m.p = 0.0
 model.max_seq_length = a.max_length
+extra_args = {}
+if a.inference_free:
+    from sentence_transformers.base.modules import Router
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding
+
+    mlm, pooling = model[0], model[1]
+    router = Router.for_query_document(
+        query_modules=[SparseStaticEmbedding(tokenizer=mlm.tokenizer, frozen=False)], document_modules=[mlm, pooling]
+    )
+    model = SparseEncoder(modules=[router], similarity_fn_name="dot", device="cpu")
+    extra_args["router_mapping"] = {"anchor": "query", "positive": "document"}
+    extra_args["learning_rate_mapping"] = {r"sub_modules\.query\.0\.weight": a.q_lr if a.q_lr is not None else a.lr}
 
 records = []
 
@@ -95,6 +115,7 @@ args = SparseEncoderTrainingArguments(
     seed=42,
     dataloader_drop_last=False,
     use_cpu=True,
+    **extra_args,
 )
 trainer = ReplayTrainer(model=model, args=args, train_dataset=ds, loss=loss, callbacks=[LrRecorder()])
 trainer.train()

@@ -31,7 +31,6 @@ pub use error::ConfigError;
 /// Keys the project parses but does not act on yet. The trainer reports each one set in the file at start-up
 /// (see [`Config::inactive_keys`]); remove a key from this list when a component starts honouring it.
 pub const INACTIVE_KEYS: &[&str] = &[
-    "model.use_router",
     "training.group_by_length",
     "training.dataloader_num_workers",
     "training.push_to_hub",
@@ -40,8 +39,6 @@ pub const INACTIVE_KEYS: &[&str] = &[
     "training.hub_private_repo",
     "training.torch_compile",
     "training.fp16",
-    "training.query_learning_rate",
-    "model.freeze_static_embedding",
     "hardware.gradient_checkpointing",
     "hardware.tf32",
     "evaluation.nanobeir_datasets",
@@ -96,7 +93,8 @@ pub struct ModelConfig {
     pub architecture: Architecture,
     /// SPLADE pooling over tokens; default `max`.
     pub pooling_strategy: PoolingStrategy,
-    /// sentence-transformers' Router module (inactive: see [`INACTIVE_KEYS`]).
+    /// sentence-transformers' Router module: inference-free SPLADE is always saved as a Router (query route a
+    /// `SparseStaticEmbedding`, document route the MLM); `true` with `architecture: splade` is refused.
     pub use_router: bool,
     /// Inference-free only: keep the query-side static weights fixed. Default false.
     pub freeze_static_embedding: bool,

@@ -1,5 +1,7 @@
 //! The SPLADE sparse encoder: a BERT masked-LM in libtorch plus SPLADE pooling, loaded from and
-//! saved to the folders sentence-transformers reads and writes.
+//! saved to the folders sentence-transformers reads and writes. Inference-free models (a
+//! sentence-transformers `Router`) encode queries with a static per-token weight table instead
+//! ([`static_embedding`]) and documents with the MLM encoder.
 //!
 //! Guarantee: for the same folder, [`SparseEncoder::encode`] gives the embeddings
 //! `sentence_transformers.SparseEncoder(folder).encode_query/encode_document` gives (within float
@@ -10,6 +12,7 @@ mod config;
 pub mod lean_head;
 mod pooling;
 pub mod resolve;
+pub mod static_embedding;
 mod st_format;
 mod tokenize;
 mod weights;
@@ -23,6 +26,7 @@ pub use bert::BertForMaskedLm;
 pub use config::BertConfig;
 pub use pooling::{Activation, PoolingConfig, PoolingStrategy};
 pub use st_format::FolderSpec;
+pub use static_embedding::{StaticEmbedding, STATIC_VAR};
 pub use tokenize::{Batch, TextTokenizer};
 pub use windows::{WindowSpec, WindowSpecError, WindowStats};
 
@@ -37,6 +41,9 @@ pub enum ModelError {
     Resolve(String),
     #[error(transparent)]
     Window(#[from] WindowSpecError),
+    /// An operation this kind of model cannot do (e.g. windowing an inference-free model's queries).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -76,6 +83,9 @@ pub struct SparseEncoder {
     /// Use the memory-lean max-pooled head (same values and gradients as the dense path; on by
     /// default, `false` selects the dense reference path).
     pub lean_head: bool,
+    /// Inference-free SPLADE: the query route's static weight table (its weight lives in `vs` as
+    /// [`STATIC_VAR`]). `None` for a plain SPLADE encoder, which encodes queries with the MLM.
+    pub query_static: Option<StaticEmbedding>,
 }
 
 impl SparseEncoder {
@@ -112,6 +122,14 @@ impl SparseEncoder {
         if !left.is_empty() {
             tracing::warn!(file = %wpath.display(), "ignoring {} unexpected tensors: {}", left.len(), left.join(", "));
         }
+        let query_static = match &spec.query_static_dir {
+            Some(qdir) => {
+                let st = StaticEmbedding::load(&vs.root(), qdir, cfg.pad_token_id, &spec.padding_side)?;
+                check_static_vocab(&st, &cfg, qdir)?;
+                Some(st)
+            }
+            None => None,
+        };
         let mut vs = vs;
         vs.set_device(device);
         if let Some(p) = &opts.pooling {
@@ -132,7 +150,31 @@ impl SparseEncoder {
             .or(spec.tokenizer_max_length)
             .unwrap_or(max_pos)
             .min(max_pos);
-        Ok(Self { vs, mlm, tokenizer, spec, max_seq_length, lean_head: true })
+        Ok(Self { vs, mlm, tokenizer, spec, max_seq_length, lean_head: true, query_static })
+    }
+
+    /// Turns a plain SPLADE encoder into an inference-free one whose query route is a fresh
+    /// `SparseStaticEmbedding` over the MLM's tokenizer with every weight 1 (what
+    /// sentence-transformers' constructor builds when given no weights). A model that already has
+    /// a static table keeps its weights; `frozen` then only adds freezing.
+    pub fn make_inference_free(&mut self, frozen: bool) -> Result<(), ModelError> {
+        if let Some(st) = &mut self.query_static {
+            if frozen && !st.frozen {
+                st.frozen = true;
+                st.weight = st.weight.set_requires_grad(false);
+            }
+            return Ok(());
+        }
+        let tdir = self.spec.transformer_dir.clone();
+        let st = StaticEmbedding::ones(&self.vs.root(), self.tokenizer.clone(), &tdir, frozen);
+        check_static_vocab(&st, &self.mlm.config, &tdir)?;
+        self.query_static = Some(st);
+        Ok(())
+    }
+
+    /// True for an inference-free (Router) encoder.
+    pub fn is_inference_free(&self) -> bool {
+        self.query_static.is_some()
     }
 
     /// The device the parameters live on.
@@ -147,11 +189,16 @@ impl SparseEncoder {
 
     /// Max length for `kind`, special tokens included.
     pub fn max_length(&self, kind: TextKind) -> usize {
-        let side = match kind {
-            TextKind::Query => self.spec.query_max_length,
-            TextKind::Document => self.spec.document_max_length,
-        };
-        side.unwrap_or(self.max_seq_length)
+        match kind {
+            // sentence-transformers truncates static-embedding queries at the query tokenizer's
+            // model_max_length, not at the transformer's max_seq_length.
+            TextKind::Query => self
+                .spec
+                .query_max_length
+                .or_else(|| self.query_static.as_ref().and_then(|s| s.tokenizer_max_length))
+                .unwrap_or(self.max_seq_length),
+            TextKind::Document => self.spec.document_max_length.unwrap_or(self.max_seq_length),
+        }
     }
 
     /// Prompt prepended to texts of `kind`.
@@ -166,6 +213,11 @@ impl SparseEncoder {
     pub fn tokenize(&self, texts: &[&str], kind: TextKind) -> Result<Batch, ModelError> {
         let prompt = self.prompt(kind);
         let max = self.max_length(kind);
+        if let (TextKind::Query, Some(st)) = (kind, &self.query_static) {
+            let owned: Vec<String> = texts.iter().map(|t| format!("{prompt}{t}")).collect();
+            let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+            return st.tokenize(&refs, max);
+        }
         if prompt.is_empty() {
             self.tokenizer.batch(texts, max)
         } else {
@@ -175,8 +227,18 @@ impl SparseEncoder {
         }
     }
 
-    /// Sparse embeddings [B, V] of a batch already on the model's device; differentiable when
-    /// `train` is set (dropout on) or gradients are enabled.
+    /// Sparse embeddings [B, V] of a batch of `kind` texts tokenized by [`SparseEncoder::tokenize`]:
+    /// inference-free queries go through the static table, everything else through the MLM.
+    pub fn forward_kind(&self, batch: &Batch, kind: TextKind, train: bool) -> Tensor {
+        match (kind, &self.query_static) {
+            (TextKind::Query, Some(st)) => st.forward(batch),
+            _ => self.forward(batch, train),
+        }
+    }
+
+    /// Sparse embeddings [B, V] of a batch already on the model's device, through the MLM encoder
+    /// (the document route of an inference-free model); differentiable when `train` is set
+    /// (dropout on) or gradients are enabled.
     pub fn forward(&self, batch: &Batch, train: bool) -> Tensor {
         self.forward_with_head(batch, train, self.lean_head)
     }
@@ -199,22 +261,52 @@ impl SparseEncoder {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(batch_size.max(1)) {
             let batch = self.tokenize(chunk, kind)?.to(self.device());
-            let emb = self.forward(&batch, false).to_device(Device::Cpu).to_kind(Kind::Float);
+            let emb = self.forward_kind(&batch, kind, false).to_device(Device::Cpu).to_kind(Kind::Float);
             out.extend(dense_rows_to_sparse(&emb));
         }
         Ok(out)
     }
 
-    /// Every parameter with its checkpoint name, in the layout transformers saves for
-    /// BertForMaskedLM (tied decoder not stored).
+    /// Every parameter with its name, sorted: the MLM's in the layout transformers saves for
+    /// BertForMaskedLM (tied decoder not stored), plus [`STATIC_VAR`] for inference-free models.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 
+    /// The MLM's parameters only (what goes into the transformer's `model.safetensors`).
+    pub fn mlm_parameters(&self) -> Vec<(String, Tensor)> {
+        self.named_parameters().into_iter().filter(|(n, _)| n != STATIC_VAR).collect()
+    }
+
     /// Saves a sentence-transformers 6.x SparseEncoder folder at `out` (created if missing).
+    /// Inference-free models are written in the Router layout (see [`st_format`]).
     pub fn save(&self, out: &Path) -> Result<(), ModelError> {
+        std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, format!("cannot create: {e}")))?;
+        if let Some(st) = &self.query_static {
+            let tdir = out.join(st_format::DOCUMENT_MLM_ID);
+            self.save_transformer(&tdir)?;
+            let qdir = out.join(st_format::QUERY_STATIC_ID);
+            std::fs::create_dir_all(&qdir).map_err(|e| ModelError::file(&qdir, format!("cannot create: {e}")))?;
+            let w = st.weight.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+            weights::save_safetensors(&qdir.join("model.safetensors"), &[("weight".to_string(), w)])?;
+            return st_format::write_router_metadata(
+                out,
+                &self.spec,
+                self.max_seq_length,
+                &st.tokenizer_dir,
+                self.max_length(TextKind::Query),
+                st.frozen,
+            );
+        }
+        self.save_transformer(out)?;
+        st_format::write_folder_metadata(out, &self.spec.transformer_dir, &self.spec, self.max_seq_length)?;
+        Ok(())
+    }
+
+    /// The transformer's `config.json` and `model.safetensors` in `out`.
+    fn save_transformer(&self, out: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, format!("cannot create: {e}")))?;
         let mut cfg = serde_json::to_value(&self.mlm.config).expect("config serialises");
         cfg["architectures"] = serde_json::json!(["BertForMaskedLM"]);
@@ -222,10 +314,24 @@ impl SparseEncoder {
         let cfg_path = out.join("config.json");
         std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).expect("json"))
             .map_err(|e| ModelError::file(&cfg_path, format!("cannot write: {e}")))?;
-        weights::save_safetensors(&out.join("model.safetensors"), &self.named_parameters())?;
-        st_format::write_folder_metadata(out, &self.spec.transformer_dir, &self.spec, self.max_seq_length)?;
-        Ok(())
+        weights::save_safetensors(&out.join("model.safetensors"), &self.mlm_parameters())
     }
+}
+
+/// Queries and documents must live in one vocabulary space for the dot product to mean anything.
+fn check_static_vocab(st: &StaticEmbedding, cfg: &BertConfig, dir: &Path) -> Result<(), ModelError> {
+    if st.vocab_size() != cfg.vocab_size {
+        return Err(ModelError::file(
+            dir,
+            format!(
+                "the query-side static table has {} entries but the document MLM's vocab_size is {}; both routes must \
+                 share one vocabulary (use the MLM's own tokenizer for the SparseStaticEmbedding)",
+                st.vocab_size(),
+                cfg.vocab_size
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Converts a dense CPU float matrix [B, V] into per-row (indices, values) of its non-zeros.

@@ -6,6 +6,13 @@
 //! (`config.json`, `model.safetensors`, tokenizer files with `model_max_length` = the max length)
 //! in the root, and `1_SpladePooling/config.json`. Separate query/document max lengths, which
 //! sentence-transformers has no field for, go to `splade_encoder.json` (ignored by Python).
+//!
+//! Inference-free models use the Router layout 6.2 writes (learned from its own `save`): a root
+//! `modules.json` with one `Router` module at path "", `router_config.json` (module types, the
+//! `query`/`document` routes, `default_route: "document"`), and one sub-folder per routed module:
+//! `query_0_SparseStaticEmbedding/` (`config.json` with `frozen`, `model.safetensors` with
+//! `weight`, tokenizer files), `document_0_MLMTransformer/` (the transformer files above) and
+//! `document_1_SpladePooling/config.json`.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +39,8 @@ pub struct FolderSpec {
     pub padding_side: String,
     /// `tokenizer_config.json`'s `model_max_length`, when present and sane.
     pub tokenizer_max_length: Option<usize>,
+    /// Inference-free (Router) folders: the query route's `SparseStaticEmbedding` folder.
+    pub query_static_dir: Option<PathBuf>,
 }
 
 fn read_json(path: &Path) -> Result<Value, ModelError> {
@@ -73,6 +82,7 @@ pub fn read_folder(dir: &Path) -> Result<FolderSpec, ModelError> {
         is_sentence_transformers: false,
         padding_side: "right".into(),
         tokenizer_max_length: None,
+        query_static_dir: None,
     };
     let modules_path = dir.join("modules.json");
     if let Some(modules) = read_json_opt(&modules_path)? {
@@ -105,12 +115,15 @@ pub fn read_folder(dir: &Path) -> Result<FolderSpec, ModelError> {
                 // transformer and puts an MLM head on top; the dense-only modules do not apply.
                 tracing::info!(module = ty, "ignoring dense-embedding module of {}", modules_path.display());
                 spec.is_sentence_transformers = false;
-            } else if ty.ends_with("Router") {
-                return Err(ModelError::file(
-                    &modules_path,
-                    "this is an inference-free (Router) SparseEncoder; load it with the inference-free loader \
-                     (model.architecture: inference-free-splade)",
-                ));
+            } else if ty.ends_with(".Router") || ty.ends_with(".Asym") {
+                if list.len() != 1 {
+                    return Err(ModelError::file(
+                        &modules_path,
+                        "a Router followed or preceded by other modules is not supported; an inference-free SPLADE folder \
+                         has exactly one module, the Router",
+                    ));
+                }
+                read_router(&sub, &mut spec)?;
             } else {
                 return Err(ModelError::file(
                     &modules_path,
@@ -141,6 +154,74 @@ pub fn read_folder(dir: &Path) -> Result<FolderSpec, ModelError> {
     Ok(spec)
 }
 
+/// The route ids of the Router layout, as sentence-transformers names them (`{route}_{idx}_{Class}`).
+pub const QUERY_STATIC_ID: &str = "query_0_SparseStaticEmbedding";
+pub const DOCUMENT_MLM_ID: &str = "document_0_MLMTransformer";
+pub const DOCUMENT_POOLING_ID: &str = "document_1_SpladePooling";
+
+const ROUTER_TYPE: &str = "sentence_transformers.base.modules.router.Router";
+const STATIC_TYPE: &str = "sentence_transformers.sparse_encoder.modules.sparse_static_embedding.SparseStaticEmbedding";
+const MLM_TYPE: &str = "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer";
+const POOLING_TYPE: &str = "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling";
+
+/// Reads a Router module at `rdir` (its `router_config.json`, or the legacy `config.json`) into
+/// `spec`: the query route must be one `SparseStaticEmbedding`, the document route a transformer
+/// then `SpladePooling` — the inference-free SPLADE shape.
+fn read_router(rdir: &Path, spec: &mut FolderSpec) -> Result<(), ModelError> {
+    let mut cfg_path = rdir.join("router_config.json");
+    if !cfg_path.exists() {
+        cfg_path = rdir.join("config.json");
+    }
+    let cfg = read_json(&cfg_path)?;
+    let bad = |m: String| ModelError::file(&cfg_path, m);
+    let types = cfg["types"].as_object().ok_or_else(|| bad("no `types` object; not a sentence-transformers Router config".into()))?;
+    let route = |name: &str| -> Result<Vec<(String, String)>, ModelError> {
+        let ids = cfg["structure"][name].as_array().ok_or_else(|| {
+            bad(format!("no `structure.{name}` route; an inference-free SPLADE Router has a `query` and a `document` route"))
+        })?;
+        ids.iter()
+            .map(|id| {
+                let id = id.as_str().ok_or_else(|| bad(format!("`structure.{name}` holds a non-string module id")))?;
+                if id.contains("..") || id.starts_with('/') {
+                    return Err(bad(format!("module id '{id}' escapes the model folder")));
+                }
+                let ty = types.get(id).and_then(|t| t.as_str()).ok_or_else(|| bad(format!("module '{id}' has no entry in `types`")))?;
+                Ok((id.to_string(), ty.to_string()))
+            })
+            .collect()
+    };
+    let query = route("query")?;
+    let document = route("document")?;
+    match query.as_slice() {
+        [(id, ty)] if ty.ends_with("SparseStaticEmbedding") => spec.query_static_dir = Some(rdir.join(id)),
+        _ => {
+            return Err(bad(format!(
+                "query route {:?} is not supported; inference-free SPLADE has exactly one SparseStaticEmbedding on the query route",
+                query.iter().map(|q| &q.1).collect::<Vec<_>>()
+            )))
+        }
+    }
+    match document.as_slice() {
+        [(tid, tty), (pid, pty)] if TRANSFORMER_TYPES.contains(&tty.as_str()) && pty.ends_with("SpladePooling") => {
+            let sub = rdir.join(tid);
+            if let Some(sb) = read_json_opt(&sub.join("sentence_bert_config.json"))? {
+                spec.max_seq_length = sb["max_seq_length"].as_u64().map(|v| v as usize);
+            }
+            spec.transformer_dir = sub;
+            let p = rdir.join(pid).join("config.json");
+            let v = read_json(&p)?;
+            spec.pooling = serde_json::from_value(v).map_err(|e| ModelError::file(&p, format!("bad pooling config: {e}")))?;
+        }
+        _ => {
+            return Err(bad(format!(
+                "document route {:?} is not supported; inference-free SPLADE has an MLMTransformer then a SpladePooling on the document route",
+                document.iter().map(|d| &d.1).collect::<Vec<_>>()
+            )))
+        }
+    }
+    Ok(())
+}
+
 /// Side file for settings sentence-transformers has no place for.
 pub const EXTRA_FILE: &str = "splade_encoder.json";
 
@@ -150,21 +231,79 @@ const TOKENIZER_FILES: &[&str] = &["tokenizer.json", "special_tokens_map.json", 
 /// Writes everything but `config.json` and `model.safetensors` (the caller writes those) for a
 /// 6.x-style folder at `out`, taking tokenizer files from `tokenizer_src`.
 pub fn write_folder_metadata(out: &Path, tokenizer_src: &Path, spec: &FolderSpec, max_seq_length: usize) -> Result<(), ModelError> {
-    let write = |name: &str, v: &Value| -> Result<(), ModelError> {
-        let p = out.join(name);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| ModelError::file(parent, e.to_string()))?;
-        }
-        let text = serde_json::to_string_pretty(v).expect("JSON values serialise");
-        std::fs::write(&p, text).map_err(|e| ModelError::file(&p, format!("cannot write: {e}")))
-    };
-    write(
+    write_json(
+        out,
         "modules.json",
         &json!([
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer"},
-            {"idx": 1, "name": "1", "path": "1_SpladePooling", "type": "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"}
+            {"idx": 0, "name": "0", "path": "", "type": MLM_TYPE},
+            {"idx": 1, "name": "1", "path": "1_SpladePooling", "type": POOLING_TYPE}
         ]),
     )?;
+    write_root_files(out, spec)?;
+    write_transformer_files(out, tokenizer_src, spec, max_seq_length)?;
+    write_pooling(&out.join("1_SpladePooling"), spec)
+}
+
+/// Writes everything but the two weight files and the transformer's `config.json` of a Router
+/// (inference-free) folder at `out`: root files, `router_config.json`, the static embedding's
+/// config and tokenizer (with `model_max_length` = `query_max_length`, where sentence-transformers
+/// truncates queries), the transformer's metadata and the pooling config.
+pub fn write_router_metadata(
+    out: &Path,
+    spec: &FolderSpec,
+    max_seq_length: usize,
+    query_tokenizer_src: &Path,
+    query_max_length: usize,
+    frozen: bool,
+) -> Result<(), ModelError> {
+    write_json(out, "modules.json", &json!([{"idx": 0, "name": "0", "path": "", "type": ROUTER_TYPE}]))?;
+    write_root_files(out, spec)?;
+    // Written by hand: key order matters to sentence-transformers (the first route gives the
+    // embedding dimension) and serde_json's map would sort the keys.
+    let router = format!(
+        r#"{{
+    "types": {{
+        "{QUERY_STATIC_ID}": "{STATIC_TYPE}",
+        "{DOCUMENT_MLM_ID}": "{MLM_TYPE}",
+        "{DOCUMENT_POOLING_ID}": "{POOLING_TYPE}"
+    }},
+    "structure": {{
+        "query": [
+            "{QUERY_STATIC_ID}"
+        ],
+        "document": [
+            "{DOCUMENT_MLM_ID}",
+            "{DOCUMENT_POOLING_ID}"
+        ]
+    }},
+    "parameters": {{
+        "default_route": "document",
+        "allow_empty_key": true,
+        "route_mappings": {{}}
+    }}
+}}"#
+    );
+    let rp = out.join("router_config.json");
+    std::fs::write(&rp, router).map_err(|e| ModelError::file(&rp, format!("cannot write: {e}")))?;
+    let qdir = out.join(QUERY_STATIC_ID);
+    write_json(&qdir, "config.json", &json!({"frozen": frozen}))?;
+    write_tokenizer_files(&qdir, query_tokenizer_src, spec, query_max_length)?;
+    write_transformer_files(&out.join(DOCUMENT_MLM_ID), &spec.transformer_dir, spec, max_seq_length)?;
+    write_pooling(&out.join(DOCUMENT_POOLING_ID), spec)
+}
+
+fn write_json(dir: &Path, name: &str, v: &Value) -> Result<(), ModelError> {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ModelError::file(parent, e.to_string()))?;
+    }
+    let text = serde_json::to_string_pretty(v).expect("JSON values serialise");
+    std::fs::write(&p, text).map_err(|e| ModelError::file(&p, format!("cannot write: {e}")))
+}
+
+/// `config_sentence_transformers.json` and the side file with per-side max lengths.
+fn write_root_files(out: &Path, spec: &FolderSpec) -> Result<(), ModelError> {
+    let write = |name: &str, v: &Value| write_json(out, name, v);
     write(
         "config_sentence_transformers.json",
         &json!({
@@ -175,7 +314,16 @@ pub fn write_folder_metadata(out: &Path, tokenizer_src: &Path, spec: &FolderSpec
             "similarity_fn_name": "dot"
         }),
     )?;
-    write(
+    if spec.query_max_length.is_some() || spec.document_max_length.is_some() {
+        write(EXTRA_FILE, &json!({"query_max_length": spec.query_max_length, "document_max_length": spec.document_max_length}))?;
+    }
+    Ok(())
+}
+
+/// The MLM transformer's `sentence_bert_config.json` and tokenizer files in `dir`.
+fn write_transformer_files(dir: &Path, tokenizer_src: &Path, spec: &FolderSpec, max_seq_length: usize) -> Result<(), ModelError> {
+    write_json(
+        dir,
         "sentence_bert_config.json",
         &json!({
             "transformer_task": "fill-mask",
@@ -183,14 +331,25 @@ pub fn write_folder_metadata(out: &Path, tokenizer_src: &Path, spec: &FolderSpec
             "module_output_name": "token_embeddings"
         }),
     )?;
-    write(
-        "1_SpladePooling/config.json",
+    write_tokenizer_files(dir, tokenizer_src, spec, max_seq_length)
+}
+
+fn write_pooling(dir: &Path, spec: &FolderSpec) -> Result<(), ModelError> {
+    write_json(
+        dir,
+        "config.json",
         &json!({
             "pooling_strategy": spec.pooling.pooling_strategy,
             "activation_function": spec.pooling.activation_function,
             "embedding_dimension": spec.pooling.embedding_dimension
         }),
-    )?;
+    )
+}
+
+/// Tokenizer files copied from `tokenizer_src` and a `tokenizer_config.json` whose
+/// `model_max_length` is `max_length`.
+fn write_tokenizer_files(out: &Path, tokenizer_src: &Path, spec: &FolderSpec, max_length: usize) -> Result<(), ModelError> {
+    std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, e.to_string()))?;
     for name in TOKENIZER_FILES {
         let src = tokenizer_src.join(name);
         if src.exists() {
@@ -201,11 +360,7 @@ pub fn write_folder_metadata(out: &Path, tokenizer_src: &Path, spec: &FolderSpec
         json!({"tokenizer_class": "BertTokenizer", "do_lower_case": true, "cls_token": "[CLS]", "sep_token": "[SEP]",
                "pad_token": "[PAD]", "mask_token": "[MASK]", "unk_token": "[UNK]"})
     });
-    tc["model_max_length"] = json!(max_seq_length);
+    tc["model_max_length"] = json!(max_length);
     tc["padding_side"] = json!(spec.padding_side);
-    write("tokenizer_config.json", &tc)?;
-    if spec.query_max_length.is_some() || spec.document_max_length.is_some() {
-        write(EXTRA_FILE, &json!({"query_max_length": spec.query_max_length, "document_max_length": spec.document_max_length}))?;
-    }
-    Ok(())
+    write_json(out, "tokenizer_config.json", &tc)
 }

@@ -82,6 +82,12 @@ impl TextTokenizer {
 
     /// Token ids of each text, special tokens included, truncated to `max_len`.
     pub fn encode_ids(&self, texts: &[&str], max_len: usize) -> Result<Vec<Vec<u32>>, ModelError> {
+        self.encode_ids_with(texts, max_len, true)
+    }
+
+    /// Token ids of each text truncated to `max_len`, with or without the special tokens
+    /// (`add_special_tokens=False` is how `SparseStaticEmbedding` tokenizes queries).
+    pub fn encode_ids_with(&self, texts: &[&str], max_len: usize, add_special: bool) -> Result<Vec<Vec<u32>>, ModelError> {
         let mut tok = self.inner.clone();
         tok.with_truncation(Some(TruncationParams {
             max_length: max_len,
@@ -91,7 +97,7 @@ impl TextTokenizer {
         }))
         .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let enc = tok
-            .encode_batch(texts.to_vec(), true)
+            .encode_batch(texts.to_vec(), add_special)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }

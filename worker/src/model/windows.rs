@@ -179,6 +179,15 @@ impl SparseEncoder {
     }
 
     fn prompt_encoding(&self, kind: TextKind) -> Result<Vec<Token>, ModelError> {
+        // Every windowing entry point passes here. An inference-free model's queries are a bag of
+        // tokens looked up in its static table: there is no encoder to window.
+        if kind == TextKind::Query && self.is_inference_free() {
+            return Err(ModelError::Unsupported(
+                "document windows apply to documents; this inference-free model encodes queries with its static \
+                 token table (no length limit to window around): encode queries without windows"
+                    .into(),
+            ));
+        }
         let prompt = self.prompt(kind);
         if prompt.is_empty() {
             return Ok(Vec::new());

@@ -6,6 +6,7 @@
 //! unit the data-parallel worker reuses.
 
 pub mod distributed;
+pub mod inference_free;
 pub mod loss;
 pub mod monitor;
 pub mod optim;
@@ -192,11 +193,16 @@ fn param_groups(model: &SparseEncoder, cfg: &Config) -> Vec<ParamGroup> {
     let mut decay = ParamGroup { names: vec![], params: vec![], weight_decay: cfg.training.weight_decay, lr_scale: 1.0 };
     let mut plain = ParamGroup { names: vec![], params: vec![], weight_decay: 0.0, lr_scale: 1.0 };
     for (name, t) in model.named_parameters() {
+        if name == crate::model::STATIC_VAR {
+            continue; // its own group (or none when frozen), below
+        }
         let g = if no_decay(&name) { &mut plain } else { &mut decay };
         g.names.push(name);
         g.params.push(t);
     }
-    vec![decay, plain]
+    let mut groups = vec![decay, plain];
+    groups.extend(inference_free::static_param_group(model, cfg));
+    groups
 }
 
 impl Trainer {
@@ -212,13 +218,8 @@ impl Trainer {
             )));
         }
         let dir = resolve_model(&cfg.model.base_model)?;
-        if cfg.model.architecture == splade_common::config::Architecture::InferenceFreeSplade {
-            return Err(other(format!(
-                "{}: model.architecture inference-free-splade is not implemented by this trainer yet; use splade",
-                cfg.origin
-            )));
-        }
-        let model = SparseEncoder::load(&dir, device, &load_options(&cfg))?;
+        let mut model = SparseEncoder::load(&dir, device, &load_options(&cfg))?;
+        inference_free::prepare_model(&mut model, &cfg)?;
         if cfg.training.bf16 && crate::amp::Autocast::new(device, Kind::BFloat16).is_none() {
             return Err(other(format!(
                 "{}: training.bf16 is true but libtorch has no autocast for device {device:?}; set bf16: false",
@@ -270,7 +271,7 @@ impl Trainer {
             cands.extend(ex.iter().map(|e| e.negatives[k].as_str()));
         }
         let qb = self.model.tokenize(&anchors, TextKind::Query)?.to(dev);
-        let q = self.model.forward(&qb, train);
+        let q = self.model.forward_kind(&qb, TextKind::Query, train);
         let tw = windows::TrainingWindows::from_config(&self.cfg);
         let docs = windows::embed_documents(&self.model, &cands, tw.as_ref(), self.seed, self.state.global_step, train)?;
         if tw.is_some() {

@@ -6,6 +6,7 @@ mod cluster;
 mod eval_parity;
 mod lean_head;
 mod dist;
+mod inference_free;
 mod parity;
 mod train;
 mod train_obs;

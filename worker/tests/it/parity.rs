@@ -7,9 +7,9 @@ use tch::Device;
 
 use crate::support::*;
 
-type Sparse = (Vec<u32>, Vec<f32>);
+pub(crate) type Sparse = (Vec<u32>, Vec<f32>);
 
-fn ours(dir: &Path, opts: &LoadOptions, texts: &[(String, bool)]) -> Vec<Sparse> {
+pub(crate) fn ours(dir: &Path, opts: &LoadOptions, texts: &[(String, bool)]) -> Vec<Sparse> {
     let model = SparseEncoder::load(dir, Device::Cpu, opts).unwrap();
     texts
         .iter()
@@ -21,7 +21,7 @@ fn ours(dir: &Path, opts: &LoadOptions, texts: &[(String, bool)]) -> Vec<Sparse>
 }
 
 /// Encodes with sentence-transformers; returns the embeddings and the run's metadata.
-fn theirs(dir: &Path, texts: &[(String, bool)]) -> (Vec<Sparse>, serde_json::Value) {
+pub(crate) fn theirs(dir: &Path, texts: &[(String, bool)]) -> (Vec<Sparse>, serde_json::Value) {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.json");
     let items: Vec<_> = texts
@@ -45,7 +45,7 @@ fn theirs(dir: &Path, texts: &[(String, bool)]) -> (Vec<Sparse>, serde_json::Val
     (embs, v)
 }
 
-fn assert_all_close(a: &[Sparse], b: &[Sparse], texts: &[(String, bool)], what: &str) {
+pub(crate) fn assert_all_close(a: &[Sparse], b: &[Sparse], texts: &[(String, bool)], what: &str) {
     assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         let head: String = texts[i].0.chars().take(40).collect();
@@ -54,7 +54,7 @@ fn assert_all_close(a: &[Sparse], b: &[Sparse], texts: &[(String, bool)], what: 
 }
 
 /// Load-time messages that would mean the folder does not match what transformers expects.
-fn weight_warnings(meta: &serde_json::Value) -> Vec<String> {
+pub(crate) fn weight_warnings(meta: &serde_json::Value) -> Vec<String> {
     meta["warnings"]
         .as_array()
         .unwrap()
