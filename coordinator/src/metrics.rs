@@ -1,5 +1,6 @@
 //! The coordinator's Prometheus series, fed from the state loop's [`JobSnapshot`]s: job health
-//! ([`ClusterMetrics`]) and the training series ([`TrainingMetrics`]) from rank 0's progress reports.
+//! ([`ClusterMetrics`]) and the training series ([`TrainingMetrics`]) from rank 0's progress reports,
+//! including its retrieval evaluations of committed checkpoints ([`eval_results`]).
 
 use splade_common::obs::{ClusterMetrics, ObsError, Registry, StepStats, TrainingMetrics};
 use tokio::sync::watch;
@@ -21,6 +22,8 @@ pub fn spawn_exporter(
         let mut restarts = 0u32;
         let mut progress_step = 0u64;
         let mut checkpoint_step = None;
+        // Task → step of the evaluation last exported.
+        let mut eval_steps = std::collections::BTreeMap::<String, u64>::new();
         loop {
             {
                 let s = snapshots.borrow_and_update();
@@ -41,6 +44,12 @@ pub fn spawn_exporter(
                     checkpoint_step = ck;
                     let secs = s.progress.get("checkpoint_seconds").copied().unwrap_or(0.0);
                     training.record_checkpoint(ck.unwrap_or(0), secs);
+                }
+                for e in eval_results(&s.progress) {
+                    if eval_steps.get(&e.task) != Some(&e.step) {
+                        training.record_eval(&e.task, e.step, e.ndcg_at_10, e.mrr_at_10);
+                        eval_steps.insert(e.task, e.step);
+                    }
                 }
             }
             if snapshots.changed().await.is_err() {
@@ -69,5 +78,59 @@ fn step_stats(step: u64, p: &std::collections::BTreeMap<String, f64>) -> StepSta
         learning_rate: g("learning_rate"),
         grad_norm: g("grad_norm"),
         allreduce_seconds: p.get("allreduce_seconds").copied(),
+    }
+}
+
+/// One task's scores from rank 0's evaluation of a committed checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalResult {
+    /// The task's name in `evaluation.tasks` (the `task` label).
+    pub task: String,
+    /// Global step of the evaluated checkpoint.
+    pub step: u64,
+    pub ndcg_at_10: f64,
+    pub mrr_at_10: f64,
+}
+
+/// The evaluations carried in progress metrics: keys `eval/<task>/ndcg_at_10`, `eval/<task>/mrr_at_10`
+/// and `eval/<task>/step`, as the worker reports them. A task without an MRR reads NaN, without a
+/// step 0.
+pub fn eval_results(p: &std::collections::BTreeMap<String, f64>) -> Vec<EvalResult> {
+    p.iter()
+        .filter_map(|(k, v)| {
+            let task = k.strip_prefix("eval/")?.strip_suffix("/ndcg_at_10")?;
+            let get = |m: &str| p.get(&format!("eval/{task}/{m}")).copied();
+            Some(EvalResult {
+                task: task.to_string(),
+                step: get("step").unwrap_or(0.0) as u64,
+                ndcg_at_10: *v,
+                mrr_at_10: get("mrr_at_10").unwrap_or(f64::NAN),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_keys_become_per_task_results() {
+        let p: std::collections::BTreeMap<String, f64> = [
+            ("loss", 0.5),
+            ("eval/norquad/ndcg_at_10", 0.4),
+            ("eval/norquad/mrr_at_10", 0.3),
+            ("eval/norquad/step", 12.0),
+            ("eval/a/b/ndcg_at_10", 0.9),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let r = eval_results(&p);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[0].task, "a/b");
+        assert_eq!((r[0].step, r[0].ndcg_at_10), (0, 0.9));
+        assert!(r[0].mrr_at_10.is_nan());
+        assert_eq!(r[1], EvalResult { task: "norquad".into(), step: 12, ndcg_at_10: 0.4, mrr_at_10: 0.3 });
     }
 }

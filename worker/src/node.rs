@@ -7,6 +7,15 @@
 //! changes (then the group is dropped and the next generation is formed). Rank 0 commits
 //! checkpoints and the final model through `splade_common::store` and announces each commit.
 //!
+//! With `evaluation.tasks` configured, rank 0 evaluates every committed checkpoint and the final
+//! model with the code `splade train` evaluates with ([`DuringEval`]), writes each task's MTEB
+//! `TaskResult` to `<output_dir>/eval/<checkpoint>/<task>.json` and reports NDCG@10 and MRR@10 to
+//! the coordinator as progress keys `eval/<task>/{ndcg_at_10,mrr_at_10,step}`. A checkpoint is
+//! evaluated while the other ranks wait in the next step's collective, so the group's timeout is
+//! raised to [`EVAL_COLLECTIVE_TIMEOUT`] when tasks are configured; the final model is evaluated
+//! after the last barrier, when nobody waits on rank 0. An evaluation that fails is logged and
+//! training continues.
+//!
 //! Heartbeats run on a tokio runtime's own threads, so a long step never starves them; the
 //! training loop itself runs on the calling thread.
 //!
@@ -33,7 +42,7 @@ use tch::Device;
 use tokio::sync::watch;
 
 use crate::dist::{Backend, GroupOptions, ProcessGroup};
-use crate::train::monitor::{resident_bytes, to_obs_stats};
+use crate::train::monitor::{resident_bytes, to_obs_stats, DuringEval};
 use crate::train::Trainer;
 
 /// Why the worker stopped with an error. Each message says what failed and where.
@@ -67,6 +76,13 @@ pub struct NodeOptions {
     /// The join token (from `SPLADE_CLUSTER_TOKEN`).
     pub token: String,
 }
+
+/// How long a collective waits for the other ranks when `evaluation.tasks` is configured: rank 0
+/// evaluates a checkpoint while its peers wait in the next step's all-gather.
+pub const EVAL_COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How long a collective waits without evaluation (a few checkpoint writes' worth).
+const COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How a generation ended.
 enum GenEnd {
@@ -235,6 +251,13 @@ fn train_generation(
             a.start_step, trainer.state.global_step
         )));
     }
+    let evals = if a.rank == 0 && !trainer.cfg.evaluation.tasks.is_empty() {
+        Some(DuringEval::load(&trainer.cfg).map_err(|e| setup(e.to_string()))?)
+    } else {
+        None
+    };
+    let collective_timeout =
+        if trainer.cfg.evaluation.tasks.is_empty() { COLLECTIVE_TIMEOUT } else { EVAL_COLLECTIVE_TIMEOUT };
     let backend = match trainer.cfg.cluster.c10d_backend {
         C10dBackend::Auto => Backend::for_device(device),
         C10dBackend::Gloo => Backend::Gloo,
@@ -248,7 +271,7 @@ fn train_generation(
             rank: a.rank as usize,
             world_size: a.world_size as usize,
             generation: a.generation,
-            timeout: Duration::from_secs(120),
+            timeout: collective_timeout,
             gloo_host: Some(advertise.to_string()),
         },
     )
@@ -318,6 +341,11 @@ fn train_generation(
             // Nobody reports the last step before rank 0 has written `final`.
             pg.barrier().map_err(|e| setup(e.to_string()))?;
         }
+        // Nobody waits on rank 0 after the last barrier; the scores go with the last step's report.
+        let final_eval = match (&evals, step == total) {
+            (Some(ev), true) => evaluate_committed(&trainer, ev, "final", step),
+            _ => Vec::new(),
+        };
         *last_step = step;
         session.set_position(Some(a.generation), step);
         if rank == 0 {
@@ -348,7 +376,7 @@ fn train_generation(
                 worker_id: session.worker_id().clone(),
                 generation: a.generation,
                 step,
-                metrics: m.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                metrics: m.iter().map(|(k, v)| (k.to_string(), *v)).chain(final_eval).collect(),
             };
             if let Err(e) = rt.block_on(client.report_progress(report)) {
                 tracing::warn!(error = %e, "progress report failed");
@@ -383,10 +411,65 @@ fn train_generation(
                     Ok(ack) => tracing::warn!(checkpoint = url, reason = ack.reason, "checkpoint not recorded"),
                     Err(e) => tracing::warn!(checkpoint = url, error = %e, "checkpoint announcement failed"),
                 }
+                if let Some(ev) = &evals {
+                    let scores = evaluate_committed(&trainer, ev, &name, step);
+                    if !scores.is_empty() {
+                        let report = ProgressReport {
+                            worker_id: session.worker_id().clone(),
+                            generation: a.generation,
+                            step,
+                            metrics: scores.into_iter().collect(),
+                        };
+                        if let Err(e) = rt.block_on(client.report_progress(report)) {
+                            tracing::warn!(error = %e, "evaluation report failed");
+                        }
+                    }
+                }
             }
         }
     }
     Ok(GenEnd::Finished)
+}
+
+/// Evaluates the model rank 0 just committed as `name` (`checkpoint-<step>` or `final`) on every
+/// configured task, writes each task's MTEB `TaskResult` to `<output_dir>/eval/<name>/<task>.json`
+/// and returns the progress keys the coordinator exports: `eval/<task>/ndcg_at_10`,
+/// `eval/<task>/mrr_at_10` and `eval/<task>/step`. Empty (after a warning) when the evaluation
+/// fails: evaluation never stops training.
+fn evaluate_committed(trainer: &Trainer, evals: &DuringEval, name: &str, step: u64) -> Vec<(String, f64)> {
+    let t0 = Instant::now();
+    let round = match evals.run(&trainer.model) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(checkpoint = name, error = %e, "evaluation failed; training continues");
+            return Vec::new();
+        }
+    };
+    // One round covers every task; its time is each task's `evaluation_time` (exact for one task).
+    let seconds = t0.elapsed().as_secs_f64();
+    let mut keys = Vec::new();
+    for (task, s) in &round.tasks {
+        let mut extra = serde_json::Map::new();
+        extra.insert("model".into(), trainer.output.url_of(name).into());
+        extra.insert("global_step".into(), step.into());
+        let result = s.to_task_result(vec!["nob-Latn".into()], "local", seconds, extra);
+        let rel = format!("eval/{name}/{task}.json");
+        let output = &trainer.output;
+        let put = async {
+            let text = serde_json::to_vec_pretty(&result).map_err(|e| e.to_string())?;
+            output.store().put(&output.child(&rel), object_store::PutPayload::from(text)).await.map_err(|e| e.to_string())
+        };
+        match block_on(put) {
+            Ok(_) => tracing::info!(result = trainer.output.url_of(&rel), "evaluation result written"),
+            Err(e) => tracing::warn!(result = trainer.output.url_of(&rel), error = %e, "cannot write the evaluation result"),
+        }
+        let get = |k: &str| s.metrics.get(k).copied().unwrap_or(f64::NAN);
+        tracing::info!(checkpoint = name, task, ndcg_at_10 = get("ndcg_at_10"), mrr_at_10 = get("mrr_at_10"), "eval");
+        keys.push((format!("eval/{task}/ndcg_at_10"), get("ndcg_at_10")));
+        keys.push((format!("eval/{task}/mrr_at_10"), get("mrr_at_10")));
+        keys.push((format!("eval/{task}/step"), step as f64));
+    }
+    keys
 }
 
 fn save_final(trainer: &Trainer) -> Result<(), NodeError> {

@@ -201,11 +201,39 @@ fn scrape(url: &str) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| text.to_string())
 }
 
-/// Series that the dashboard names but a cluster job cannot export yet: cluster training runs no
-/// evaluation (`worker/src/node.rs`), so the per-task NDCG/MRR gauges never get a sample. `splade
-/// train` exports them (`train_obs.rs`). When cluster evaluation lands, this list must become empty
-/// (the test below fails until it is).
-const NOT_EXPORTED_BY_A_CLUSTER_YET: &[&str] = &["splade_eval_ndcg_at_10", "splade_eval_mrr_at_10"];
+/// A BEIR task small enough to evaluate in seconds: the first 10 NorQuAD dev queries, their qrels,
+/// and 30 passages (their relevant ones first, then others as distractors).
+fn write_tiny_task(dir: &Path) -> PathBuf {
+    let src = repo().join("data/norquad");
+    let task = dir.join("norquad-tiny");
+    std::fs::create_dir_all(task.join("qrels")).unwrap();
+    let qrels = std::fs::read_to_string(src.join("qrels/dev.tsv")).unwrap();
+    let mut lines = qrels.lines();
+    let header = lines.next().unwrap();
+    let mut queries = std::collections::BTreeSet::new();
+    let mut relevant = std::collections::BTreeSet::new();
+    let mut kept = vec![header.to_string()];
+    for l in lines {
+        let f: Vec<&str> = l.split('\t').collect();
+        if !queries.contains(f[0]) && queries.len() == 10 {
+            continue;
+        }
+        queries.insert(f[0].to_string());
+        relevant.insert(f[1].to_string());
+        kept.push(l.to_string());
+    }
+    std::fs::write(task.join("qrels/dev.tsv"), kept.join("\n") + "\n").unwrap();
+    let id = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap()["_id"].as_str().unwrap().to_string();
+    let all_queries = std::fs::read_to_string(src.join("queries.jsonl")).unwrap();
+    let q: Vec<&str> = all_queries.lines().filter(|l| queries.contains(&id(l))).collect();
+    assert_eq!(q.len(), 10);
+    std::fs::write(task.join("queries.jsonl"), q.join("\n") + "\n").unwrap();
+    let corpus = std::fs::read_to_string(src.join("corpus.jsonl")).unwrap();
+    let (rel, other): (Vec<&str>, Vec<&str>) = corpus.lines().partition(|l| relevant.contains(&id(l)));
+    let docs: Vec<&str> = rel.into_iter().chain(other).take(30).collect();
+    std::fs::write(task.join("corpus.jsonl"), docs.join("\n") + "\n").unwrap();
+    task
+}
 
 /// Samples (unix seconds, value) of a range selector over Prometheus' HTTP API.
 fn prom_samples(prom: &PrometheusServer, selector: &str) -> Vec<(f64, String)> {
@@ -225,7 +253,10 @@ async fn cluster_two_workers_train_to_completion() {
     let out = tmp.path().join("out");
     // Enough steps that Prometheus (scraping every second) sees several of them.
     let steps = 16;
-    let cfg = parse(&job_yaml(&out, &data, 4, 8, steps, 4, (2, 2)));
+    // Rank 0 evaluates each committed checkpoint and the final model on a tiny BEIR task.
+    let task = write_tiny_task(tmp.path());
+    let eval = format!("evaluation:\n  tasks:\n    - name: norquad-tiny\n      source: {}\n      split: dev\n", task.display());
+    let cfg = parse(&(job_yaml(&out, &data, 4, 8, steps, 4, (2, 2)) + &eval));
     let handle = start_coordinator(&cfg).await;
     let addr = handle.local_addr();
     let mut snaps = handle.subscribe();
@@ -330,6 +361,23 @@ async fn cluster_two_workers_train_to_completion() {
     assert_eq!(sample("splade_checkpoint_write_seconds_count"), 3.0, "{coord_text}");
     assert!(sample("splade_checkpoint_write_seconds_sum") > 0.0, "checkpoint write time not reported:\n{coord_text}");
     assert_eq!(sample("splade_checkpoint_last_committed_step"), 12.0, "{coord_text}");
+    // The final model's evaluation, exported per task, equals the MTEB result file rank 0 wrote;
+    // checkpoint 12's result file is there too.
+    let ndcg = sample(r#"splade_eval_ndcg_at_10{task="norquad-tiny"}"#);
+    assert!(ndcg > 0.0 && ndcg <= 1.0, "NDCG@10 {ndcg}:\n{coord_text}");
+    eprintln!("coordinator: NDCG@10 of the final model on norquad-tiny {ndcg:.4}");
+    assert_eq!(sample(r#"splade_eval_global_step{task="norquad-tiny"}"#), steps as f64, "{coord_text}");
+    for (ck, exported) in [("final", Some(ndcg)), ("checkpoint-12", None)] {
+        let p = out.join(format!("eval/{ck}/norquad-tiny.json"));
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let r: splade_common::eval::TaskResult = serde_json::from_str(&text).unwrap();
+        let dev = &r.scores["dev"][0];
+        assert_eq!((r.task_name.as_str(), dev.fields["global_step"].as_u64()), ("norquad-tiny", Some(ck_step(ck, steps))));
+        if let Some(v) = exported {
+            assert!((dev.main_score - v).abs() < 1e-9, "{}: main_score {} vs exported {v}", p.display(), dev.main_score);
+        }
+        assert!(dev.fields["mrr_at_10"].as_f64().is_some_and(|m| m > 0.0 && m <= 1.0), "{text}");
+    }
     let mut exported = exposed_names(&coord_text);
     exported.extend(exposed_names(&worker_text));
     for job in ["splade-coordinator", "splade-worker"] {
@@ -352,11 +400,14 @@ async fn cluster_two_workers_train_to_completion() {
             }
         }
     }
-    let expected: std::collections::BTreeSet<String> = NOT_EXPORTED_BY_A_CLUSTER_YET.iter().map(|s| s.to_string()).collect();
-    assert_eq!(
-        missing, expected,
+    assert!(
+        missing.is_empty(),
         "dashboard/alert metrics missing from the live scrapes (coordinator + worker):\n{coord_text}\n--- worker ---\n{worker_text}"
     );
+}
+
+fn ck_step(name: &str, last: usize) -> u64 {
+    name.strip_prefix("checkpoint-").map_or(last as u64, |s| s.parse().unwrap())
 }
 
 fn load_grads(p: &Path) -> BTreeMap<String, Tensor> {
