@@ -207,21 +207,7 @@ fn train_inference_free_loss_parity_with_sentence_transformers() {
     assert!(status.success(), "st_train_replay.py failed");
     let st: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&steps).unwrap()).unwrap();
     assert_eq!(st.len(), 8, "sentence-transformers ran {} steps", st.len());
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * a.abs().max(b.abs()) || (a - b).abs() <= 1e-12;
-    for (o, t) in mine.iter().zip(&st) {
-        let step = o["step"].as_u64().unwrap();
-        for (ok, tk) in [
-            ("train/loss_ranking", "ranking"),
-            ("train/loss_flops_query", "flops_query"),
-            ("train/loss_flops_document", "flops_document"),
-            ("train/learning_rate", "learning_rate"),
-            ("train/query_regularizer_weight", "query_weight"),
-            ("train/document_regularizer_weight", "document_weight"),
-        ] {
-            let (a, b) = (o[ok].as_f64().unwrap(), t[tk].as_f64().unwrap());
-            assert!(close(a, b), "step {step} {ok}: ours {a} vs sentence-transformers {b}");
-        }
-    }
+    crate::train::assert_steps_match_st(&mine, &st, 1e-4);
 }
 
 #[test]

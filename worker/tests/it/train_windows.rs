@@ -109,18 +109,7 @@ fn windowed_training_embedding_equals_the_encode_doc_window_vector() {
 }
 
 fn all_grads(t: &Trainer) -> Vec<Tensor> {
-    let mut v: Vec<(String, Tensor)> = t
-        .model
-        .vs
-        .variables()
-        .into_iter()
-        .map(|(n, v)| {
-            let g = v.grad();
-            (n, if g.defined() { g.copy() } else { v.zeros_like() })
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v.into_iter().map(|(_, g)| g).collect()
+    crate::train::all_grads(t).into_iter().map(|(_, g)| g).collect()
 }
 
 fn relative_l2(a: &[Tensor], b: &[Tensor]) -> (f64, f64) {
