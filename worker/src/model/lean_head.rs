@@ -4,11 +4,11 @@
 //! (row, vocab id) the max of the logits over the row's real tokens and the position that won. Because `log1p(relu(·))` is
 //! monotonic, pooling the activations equals activating the pooled logit, so only the winners
 //! matter. For the backward pass the winning logits of the active entries (max > 0; everything
-//! else has zero gradient through `relu`) are recomputed differentiably as a row-wise dot product of
-//! the transformed hidden state at `argmax[b, v]` with decoder row `v`: autograd turns that into an
-//! index-add over the active entries instead of a dense `[B, L, V]` matmul. Values come from the
-//! chunked forward (so they equal the dense path's), gradients from the recomputation (so they
-//! equal the dense path's gradients of `max`).
+//! else has zero gradient through `relu`) are recomputed differentiably as a sampled dense-dense
+//! product: `W · t_bᵀ` evaluated only at (v, argmax[b, v]), so the backward is a sparse product over
+//! the active entries instead of a dense `[B, L, V]` matmul. Values come from the forward (so they
+//! equal the dense path's), gradients from the recomputation (so they equal the dense path's
+//! gradients of `max`).
 //!
 //! Built from ATen ops only, so the same code runs on CPU and CUDA. The running max is kept in
 //! fp32 whatever the autocast dtype.
@@ -41,13 +41,48 @@ pub fn max_pooled(mlm: &BertForMaskedLm, pooling: &PoolingConfig, hidden: &Tenso
     let bi = active.select(1, 0);
     let vi = active.select(1, 1);
     let li = argmax.index(&[Some(&bi), Some(&vi)]);
-    let h_sel = t.index(&[Some(&bi), Some(&li)]).to_kind(Kind::Float);
-    let w_sel = w.index_select(0, &vi).to_kind(Kind::Float);
-    let logit = (h_sel * w_sel).sum_dim_intlist([1i64].as_slice(), false, Kind::Float) + bias.index_select(0, &vi).to_kind(Kind::Float);
+    let logit = winning_logits(&t, &w, &bi, &vi, &li, b, v) + bias.index_select(0, &vi).to_kind(Kind::Float);
     // Value from the chunked forward, gradient from the recomputed logit.
     let logit = best.index(&[Some(&bi), Some(&vi)]) + (&logit - logit.detach());
     let values = pooling.activate(&logit);
     Tensor::zeros([b, v], (Kind::Float, t.device())).index_put(&[Some(bi), Some(vi)], &values, false)
+}
+
+/// The logits `t[b, l] · w[v]` of the active entries (`bi`, `vi`, `li`: row, vocabulary id, winning
+/// position; sorted by row, then vocabulary id, as `nonzero` returns them), differentiable in `t` and `w`.
+///
+/// Per row, a sampled dense-dense product (`W · t_bᵀ` evaluated only at the pattern (v, l)) instead of
+/// gathering `t[b, l]` and `w[v]` per entry: autograd then saves `t` and `W` themselves, not two
+/// `[active entries, hidden]` copies. Early in training most entries are active, and those copies
+/// outgrew sentence-transformers' dense head (MiniLM, batch 32 × 256 tokens: 13.7 GB vs 10.2 GB).
+fn winning_logits(t: &Tensor, w: &Tensor, bi: &Tensor, vi: &Tensor, li: &Tensor, b: i64, v: i64) -> Tensor {
+    let dev = t.device();
+    let (l, _h) = (t.size()[1], t.size()[2]);
+    let counts = bi.bincount(None::<Tensor>, b).to_device(tch::Device::Cpu);
+    let counts: Vec<i64> = Vec::<i64>::try_from(&counts).expect("bincount gives int64 counts");
+    let w = w.to_kind(Kind::Float);
+    let mut parts = Vec::with_capacity(b as usize);
+    let mut start = 0;
+    for (row, &n) in counts.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let (v_row, l_row) = (vi.narrow(0, start, n), li.narrow(0, start, n));
+        // CSR pattern over [V, L]: one entry in each active vocabulary row, at its winning position.
+        let rows_hit = Tensor::zeros([v], (Kind::Int64, dev)).index_fill(0, &v_row, 1);
+        let crow = Tensor::cat(&[Tensor::zeros([1], (Kind::Int64, dev)), rows_hit.cumsum(0, Kind::Int64)], 0);
+        let pattern = Tensor::sparse_csr_tensor_crow_col_value_size(
+            &crow,
+            &l_row,
+            &Tensor::zeros([n], (Kind::Float, dev)),
+            [v, l],
+            (Kind::Float, dev),
+        );
+        let t_row = t.get(row as i64).to_kind(Kind::Float);
+        parts.push(pattern.sparse_sampled_addmm(&w, &t_row.tr()).values());
+        start += n;
+    }
+    Tensor::cat(&parts, 0)
 }
 
 /// Running max over the real (unmasked) tokens of each row of the logits, and the position of each max,
