@@ -41,11 +41,29 @@ pub fn max_pooled(mlm: &BertForMaskedLm, pooling: &PoolingConfig, hidden: &Tenso
     let bi = active.select(1, 0);
     let vi = active.select(1, 1);
     let li = argmax.index(&[Some(&bi), Some(&vi)]);
-    let logit = winning_logits(&t, &w, &bi, &vi, &li, b, v) + bias.index_select(0, &vi).to_kind(Kind::Float);
+    let h = t.size()[2];
+    let logit = if active.size()[0] * h <= GATHER_ELEMENTS {
+        gathered_logits(&t, &w, &bi, &vi, &li)
+    } else {
+        winning_logits(&t, &w, &bi, &vi, &li, b, v)
+    } + bias.index_select(0, &vi).to_kind(Kind::Float);
     // Value from the chunked forward, gradient from the recomputed logit.
     let logit = best.index(&[Some(&bi), Some(&vi)]) + (&logit - logit.detach());
     let values = pooling.activate(&logit);
     Tensor::zeros([b, v], (Kind::Float, t.device())).index_put(&[Some(bi), Some(vi)], &values, false)
+}
+
+/// Largest `[active entries, hidden]` gather (elements) the backward recomputation may save per side
+/// (64 Mi floats = 256 MiB); above it, [`winning_logits`]' sampled product, which saves nothing that
+/// grows with the entries but costs a per-row loop. Trained SPLADE models activate a few hundred
+/// entries per text and stay far below; a fresh MLM head activates most of the vocabulary.
+const GATHER_ELEMENTS: i64 = 64 << 20;
+
+/// [`winning_logits`] by gathering `t[b, l]` and `w[v]` per active entry: fastest when entries are few.
+fn gathered_logits(t: &Tensor, w: &Tensor, bi: &Tensor, vi: &Tensor, li: &Tensor) -> Tensor {
+    let h_sel = t.index(&[Some(bi), Some(li)]).to_kind(Kind::Float);
+    let w_sel = w.index_select(0, vi).to_kind(Kind::Float);
+    (h_sel * w_sel).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
 }
 
 /// The logits `t[b, l] · w[v]` of the active entries (`bi`, `vi`, `li`: row, vocabulary id, winning
@@ -54,7 +72,8 @@ pub fn max_pooled(mlm: &BertForMaskedLm, pooling: &PoolingConfig, hidden: &Tenso
 /// Per row, a sampled dense-dense product (`W · t_bᵀ` evaluated only at the pattern (v, l)) instead of
 /// gathering `t[b, l]` and `w[v]` per entry: autograd then saves `t` and `W` themselves, not two
 /// `[active entries, hidden]` copies. Early in training most entries are active, and those copies
-/// outgrew sentence-transformers' dense head (MiniLM, batch 32 × 256 tokens: 13.7 GB vs 10.2 GB).
+/// outgrew sentence-transformers' dense head (MiniLM, batch 32 × 256 tokens: 13.7 GB vs 10.2 GB; with
+/// this product 5.4 GB).
 fn winning_logits(t: &Tensor, w: &Tensor, bi: &Tensor, vi: &Tensor, li: &Tensor, b: i64, v: i64) -> Tensor {
     let dev = t.device();
     let (l, _h) = (t.size()[1], t.size()[2]);
@@ -129,4 +148,40 @@ fn running_max(t: &Tensor, w: &Tensor, bias: &Tensor, mask: &Tensor, b: i64, l: 
         pos.get(row).copy_(&real.index_select(0, &row_pos));
     }
     (best, pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two recomputations give the same logits and the same gradients for `t` and `w`.
+    #[test]
+    fn sampled_product_equals_gather() {
+        tch::manual_seed(7);
+        let (b, l, h, v) = (3, 9, 16, 50);
+        let run = |sampled: bool| {
+            let t = Tensor::randn([b, l, h], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            let w = Tensor::randn([v, h], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            (t, w, sampled)
+        };
+        let (t1, w1, _) = run(false);
+        let (t2, w2) = (t1.detach().copy().set_requires_grad(true), w1.detach().copy().set_requires_grad(true));
+        // A mixed pattern of entries (random logits' maxima are nearly all positive, so a higher cut),
+        // sorted as nonzero returns them.
+        let logits = t1.detach().matmul(&w1.detach().tr());
+        let (best, argmax) = logits.max_dim(1, false);
+        let active = best.gt(6.0).nonzero();
+        let (bi, vi) = (active.select(1, 0), active.select(1, 1));
+        let li = argmax.index(&[Some(&bi), Some(&vi)]);
+        assert!(active.size()[0] > 10 && active.size()[0] < b * v, "want a mixed pattern");
+        let g = gathered_logits(&t1, &w1, &bi, &vi, &li);
+        let s = winning_logits(&t2, &w2, &bi, &vi, &li, b, v);
+        assert!(g.allclose(&s, 1e-5, 1e-6, false), "logits differ");
+        assert!(g.allclose(&best.index(&[Some(&bi), Some(&vi)]), 1e-5, 1e-5, false), "not the winning logits");
+        let weights = Tensor::randn([active.size()[0]], (Kind::Float, tch::Device::Cpu));
+        (&g * &weights).sum(Kind::Float).backward();
+        (&s * &weights).sum(Kind::Float).backward();
+        assert!(t1.grad().allclose(&t2.grad(), 1e-5, 1e-6, false), "t gradients differ");
+        assert!(w1.grad().allclose(&w2.grad(), 1e-5, 1e-6, false), "w gradients differ");
+    }
 }
