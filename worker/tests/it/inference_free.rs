@@ -14,7 +14,7 @@ use tch::{Device, Tensor};
 
 use crate::parity::{assert_all_close, ours, theirs, weight_warnings};
 use crate::support::*;
-use crate::train::{tiny_config, train_steps};
+use crate::train::{small_pairs, tiny_config, train_steps};
 
 /// An inference-free SparseEncoder built and saved by sentence-transformers from SPLADE-tiny, with
 /// a random (not all-ones) static table so that a loader ignoring it cannot pass.
@@ -109,26 +109,6 @@ fn inference_free_sentence_transformers_folder_loads_and_round_trips() {
 fn inference_free_config(out: &Path, data: &Path, training: &str, model_extra: &str) -> String {
     tiny_config(out, data, training, "")
         .replace("  dropout: 0.0\n", &format!("  dropout: 0.0\n  architecture: inference-free-splade\n{model_extra}"))
-}
-
-/// A small pairs file (short passages) so a few steps run quickly on two shared cores.
-fn small_pairs(dir: &Path, n: usize) -> PathBuf {
-    let data = dir.join("pairs.jsonl");
-    let queries = std::fs::read_to_string(repo().join("data/norquad/queries.jsonl")).unwrap();
-    let corpus: Vec<serde_json::Value> = std::fs::read_to_string(repo().join("data/norquad/corpus.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let mut lines = String::new();
-    for (i, q) in queries.lines().take(n).enumerate() {
-        let q: serde_json::Value = serde_json::from_str(q).unwrap();
-        let pos: String = corpus[i % corpus.len()]["text"].as_str().unwrap().chars().take(200).collect();
-        lines += &serde_json::json!({"anchor": q["text"], "positive": pos}).to_string();
-        lines.push('\n');
-    }
-    std::fs::write(&data, lines).unwrap();
-    data
 }
 
 #[test]

@@ -198,26 +198,31 @@ fn safetensors_bytes(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("model.safetensors")).unwrap()
 }
 
-#[test]
-fn train_resume_after_sigterm_is_bitwise_identical() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("pairs.jsonl");
-    // A small dataset keeps 40 steps quick; 4 rows a batch.
-    let src = std::fs::read_to_string(repo().join("data/norquad/queries.jsonl")).unwrap();
+/// A small pairs file (short passages) so a few steps run quickly on two shared cores.
+pub fn small_pairs(dir: &Path, n: usize) -> PathBuf {
+    let data = dir.join("pairs.jsonl");
+    let queries = std::fs::read_to_string(repo().join("data/norquad/queries.jsonl")).unwrap();
     let corpus: Vec<serde_json::Value> = std::fs::read_to_string(repo().join("data/norquad/corpus.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let mut lines = String::new();
-    for (i, q) in src.lines().take(120).enumerate() {
+    for (i, q) in queries.lines().take(n).enumerate() {
         let q: serde_json::Value = serde_json::from_str(q).unwrap();
-        let d = &corpus[i % corpus.len()];
-        let pos: String = d["text"].as_str().unwrap().chars().take(200).collect();
+        let pos: String = corpus[i % corpus.len()]["text"].as_str().unwrap().chars().take(200).collect();
         lines += &serde_json::json!({"anchor": q["text"], "positive": pos}).to_string();
         lines.push('\n');
     }
     std::fs::write(&data, lines).unwrap();
+    data
+}
+
+#[test]
+fn train_resume_after_sigterm_is_bitwise_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A small dataset keeps 40 steps quick; 4 rows a batch.
+    let data = small_pairs(tmp.path(), 120);
     let training = "  max_steps: 40\n  per_device_train_batch_size: 4\n  save_strategy: steps\n  save_steps: 5\n  max_seq_length: 32";
     let run = |out: &Path, resume: bool| -> std::process::Child {
         let mut text = tiny_config(out, &data, training, "").replace("  per_device_train_batch_size: 16\n", "").replace("  max_seq_length: 64\n", "");
