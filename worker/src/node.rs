@@ -312,12 +312,7 @@ fn train_generation(
                 dump_gradients(&trainer, &p.with_extension(format!("rank{rank}")))?;
             }
         }
-        stats.learning_rate = lr;
-        stats.epoch = batch.epoch;
-        stats.grad_norm = trainer.apply_gradients(lr);
-        trainer.state.epoch = batch.epoch;
-        trainer.state.samples_seen += batch.rows.len() as u64;
-        stats.step_seconds = t0.elapsed().as_secs_f64();
+        trainer.finish_step(&mut stats, &batch, lr, t0);
         samples += batch.rows.len() as u64;
         metrics.record_step(stats.step_seconds, data_wait);
         if let Some(rss) = resident_bytes() {

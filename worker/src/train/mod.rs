@@ -400,13 +400,20 @@ impl Trainer {
         self.model.vs.unfreeze();
         let ex = self.examples(&batch, &batch.rows);
         let mut stats = self.forward_backward(&ex)?;
+        self.finish_step(&mut stats, &batch, lr, t0);
+        Ok(stats)
+    }
+
+    /// Ends a step whose gradients are in place (single-process or all-reduced): applies them at `lr`,
+    /// advances the epoch and sample count, and fills the step's lr, epoch, gradient norm and wall
+    /// time (since `started`) into `stats`.
+    pub fn finish_step(&mut self, stats: &mut StepStats, batch: &PlannedBatch, lr: f64, started: Instant) {
         stats.learning_rate = lr;
         stats.epoch = batch.epoch;
         stats.grad_norm = self.apply_gradients(lr);
         self.state.epoch = batch.epoch;
         self.state.samples_seen += batch.rows.len() as u64;
-        stats.step_seconds = t0.elapsed().as_secs_f64();
-        Ok(stats)
+        stats.step_seconds = started.elapsed().as_secs_f64();
     }
 
     /// Writes model + optimizer + trainer state into `dir` (a local staging folder).
