@@ -218,6 +218,25 @@ pub fn small_pairs(dir: &Path, n: usize) -> PathBuf {
     data
 }
 
+/// Starts `splade train` on config `text` writing to `out`; with `resume`, the same config plus
+/// `resume_from_checkpoint: true`, its file kept in a sibling `resume/` folder.
+pub fn spawn_train(out: &Path, text: &str, resume: bool) -> std::process::Child {
+    let text = if resume {
+        text.replace("  report_to: none\n", "  report_to: none\n  resume_from_checkpoint: true\n")
+    } else {
+        text.to_string()
+    };
+    let dir = out.parent().unwrap().join(if resume { "resume" } else { out.file_name().unwrap().to_str().unwrap() });
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = write_config(&dir, &text);
+    Command::new(env!("CARGO_BIN_EXE_splade"))
+        .args(["train", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn train_resume_after_sigterm_is_bitwise_identical() {
     let tmp = tempfile::tempdir().unwrap();
@@ -225,19 +244,8 @@ fn train_resume_after_sigterm_is_bitwise_identical() {
     let data = small_pairs(tmp.path(), 120);
     let training = "  max_steps: 40\n  per_device_train_batch_size: 4\n  save_strategy: steps\n  save_steps: 5\n  max_seq_length: 32";
     let run = |out: &Path, resume: bool| -> std::process::Child {
-        let mut text = tiny_config(out, &data, training, "").replace("  per_device_train_batch_size: 16\n", "").replace("  max_seq_length: 64\n", "");
-        if resume {
-            text = text.replace("  report_to: none\n", "  report_to: none\n  resume_from_checkpoint: true\n");
-        }
-        let dir = out.parent().unwrap().join(if resume { "resume" } else { out.file_name().unwrap().to_str().unwrap() });
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = write_config(&dir, &text);
-        Command::new(env!("CARGO_BIN_EXE_splade"))
-            .args(["train", "--config", cfg.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+        let text = tiny_config(out, &data, training, "").replace("  per_device_train_batch_size: 16\n", "").replace("  max_seq_length: 64\n", "");
+        spawn_train(out, &text, resume)
     };
     let straight = tmp.path().join("straight");
     assert!(run(&straight, false).wait().unwrap().success());

@@ -5,7 +5,6 @@
 //! `splade train` with windows logs its cost and resumes bit-exactly after SIGTERM.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use splade_common::config::{Config, WindowTrainingMode};
 use splade_worker::model::{dense_rows_to_sparse, LoadOptions, SparseEncoder, TextKind, WindowSpec};
@@ -229,19 +228,7 @@ fn train_windows_sample_resume_after_sigterm_is_bitwise_identical() {
         let mut text = tiny_config(out, &data, training, "").replace("  per_device_train_batch_size: 16\n", "") + &windows_yaml("sample");
         // Dropout on, so the replay of the RNG per step is part of what is checked.
         text = text.replace("  dropout: 0.0\n", "  dropout: 0.1\n");
-        if resume {
-            text = text.replace("  report_to: none\n", "  report_to: none\n  resume_from_checkpoint: true\n");
-        }
-        let dir = out.parent().unwrap().join(if resume { "resume".to_string() } else { out.file_name().unwrap().to_string_lossy().into_owned() });
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = dir.join("cfg.yaml");
-        std::fs::write(&cfg, text).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_splade"))
-            .args(["train", "--config", cfg.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+        crate::train::spawn_train(out, &text, resume)
     };
     let straight = tmp.path().join("straight");
     assert!(run(&straight, false).wait().unwrap().success());
