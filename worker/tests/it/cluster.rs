@@ -551,20 +551,40 @@ async fn cluster_one_worker_gradient_cache_probe_embeddings_equal_single_process
     probes_after_20_steps_equal_single_process(4, 1).await;
 }
 
+/// Two workers train from S3 (moto) and checkpoint to S3; one is killed with SIGKILL after a committed
+/// checkpoint. The survivor re-forms, resumes from that checkpoint and completes, and the ledger of
+/// consumed rows shows the committed trajectory used exactly the planned rows, none lost, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_worker_killed_job_resumes() {
+    use object_store::{path::Path as ObjPath, PutPayload};
+    use splade_common::testkit::MotoServer;
+
+    let moto = tokio::task::spawn_blocking(MotoServer::start).await.unwrap();
+    moto.create_bucket("splade-job");
     let tmp = tempfile::tempdir().unwrap();
-    let data = write_data(tmp.path(), 64);
-    let out = tmp.path().join("out");
+    let local_data = write_data(tmp.path(), 64);
+    let opts = moto.store_options();
+    let bucket = Location::parse_with("s3://splade-job", &opts).unwrap();
+    let bytes = std::fs::read(&local_data).unwrap();
+    bucket.store().put(&ObjPath::from("data/train.jsonl"), PutPayload::from(bytes)).await.unwrap();
+    let data = Path::new("s3://splade-job/data/train.jsonl");
+    let out = "s3://splade-job/run";
     let steps = 8;
-    let cfg = parse(&job_yaml(&out, &data, 4, 8, steps, 2, (1, 2)));
-    let handle = start_coordinator(&cfg).await;
+    let cfg = parse(&job_yaml(Path::new(out), data, 4, 8, steps, 2, (1, 2)));
+    let loc = Location::parse_with(out, &opts).unwrap();
+    let (cluster, job) = splade_coordinator::config::from_config(&cfg).unwrap();
+    let mut copts = CoordinatorOptions::new(cluster, job, "127.0.0.1:0".parse().unwrap(), JoinToken::new(TOKEN).unwrap());
+    copts.verifier = Arc::new(StoreVerifier::new(loc.clone()));
+    let handle = splade_coordinator::start(copts).await.unwrap();
     let addr = handle.local_addr();
     let mut snaps = handle.subscribe();
     let ledger = tmp.path().join("ledger.jsonl");
+    let mut env: Vec<(String, String)> = moto.env();
+    env.push(("SPLADE_DEBUG_LEDGER".into(), ledger.display().to_string()));
+    let env_refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (k.as_str(), Path::new(v.as_str()))).collect();
     let mut workers = vec![
-        spawn_worker(addr, "w0", tmp.path(), TOKEN, &[("SPLADE_DEBUG_LEDGER", &ledger)], None),
-        spawn_worker(addr, "w1", tmp.path(), TOKEN, &[("SPLADE_DEBUG_LEDGER", &ledger)], None),
+        spawn_worker(addr, "w0", tmp.path(), TOKEN, &env_refs, None),
+        spawn_worker(addr, "w1", tmp.path(), TOKEN, &env_refs, None),
     ];
     // Wait for a committed checkpoint in a 2-worker generation, then kill rank 1 hard.
     let t = Instant::now();
@@ -589,8 +609,7 @@ async fn cluster_worker_killed_job_resumes() {
     assert!(exit_ok(survivor, Duration::from_secs(60)), "survivor:\n{}", survivor.log());
     let last = snaps.borrow().clone();
     assert!(last.restarts >= 1 && last.generation >= 2, "{last:?}");
-    let loc = Location::parse(out.to_str().unwrap()).unwrap();
-    splade_common::store::block_on(verify_checkpoint(&loc, "final", Verify::Full)).unwrap();
+    assert_eq!(verify_checkpoint(&loc, "final", Verify::Full).await.unwrap().step, steps as u64);
 
     // The ledger: each generation resumed where its checkpoint left off; the committed trajectory
     // (each generation up to where the next one started) consumed exactly the planned rows.
@@ -617,7 +636,8 @@ async fn cluster_worker_killed_job_resumes() {
             }
         }
     }
-    let plan_cfg = parse(&job_yaml(&out, &data, 4, 8, steps, 2, (1, 2)));
+    // The plan, from the same rows on local disk (what the workers read from the bucket).
+    let plan_cfg = parse(&job_yaml(&tmp.path().join("plan-out"), &local_data, 4, 8, steps, 2, (1, 2)));
     let datasets = load_train_datasets(&plan_cfg).unwrap();
     let plan = build_plan(&plan_cfg, &datasets, 8).unwrap();
     assert_eq!(committed.len(), steps, "committed steps: {:?}", committed.keys().collect::<Vec<_>>());
