@@ -18,6 +18,7 @@ p.add_argument("--data", required=True)
 p.add_argument("--batch-size", type=int, default=32)
 p.add_argument("--max-length", type=int, default=256)
 p.add_argument("--steps", type=int, default=6)
+p.add_argument("--batch-sampler", default="no_duplicates", choices=["no_duplicates", "batch_sampler"])
 p.add_argument("--out-dir", default="/tmp/st-bench")
 a = p.parse_args()
 torch.set_num_threads(os.cpu_count() or 1)
@@ -39,7 +40,7 @@ class Timer(TrainerCallback):
 
 args = SparseEncoderTrainingArguments(
     output_dir=a.out_dir, max_steps=a.steps, per_device_train_batch_size=a.batch_size, learning_rate=2e-5,
-    logging_steps=1000, save_strategy="no", report_to="none", use_cpu=True, batch_sampler="no_duplicates",
+    logging_steps=1000, save_strategy="no", report_to="none", use_cpu=True, batch_sampler=a.batch_sampler,
 )
 SparseEncoderTrainer(model=model, args=args, train_dataset=ds, loss=loss, callbacks=[Timer()]).train()
 steady = times[1:] or times

@@ -108,11 +108,8 @@ fn winning_logits(t: &Tensor, w: &Tensor, bi: &Tensor, vi: &Tensor, li: &Tensor,
 /// in fp32: the screened path ([`screened_running_max`]) where a bf16 GEMM is fast and exactness can be
 /// bounded, else the plain fp32 path ([`exact_running_max`]). Both give the fp32 dense head's values.
 fn running_max(t: &Tensor, w: &Tensor, bias: &Tensor, mask: &Tensor, b: i64, l: i64, v: i64) -> (Tensor, Tensor) {
-    if screening_pays(t) {
-        screened_running_max(t, w, bias, mask, b, v, SCREEN_ELEMENTS)
-    } else {
-        exact_running_max(t, w, bias, mask, b, l, v)
-    }
+    let screened = if screening_pays(t) { screened_running_max(t, w, bias, mask, b, v, SCREEN_ELEMENTS, SCREEN_MAX_KEPT) } else { None };
+    screened.unwrap_or_else(|| exact_running_max(t, w, bias, mask, b, l, v))
 }
 
 /// Whether [`screened_running_max`] is used: fp32 hidden states outside autocast (under autocast the
@@ -191,6 +188,10 @@ const SCREEN_BOUND: f64 = 1.0 / 64.0;
 /// (queries) need products wide enough to run efficiently, long ones reduce fastest alone.
 const GROUP_TOKENS: i64 = 128;
 
+/// Share of (row, id) pairs the first screened group may keep for screening to go on; above it the
+/// exact path runs instead (a fresh MLM head keeps all of them).
+const SCREEN_MAX_KEPT: f64 = 0.25;
+
 /// Upper bound on one bf16 screening chunk (`tokens × V` bf16 elements): 16 Mi elements = 32 MiB, reused.
 const SCREEN_ELEMENTS: i64 = 16 << 20;
 
@@ -206,7 +207,20 @@ const SCREEN_ELEMENTS: i64 = 16 << 20;
 /// SPLADE model keeps a few hundred of the 30522 ids per text, so pass 2 is small and the whole head
 /// costs about the bf16 GEMM. Hidden states with inf/NaN make the bound NaN, and NaN ids stay in pass
 /// 2, so they surface as the dense path's would.
-fn screened_running_max(t: &Tensor, w: &Tensor, bias: &Tensor, mask: &Tensor, b: i64, v: i64, budget: i64) -> (Tensor, Tensor) {
+///
+/// `None` when the first group of rows keeps more than `max_kept` of its (row, id) pairs: screening would
+/// cost more than it saves, and the caller runs the exact path.
+#[allow(clippy::too_many_arguments)]
+fn screened_running_max(
+    t: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    mask: &Tensor,
+    b: i64,
+    v: i64,
+    budget: i64,
+    max_kept: f64,
+) -> Option<(Tensor, Tensor)> {
     let dev = t.device();
     let hdim = t.size()[2];
     let lens: Vec<i64> = Vec::<i64>::try_from(&mask.to_kind(Kind::Int64).sum_dim_intlist([1i64].as_slice(), false, Kind::Int64).to_device(tch::Device::Cpu))
@@ -219,7 +233,7 @@ fn screened_running_max(t: &Tensor, w: &Tensor, bias: &Tensor, mask: &Tensor, b:
     let best = Tensor::zeros([b, v], (Kind::Float, dev));
     let pos = Tensor::zeros([b, v], (Kind::Int64, dev));
     if total == 0 {
-        return (best, pos);
+        return Some((best, pos));
     }
     let wb = w.to_kind(Kind::BFloat16);
     let hb = h_all.to_kind(Kind::BFloat16);
@@ -230,7 +244,16 @@ fn screened_running_max(t: &Tensor, w: &Tensor, bias: &Tensor, mask: &Tensor, b:
     // Pass 1: approximate row maxima, over groups of whole rows (a row longer than a chunk is split).
     let am = Tensor::full([b, v], f64::NEG_INFINITY, (Kind::Float, dev));
     let starts: Vec<i64> = lens.iter().scan(0, |s, &n| { let x = *s; *s += n; Some(x) }).collect();
+    let h_norm = h_all.norm_scalaropt_dim(2, [1i64].as_slice(), false);
+    let bound_of = |r: usize| -> Tensor {
+        let hn = h_norm.narrow(0, starts[r], lens[r]).max();
+        let a = am.get(r as i64);
+        // A little absolute slack for the fp32 rounding of the sum itself.
+        let bound = &a + &w_norm * &hn * SCREEN_BOUND + &bias;
+        &bound + (a.abs() + bias.abs()) * 1e-6
+    };
     let mut row = 0usize;
+    let mut checked = false;
     while row < lens.len() {
         if lens[row] == 0 {
             row += 1;
@@ -263,20 +286,26 @@ fn screened_running_max(t: &Tensor, w: &Tensor, bias: &Tensor, mask: &Tensor, b:
             }
             done += len;
         }
+        if !checked {
+            // A fresh MLM head (MiniLM with a tied decoder) has nearly every id positive: screening
+            // then saves nothing, so the first group decides, from the inputs alone (resume stays
+            // bit-exact), whether the rest is worth screening.
+            checked = true;
+            let kept: i64 = (row..end).filter(|&r| lens[r] > 0).map(|r| i64::try_from(bound_of(r).le(0.0).logical_not().sum(Kind::Int64)).unwrap_or(0)).sum();
+            let rows = (row..end).filter(|&r| lens[r] > 0).count() as i64;
+            if kept as f64 > max_kept * (rows * v) as f64 {
+                return None;
+            }
+        }
         row = end;
     }
     // Pass 2: exact logits of the ids that may be positive.
-    let h_norm = h_all.norm_scalaropt_dim(2, [1i64].as_slice(), false);
     for (r, &n) in lens.iter().enumerate() {
         if n == 0 {
             continue;
         }
         let h_row = h_all.narrow(0, starts[r], n);
-        let hn = h_norm.narrow(0, starts[r], n).max();
-        let a = am.get(r as i64);
-        // A little absolute slack for the fp32 rounding of the sum itself.
-        let bound = &a + &w_norm * &hn * SCREEN_BOUND + &bias;
-        let bound = &bound + (a.abs() + bias.abs()) * 1e-6;
+        let bound = bound_of(r);
         let keep = bound.le(0.0).logical_not().nonzero().squeeze_dim(1);
         let mut best_row = best.get(r as i64);
         let _ = best_row.copy_(&bound.clamp_max(0.0));
@@ -289,7 +318,7 @@ fn screened_running_max(t: &Tensor, w: &Tensor, bias: &Tensor, mask: &Tensor, b:
         let won = within.narrow(0, starts[r], n).index_select(0, &ix);
         let _ = pos.get(r as i64).index_copy_(0, &keep, &won);
     }
-    (best, pos)
+    Some((best, pos))
 }
 
 #[cfg(test)]
@@ -345,7 +374,7 @@ mod tests {
         let bias = (-exact0.get(0) + hair).where_self(&half, &(Tensor::randn([v], opts) * 2.0));
         let (eb, ep) = exact_running_max(&t, &w, &bias, &mask, b, l, v);
         for budget in [7 * v, 20 * v, 1000 * v] {
-            let (sb, sp) = screened_running_max(&t, &w, &bias, &mask, b, v, budget);
+            let (sb, sp) = screened_running_max(&t, &w, &bias, &mask, b, v, budget, 1.0).expect("max_kept 1 always screens");
             let pos = eb.gt(0.0);
             let n_pos = i64::try_from(pos.sum(Kind::Int64)).unwrap();
             assert!(n_pos > 50 && n_pos < 4 * v, "want a mixed pattern, got {n_pos} positive maxima");
@@ -356,5 +385,19 @@ mod tests {
             // The empty row has nothing.
             assert!(bool::try_from(sb.get(2).le(0.0).all()).unwrap());
         }
+    }
+
+    /// With every id positive (a fresh MLM head) screening gives up after the first group.
+    #[test]
+    fn screening_declines_when_nearly_everything_is_positive() {
+        tch::manual_seed(5);
+        let (b, l, h, v) = (3i64, 10i64, 16i64, 200i64);
+        let opts = (Kind::Float, tch::Device::Cpu);
+        let t = Tensor::randn([b, l, h], opts);
+        let w = Tensor::randn([v, h], opts);
+        let bias = Tensor::full([v], 100.0, opts);
+        let mask = Tensor::ones([b, l], (Kind::Int64, tch::Device::Cpu));
+        assert!(screened_running_max(&t, &w, &bias, &mask, b, v, SCREEN_ELEMENTS, SCREEN_MAX_KEPT).is_none());
+        assert!(screened_running_max(&t, &w, &(bias - 200.0), &mask, b, v, SCREEN_ELEMENTS, SCREEN_MAX_KEPT).is_some());
     }
 }
