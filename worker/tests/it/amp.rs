@@ -1,0 +1,242 @@
+//! fp16 mixed precision: the loss scaler against `torch.amp.GradScaler`, fp16 training of
+//! SPLADE-tiny against fp32, a provoked overflow, and bit-exact resume of an fp16 run.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use splade_common::config::Config;
+use splade_worker::train::optim::{AdamW, ParamGroup};
+use splade_worker::train::scaler::{GradScaler, ScalerConfig};
+use splade_worker::train::Trainer;
+use tch::{Device, Kind, Tensor};
+
+use crate::support::*;
+use crate::train::{small_pairs, spawn_train, tiny_config, train_steps};
+
+/// `torch.amp.GradScaler("cpu")` driving SGD or AdamW over a sequence of gradients: the loss of
+/// step i is `(p · g_i).sum()`, so the scaled backward leaves `scale · g_i` in `p.grad`. Prints,
+/// per step, the unscaled gradient, whether the step was skipped, the weights after the step and
+/// the scale and growth tracker after `update()`. Numbers travel as Python `str(float)` text so
+/// inf and NaN survive.
+const GRADSCALER_PY: &str = r#"
+import json, sys, torch
+spec = json.load(sys.stdin)
+p = torch.tensor([float(x) for x in spec["p0"]], dtype=torch.float32, requires_grad=True)
+if spec["optimizer"] == "sgd":
+    opt = torch.optim.SGD([p], lr=spec["lr"])
+else:
+    opt = torch.optim.AdamW([p], lr=spec["lr"], weight_decay=spec["weight_decay"], foreach=False)
+c = spec["scaler"]
+scaler = torch.amp.GradScaler("cpu", init_scale=c["init_scale"], growth_factor=c["growth_factor"],
+                              backoff_factor=c["backoff_factor"], growth_interval=c["growth_interval"])
+out = []
+for g in spec["grads"]:
+    g = torch.tensor([float(x) for x in g], dtype=torch.float32)
+    opt.zero_grad()
+    scaler.scale((p * g).sum()).backward()
+    scaler.unscale_(opt)
+    unscaled = [str(x) for x in p.grad.tolist()]
+    skipped = sum(v.item() for v in scaler._found_inf_per_device(opt).values()) > 0
+    scaler.step(opt)
+    scaler.update()
+    out.append({"grad": unscaled, "skipped": skipped, "p": [str(x) for x in p.detach().tolist()],
+                "scale": scaler.get_scale(), "tracker": scaler._get_growth_tracker()})
+print(json.dumps(out))
+"#;
+
+/// The gradient sequence: ordinary values of mixed magnitude, an inf, a NaN, a finite value that
+/// overflows fp32 once scaled, and runs of finite steps long enough to grow the scale.
+fn gradient_sequence() -> Vec<Vec<f32>> {
+    let ordinary = |i: usize| -> Vec<f32> { (0..6).map(|j| ((i * 7 + j * 3) % 11) as f32 * 0.013 - 0.05 + 1e-6 * (j as f32 + 1.0)).collect() };
+    let mut seq = Vec::new();
+    for i in 0..16 {
+        let mut g = ordinary(i);
+        match i {
+            2 => g[1] = f32::INFINITY,
+            3 => g[4] = f32::NAN,
+            8 => g[0] = 3e37, // finite, but × scale overflows fp32
+            12 => g[5] = f32::NEG_INFINITY,
+            _ => {}
+        }
+        seq.push(g);
+    }
+    seq
+}
+
+fn parse_f32(s: &serde_json::Value) -> f32 {
+    s.as_str().unwrap().parse::<f64>().unwrap() as f32
+}
+
+fn same(a: f32, b: f32) -> bool {
+    a == b || (a.is_nan() && b.is_nan())
+}
+
+/// Our scaler, SGD (`p -= lr·g`, lr a power of two so the product is exact whichever way torch
+/// fuses it) or our AdamW, on the same sequence; the same records as [`GRADSCALER_PY`].
+fn run_ours(cfg: ScalerConfig, optimizer: &str, lr: f64, wd: f64, p0: &[f32], grads: &[Vec<f32>]) -> Vec<(Vec<f32>, bool, Vec<f32>, f64, i64)> {
+    let p = Tensor::from_slice(p0).set_requires_grad(true);
+    let mut adamw = AdamW::new(vec![ParamGroup { names: vec!["p".into()], params: vec![p.shallow_clone()], weight_decay: wd, lr_scale: 1.0 }]);
+    let mut scaler = GradScaler::new(cfg, Device::Cpu);
+    let mut out = Vec::new();
+    for g in grads {
+        p.shallow_clone().zero_grad();
+        scaler.scale_loss(&(&p * Tensor::from_slice(g)).sum(Kind::Float)).backward();
+        let found_inf = scaler.unscale_(&[p.shallow_clone()]);
+        let unscaled = Vec::<f32>::try_from(&p.grad()).unwrap();
+        let skipped = GradScaler::step_was_skipped(&found_inf);
+        if !skipped {
+            if optimizer == "sgd" {
+                tch::no_grad(|| {
+                    let _ = p.shallow_clone().g_sub_(&(p.grad() * lr));
+                });
+            } else {
+                adamw.step(lr);
+            }
+        }
+        scaler.update(&found_inf);
+        out.push((unscaled, skipped, Vec::<f32>::try_from(&p.detach()).unwrap(), scaler.scale(), scaler.growth_tracker()));
+    }
+    out
+}
+
+fn assert_matches_gradscaler(cfg: ScalerConfig, optimizer: &str, lr: f64) {
+    let wd = 0.01;
+    let p0: Vec<f32> = vec![0.5, -1.25, 2.0, 0.1, -0.3, 1.0];
+    let grads = gradient_sequence();
+    let spec = serde_json::json!({
+        "p0": p0.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>(),
+        "grads": grads.iter().map(|g| g.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "optimizer": optimizer, "lr": lr, "weight_decay": wd,
+        "scaler": {"init_scale": cfg.init_scale, "growth_factor": cfg.growth_factor,
+                   "backoff_factor": cfg.backoff_factor, "growth_interval": cfg.growth_interval},
+    });
+    let mut child = Command::new(ref_python())
+        .args(["-c", GRADSCALER_PY])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the reference python (run scripts/setup.sh --reference)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(spec.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "GradScaler reference failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = run_ours(cfg, optimizer, lr, wd, &p0, &grads);
+    assert_eq!(ours.len(), theirs.len());
+    let (mut skips, mut grows) = (0, 0);
+    let mut prev_scale = cfg.init_scale;
+    for (i, ((grad, skipped, p, scale, tracker), t)) in ours.iter().zip(&theirs).enumerate() {
+        let what = format!("{optimizer} {cfg:?} step {i}");
+        assert_eq!(*skipped, t["skipped"].as_bool().unwrap(), "{what}: skipped");
+        assert_eq!(*scale, t["scale"].as_f64().unwrap(), "{what}: scale after update");
+        assert_eq!(*tracker, t["tracker"].as_i64().unwrap(), "{what}: growth tracker");
+        let tg: Vec<f32> = t["grad"].as_array().unwrap().iter().map(parse_f32).collect();
+        assert!(grad.iter().zip(&tg).all(|(a, b)| same(*a, *b)), "{what}: unscaled gradient ours {grad:?} vs torch {tg:?}");
+        let tp: Vec<f32> = t["p"].as_array().unwrap().iter().map(parse_f32).collect();
+        assert!(p.iter().zip(&tp).all(|(a, b)| same(*a, *b)), "{what}: weights ours {p:?} vs torch {tp:?}");
+        skips += *skipped as usize;
+        grows += (*scale > prev_scale) as usize;
+        prev_scale = *scale;
+    }
+    // The sequence must have exercised both directions, or the comparison proves little.
+    assert_eq!(skips, 4, "{optimizer}: the inf, NaN, -inf and overflowing steps are skipped");
+    assert!(grows >= 2, "{optimizer} {cfg:?}: the scale never grew");
+}
+
+#[test]
+fn scaler_matches_torch_gradscaler_with_sgd_and_adamw() {
+    // Defaults except a short growth interval, and odd factors whose scale is no power of two (so
+    // unscaling rounds, and the float64 reciprocal matters).
+    let defaults = ScalerConfig { growth_interval: 3, ..Default::default() };
+    let odd = ScalerConfig { init_scale: 1000.0, growth_factor: 3.0, backoff_factor: 0.3, growth_interval: 2 };
+    for cfg in [defaults, odd] {
+        assert_matches_gradscaler(cfg, "sgd", 0.25);
+        assert_matches_gradscaler(cfg, "adamw", 1e-2);
+    }
+}
+
+/// Every model variable, copied, sorted by name.
+fn weights(t: &Trainer) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = t.model.vs.variables().into_iter().map(|(n, v)| (n, v.detach().copy())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn tiny_trainer(dir: &Path, data: &Path, training: &str) -> Trainer {
+    let text = tiny_config(&dir.join("o"), data, training, "");
+    Trainer::new(Config::from_str(&text, "amp.yaml").unwrap(), Device::Cpu, 16, 1).unwrap()
+}
+
+#[test]
+fn fp16_training_tracks_fp32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo().join("data/norquad/train.jsonl.gz");
+    let steps = 4;
+    let mut fp32 = tiny_trainer(tmp.path(), &data, &format!("  max_steps: {steps}"));
+    let mut fp16 = tiny_trainer(tmp.path(), &data, &format!("  max_steps: {steps}\n  fp16: true"));
+    assert_eq!(fp16.scaler.as_ref().map(GradScaler::scale), Some(65536.0), "GradScaler's default initial scale");
+    assert!(fp32.scaler.is_none());
+    // At the default 2^16 SPLADE-tiny overflows on step 2 and skips it, after which the two runs
+    // have taken different updates. Started at 2^10 no step overflows, so both runs take the same
+    // updates and only fp16's rounding separates them.
+    fp16.scaler = Some(GradScaler::new(ScalerConfig { init_scale: 1024.0, ..Default::default() }, Device::Cpu));
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        let (a, b) = (fp32.train_step().unwrap(), fp16.train_step().unwrap());
+        assert!(b.loss.is_finite() && b.grad_norm.is_finite(), "fp16 step {}: loss {} grad norm {}", b.step, b.loss, b.grad_norm);
+        assert!(!b.optimizer_step_skipped, "fp16 step {} overflowed at scale {:?}", b.step, b.loss_scale);
+        assert_eq!(b.loss_scale, Some(1024.0));
+        assert!(a.loss_scale.is_none() && !a.optimizer_step_skipped);
+        losses.push((a.loss, b.loss, a.grad_norm, b.grad_norm));
+    }
+    // Tolerance 1e-2 relative. fp16 keeps 11 significant bits (relative rounding 4.9e-4); the
+    // encoder's matmuls round their inputs and outputs to it, which moved the step-1 loss by 7e-4
+    // relative here; four AdamW steps at lr ≤ 1e-4 from near-identical gradients add little. 1e-2
+    // leaves room for that drift, yet a lost scale (unscaling by the wrong factor) or an update
+    // skipped or applied twice moves the loss or the gradient norm by far more (a skipped step-2
+    // update alone moved the step-3 loss by 6%).
+    for (i, (a, b, na, nb)) in losses.iter().enumerate() {
+        assert!((a - b).abs() <= 1e-2 * a.abs(), "step {}: fp32 loss {a} vs fp16 {b}", i + 1);
+        assert!((na - nb).abs() <= 1e-2 * na.abs(), "step {}: fp32 grad norm {na} vs fp16 {nb}", i + 1);
+    }
+    assert!(losses.iter().any(|(a, b, _, _)| a != b), "fp16 left every loss bit-identical: autocast did not engage");
+}
+
+#[test]
+fn fp16_overflow_skips_the_step_and_backs_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo().join("data/norquad/train.jsonl.gz");
+    // max_steps 8, warmup_ratio 0.1: one warm-up step, so the schedule reads lr(0) = 0, lr(1) = 1e-4.
+    let mut t = tiny_trainer(tmp.path(), &data, "  max_steps: 8\n  fp16: true");
+    // 2^40 × any gradient of the fp16 encoder backward is far beyond fp16's 65504.
+    let huge = 2f64.powi(40);
+    t.scaler = Some(GradScaler::new(ScalerConfig { init_scale: huge, ..Default::default() }, Device::Cpu));
+    let before = weights(&t);
+    assert_eq!(t.learning_rate(), 0.0);
+    let s = t.train_step().unwrap();
+    assert!(s.optimizer_step_skipped, "a 2^40 loss scale must overflow");
+    assert_eq!(s.loss_scale, Some(huge));
+    assert!(!s.grad_norm.is_finite(), "the skipped step's gradient norm is {}", s.grad_norm);
+    assert!(s.loss.is_finite(), "the loss itself is unscaled and finite: {}", s.loss);
+    let after = weights(&t);
+    for ((n, a), (_, b)) in before.iter().zip(&after) {
+        assert!(a.equal(b), "{n} changed on a skipped step");
+    }
+    assert_eq!(t.opt.step, 0, "AdamW must not count a skipped step");
+    assert_eq!((t.state.global_step, t.state.skipped_steps), (1, 1));
+    assert_eq!(t.scaler.as_ref().unwrap().scale(), huge / 2.0, "backoff_factor 0.5");
+    assert_eq!(t.learning_rate(), 0.0, "a skipped step does not advance the LR schedule (HF Trainer)");
+    // At a workable scale the next step updates: at lr(0) = 0 only AdamW's moments and step move,
+    // the step after moves the weights at lr(1).
+    t.scaler = Some(GradScaler::new(ScalerConfig { init_scale: 1024.0, ..Default::default() }, Device::Cpu));
+    let s = t.train_step().unwrap();
+    assert!(!s.optimizer_step_skipped && s.grad_norm.is_finite(), "scale 1024 overflowed: {s:?}");
+    assert_eq!((t.opt.step, t.state.global_step, t.state.skipped_steps), (1, 2, 1));
+    assert!((t.learning_rate() - 1e-4).abs() < 1e-12, "lr after one taken step: {}", t.learning_rate());
+    let s = t.train_step().unwrap();
+    assert!(!s.optimizer_step_skipped);
+    assert_eq!(t.scaler.as_ref().unwrap().growth_tracker(), 2);
+    let moved = weights(&t).iter().zip(&after).filter(|((_, a), (_, b))| !a.equal(b)).count();
+    assert!(moved > 0, "finite fp16 steps left every weight unchanged");
+}
