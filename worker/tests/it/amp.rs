@@ -313,3 +313,166 @@ fn fp16_resume_after_sigterm_is_bitwise_identical() {
     assert_eq!(sa["skipped_steps"].as_u64().unwrap(), straight_scales.iter().take(35).filter(|s| s.2 > 0.0).count() as u64);
     eprintln!("straight run skipped {skipped} of 40 steps; checkpoint-35 scaler {a}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Data-parallel fp16: two ranks over Gloo on loopback, each a child process of this test binary
+// running only the ignored `amp::child_entry` (as `dist.rs` does for its scenarios).
+
+const CHILD_ENV: &str = "SPLADE_AMP_DIST_CHILD";
+const WORLD: usize = 2;
+
+fn dist_config(out: &Path, data: &Path) -> Config {
+    // warmup_ratio 0: step 1 runs at the full learning rate, so the weights move.
+    let text = tiny_config(out, data, "  max_steps: 4\n  fp16: true\n  per_device_train_batch_size: 4\n  max_seq_length: 32", "")
+        .replace("  per_device_train_batch_size: 16\n", "")
+        .replace("  max_seq_length: 64\n", "")
+        .replace("  warmup_ratio: 0.1\n", "  warmup_ratio: 0.0\n");
+    Config::from_str(&text, "amp-dist.yaml").unwrap()
+}
+
+/// All weights, flattened and concatenated in name order.
+fn flat_weights(t: &Trainer) -> Tensor {
+    let w: Vec<Tensor> = weights(t).into_iter().map(|(_, v)| v.flatten(0, -1)).collect();
+    Tensor::cat(&w, 0)
+}
+
+/// One rank: step 1 at scale 2^10 (finite everywhere), then step 2 with a 2^40 scale on rank 1
+/// only, so only rank 1's local gradients overflow. Writes the weights after each step and the
+/// step stats.
+fn child_fp16(rank: usize, port: u16, out: &Path, data: &Path) -> anyhow::Result<()> {
+    use splade_common::data::plan::slice_for_rank;
+    use splade_worker::dist::{Backend, GroupOptions, ProcessGroup};
+    let opts = GroupOptions {
+        backend: Backend::Gloo,
+        rank,
+        world_size: WORLD,
+        generation: 1,
+        timeout: std::time::Duration::from_secs(60),
+        gloo_host: Some("127.0.0.1".into()),
+    };
+    let mut pg = ProcessGroup::connect("127.0.0.1", port, opts)?;
+    let mut t = Trainer::new(dist_config(&out.join(format!("o{rank}")), data), Device::Cpu, 4 * WORLD, 1)?;
+    t.scaler = Some(GradScaler::new(ScalerConfig { init_scale: 1024.0, ..Default::default() }, Device::Cpu));
+    let mut stats = Vec::new();
+    for step in 1..=2u64 {
+        if step == 2 && rank == 1 {
+            t.scaler = Some(GradScaler::new(ScalerConfig { init_scale: 2f64.powi(40), ..Default::default() }, Device::Cpu));
+        }
+        let t0 = std::time::Instant::now();
+        let batch = t.plan.step(step).unwrap().clone();
+        let lr = t.learning_rate();
+        t.model.vs.unfreeze();
+        let global = t.examples(&batch, &batch.rows);
+        let local = t.examples(&batch, slice_for_rank(&batch, rank, WORLD));
+        let (mut s, _) = t.forward_backward_distributed(&global, &local, &mut pg)?;
+        t.finish_step(&mut s, &batch, lr, t0);
+        flat_weights(&t).save(out.join(format!("w{step}_rank{rank}.pt")))?;
+        stats.push(serde_json::json!({
+            "skipped": s.optimizer_step_skipped, "loss_scale": s.loss_scale, "grad_norm": s.grad_norm.to_string(),
+            "scale_after": t.scaler.as_ref().unwrap().scale(), "adamw_steps": t.opt.step,
+        }));
+    }
+    std::fs::write(out.join(format!("stats_rank{rank}.json")), serde_json::to_string(&stats)?)?;
+    pg.barrier()?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "runs only as a child process of amp::fp16_data_parallel_*"]
+fn child_entry() -> anyhow::Result<()> {
+    let Ok(scenario) = std::env::var(CHILD_ENV) else {
+        eprintln!("child_entry: {CHILD_ENV} not set; this is a subprocess of amp::fp16_data_parallel_*, nothing to do");
+        return Ok(());
+    };
+    anyhow::ensure!(scenario == "fp16", "unknown scenario {scenario}");
+    let rank: usize = std::env::var("SPLADE_AMP_RANK")?.parse()?;
+    let port: u16 = std::env::var("SPLADE_AMP_PORT")?.parse()?;
+    let out = std::path::PathBuf::from(std::env::var("SPLADE_AMP_OUT")?);
+    child_fp16(rank, port, &out, &out.join("pairs.jsonl"))
+}
+
+#[test]
+fn fp16_data_parallel_unscales_after_the_all_reduce_and_skips_on_every_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path();
+    let data = small_pairs(out, 40);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let exe = std::env::current_exe().unwrap();
+    let log = |r: usize| out.join(format!("rank{r}.log"));
+    let mut children: Vec<std::process::Child> = (0..WORLD)
+        .map(|r| {
+            let f = std::fs::File::create(log(r)).unwrap();
+            Command::new(&exe)
+                .args(["amp::child_entry", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+                .env(CHILD_ENV, "fp16")
+                .env("SPLADE_AMP_RANK", r.to_string())
+                .env("SPLADE_AMP_PORT", port.to_string())
+                .env("SPLADE_AMP_OUT", out)
+                .stdin(Stdio::null())
+                .stdout(f.try_clone().unwrap())
+                .stderr(f)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let logs = || (0..WORLD).map(|r| format!("--- rank {r} ---\n{}", std::fs::read_to_string(log(r)).unwrap_or_default())).collect::<Vec<_>>().join("\n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let mut done = vec![false; WORLD];
+    while done.iter().any(|d| !d) {
+        for (r, c) in children.iter_mut().enumerate() {
+            if !done[r] {
+                if let Some(status) = c.try_wait().unwrap() {
+                    done[r] = true;
+                    if !status.success() {
+                        children.iter_mut().for_each(|c| {
+                            let _ = c.kill();
+                            let _ = c.wait();
+                        });
+                        panic!("rank {r} failed ({status})\n{}", logs());
+                    }
+                }
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            children.iter_mut().for_each(|c| {
+                let _ = c.kill();
+                let _ = c.wait();
+            });
+            panic!("the ranks did not finish within 300 s; killed\n{}", logs());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let stats: Vec<Vec<serde_json::Value>> = (0..WORLD)
+        .map(|r| serde_json::from_str(&std::fs::read_to_string(out.join(format!("stats_rank{r}.json"))).unwrap()).unwrap())
+        .collect();
+    let w = |step: u64, r: usize| Tensor::load(out.join(format!("w{step}_rank{r}.pt"))).unwrap();
+
+    // Step 1: the all-reduced (scaled) gradients are the same on both ranks, so is the update.
+    assert!(w(1, 0).equal(&w(1, 1)), "step 1: the ranks' weights differ");
+    for r in 0..WORLD {
+        assert_eq!(stats[r][0]["skipped"], false, "rank {r} step 1: {}", stats[r][0]);
+        assert_eq!(stats[r][0]["loss_scale"], 1024.0);
+    }
+    // The unscaled global gradient norm equals one process's on the whole global batch: the
+    // all-reduce summed scaled gradients and the unscale came after it (a missing or doubled
+    // unscale would be off by 1024×).
+    let mut single = Trainer::new(dist_config(&out.join("single"), &data), Device::Cpu, 4 * WORLD, 1).unwrap();
+    single.scaler = Some(GradScaler::new(ScalerConfig { init_scale: 1024.0, ..Default::default() }, Device::Cpu));
+    let before = flat_weights(&single);
+    let s = single.train_step().unwrap();
+    let norm0: f64 = stats[0][0]["grad_norm"].as_str().unwrap().parse().unwrap();
+    assert!((norm0 - s.grad_norm).abs() <= 1e-3 * s.grad_norm, "global grad norm: 2 ranks {norm0} vs 1 process {}", s.grad_norm);
+    let moved = (&w(1, 0) - &before).norm().double_value(&[]);
+    let diff = (&w(1, 0) - flat_weights(&single)).norm().double_value(&[]);
+    assert!(moved > 0.0 && diff <= 1e-2 * moved, "step-1 update: 2 ranks vs 1 process differ by {diff} (update {moved})");
+
+    // Step 2: only rank 1's local gradients overflowed, yet both ranks see the inf after the
+    // all-reduce: both skip, neither moves, each backs off its own scale.
+    for r in 0..WORLD {
+        assert_eq!(stats[r][1]["skipped"], true, "rank {r} step 2 must skip: {}", stats[r][1]);
+        assert_eq!(stats[r][1]["adamw_steps"], 1, "rank {r}: AdamW stepped on a skipped step");
+        assert!(w(2, r).equal(&w(1, r)), "rank {r}: weights changed on a skipped step");
+    }
+    assert_eq!(stats[0][1]["scale_after"], 512.0);
+    assert_eq!(stats[1][1]["scale_after"], 2f64.powi(39));
+}
