@@ -52,10 +52,15 @@ impl Default for ScalerConfig {
 /// `_growth_tracker`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ScalerState {
+    /// The current scale (an fp32 value, widened exactly).
     pub scale: f64,
+    /// See [`ScalerConfig::growth_factor`].
     pub growth_factor: f64,
+    /// See [`ScalerConfig::backoff_factor`].
     pub backoff_factor: f64,
+    /// See [`ScalerConfig::growth_interval`].
     pub growth_interval: i64,
+    /// Consecutive finite steps since the scale last changed.
     #[serde(rename = "_growth_tracker")]
     pub growth_tracker: i64,
 }
