@@ -73,7 +73,10 @@ fn same(a: f32, b: f32) -> bool {
 
 /// Our scaler, SGD (`p -= lr·g`, lr a power of two so the product is exact whichever way torch
 /// fuses it) or our AdamW, on the same sequence; the same records as [`GRADSCALER_PY`].
-fn run_ours(cfg: ScalerConfig, optimizer: &str, lr: f64, wd: f64, p0: &[f32], grads: &[Vec<f32>]) -> Vec<(Vec<f32>, bool, Vec<f32>, f64, i64)> {
+/// One step's record: unscaled gradient, skipped, weights after, scale and growth tracker after.
+type StepRecord = (Vec<f32>, bool, Vec<f32>, f64, i64);
+
+fn run_ours(cfg: ScalerConfig, optimizer: &str, lr: f64, wd: f64, p0: &[f32], grads: &[Vec<f32>]) -> Vec<StepRecord> {
     let p = Tensor::from_slice(p0).set_requires_grad(true);
     let mut adamw = AdamW::new(vec![ParamGroup { names: vec!["p".into()], params: vec![p.shallow_clone()], weight_decay: wd, lr_scale: 1.0 }]);
     let mut scaler = GradScaler::new(cfg, Device::Cpu);
@@ -417,7 +420,7 @@ fn fp16_data_parallel_unscales_after_the_all_reduce_and_skips_on_every_rank() {
         .collect();
     let logs = || (0..WORLD).map(|r| format!("--- rank {r} ---\n{}", std::fs::read_to_string(log(r)).unwrap_or_default())).collect::<Vec<_>>().join("\n");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    let mut done = vec![false; WORLD];
+    let mut done = [false; WORLD];
     while done.iter().any(|d| !d) {
         for (r, c) in children.iter_mut().enumerate() {
             if !done[r] {
@@ -449,9 +452,9 @@ fn fp16_data_parallel_unscales_after_the_all_reduce_and_skips_on_every_rank() {
 
     // Step 1: the all-reduced (scaled) gradients are the same on both ranks, so is the update.
     assert!(w(1, 0).equal(&w(1, 1)), "step 1: the ranks' weights differ");
-    for r in 0..WORLD {
-        assert_eq!(stats[r][0]["skipped"], false, "rank {r} step 1: {}", stats[r][0]);
-        assert_eq!(stats[r][0]["loss_scale"], 1024.0);
+    for (r, s) in stats.iter().enumerate() {
+        assert_eq!(s[0]["skipped"], false, "rank {r} step 1: {}", s[0]);
+        assert_eq!(s[0]["loss_scale"], 1024.0);
     }
     // The unscaled global gradient norm equals one process's on the whole global batch: the
     // all-reduce summed scaled gradients and the unscale came after it (a missing or doubled
@@ -468,9 +471,9 @@ fn fp16_data_parallel_unscales_after_the_all_reduce_and_skips_on_every_rank() {
 
     // Step 2: only rank 1's local gradients overflowed, yet both ranks see the inf after the
     // all-reduce: both skip, neither moves, each backs off its own scale.
-    for r in 0..WORLD {
-        assert_eq!(stats[r][1]["skipped"], true, "rank {r} step 2 must skip: {}", stats[r][1]);
-        assert_eq!(stats[r][1]["adamw_steps"], 1, "rank {r}: AdamW stepped on a skipped step");
+    for (r, s) in stats.iter().enumerate() {
+        assert_eq!(s[1]["skipped"], true, "rank {r} step 2 must skip: {}", s[1]);
+        assert_eq!(s[1]["adamw_steps"], 1, "rank {r}: AdamW stepped on a skipped step");
         assert!(w(2, r).equal(&w(1, r)), "rank {r}: weights changed on a skipped step");
     }
     assert_eq!(stats[0][1]["scale_after"], 512.0);
