@@ -11,7 +11,7 @@ use splade_worker::train::Trainer;
 use tch::{Device, Kind, Tensor};
 
 use crate::support::*;
-use crate::train::{small_pairs, spawn_train, tiny_config, train_steps};
+use crate::train::{all_grads, small_pairs, spawn_train, tiny_config, train_steps};
 
 /// `torch.amp.GradScaler("cpu")` driving SGD or AdamW over a sequence of gradients: the loss of
 /// step i is `(p · g_i).sum()`, so the scaled backward leaves `scale · g_i` in `p.grad`. Prints,
@@ -204,6 +204,54 @@ fn fp16_training_tracks_fp32() {
         assert!((na - nb).abs() <= 1e-2 * na.abs(), "step {}: fp32 grad norm {na} vs fp16 {nb}", i + 1);
     }
     assert!(losses.iter().any(|(a, b, _, _)| a != b), "fp16 left every loss bit-identical: autocast did not engage");
+}
+
+/// Relative L2 distance between two gradient lists (as `all_grads` returns them).
+fn rel_l2(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|((_, x), (_, y))| (x - y).square().sum(Kind::Double).double_value(&[])).sum();
+    let den: f64 = b.iter().map(|(_, y)| y.square().sum(Kind::Double).double_value(&[])).sum();
+    assert!(den > 0.0, "reference gradients are all zero");
+    (num / den).sqrt()
+}
+
+#[test]
+fn fp16_gradient_cache_scales_once() {
+    // Gradient cache back-propagates the scaled loss to the cached embeddings, then each
+    // micro-batch's surrogate carries those (already scaled) embedding gradients: the parameters
+    // must end up with scale × gradient, as the full batch does, not scale² × gradient.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo().join("data/norquad/train.jsonl.gz");
+    let mk = |gc: bool, accum: usize, fp16: bool| {
+        let extra = format!(
+            "  max_steps: 2\n  fp16: {fp16}\n  gradient_cache: {gc}\n  gradient_accumulation_steps: {accum}\n  per_device_train_batch_size: {}",
+            16 / accum
+        );
+        let text = tiny_config(&tmp.path().join("o"), &data, &extra, "").replace("  per_device_train_batch_size: 16\n", "");
+        let mut t = Trainer::new(Config::from_str(&text, "gc16.yaml").unwrap(), Device::Cpu, 16, accum).unwrap();
+        if fp16 {
+            t.scaler = Some(GradScaler::new(ScalerConfig { init_scale: 1024.0, ..Default::default() }, Device::Cpu));
+        }
+        t
+    };
+    let (fp32, full, cached) = (mk(false, 1, false), mk(false, 1, true), mk(true, 4, true));
+    let batch = fp32.plan.step(1).unwrap().clone();
+    for t in [&fp32, &full, &cached] {
+        t.forward_backward(&t.examples(&batch, &batch.rows)).unwrap();
+    }
+    let g32: Vec<(String, Tensor)> = all_grads(&fp32).into_iter().map(|(n, g)| (n, g * 1024.0)).collect();
+    let (g_full, g_cached) = (all_grads(&full), all_grads(&cached));
+    // fp16 rounding of the encoder separates fp16 from fp32 by 2.1e-3 relative (L2) here; a
+    // missing or doubled scale would be off by a factor of 1024.
+    let (e_full, e_cached) = (rel_l2(&g_full, &g32), rel_l2(&g_cached, &g32));
+    eprintln!("fp16 vs fp32 scaled gradients, relative L2: full batch {e_full:.2e}, gradient cache {e_cached:.2e}");
+    assert!(e_full < 2e-2, "full-batch fp16 scaled gradients vs 1024 × fp32: relative L2 {e_full}");
+    assert!(e_cached < 2e-2, "gradient-cache fp16 scaled gradients vs 1024 × fp32: relative L2 {e_cached}");
+    // After unscaling, the cached run's gradients are the fp32 ones up to fp16 rounding.
+    let params: Vec<Tensor> = cached.opt.params();
+    let found_inf = cached.scaler.as_ref().unwrap().unscale_(&params);
+    assert!(!GradScaler::step_was_skipped(&found_inf));
+    let e = rel_l2(&all_grads(&cached), &all_grads(&fp32));
+    assert!(e < 2e-2, "unscaled gradient-cache fp16 gradients vs fp32: relative L2 {e}");
 }
 
 #[test]
