@@ -3,8 +3,9 @@
 //! Inside an [`Autocast`] scope, libtorch runs matmuls, linear layers and attention in the
 //! lower-precision dtype and keeps precision-sensitive ops (softmax, log, reductions, losses) in
 //! fp32; parameters, gradients and optimizer state stay fp32. This is what `training.bf16: true`
-//! turns on. bf16 needs no loss scaling (it has fp32's exponent range), which is why fp16, which
-//! does, is refused by the trainer rather than half-supported.
+//! (`Kind::BFloat16`) and `training.fp16: true` (`Kind::Half`) turn on. bf16 needs no loss scaling
+//! (it has fp32's exponent range); fp16 does, and the trainer pairs it with
+//! `crate::train::scaler::GradScaler`.
 
 use tch::{Device, Kind};
 
@@ -94,5 +95,16 @@ mod tests {
         assert!(!Autocast::is_enabled(Device::Cpu));
         assert_eq!(a.matmul(&b).kind(), Kind::Float);
         assert!(Autocast::new(Device::Cpu, Kind::Float).is_none());
+    }
+
+    #[test]
+    fn cpu_fp16_scope_casts_matmuls() {
+        let a = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([8, 3], (Kind::Float, Device::Cpu));
+        {
+            let _s = Autocast::new(Device::Cpu, Kind::Half).unwrap();
+            assert_eq!(a.matmul(&b).kind(), Kind::Half);
+        }
+        assert_eq!(a.matmul(&b).kind(), Kind::Float);
     }
 }

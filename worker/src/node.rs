@@ -371,7 +371,12 @@ fn train_generation(
                 worker_id: session.worker_id().clone(),
                 generation: a.generation,
                 step,
-                metrics: m.iter().map(|(k, v)| (k.to_string(), *v)).chain(final_eval).collect(),
+                metrics: m
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .chain(stats.loss_scale.map(|s| ("loss_scale".to_string(), s)))
+                    .chain(final_eval)
+                    .collect(),
             };
             if let Err(e) = rt.block_on(client.report_progress(report)) {
                 tracing::warn!(error = %e, "progress report failed");

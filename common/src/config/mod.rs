@@ -38,7 +38,6 @@ pub const INACTIVE_KEYS: &[&str] = &[
     "training.hub_strategy",
     "training.hub_private_repo",
     "training.torch_compile",
-    "training.fp16",
     "hardware.gradient_checkpointing",
     "hardware.tf32",
     "evaluation.nanobeir_datasets",
@@ -168,8 +167,10 @@ pub struct TrainingConfig {
     pub weight_decay: f64,
     /// Gradient clipping norm; default 1.0 (HF); 0 disables clipping.
     pub max_grad_norm: f64,
-    /// Default false. Parsed but not acted on (see [`INACTIVE_KEYS`]): fp16 autocast needs dynamic loss
-    /// scaling, which the trainer does not implement; training runs in fp32 and says so at start-up.
+    /// Default false. True runs the encoder forwards under fp16 autocast with dynamic loss scaling
+    /// (torch's `GradScaler` defaults: scale 2^16, ×2 after 2000 finite steps, ×0.5 and the optimizer
+    /// step skipped on inf/NaN gradients); parameters, gradients and optimizer state stay fp32.
+    /// Exclusive with `bf16`.
     pub fp16: bool,
     /// Default false. True runs the encoder forwards under bf16 autocast (CUDA, MPS, and CPUs with
     /// AVX512-BF16/AMX); parameters, gradients and optimizer state stay fp32.
@@ -904,7 +905,8 @@ impl Config {
         check(t.weight_decay >= 0.0, "training.weight_decay", t.weight_decay.to_string(), "must be ≥ 0")?;
         check(t.max_grad_norm >= 0.0, "training.max_grad_norm", t.max_grad_norm.to_string(),
             "must be ≥ 0 (0 disables clipping)")?;
-        check(!(t.fp16 && t.bf16), "training.bf16", "true".into(), "fp16 and bf16 are both true; pick one")?;
+        check(!(t.fp16 && t.bf16), "training.bf16", "true".into(),
+            "`training.fp16` is true as well; fp16 and bf16 autocast exclude each other, set one of them to false")?;
         check(t.logging_steps > 0.0, "training.logging_steps", t.logging_steps.to_string(), "must be positive")?;
         check(t.save_steps > 0.0, "training.save_steps", t.save_steps.to_string(), "must be positive")?;
         if let Some(e) = t.eval_steps {

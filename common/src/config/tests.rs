@@ -227,7 +227,14 @@ fn validation_rules_name_key_value_and_fix() {
     let e = parse(&format!("{base}loss:\n  query_regularizer_weight: -1e-3\n")).unwrap().validate().unwrap_err();
     assert_eq!(e.to_string(), "cfg.yaml:4: `loss.query_regularizer_weight` is `-0.001`: must be ≥ 0");
     let e = parse(&format!("{base}training:\n  fp16: true\n  bf16: true\n")).unwrap().validate().unwrap_err();
-    assert!(e.to_string().contains("pick one"));
+    assert_eq!(
+        e.to_string(),
+        "cfg.yaml:5: `training.bf16` is `true`: `training.fp16` is true as well; fp16 and bf16 autocast exclude each other, set one of them to false"
+    );
+    // fp16 alone is acted on now: valid, and not reported as inactive.
+    let c = parse(&format!("{base}training:\n  fp16: true\n")).unwrap();
+    c.validate().unwrap();
+    assert!(c.inactive_keys().is_empty(), "{:?}", c.inactive_keys());
     let e = parse(&format!("{base}datasets:\n  d:\n    source: x\n    split_ratio: 1.5\n")).unwrap().validate().unwrap_err();
     assert!(e.to_string().starts_with("cfg.yaml:6: `datasets.d.split_ratio` is `1.5`"), "{e}");
     let e = parse(&format!("{base}datasets:\n  d:\n    source: x\n    columns: {{q: query}}\n")).unwrap().validate().unwrap_err();

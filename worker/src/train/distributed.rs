@@ -67,7 +67,7 @@ impl Trainer {
             let g = gather_global_batch(pg, &q, &col_to_row(&d, k)).map_err(dist)?;
             let d_all = row_to_col(&g.d, k);
             let parts = self.loss.compute(&g.q, &d_all, labels.as_ref(), step, total);
-            parts.total.backward();
+            self.backward(&parts.total);
             fill_loss_stats(&mut stats, &parts, &g.q, &d_all);
         } else {
             let mb = local.len().div_ceil(self.micro_batches);
@@ -90,7 +90,7 @@ impl Trainer {
             let g = gather_global_batch(pg, &q_leaf, &d_leaf).map_err(dist)?;
             let d_all = row_to_col(&g.d, k);
             let parts = self.loss.compute(&g.q, &d_all, labels.as_ref(), step, total);
-            parts.total.backward();
+            self.backward(&parts.total);
             fill_loss_stats(&mut stats, &parts, &g.q, &d_all);
             let gq = q_leaf.grad();
             let gd = d_leaf.grad();
@@ -107,7 +107,9 @@ impl Trainer {
             }
         }
         // Parameters outside the graph have no gradient on any rank (same graph everywhere), so
-        // skipping them keeps the ranks' tensor lists identical.
+        // skipping them keeps the ranks' tensor lists identical. With fp16 these are still the
+        // scaled gradients: they are unscaled and checked for inf/NaN after the all-reduce
+        // (`apply_gradients`), so every rank sees the same sums and skips the same steps.
         let mut grads: Vec<Tensor> = self.opt.params().iter().map(Tensor::grad).filter(Tensor::defined).collect();
         let ar = pg.all_reduce_sum(&mut grads).map_err(dist)?;
         // This rank's documents only (windowing cost is not all-reduced).

@@ -10,6 +10,7 @@ pub mod inference_free;
 pub mod loss;
 pub mod monitor;
 pub mod optim;
+pub mod scaler;
 pub mod state;
 pub mod windows;
 
@@ -31,7 +32,8 @@ use tch::{Device, Kind, Tensor};
 use crate::model::{resolve::resolve_model, LoadOptions, PoolingConfig, PoolingStrategy, SparseEncoder, TextKind};
 use loss::{InnerLoss, SpladeLossConfig};
 use optim::{clip_grad_norm, linear_schedule, no_decay, warmup_steps, AdamW, ParamGroup};
-use state::{TrainerState, OPTIMIZER_STATE, TRAINER_STATE};
+use scaler::{GradScaler, ScalerConfig, ScalerState};
+use state::{TrainerState, OPTIMIZER_STATE, SCALER_STATE, TRAINER_STATE};
 
 /// Why training could not start or continue. Each message names the input at fault.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,11 @@ pub struct StepStats {
     pub step_seconds: f64,
     /// With `document_windows`: mean (windows encoded, windows available) per training document.
     pub windows_per_doc: Option<(f64, f64)>,
+    /// With `fp16`: the loss scale this step's backward used (logged as `train/loss_scale`).
+    pub loss_scale: Option<f64>,
+    /// With `fp16`: the gradients held an inf/NaN, so the optimizer step was skipped (weights and
+    /// moments untouched) and the loss scale backed off.
+    pub optimizer_step_skipped: bool,
 }
 
 /// How a run ended.
@@ -109,6 +116,9 @@ pub struct Trainer {
     pub output: Location,
     /// Micro-batches per optimizer step on this process.
     pub micro_batches: usize,
+    /// With `training.fp16`: the dynamic loss scaler (torch's `GradScaler` defaults). Replace it
+    /// before the first step to change its settings.
+    pub scaler: Option<GradScaler>,
     warmup: u64,
     seed: u64,
     window_cost: windows::WindowCost,
@@ -220,12 +230,22 @@ impl Trainer {
         let dir = resolve_model(&cfg.model.base_model)?;
         let mut model = SparseEncoder::load(&dir, device, &load_options(&cfg))?;
         inference_free::prepare_model(&mut model, &cfg)?;
-        if cfg.training.bf16 && crate::amp::Autocast::new(device, Kind::BFloat16).is_none() {
+        if cfg.training.fp16 && cfg.training.bf16 {
             return Err(other(format!(
-                "{}: training.bf16 is true but libtorch has no autocast for device {device:?}; set bf16: false",
+                "{}: training.fp16 and training.bf16 are both true; set one of them to false",
                 cfg.origin
             )));
         }
+        if let Some(kind) = amp_kind(&cfg) {
+            if crate::amp::Autocast::new(device, kind).is_none() {
+                let key = if cfg.training.fp16 { "fp16" } else { "bf16" };
+                return Err(other(format!(
+                    "{}: training.{key} is true but libtorch has no {kind:?} autocast for device {device:?}; set {key}: false",
+                    cfg.origin
+                )));
+            }
+        }
+        let scaler = cfg.training.fp16.then(|| GradScaler::new(ScalerConfig::default(), device));
         if let Some(w) = windows::TrainingWindows::from_config(&cfg) {
             w.check(&model, &cfg.origin)?;
         }
@@ -241,12 +261,29 @@ impl Trainer {
         let state = TrainerState { total_steps: total, ..Default::default() };
         let warmup = warmup_steps(total, cfg.training.warmup_ratio);
         let seed = cfg.training.seed;
-        Ok(Self { cfg, model, opt, loss, datasets, plan, state, output, micro_batches, warmup, seed, window_cost: Default::default() })
+        Ok(Self {
+            cfg,
+            model,
+            opt,
+            loss,
+            datasets,
+            plan,
+            state,
+            output,
+            micro_batches,
+            scaler,
+            warmup,
+            seed,
+            window_cost: Default::default(),
+        })
     }
 
-    /// Learning rate of the step about to run.
+    /// Learning rate of the step about to run. The schedule advances once per optimizer step
+    /// taken: steps the fp16 loss scaler skipped do not advance it, as in the Hugging Face Trainer
+    /// (which calls `lr_scheduler.step()` only `if not accelerator.optimizer_step_was_skipped`).
     pub fn learning_rate(&self) -> f64 {
-        linear_schedule(self.cfg.training.learning_rate, self.state.global_step, self.warmup, self.state.total_steps)
+        let scheduled = self.state.global_step - self.state.skipped_steps.min(self.state.global_step);
+        linear_schedule(self.cfg.training.learning_rate, scheduled, self.warmup, self.state.total_steps)
     }
 
     /// Examples of a planned batch, in plan order.
@@ -258,9 +295,9 @@ impl Trainer {
     /// Embeds queries and candidates (positives, then each negative column) of `ex`.
     pub(crate) fn embed(&self, ex: &[&Example], train: bool) -> Result<(Tensor, Tensor, usize), TrainError> {
         let dev = self.model.device();
-        // bf16 covers the encoder forwards only; the loss and the backward run outside the scope, as
-        // `torch.autocast` is meant to be used.
-        let amp = self.cfg.training.bf16.then(|| crate::amp::Autocast::new(dev, Kind::BFloat16)).flatten();
+        // Autocast (bf16 or fp16) covers the encoder forwards only; the loss and the backward run
+        // outside the scope, as `torch.autocast` is meant to be used.
+        let amp = amp_kind(&self.cfg).and_then(|kind| crate::amp::Autocast::new(dev, kind));
         let anchors: Vec<&str> = ex.iter().map(|e| e.anchor.as_str()).collect();
         let negs = ex.first().map(|e| e.negatives.len()).unwrap_or(0);
         if ex.iter().any(|e| e.negatives.len() != negs) {
@@ -280,6 +317,16 @@ impl Trainer {
         let tokens = qb.lengths.iter().sum::<usize>() + docs.tokens;
         drop(amp);
         Ok((q.to_kind(Kind::Float), docs.embeddings.to_kind(Kind::Float), tokens))
+    }
+
+    /// Back-propagates `loss`, multiplied by the loss scale with fp16 (`scaler.scale(loss).backward()`).
+    /// Every backward of a step's loss goes through here; gradient cache's surrogate backward does
+    /// not, since the embedding gradients it carries already hold the scale.
+    pub(crate) fn backward(&self, loss: &Tensor) {
+        match &self.scaler {
+            Some(s) => s.scale_loss(loss).backward(),
+            None => loss.backward(),
+        }
     }
 
     pub(crate) fn labels(ex: &[&Example]) -> Option<Tensor> {
@@ -336,7 +383,7 @@ impl Trainer {
             let d_all = Tensor::cat(&d_cols, 0).detach().set_requires_grad(true);
             let labels = Self::labels(ex);
             let parts = self.loss.compute(&q_all, &d_all, labels.as_ref(), step, total);
-            parts.total.backward();
+            self.backward(&parts.total);
             fill_loss_stats(&mut stats, &parts, &q_all, &d_all);
             let gq = q_all.grad();
             let gd = d_all.grad();
@@ -362,7 +409,7 @@ impl Trainer {
                 stats.tokens += tokens;
                 let labels = Self::labels(c);
                 let parts = self.loss.compute(&q, &d, labels.as_ref(), step, total);
-                (&parts.total / k).backward();
+                self.backward(&(&parts.total / k));
                 let mut s = StepStats::default();
                 fill_loss_stats(&mut s, &parts, &q, &d);
                 stats.loss += s.loss / k;
@@ -379,13 +426,31 @@ impl Trainer {
         Ok(stats)
     }
 
-    /// Clips, updates and zeroes gradients: the end of an optimizer step. Returns the gradient norm.
-    pub fn apply_gradients(&mut self, lr: f64) -> f64 {
-        let norm = clip_grad_norm(&self.opt.params(), self.cfg.training.max_grad_norm);
-        self.opt.step(lr);
+    /// Clips, updates and zeroes gradients: the end of an optimizer step.
+    ///
+    /// With fp16 the gradients are first unscaled (so clipping sees true gradients); if any is
+    /// inf/NaN the AdamW update is skipped, weights and moments untouched, and the step counts in
+    /// `state.skipped_steps` (the LR schedule does not advance, see [`Trainer::learning_rate`]);
+    /// then the scaler backs off or grows. `global_step` advances either way, as in the HF Trainer.
+    pub fn apply_gradients(&mut self, lr: f64) -> Applied {
+        let params = self.opt.params();
+        let loss_scale = self.scaler.as_ref().map(GradScaler::scale);
+        let found_inf = self.scaler.as_ref().map(|s| s.unscale_(&params));
+        let skipped = found_inf.as_ref().is_some_and(GradScaler::step_was_skipped);
+        // Clipped (and measured) even when the step is skipped: the logged norm is then inf/NaN,
+        // as the HF Trainer logs it.
+        let grad_norm = clip_grad_norm(&params, self.cfg.training.max_grad_norm);
+        if skipped {
+            self.state.skipped_steps += 1;
+        } else {
+            self.opt.step(lr);
+        }
+        if let (Some(s), Some(f)) = (self.scaler.as_mut(), found_inf.as_ref()) {
+            s.update(f);
+        }
         self.opt.zero_grad();
         self.state.global_step += 1;
-        norm
+        Applied { grad_norm, loss_scale, skipped }
     }
 
     /// One full optimizer step on planned batch `self.state.global_step`.
@@ -410,7 +475,10 @@ impl Trainer {
     pub fn finish_step(&mut self, stats: &mut StepStats, batch: &PlannedBatch, lr: f64, started: Instant) {
         stats.learning_rate = lr;
         stats.epoch = batch.epoch;
-        stats.grad_norm = self.apply_gradients(lr);
+        let applied = self.apply_gradients(lr);
+        stats.grad_norm = applied.grad_norm;
+        stats.loss_scale = applied.loss_scale;
+        stats.optimizer_step_skipped = applied.skipped;
         self.state.epoch = batch.epoch;
         self.state.samples_seen += batch.rows.len() as u64;
         stats.step_seconds = started.elapsed().as_secs_f64();
@@ -420,6 +488,10 @@ impl Trainer {
     pub fn write_checkpoint_files(&self, dir: &Path) -> Result<(), TrainError> {
         self.model.save(dir)?;
         self.opt.save(&dir.join(OPTIMIZER_STATE)).map_err(|e| other(format!("{}: {e}", dir.display())))?;
+        if let Some(s) = &self.scaler {
+            let text = serde_json::to_string_pretty(&s.state()).expect("scaler state serialises");
+            std::fs::write(dir.join(SCALER_STATE), text).map_err(|e| other(format!("{}: {e}", dir.display())))?;
+        }
         let state = TrainerState { plan_fingerprint: fingerprint(&self.plan, self.state.global_step), ..self.state.clone() };
         let st = serde_json::to_string_pretty(&state).expect("state serialises");
         std::fs::write(dir.join(TRAINER_STATE), st).map_err(|e| other(format!("{}: {e}", dir.display())))?;
@@ -472,9 +544,45 @@ impl Trainer {
             }
         });
         self.opt.load(&local.path().join(OPTIMIZER_STATE)).map_err(other)?;
+        if let Some(s) = self.scaler.as_mut() {
+            let path = local.path().join(SCALER_STATE);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => s.load_state(
+                    &serde_json::from_str::<ScalerState>(&text).map_err(|e| other(format!("{name}/{SCALER_STATE}: {e}")))?,
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::warn!(
+                    checkpoint = name,
+                    "training.fp16: the checkpoint has no {SCALER_STATE} (saved without fp16); the loss scale starts at {}",
+                    s.scale()
+                ),
+                Err(e) => return Err(other(format!("{name}/{SCALER_STATE}: {e}"))),
+            }
+        }
         // The schedule follows this run's plan length, even if the checkpoint's run was planned longer or shorter.
         self.state = TrainerState { total_steps: self.state.total_steps, ..state };
         Ok(Some(name))
+    }
+}
+
+/// What [`Trainer::apply_gradients`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    /// Total L2 norm of the (unscaled) gradients before clipping; inf/NaN on a skipped step.
+    pub grad_norm: f64,
+    /// With fp16: the scale the step's gradients were unscaled by (before this step's update).
+    pub loss_scale: Option<f64>,
+    /// With fp16: a gradient was inf/NaN and the optimizer step was skipped.
+    pub skipped: bool,
+}
+
+/// The autocast dtype `training.bf16` / `training.fp16` ask for.
+fn amp_kind(cfg: &Config) -> Option<Kind> {
+    if cfg.training.bf16 {
+        Some(Kind::BFloat16)
+    } else if cfg.training.fp16 {
+        Some(Kind::Half)
+    } else {
+        None
     }
 }
 

@@ -185,6 +185,10 @@ impl Monitor {
             scalars.push(("train/windows_per_doc", encoded));
             scalars.push(("train/windows_available_per_doc", available));
         }
+        if let Some(scale) = s.loss_scale {
+            scalars.push(("train/loss_scale", scale));
+            scalars.push(("train/optimizer_step_skipped", if s.optimizer_step_skipped { 1.0 } else { 0.0 }));
+        }
         self.jsonl.log_scalars(s.step, &scalars);
         if log_now {
             self.reporters.log_scalars(s.step, &scalars);

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 /// File names inside a checkpoint folder.
 pub const TRAINER_STATE: &str = "trainer_state.json";
 pub const OPTIMIZER_STATE: &str = "optimizer.safetensors";
+/// With `training.fp16`: the loss scaler's state (`scaler::ScalerState`, torch's `GradScaler.state_dict()` keys).
+pub const SCALER_STATE: &str = "scaler.json";
 
 /// The trainer's state after `global_step` optimizer steps. Together with the model weights,
 /// the optimizer moments and the config (which rebuilds the same batch plan from its seed), it
@@ -26,4 +28,8 @@ pub struct TrainerState {
     /// Fingerprint of the first `global_step` batches of the plan: resume refuses a checkpoint
     /// whose consumed batches differ from what this run would have consumed.
     pub plan_fingerprint: String,
+    /// Steps whose optimizer update the fp16 loss scaler skipped (inf/NaN gradients). The LR
+    /// schedule stands at `global_step - skipped_steps`. Absent (0) in checkpoints written before.
+    #[serde(default)]
+    pub skipped_steps: u64,
 }

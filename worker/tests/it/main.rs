@@ -1,6 +1,7 @@
 //! Integration tests of the worker crate (one binary: libtorch links are slow).
 mod support;
 
+mod amp;
 mod cli_errors;
 mod cluster;
 mod eval_parity;
