@@ -249,6 +249,7 @@ fn train_generation(
                     r.location, plan.global_batch_size, a.global_batch_size
                 )));
             }
+            tracing::info!(data_plan = r.location, "reading this rank's slices through the data plan");
             Some(plan)
         }
         None => None,

@@ -473,7 +473,7 @@ impl RangedReader {
                 self.check_size(file).await?;
                 // The footer: its last 8 bytes give the metadata length.
                 let tail_start = size.saturating_sub(PARQUET_TAIL);
-                let mut parts = self.fetch_ranges(file, &[tail_start..size]).await?;
+                let mut parts = self.fetch_ranges(file, std::slice::from_ref(&(tail_start..size))).await?;
                 let tail = &parts[0].1;
                 if tail.len() < 8 {
                     return Err(pq_err(parquet::errors::ParquetError::General("file is shorter than a footer".into())));
@@ -481,7 +481,7 @@ impl RangedReader {
                 let meta_len = u32::from_le_bytes(tail[tail.len() - 8..tail.len() - 4].try_into().expect("4 bytes")) as u64;
                 let footer_start = size.saturating_sub(8 + meta_len);
                 if footer_start < tail_start {
-                    parts = self.fetch_ranges(file, &[footer_start..size]).await?;
+                    parts = self.fetch_ranges(file, std::slice::from_ref(&(footer_start..size))).await?;
                 }
                 let f = parts.swap_remove(0);
                 self.footers.insert(file.url.clone(), f.clone());

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use splade_common::data::plan::slice_for_rank;
 use splade_common::data::{DataError, DataPlan, Example, RangedReader};
-use splade_common::store::{block_on, StoreOptions};
+use splade_common::store::StoreOptions;
 use tch::Tensor;
 
 /// Steps read ahead of the one training.
@@ -42,8 +42,17 @@ impl SliceFetcher {
         let thread = std::thread::Builder::new()
             .name("splade-data-prefetch".into())
             .spawn(move || {
+                // One runtime for the thread's life: the store clients' pooled connections belong to it.
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let err = DataError::Read { file: "prefetch".into(), message: format!("cannot start a runtime: {e}") };
+                        let _ = tx.send((first, Err(err)));
+                        return;
+                    }
+                };
                 for (step, dataset, rows) in work {
-                    let got = block_on(reader.read_rows(&dataset, &rows));
+                    let got = rt.block_on(reader.read_rows(&dataset, &rows));
                     let failed = got.is_err();
                     if tx.send((step, got)).is_err() || failed {
                         return;
@@ -84,4 +93,46 @@ pub fn global_labels(plan: &DataPlan, dataset: &str, rows: &[usize]) -> Option<T
     let w = labels[0].len();
     let flat: Vec<f32> = labels.iter().flat_map(|l| l.iter().copied()).collect();
     Some(Tensor::from_slice(&flat).view([rows.len() as i64, w as i64]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use splade_common::config::DataFormat;
+    use splade_common::data::{IndexedFile, RecordIndex, RecordLoc};
+
+    fn plan(labels: Vec<Option<Vec<f32>>>) -> DataPlan {
+        let n = labels.len();
+        DataPlan {
+            version: splade_common::data::index::DATA_PLAN_VERSION,
+            global_batch_size: n,
+            batches: vec![],
+            datasets: vec![RecordIndex {
+                dataset: "d".into(),
+                columns: Default::default(),
+                files: vec![IndexedFile { url: "/x.jsonl".into(), format: DataFormat::Jsonl, size: 0 }],
+                rows: (0..n).map(|i| RecordLoc(0, i as u64, 1)).collect(),
+                labels,
+            }],
+        }
+    }
+
+    #[test]
+    fn global_labels_are_what_the_trainer_builds_from_loaded_rows() {
+        let labels = vec![Some(vec![1.0, 2.0]), Some(vec![3.0, 4.0]), Some(vec![5.0, 6.0])];
+        let p = plan(labels.clone());
+        let rows = [2, 0];
+        let examples: Vec<Example> = rows
+            .iter()
+            .map(|&r| Example { anchor: "a".into(), positive: "p".into(), negatives: vec![], label: labels[r].clone() })
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        let want = crate::train::Trainer::labels(&refs).unwrap();
+        let got = global_labels(&p, "d", &rows).unwrap();
+        assert_eq!(got.size(), vec![2, 2]);
+        assert!(got.equal(&want));
+        // A row without a label (or a dataset without labels) gives none, as for loaded rows.
+        assert!(global_labels(&plan(vec![Some(vec![1.0]), None]), "d", &[0, 1]).is_none());
+        assert!(global_labels(&plan(vec![]), "d", &[0]).is_none());
+    }
 }
