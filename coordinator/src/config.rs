@@ -18,9 +18,12 @@ pub enum ConfigError {
     Schema(#[from] splade_common::config::ConfigError),
     #[error("{path}: {key}: {problem}")]
     Key { path: String, key: String, problem: String },
-    /// An enabled dataset whose source lists no file (or whose store cannot be listed).
+    /// An enabled dataset whose source lists no file (or whose store cannot be listed), or that cannot be read.
     #[error("{path}: {source}")]
     Dataset { path: String, source: splade_common::data::DataError },
+    /// The datasets cannot be planned into global batches.
+    #[error("{path}: {source}")]
+    Plan { path: String, source: splade_common::data::plan::PlanError },
 }
 
 /// Reads and validates `path`, returning the parsed config with the coordinator's settings derived from it.
@@ -67,6 +70,39 @@ pub async fn check_datasets(
     Ok(found)
 }
 
+/// Loads the training data once, builds the job's batch plan for `job.global_batch_size` (independent of the
+/// number of workers) with the index of where each planned record lives, and publishes both as one
+/// content-addressed artifact, `<training.output_dir>/data-plan/<sha256>.json`. Workers then read only their
+/// slice of each global batch. The whole data is read here because `no_duplicates` compares texts.
+/// Errors name the config file and the dataset, or the reason no plan of `job.total_steps` steps exists.
+pub async fn publish_data_plan(
+    cfg: &Config,
+    job: &JobSpec,
+    options: &splade_common::store::StoreOptions,
+) -> Result<(splade_common::data::DataPlan, splade_proto::domain::DataPlanRef), ConfigError> {
+    use splade_common::data::{load_training_data, DataPlan};
+    let dataset = |source| ConfigError::Dataset { path: cfg.origin.clone(), source };
+    let data = load_training_data(cfg, options).await.map_err(dataset)?;
+    let plan = DataPlan::build(cfg, &data, job.global_batch_size as usize)
+        .map_err(|source| ConfigError::Plan { path: cfg.origin.clone(), source })?;
+    if plan.batches.len() as u64 != job.total_steps {
+        return Err(ConfigError::Key {
+            path: cfg.origin.clone(),
+            key: "training.max_steps".into(),
+            problem: format!(
+                "the datasets give {} global batches of {} but the job has {} steps; add data or lower max_steps",
+                plan.batches.len(),
+                job.global_batch_size,
+                job.total_steps
+            ),
+        });
+    }
+    let output = splade_common::store::Location::parse_with(&cfg.training.output_dir, options)
+        .map_err(|e| dataset(e.into()))?;
+    let r = plan.publish(&output).await.map_err(dataset)?;
+    Ok((plan, splade_proto::domain::DataPlanRef { location: r.location, sha256: r.sha256 }))
+}
+
 /// Derives the coordinator's settings from a parsed config (validated here).
 pub fn from_config(cfg: &Config) -> Result<(ClusterSettings, JobSpec), ConfigError> {
     cfg.validate()?;
@@ -104,7 +140,13 @@ pub fn from_config(cfg: &Config) -> Result<(ClusterSettings, JobSpec), ConfigErr
         Some(g) => count("cluster.global_batch_size", g, o)?,
         None => per_device.saturating_mul(accumulation).saturating_mul(cluster.max_workers),
     };
-    let job = JobSpec { config_yaml: cfg.to_json(), global_batch_size, per_device_batch_size: per_device, total_steps };
+    let job = JobSpec {
+        config_yaml: cfg.to_json(),
+        global_batch_size,
+        per_device_batch_size: per_device,
+        total_steps,
+        data_plan: None,
+    };
     Ok((cluster, job))
 }
 
@@ -144,6 +186,30 @@ cluster:
     fn unknown_cluster_key_is_named() {
         let e = Config::from_str(&CFG.replace("max_workers", "max_worker"), "job.yaml").unwrap_err().to_string();
         assert!(e.contains("job.yaml") && e.contains("cluster.max_worker"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_data_plan_is_published_once_per_content_and_too_little_data_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d.jsonl");
+        let lines: String = (0..40).map(|i| format!("{{\"anchor\": \"q{i}\", \"positive\": \"p{i}\"}}\n")).collect();
+        std::fs::write(&data, lines).unwrap();
+        let text = CFG.replace("  max_steps: 7\n", &format!("  max_steps: 7\n  output_dir: {}/out\n", dir.path().display()))
+            + &format!("datasets:\n  d:\n    source: {}\n", data.display());
+        let cfg = Config::from_str(&text, "job.yaml").unwrap();
+        let (_, job) = from_config(&cfg).unwrap();
+        let opts = splade_common::store::StoreOptions::default();
+        let (plan, r) = publish_data_plan(&cfg, &job, &opts).await.unwrap();
+        assert_eq!(plan.batches.len(), 7);
+        assert!(plan.batches.iter().all(|b| b.rows.len() == 16));
+        assert!(std::path::Path::new(&r.location).is_file(), "{}", r.location);
+        // The same inputs give the same artifact (a restarted coordinator points workers at the same plan).
+        let (_, again) = publish_data_plan(&cfg, &job, &opts).await.unwrap();
+        assert_eq!(again, r);
+        // 40 records cannot fill one global batch of 48.
+        let big = JobSpec { global_batch_size: 48, ..job };
+        let e = publish_data_plan(&cfg, &big, &opts).await.unwrap_err().to_string();
+        assert!(e.starts_with("job.yaml: cannot plan batches") && e.contains("48"), "{e}");
     }
 
     #[test]

@@ -529,6 +529,7 @@ impl<S: ClusterState> Machine<S> {
             per_device_batch_size: self.job.per_device_batch_size,
             micro_batches_per_rank: g.micro_batches_per_rank,
             members: g.members.clone(),
+            data_plan: self.job.data_plan.clone(),
         }
     }
 
@@ -682,6 +683,7 @@ mod tests {
             global_batch_size: 32,
             per_device_batch_size: 8,
             total_steps: 100,
+            data_plan: None,
         };
         Machine::new(
             InMemoryClusterState::default(),

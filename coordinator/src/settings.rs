@@ -159,6 +159,9 @@ pub struct JobSpec {
     pub per_device_batch_size: u32,
     /// Optimizer steps of the whole job; the job completes when a rank reports this step.
     pub total_steps: u64,
+    /// The published data plan every assignment points at (the same artifact for every generation, so
+    /// resumes and re-formed worlds read the same batches); `None`: workers plan from the datasets themselves.
+    pub data_plan: Option<splade_proto::domain::DataPlanRef>,
 }
 
 impl fmt::Debug for JobSpec {
@@ -171,6 +174,7 @@ impl fmt::Debug for JobSpec {
             .field("global_batch_size", &self.global_batch_size)
             .field("per_device_batch_size", &self.per_device_batch_size)
             .field("total_steps", &self.total_steps)
+            .field("data_plan", &self.data_plan)
             .finish()
     }
 }
@@ -343,6 +347,7 @@ mod tests {
             global_batch_size: global,
             per_device_batch_size: per_device,
             total_steps: 10,
+            data_plan: None,
         }
     }
 

@@ -104,6 +104,14 @@ fn checkpoint(
     })
 }
 
+fn data_plan(message: &'static str, m: pb::DataPlanRef) -> Result<domain::DataPlanRef, ProtoError> {
+    let location = non_empty(message, "location", m.location)?;
+    if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(message, "sha256", format!("{:?} is not 64 hex digits (a sha256 digest)", m.sha256)));
+    }
+    Ok(domain::DataPlanRef { location, sha256: m.sha256.to_ascii_lowercase() })
+}
+
 impl TryFrom<pb::JoinRequest> for domain::JoinRequest {
     type Error = ProtoError;
     fn try_from(m: pb::JoinRequest) -> Result<Self, ProtoError> {
@@ -334,6 +342,7 @@ impl TryFrom<pb::Assignment> for domain::Assignment {
             per_device_batch_size: m.per_device_batch_size,
             micro_batches_per_rank: m.micro_batches_per_rank,
             members,
+            data_plan: m.data_plan.map(|d| data_plan("Assignment.data_plan", d)).transpose()?,
         })
     }
 }
@@ -362,6 +371,7 @@ impl From<domain::Assignment> for pb::Assignment {
                 .into_iter()
                 .map(|w| w.as_str().to_owned())
                 .collect(),
+            data_plan: d.data_plan.map(|p| pb::DataPlanRef { location: p.location, sha256: p.sha256 }),
         }
     }
 }
@@ -487,7 +497,23 @@ mod tests {
             per_device_batch_size: 8,
             micro_batches_per_rank: 2,
             members: vec!["w0".into(), "w1".into()],
+            data_plan: Some(pb::DataPlanRef { location: "s3://b/out/data-plan/x.json".into(), sha256: "cd".repeat(32) }),
         }
+    }
+
+    #[test]
+    fn data_plan_ref_is_checked_naming_message_and_field() {
+        let mut m = assignment();
+        m.data_plan.as_mut().unwrap().sha256 = "xyz".into();
+        let e = domain::Assignment::try_from(m).unwrap_err().to_string();
+        assert_eq!(e, "Assignment.data_plan.sha256: \"xyz\" is not 64 hex digits (a sha256 digest)");
+        let mut m = assignment();
+        m.data_plan.as_mut().unwrap().location = String::new();
+        let e = domain::Assignment::try_from(m).unwrap_err().to_string();
+        assert!(e.starts_with("Assignment.data_plan.location"), "{e}");
+        let mut m = assignment();
+        m.data_plan = None;
+        assert_eq!(domain::Assignment::try_from(m).unwrap().data_plan, None);
     }
 
     #[test]

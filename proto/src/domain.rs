@@ -89,6 +89,16 @@ pub struct CheckpointRef {
     pub manifest_sha256: String,
 }
 
+/// A published data plan (`splade_common::data::DataPlan`): which records of which files make up each global
+/// batch. Guarantees: `location` is not empty, `sha256` is 64 lower-case hex digits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataPlanRef {
+    /// Local path or object-store URL of the artifact.
+    pub location: String,
+    /// sha256 of the artifact's bytes.
+    pub sha256: String,
+}
+
 /// What one worker trains in one generation.
 ///
 /// Guarantees: `rank < world_size`, `generation >= 1`, `micro_batches_per_rank >= 1`,
@@ -114,6 +124,8 @@ pub struct Assignment {
     pub micro_batches_per_rank: u32,
     /// Worker ids in rank order.
     pub members: Vec<WorkerId>,
+    /// The job's data plan; `None` when the coordinator published none (the worker plans itself).
+    pub data_plan: Option<DataPlanRef>,
 }
 
 /// What a worker must do now; the answer to every heartbeat.

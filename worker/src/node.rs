@@ -23,7 +23,13 @@
 //! - `SPLADE_DEBUG_DUMP_GRADS=PATH`: after the all-reduce of step 1, write the reduced gradients
 //!   (safetensors, parameter names) to `PATH.rank<R>` and continue.
 //! - `SPLADE_DEBUG_LEDGER=PATH`: append one JSON line per finished step with the generation, rank,
-//!   step, dataset and the rows this rank consumed.
+//!   step, dataset, the rows this rank consumed and `bytes_read` (training data fetched from storage
+//!   by this generation so far; `null` without a data plan).
+//!
+//! Data: the assignment points at the coordinator's published data plan; the worker checks its
+//! sha256, reads only its slice of each global batch with ranged reads on a prefetch thread
+//! ([`crate::train::fetch`]) and takes the global batch's labels from the plan. Without a data plan
+//! it loads every dataset and plans itself (as `splade train` does).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,7 +49,10 @@ use tokio::sync::watch;
 
 use crate::dist::{Backend, GroupOptions, ProcessGroup};
 use crate::train::monitor::{resident_bytes, to_obs_stats, DuringEval};
+use crate::train::fetch::{global_labels, SliceFetcher};
 use crate::train::Trainer;
+use splade_common::data::{DataPlan, DataPlanRef};
+use splade_common::store::StoreOptions;
 
 /// Why the worker stopped with an error. Each message says what failed and where.
 #[derive(Debug, thiserror::Error)]
@@ -227,8 +236,29 @@ fn train_generation(
     if let Some(n) = cfg.hardware.num_threads {
         tch::set_num_threads(n as i32);
     }
-    let mut trainer = Trainer::new(cfg, device, a.global_batch_size as usize, a.micro_batches_per_rank as usize)
-        .map_err(|e| setup(e.to_string()))?;
+    // With a published data plan this worker reads only its slices; without one (an older coordinator)
+    // it loads every dataset and plans itself.
+    let data_plan = match &a.data_plan {
+        Some(r) => {
+            let r = DataPlanRef { location: r.location.clone(), sha256: r.sha256.clone() };
+            let plan = block_on(DataPlan::fetch(&r, &StoreOptions::from_env()))
+                .map_err(|e| setup(format!("the assignment's data plan: {e}")))?;
+            if plan.global_batch_size != a.global_batch_size as usize {
+                return Err(setup(format!(
+                    "data plan {} has global batches of {} but the assignment {}",
+                    r.location, plan.global_batch_size, a.global_batch_size
+                )));
+            }
+            tracing::info!(data_plan = r.location, "reading this rank's slices through the data plan");
+            Some(plan)
+        }
+        None => None,
+    };
+    let mut trainer = match &data_plan {
+        Some(p) => Trainer::with_plan(cfg, device, p.plan(), a.micro_batches_per_rank as usize),
+        None => Trainer::new(cfg, device, a.global_batch_size as usize, a.micro_batches_per_rank as usize),
+    }
+    .map_err(|e| setup(e.to_string()))?;
     if trainer.state.total_steps != a.total_steps {
         return Err(setup(format!(
             "this worker plans {} steps but the coordinator {}; both must read the same datasets",
@@ -288,6 +318,10 @@ fn train_generation(
     };
     let dump_grads = std::env::var_os("SPLADE_DEBUG_DUMP_GRADS").map(PathBuf::from);
     let ledger = std::env::var_os("SPLADE_DEBUG_LEDGER").map(PathBuf::from);
+    let fetcher = data_plan
+        .as_ref()
+        .map(|p| SliceFetcher::start(p, trainer.state.global_step + 1, rank, world, StoreOptions::from_env()));
+    let mut bytes_reported = 0u64;
     let mut client = session.client();
     session.set_position(Some(a.generation), trainer.state.global_step);
     let t_start = Instant::now();
@@ -301,12 +335,27 @@ fn train_generation(
         let batch = trainer.plan.step(step).cloned().ok_or_else(|| setup(format!("step {step} is past the plan")))?;
         let lr = trainer.learning_rate();
         trainer.model.vs.unfreeze();
-        let global = trainer.examples(&batch, &batch.rows);
+        let data_wait;
         let rows = slice_for_rank(&batch, rank, world);
-        let local = trainer.examples(&batch, rows);
-        let data_wait = t0.elapsed().as_secs_f64();
-        let (mut stats, ar) =
-            trainer.forward_backward_distributed(&global, &local, &mut pg).map_err(|e| setup(e.to_string()))?;
+        let (mut stats, ar) = match (&fetcher, &data_plan) {
+            (Some(f), Some(p)) => {
+                let owned = f.next(step).map_err(|e| setup(format!("step {step}: {e}")))?;
+                let local: Vec<&splade_common::data::Example> = owned.iter().collect();
+                let labels = global_labels(p, &batch.dataset, &batch.rows);
+                let read = f.bytes_read();
+                metrics.add_data_bytes_read(read - bytes_reported);
+                bytes_reported = read;
+                data_wait = t0.elapsed().as_secs_f64();
+                trainer.forward_backward_slice(&local, labels, batch.rows.len(), &mut pg)
+            }
+            _ => {
+                let global = trainer.examples(&batch, &batch.rows);
+                let local = trainer.examples(&batch, rows);
+                data_wait = t0.elapsed().as_secs_f64();
+                trainer.forward_backward_distributed(&global, &local, &mut pg)
+            }
+        }
+        .map_err(|e| setup(e.to_string()))?;
         if step == 1 {
             if let Some(p) = &dump_grads {
                 dump_gradients(&trainer, &p.with_extension(format!("rank{rank}")))?;
@@ -322,6 +371,7 @@ fn train_generation(
         if let Some(p) = &ledger {
             let line = serde_json::json!({
                 "generation": a.generation, "rank": rank, "step": step, "dataset": batch.dataset, "rows": rows,
+                "bytes_read": fetcher.as_ref().map(SliceFetcher::bytes_read),
             });
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)
                 .map_err(|e| setup(format!("{}: {e}", p.display())))?;

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 
+
 use serde_json::Value;
 
 use super::{bad_record_fix, Collector, ColumnMap, DataError, Example, Role};
@@ -16,30 +17,62 @@ pub(crate) fn snippet(s: &str) -> String {
     }
 }
 
-/// Reads every line of `input` into `sink`.
+/// Reads every line of `input` into `sink`, recording each record's byte offset and length in the
+/// (decompressed) stream as its location, so a ranged read can fetch exactly that line again.
 pub(crate) fn read<R: Read>(file: &str, input: R, columns: &ColumnMap, sink: &mut Collector) -> Result<(), DataError> {
-    let reader = BufReader::new(input);
-    for (i, line) in reader.lines().enumerate() {
+    let mut reader = BufReader::new(input);
+    let mut buf = Vec::new();
+    let mut offset = 0u64;
+    let mut line_no = 0usize;
+    loop {
         if sink.full() {
             break;
         }
-        let line_no = i + 1;
-        let line = line.map_err(|e| DataError::Read {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| DataError::Read {
             file: file.into(),
-            message: format!("line {line_no}: {e} (a truncated or corrupt file? re-create it)"),
+            message: format!("line {}: {e} (a truncated or corrupt file? re-create it)", line_no + 1),
+        })?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let start = offset;
+        offset += n as u64;
+        let content = trim_newline(&buf);
+        let line = std::str::from_utf8(content).map_err(|e| DataError::Read {
+            file: file.into(),
+            message: format!("line {line_no}: not UTF-8 ({e}); re-encode the file as UTF-8"),
         })?;
         // A UTF-8 byte-order mark (some Windows tools write one) is not part of the first record.
-        let text = if line_no == 1 { line.trim_start_matches('\u{feff}') } else { line.as_str() };
+        let text = if start == 0 { line.trim_start_matches('\u{feff}') } else { line };
         if text.trim().is_empty() {
             continue;
         }
-        let r = parse_line(file, line_no, text, columns, sink.dataset);
-        sink.take(r)?;
+        let r = parse_line(file, &line_no, text, columns, sink.dataset);
+        sink.take(r, start, content.len() as u64)?;
     }
     Ok(())
 }
 
-fn parse_line(file: &str, line_no: usize, line: &str, columns: &ColumnMap, dataset: &str) -> Result<Example, DataError> {
+/// A line without its `\n` or `\r\n` (what `BufRead::lines` strips).
+pub(crate) fn trim_newline(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Parses one line fetched again by its location (`offset` in the file or decompressed stream).
+pub(crate) fn parse_at(file: &str, offset: u64, bytes: &[u8], columns: &ColumnMap, dataset: &str) -> Result<Example, DataError> {
+    let at = format!("byte {offset}");
+    let line = std::str::from_utf8(bytes).map_err(|e| DataError::Read {
+        file: file.into(),
+        message: format!("{at}: not UTF-8 ({e}); the file changed since the data plan was built, restart the job"),
+    })?;
+    let text = if offset == 0 { line.trim_start_matches('\u{feff}') } else { line };
+    parse_line(file, &at, text, columns, dataset)
+}
+
+fn parse_line(file: &str, line_no: &dyn std::fmt::Display, line: &str, columns: &ColumnMap, dataset: &str) -> Result<Example, DataError> {
     let bad = |problem: String| DataError::BadRecord {
         file: file.into(),
         location: format!("{line_no}"),

@@ -11,6 +11,7 @@
 //! - A source that matches no file, a dataset with no records, a Parquet file without the needed columns: each a
 //!   one-line error naming the dataset, the source and the fix.
 
+pub mod index;
 mod jsonl;
 mod parquet_reader;
 pub mod plan;
@@ -21,6 +22,7 @@ use indexmap::IndexMap;
 use crate::config::{DataFormat, DatasetSpec, OnBadRecord};
 use crate::store::{StoreError, StoreOptions};
 
+pub use index::{DataPlan, DataPlanRef, IndexedFile, RangedReader, RecordIndex, RecordLoc};
 pub use plan::{slice_for_rank, BatchPlan, PlanDataset, PlanSpec, PlanStop, PlannedBatch};
 
 /// One training record.
@@ -113,6 +115,14 @@ pub enum DataError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A data-plan artifact (see [`index::DataPlan`]) that cannot be used.
+    #[error("data plan `{location}`: {problem}")]
+    PlanArtifact {
+        /// The artifact's location (or the dataset concerned).
+        location: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
 }
 
 fn skipped_note(n: usize) -> String {
@@ -234,6 +244,10 @@ pub struct LoadedDataset {
     pub examples: Vec<Example>,
     /// Bad records skipped under `on_bad_record: skip`.
     pub bad_records: usize,
+    /// Where each of [`LoadedDataset::examples`] lives (same order), for ranged reads.
+    pub locations: Vec<RecordLoc>,
+    /// The files read, with their formats and sizes; [`RecordLoc::file`] indexes this.
+    pub file_info: Vec<IndexedFile>,
 }
 
 impl LoadedDataset {
@@ -271,22 +285,34 @@ pub(crate) struct Collector<'a> {
     pub max: Option<usize>,
     pub examples: Vec<Example>,
     pub bad: usize,
+    /// Location of each record in `examples`.
+    pub locs: Vec<RecordLoc>,
+    /// Index of the file being read (into the dataset's file list).
+    pub file: u32,
+    /// Warn about skipped records (off when re-reading for ranged reads).
+    pub warn: bool,
 }
 
-impl Collector<'_> {
+impl<'a> Collector<'a> {
     fn full(&self) -> bool {
         self.max.is_some_and(|m| self.examples.len() >= m)
     }
 
-    /// Handles one record's outcome; `Err` stops the load.
-    fn take(&mut self, r: Result<Example, DataError>) -> Result<(), DataError> {
+    fn new(dataset: &'a str, on_bad: OnBadRecord, max: Option<usize>) -> Collector<'a> {
+        Collector { dataset, on_bad, max, examples: Vec::new(), bad: 0, locs: Vec::new(), file: 0, warn: true }
+    }
+
+    /// Handles one record's outcome, found at (`a`, `b`) of the current file (see [`RecordLoc`]); `Err`
+    /// stops the load.
+    fn take(&mut self, r: Result<Example, DataError>, a: u64, b: u64) -> Result<(), DataError> {
         match r {
             Ok(e) => {
                 self.examples.push(e);
+                self.locs.push(RecordLoc(self.file, a, b));
                 Ok(())
             }
             Err(e @ DataError::BadRecord { .. }) if self.on_bad == OnBadRecord::Skip => {
-                if self.bad < 5 {
+                if self.warn && self.bad < 5 {
                     tracing::warn!(dataset = self.dataset, error = %e, "skipping bad record");
                 }
                 self.bad += 1;
@@ -327,8 +353,9 @@ pub async fn load_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions
     let columns =
         ColumnMap::from_config(&spec.columns).map_err(|problem| DataError::Columns { dataset: name.into(), problem })?;
     let files = source::resolve(name, &spec.source, options).await?;
-    let mut sink = Collector { dataset: name, on_bad: spec.on_bad_record, max: spec.max_samples, examples: Vec::new(), bad: 0 };
+    let mut sink = Collector::new(name, spec.on_bad_record, spec.max_samples);
     let mut names = Vec::new();
+    let mut file_info = Vec::new();
     for file in &files {
         if sink.full() {
             break;
@@ -337,6 +364,8 @@ pub async fn load_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions
         names.push(display.clone());
         let format = format_of(name, &display, spec.format)?;
         let bytes = file.read().await?;
+        sink.file = file_info.len() as u32;
+        file_info.push(IndexedFile { url: display.clone(), format, size: bytes.len() as u64 });
         match format {
             DataFormat::Jsonl => jsonl::read(&display, std::io::Cursor::new(bytes), &columns, &mut sink)?,
             DataFormat::JsonlGz => {
@@ -351,7 +380,14 @@ pub async fn load_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions
     if sink.bad > 0 {
         tracing::warn!(dataset = name, skipped = sink.bad, "bad records skipped (on_bad_record: skip)");
     }
-    Ok(LoadedDataset { name: name.into(), files: names, examples: sink.examples, bad_records: sink.bad })
+    Ok(LoadedDataset {
+        name: name.into(),
+        files: names,
+        examples: sink.examples,
+        bad_records: sink.bad,
+        locations: sink.locs,
+        file_info,
+    })
 }
 
 /// One enabled dataset of a config, loaded and split.
@@ -368,6 +404,8 @@ pub struct SplitDataset {
     pub train_ids: Vec<usize>,
     /// Bad records skipped.
     pub bad_records: usize,
+    /// Where each training row lives, in [`SplitDataset::train`] order (see [`RecordIndex`]).
+    pub index: RecordIndex,
 }
 
 /// Loads and splits every enabled dataset of `config`, in config order, with `training.seed`.
@@ -381,7 +419,8 @@ pub async fn load_training_data(
         let (train_ids, eval_ids) = loaded.split_indices(spec.split_ratio, config.training.seed);
         let pick = |ids: &[usize]| ids.iter().map(|&i| loaded.examples[i].clone()).collect::<Vec<_>>();
         let (train, eval) = (pick(&train_ids), pick(&eval_ids));
-        out.push(SplitDataset { name: name.to_string(), train, eval, train_ids, bad_records: loaded.bad_records });
+        let index = RecordIndex::new(name, spec, &loaded, &train_ids);
+        out.push(SplitDataset { name: name.to_string(), train, eval, train_ids, bad_records: loaded.bad_records, index });
     }
     Ok(out)
 }

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use parquet::basic::Type as PhysicalType;
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::reader::{ChunkReader, FileReader, SerializedFileReader};
 use parquet::record::Field;
 use parquet::schema::types::Type;
 
@@ -10,12 +10,24 @@ use super::jsonl::snippet;
 use super::{bad_record_fix, Collector, ColumnMap, DataError, Example, Role};
 
 pub(crate) fn read(file: &str, bytes: Bytes, columns: &ColumnMap, sink: &mut Collector) -> Result<(), DataError> {
-    let read_err = |e: parquet::errors::ParquetError| DataError::Read {
+    let reader = SerializedFileReader::new(bytes).map_err(|e| read_err(file, e))?;
+    read_groups(file, &reader, columns, None, sink)
+}
+
+pub(crate) fn read_err(file: &str, e: parquet::errors::ParquetError) -> DataError {
+    DataError::Read {
         file: file.into(),
         message: format!("not a readable Parquet file ({e}); re-export it (snappy, gzip, lz4 or zstd compression)"),
-    };
-    let reader = SerializedFileReader::new(bytes).map_err(read_err)?;
-    let schema = reader.metadata().file_metadata().schema_descr().root_schema().clone();
+    }
+}
+
+/// The (role, column) pairs and the projection (only the mapped columns) of a file with `schema`.
+pub(crate) fn projection(
+    file: &str,
+    schema: &Type,
+    columns: &ColumnMap,
+    dataset: &str,
+) -> Result<(Vec<(Role, String)>, Type), DataError> {
     let fields = schema.get_fields();
     let available: Vec<&str> = fields.iter().map(|f| f.name()).collect();
     let pairs = columns.resolve(available.iter().copied());
@@ -23,7 +35,7 @@ pub(crate) fn read(file: &str, bytes: Bytes, columns: &ColumnMap, sink: &mut Col
     let cols_fix = |role: &str| {
         format!(
             "map the file's columns with `datasets.{}.columns` (e.g. `{}: {role}`)",
-            sink.dataset,
+            dataset,
             available.first().copied().unwrap_or("column")
         )
     };
@@ -51,11 +63,30 @@ pub(crate) fn read(file: &str, bytes: Bytes, columns: &ColumnMap, sink: &mut Col
         }
         projected.push(field.clone());
     }
-    let projection = Type::group_type_builder(schema.name()).with_fields(projected).build().map_err(read_err)?;
+    let projection =
+        Type::group_type_builder(schema.name()).with_fields(projected).build().map_err(|e| read_err(file, e))?;
+    Ok((pairs, projection))
+}
+
+/// Reads the row groups in `groups` (all when `None`) of an open file into `sink`; each record's location is
+/// (row group, row in group).
+pub(crate) fn read_groups<R: ChunkReader + 'static>(
+    file: &str,
+    reader: &SerializedFileReader<R>,
+    columns: &ColumnMap,
+    groups: Option<&std::collections::BTreeSet<usize>>,
+    sink: &mut Collector,
+) -> Result<(), DataError> {
+    let read_err = |e: parquet::errors::ParquetError| read_err(file, e);
+    let schema = reader.metadata().file_metadata().schema_descr().root_schema().clone();
+    let (pairs, projection) = projection(file, &schema, columns, sink.dataset)?;
 
     for g in 0..reader.num_row_groups() {
         if sink.full() {
             break;
+        }
+        if groups.is_some_and(|set| !set.contains(&g)) {
+            continue;
         }
         let group = reader.get_row_group(g).map_err(read_err)?;
         let rows = group.get_row_iter(Some(projection.clone())).map_err(read_err)?;
@@ -105,7 +136,7 @@ pub(crate) fn read(file: &str, bytes: Bytes, columns: &ColumnMap, sink: &mut Col
                 (None, Some(anchor), Some(positive)) => Ok(Example { anchor, positive, negatives, label }),
                 _ => unreachable!("anchor and positive columns are projected"),
             };
-            sink.take(result)?;
+            sink.take(result, g as u64, r as u64)?;
         }
     }
     Ok(())

@@ -63,6 +63,7 @@ pub const METRIC_FAMILIES: &[(&str, &str)] = &[
     (names::WORKER_STEP_SECONDS, "histogram"),
     (names::WORKER_DATA_WAIT_SECONDS, "counter"),
     (names::WORKER_DEVICE_MEMORY_BYTES, "gauge"),
+    (names::WORKER_DATA_BYTES_READ, "counter"),
 ];
 
 /// Metric family names, as they appear in `/metrics` (histograms add `_bucket`, `_sum`, `_count`;
@@ -129,6 +130,8 @@ pub mod names {
     pub const WORKER_DATA_WAIT_SECONDS: &str = "splade_worker_data_wait_seconds_total";
     /// Device memory held by the process, label `device` (e.g. `cuda:0`, `cpu`).
     pub const WORKER_DEVICE_MEMORY_BYTES: &str = "splade_worker_device_memory_bytes";
+    /// Bytes of training data this process fetched from storage (its slices only, with ranged reads).
+    pub const WORKER_DATA_BYTES_READ: &str = "splade_worker_data_bytes_read_total";
 }
 
 /// What one optimiser step measured; the trainer fills it in and hands it to
@@ -527,6 +530,7 @@ pub struct WorkerMetrics {
     step_seconds: Histogram,
     data_wait_seconds: Counter,
     device_memory: GaugeVec,
+    data_bytes_read: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -573,6 +577,13 @@ impl WorkerMetrics {
                     &["device"],
                 )?,
             )?,
+            data_bytes_read: register(
+                r,
+                IntCounter::new(
+                    WORKER_DATA_BYTES_READ,
+                    "Bytes of training data this process fetched from storage",
+                )?,
+            )?,
         };
         m.rank.set(-1);
         Ok(m)
@@ -586,6 +597,11 @@ impl WorkerMetrics {
         if data_wait_seconds.is_finite() && data_wait_seconds > 0.0 {
             self.data_wait_seconds.inc_by(data_wait_seconds);
         }
+    }
+
+    /// Adds `bytes` of training data fetched from storage.
+    pub fn add_data_bytes_read(&self, bytes: u64) {
+        self.data_bytes_read.inc_by(bytes);
     }
 
     /// Sets this worker's rank (`None` while it is between generations).

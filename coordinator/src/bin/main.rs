@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         )
         .init();
     let args = Args::parse();
-    let (cfg, cluster, job) = config::load(&args.config)?;
+    let (cfg, cluster, mut job) = config::load(&args.config)?;
     for (dataset, files) in
         config::check_datasets(&cfg, &splade_common::store::StoreOptions::from_env()).await?
     {
@@ -44,6 +44,17 @@ async fn main() -> anyhow::Result<ExitCode> {
         .with_context(|| format!("{}", args.config.display()))?;
     let tls =
         ServerTls::from_settings(&cluster).with_context(|| format!("{}", args.config.display()))?;
+    // Last of the start-up checks: it reads every dataset whole.
+    let (plan, plan_ref) =
+        config::publish_data_plan(&cfg, &job, &splade_common::store::StoreOptions::from_env()).await?;
+    tracing::info!(
+        location = plan_ref.location,
+        sha256 = plan_ref.sha256,
+        steps = plan.batches.len(),
+        "data plan published"
+    );
+    drop(plan);
+    job.data_plan = Some(plan_ref);
     let mut opts = CoordinatorOptions::new(cluster, job, args.listen, token);
     opts.tls = tls;
     opts.verifier = Arc::new(StoreVerifier::new(output));

@@ -51,7 +51,13 @@ async fn the_binary_runs_a_job_to_completion_and_exits_0() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("job.yaml");
-        std::fs::write(&cfg, CONFIG).unwrap();
+        let data = dir.path().join("train.jsonl");
+        let lines: String = (0..13).map(|i| format!("{{\"anchor\": \"q{i}\", \"positive\": \"d{i}\"}}\n")).collect();
+        std::fs::write(&data, lines).unwrap();
+        let out_dir = dir.path().join("out");
+        let config = CONFIG.replace("  max_steps: 3\n", &format!("  max_steps: 3\n  output_dir: {}\n", out_dir.display()))
+            + &format!("datasets:\n  d:\n    source: {}\n", data.display());
+        std::fs::write(&cfg, config).unwrap();
         let port = free_port();
         let metrics = format!("127.0.0.1:{}", free_port());
         let child = coordinator(&cfg, port)
@@ -82,6 +88,19 @@ async fn the_binary_runs_a_job_to_completion_and_exits_0() {
             ),
             (1, 4, 1, 3)
         );
+        // The coordinator published the job's data plan (3 batches of 4 of the 13 records) and points
+        // every assignment at it.
+        let plan_ref = a.data_plan.clone().expect("the assignment carries the data plan");
+        let plan = splade_common::data::DataPlan::fetch(
+            &splade_common::data::DataPlanRef { location: plan_ref.location.clone(), sha256: plan_ref.sha256.clone() },
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(plan_ref.location, format!("{}/data-plan/{}.json", out_dir.display(), plan_ref.sha256));
+        assert_eq!(plan.batches.len(), 3);
+        assert!(plan.batches.iter().all(|b| b.rows.len() == 4 && b.dataset == "d"));
+        assert_eq!(plan.datasets[0].rows.len(), 13);
         let shipped = splade_common::config::Config::from_json(&a.config_yaml, "<assignment>")
             .expect("workers get the parsed config as JSON");
         assert_eq!(
@@ -189,14 +208,19 @@ async fn multi_process_the_binary_refuses_datasets_missing_in_the_bucket() {
     let present = "s3://splade-data/train/part-0.jsonl";
     let loc = splade_common::store::Location::parse_with("s3://splade-data/train", &moto.store_options()).unwrap();
     loc.store()
-        .put(&loc.child("part-0.jsonl"), br#"{"anchor": "q", "positive": "d"}"#.to_vec().into())
+        // One global batch (4) of records: the coordinator plans from them at start-up.
+        .put(
+            &loc.child("part-0.jsonl"),
+            (0..4).map(|i| format!("{{\"anchor\": \"q{i}\", \"positive\": \"d{i}\"}}\n")).collect::<String>().into_bytes().into(),
+        )
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let run = |source: &str, name: &str| {
         let cfg = dir.path().join(name);
         let datasets = format!("datasets:\n  present:\n    source: {present}\n  msmarco:\n    source: {source}\n");
-        std::fs::write(&cfg, format!("{CONFIG}{datasets}")).unwrap();
+        let config = CONFIG.replace("  max_steps: 3\n", &format!("  max_steps: 3\n  output_dir: {}/out\n", dir.path().display()));
+        std::fs::write(&cfg, format!("{config}{datasets}")).unwrap();
         let mut cmd = coordinator(&cfg, free_port());
         cmd.env("SPLADE_IT_TOKEN", TOKEN);
         for (k, v) in moto.env() {

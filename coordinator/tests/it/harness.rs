@@ -45,6 +45,7 @@ pub fn job(total_steps: u64) -> JobSpec {
         global_batch_size: 16,
         per_device_batch_size: 4,
         total_steps,
+        data_plan: None,
     }
 }
 

@@ -48,14 +48,26 @@ impl Trainer {
         local: &[&Example],
         pg: &mut ProcessGroup,
     ) -> Result<(StepStats, AllReduceStats), TrainError> {
+        self.forward_backward_slice(local, Self::labels(global), global.len(), pg)
+    }
+
+    /// [`Trainer::forward_backward_distributed`] for a rank that holds only its own rows: `labels` are the
+    /// whole global batch's (`[global_len, width]`, as [`Trainer::labels`] builds them from all rows) and
+    /// `global_len` its size.
+    pub fn forward_backward_slice(
+        &self,
+        local: &[&Example],
+        labels: Option<Tensor>,
+        global_len: usize,
+        pg: &mut ProcessGroup,
+    ) -> Result<(StepStats, AllReduceStats), TrainError> {
         if local.is_empty() {
             return Err(other("this rank's slice of the global batch is empty; lower the world size or raise the batch size"));
         }
         let step = self.state.global_step;
         let total = self.state.total_steps;
         let k = local[0].negatives.len() as i64 + 1;
-        let mut stats = StepStats { step: step + 1, samples: global.len(), ..Default::default() };
-        let labels = Self::labels(global);
+        let mut stats = StepStats { step: step + 1, samples: global_len, ..Default::default() };
         let dist = |e: crate::dist::DistError| other(format!("data-parallel step {}: {e}", step + 1));
         // Micro-batch indices are global (rank r's first micro-batch is r·micro_batches), so
         // dropout masks differ between ranks and match a single process running all of them.

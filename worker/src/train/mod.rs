@@ -6,6 +6,7 @@
 //! unit the data-parallel worker reuses.
 
 pub mod distributed;
+pub mod fetch;
 pub mod inference_free;
 pub mod loss;
 pub mod monitor;
@@ -221,6 +222,25 @@ impl Trainer {
     pub fn new(cfg: Config, device: Device, global_batch: usize, micro_batches: usize) -> Result<Self, TrainError> {
         let datasets = load_train_datasets(&cfg)?;
         let plan = build_plan(&cfg, &datasets, global_batch)?;
+        Self::from_parts(cfg, device, datasets, plan, global_batch, micro_batches)
+    }
+
+    /// A trainer that follows a plan made elsewhere (a cluster coordinator's published data plan) and holds
+    /// no dataset: its examples come from the caller (see [`fetch::SliceFetcher`]), so
+    /// [`Trainer::examples`] and [`Trainer::train_step`] must not be used.
+    pub fn with_plan(cfg: Config, device: Device, plan: BatchPlan, micro_batches: usize) -> Result<Self, TrainError> {
+        let global_batch = plan.batches.first().map_or(0, |b| b.rows.len());
+        Self::from_parts(cfg, device, BTreeMap::new(), plan, global_batch, micro_batches)
+    }
+
+    fn from_parts(
+        cfg: Config,
+        device: Device,
+        datasets: BTreeMap<String, Vec<Example>>,
+        plan: BatchPlan,
+        global_batch: usize,
+        micro_batches: usize,
+    ) -> Result<Self, TrainError> {
         if plan.is_empty() {
             return Err(other(format!(
                 "{}: the datasets are smaller than one batch of {global_batch}; lower training.per_device_train_batch_size",

@@ -23,7 +23,7 @@ use splade_common::testkit::tools::{obs_check, PrometheusServer};
 
 use crate::support::*;
 
-const TOKEN: &str = "cluster-test-token-0123456789";
+pub(crate) const TOKEN: &str = "cluster-test-token-0123456789";
 /// Bound on a whole job on a loaded 2-core CI box.
 const JOB_LIMIT: Duration = Duration::from_secs(420);
 
@@ -32,7 +32,7 @@ fn free_port() -> u16 {
 }
 
 /// `n` rows with one hard negative each (so the candidate layout across ranks is exercised).
-fn write_data(dir: &Path, n: usize) -> PathBuf {
+pub(crate) fn write_data(dir: &Path, n: usize) -> PathBuf {
     let topics = ["fjord", "skiing", "salmon", "aurora", "ferries", "stave churches", "brown cheese"];
     let mut s = String::new();
     for i in 0..n {
@@ -51,7 +51,7 @@ fn write_data(dir: &Path, n: usize) -> PathBuf {
 }
 
 /// A tiny cluster job: SPLADE-tiny, dropout 0, short sequences, `global` rows per step.
-fn job_yaml(out: &Path, data: &Path, per_device: usize, global: usize, steps: usize, save_steps: usize, workers: (usize, usize)) -> String {
+pub(crate) fn job_yaml(out: &Path, data: &Path, per_device: usize, global: usize, steps: usize, save_steps: usize, workers: (usize, usize)) -> String {
     format!(
         r#"
 model:
@@ -100,30 +100,33 @@ cluster:
     )
 }
 
-fn parse(yaml: &str) -> Config {
+pub(crate) fn parse(yaml: &str) -> Config {
     Config::from_str(yaml, "cluster-test.yaml").unwrap()
 }
 
 async fn start_coordinator(cfg: &Config) -> CoordinatorHandle {
-    let (cluster, job) = splade_coordinator::config::from_config(cfg).unwrap();
+    let (cluster, mut job) = splade_coordinator::config::from_config(cfg).unwrap();
+    // As the binary does: workers read their slices through the published data plan.
+    let options = splade_common::store::StoreOptions::default();
+    job.data_plan = Some(splade_coordinator::config::publish_data_plan(cfg, &job, &options).await.unwrap().1);
     let mut opts = CoordinatorOptions::new(cluster, job, "127.0.0.1:0".parse().unwrap(), JoinToken::new(TOKEN).unwrap());
     opts.verifier = Arc::new(StoreVerifier::new(Location::parse(&cfg.training.output_dir).unwrap()));
     splade_coordinator::start(opts).await.unwrap()
 }
 
-struct Worker {
-    id: String,
-    child: Child,
+pub(crate) struct Worker {
+    pub(crate) id: String,
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl Worker {
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
-fn spawn_worker(addr: SocketAddr, id: &str, dir: &Path, token: &str, env: &[(&str, &Path)], metrics: Option<&str>) -> Worker {
+pub(crate) fn spawn_worker(addr: SocketAddr, id: &str, dir: &Path, token: &str, env: &[(&str, &Path)], metrics: Option<&str>) -> Worker {
     let log = dir.join(format!("{id}.log"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_splade-worker"));
     cmd.args(["--join", &addr.to_string(), "--device", "cpu", "--advertise", "127.0.0.1", "--id", id])
@@ -141,7 +144,7 @@ fn spawn_worker(addr: SocketAddr, id: &str, dir: &Path, token: &str, env: &[(&st
 }
 
 /// Waits for the job with a bound; on failure prints the workers' logs.
-async fn finish(handle: CoordinatorHandle, workers: &mut [Worker]) -> JobOutcome {
+pub(crate) async fn finish(handle: CoordinatorHandle, workers: &mut [Worker]) -> JobOutcome {
     let outcome = tokio::time::timeout(JOB_LIMIT, handle.wait()).await;
     let outcome = match outcome {
         Ok(o) => o.unwrap(),
@@ -157,7 +160,7 @@ async fn finish(handle: CoordinatorHandle, workers: &mut [Worker]) -> JobOutcome
 }
 
 /// Waits (bounded) for a worker to exit and returns whether it succeeded.
-fn exit_ok(w: &mut Worker, limit: Duration) -> bool {
+pub(crate) fn exit_ok(w: &mut Worker, limit: Duration) -> bool {
     let t = Instant::now();
     loop {
         if let Some(s) = w.child.try_wait().unwrap() {

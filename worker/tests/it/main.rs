@@ -9,6 +9,7 @@ mod lean_head;
 mod dist;
 mod inference_free;
 mod parity;
+mod ranged;
 mod train;
 mod train_obs;
 mod train_windows;
