@@ -575,7 +575,9 @@ async fn cluster_worker_killed_job_resumes() {
     let steps = 8;
     let cfg = parse(&job_yaml(Path::new(out), data, 4, 8, steps, 2, (1, 2)));
     let loc = Location::parse_with(out, &opts).unwrap();
-    let (cluster, job) = splade_coordinator::config::from_config(&cfg).unwrap();
+    let (cluster, mut job) = splade_coordinator::config::from_config(&cfg).unwrap();
+    // As the binary does: the data plan goes to the bucket, and workers read their slices from it.
+    job.data_plan = Some(splade_coordinator::config::publish_data_plan(&cfg, &job, &opts).await.unwrap().1);
     let mut copts = CoordinatorOptions::new(cluster, job, "127.0.0.1:0".parse().unwrap(), JoinToken::new(TOKEN).unwrap());
     copts.verifier = Arc::new(StoreVerifier::new(loc.clone()));
     let handle = splade_coordinator::start(copts).await.unwrap();
@@ -619,6 +621,7 @@ async fn cluster_worker_killed_job_resumes() {
     let mut by_gen: BTreeMap<u64, BTreeMap<u64, Vec<usize>>> = BTreeMap::new();
     for line in std::fs::read_to_string(&ledger).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["bytes_read"].as_u64().is_some(), "a worker did not read its slice through the data plan: {line}");
         let rows: Vec<usize> = serde_json::from_value(v["rows"].clone()).unwrap();
         by_gen
             .entry(v["generation"].as_u64().unwrap())
