@@ -86,6 +86,57 @@ pub struct SparseEncoder {
     /// Inference-free SPLADE: the query route's static weight table (its weight lives in `vs` as
     /// [`STATIC_VAR`]). `None` for a plain SPLADE encoder, which encodes queries with the MLM.
     pub query_static: Option<StaticEmbedding>,
+    /// Batches tokenized ahead of time ([`SparseEncoder::set_prefetched`]), served by
+    /// [`SparseEncoder::tokenize`] for the same kind and texts.
+    prefetched: std::sync::Mutex<Prefetched>,
+}
+
+/// Tokenized batches waiting for their step, and how many `tokenize` calls they answered.
+#[derive(Default)]
+struct Prefetched {
+    batches: Vec<PrefetchedBatch>,
+    hits: u64,
+}
+
+/// One batch tokenized ahead of time, as token ids: what [`Pretokenizer::pretokenize`] returns. Only
+/// the ids cross threads; tensors are made on the thread that trains (libtorch allocations made from
+/// a second thread while a step computes were seen to change the step's rounding once in a few runs).
+pub struct PrefetchedBatch {
+    kind: TextKind,
+    texts: Vec<String>,
+    ids: Vec<Vec<u32>>,
+}
+
+/// A tokenizer with the model's prompts and max lengths that can move to another thread
+/// ([`SparseEncoder::pretokenizer`]); its batches equal [`SparseEncoder::tokenize`]'s.
+pub struct Pretokenizer {
+    tokenizer: TextTokenizer,
+    query: Option<(String, usize)>,
+    document: (String, usize),
+}
+
+impl Pretokenizer {
+    /// `texts` tokenized for `kind`, ready for [`SparseEncoder::set_prefetched`]; `None` for the kinds
+    /// it does not cover (inference-free queries) or when tokenization fails (the step then tokenizes
+    /// the texts itself and reports the error).
+    pub fn pretokenize(&self, texts: &[&str], kind: TextKind) -> Option<PrefetchedBatch> {
+        let (prompt, max) = match kind {
+            TextKind::Query => self.query.as_ref()?,
+            TextKind::Document => &self.document,
+        };
+        let ids = encode_with(&self.tokenizer, prompt, *max, texts).ok()?;
+        Some(PrefetchedBatch { kind, texts: texts.iter().map(|t| t.to_string()).collect(), ids })
+    }
+}
+
+fn encode_with(tokenizer: &TextTokenizer, prompt: &str, max: usize, texts: &[&str]) -> Result<Vec<Vec<u32>>, ModelError> {
+    if prompt.is_empty() {
+        tokenizer.encode_ids(texts, max)
+    } else {
+        let owned: Vec<String> = texts.iter().map(|t| format!("{prompt}{t}")).collect();
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        tokenizer.encode_ids(&refs, max)
+    }
 }
 
 impl SparseEncoder {
@@ -150,7 +201,7 @@ impl SparseEncoder {
             .or(spec.tokenizer_max_length)
             .unwrap_or(max_pos)
             .min(max_pos);
-        Ok(Self { vs, mlm, tokenizer, spec, max_seq_length, lean_head: true, query_static })
+        Ok(Self { vs, mlm, tokenizer, spec, max_seq_length, lean_head: true, query_static, prefetched: Default::default() })
     }
 
     /// Turns a plain SPLADE encoder into an inference-free one whose query route is a fresh
@@ -209,8 +260,48 @@ impl SparseEncoder {
         }
     }
 
-    /// Tokenizes `texts` for `kind` (prompt prepended, truncated) into a CPU batch.
+    /// Tokenizes `texts` for `kind` (prompt prepended, truncated) into a CPU batch. A batch prefetched
+    /// for the same kind and texts ([`SparseEncoder::set_prefetched`]) is returned instead; it is the
+    /// same tokenization, done earlier on another thread.
     pub fn tokenize(&self, texts: &[&str], kind: TextKind) -> Result<Batch, ModelError> {
+        {
+            let mut cache = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
+            let hit = cache
+                .batches
+                .iter()
+                .find(|p| p.kind == kind && p.texts.len() == texts.len() && p.texts.iter().zip(texts).all(|(a, b)| a == b))
+                .map(|p| self.tokenizer.pad(&p.ids));
+            if let Some(batch) = hit {
+                cache.hits += 1;
+                return Ok(batch);
+            }
+        }
+        self.tokenize_now(texts, kind)
+    }
+
+    /// What [`SparseEncoder::tokenize`] needs, detached from the model so that another thread can
+    /// tokenize a later step's texts (the model's tensors cannot be shared across threads).
+    pub fn pretokenizer(&self) -> Pretokenizer {
+        let side = |kind| (self.prompt(kind).to_string(), self.max_length(kind));
+        Pretokenizer {
+            tokenizer: self.tokenizer.clone(),
+            // Inference-free queries go through the static route's own tokenizer: not prefetched.
+            query: self.query_static.is_none().then(|| side(TextKind::Query)),
+            document: side(TextKind::Document),
+        }
+    }
+
+    /// Replaces the prefetched batches with `batches` (those of the coming step).
+    pub fn set_prefetched(&self, batches: Vec<PrefetchedBatch>) {
+        self.prefetched.lock().unwrap_or_else(|e| e.into_inner()).batches = batches;
+    }
+
+    /// How many [`SparseEncoder::tokenize`] calls a prefetched batch answered so far.
+    pub fn prefetch_hits(&self) -> u64 {
+        self.prefetched.lock().unwrap_or_else(|e| e.into_inner()).hits
+    }
+
+    fn tokenize_now(&self, texts: &[&str], kind: TextKind) -> Result<Batch, ModelError> {
         let prompt = self.prompt(kind);
         let max = self.max_length(kind);
         if let (TextKind::Query, Some(st)) = (kind, &self.query_static) {
@@ -218,13 +309,7 @@ impl SparseEncoder {
             let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
             return st.tokenize(&refs, max);
         }
-        if prompt.is_empty() {
-            self.tokenizer.batch(texts, max)
-        } else {
-            let owned: Vec<String> = texts.iter().map(|t| format!("{prompt}{t}")).collect();
-            let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
-            self.tokenizer.batch(&refs, max)
-        }
+        Ok(self.tokenizer.pad(&encode_with(&self.tokenizer, prompt, max, texts)?))
     }
 
     /// Sparse embeddings [B, V] of a batch of `kind` texts tokenized by [`SparseEncoder::tokenize`]:

@@ -484,9 +484,49 @@ impl Trainer {
         let lr = self.learning_rate();
         self.model.vs.unfreeze();
         let ex = self.examples(&batch, &batch.rows);
-        let mut stats = self.forward_backward(&ex)?;
+        // The next step's texts are tokenized on another thread while this step computes.
+        let next = self.texts_to_tokenize(self.state.global_step + 2);
+        let pre = (!next.is_empty()).then(|| self.model.pretokenizer());
+        let (stats, prefetched) = std::thread::scope(|s| {
+            let worker = s.spawn(move || {
+                let Some(pre) = pre else { return Vec::new() };
+                next.iter()
+                    .filter_map(|(kind, texts)| {
+                        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                        pre.pretokenize(&refs, *kind)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let stats = self.forward_backward(&ex);
+            (stats, worker.join().unwrap_or_default())
+        });
+        self.model.set_prefetched(prefetched);
+        let mut stats = stats?;
         self.finish_step(&mut stats, &batch, lr, t0);
         Ok(stats)
+    }
+
+    /// What [`Trainer::forward_backward`] will tokenize for planned step `step`, in its micro-batch
+    /// chunks: each chunk's anchors (queries) and, unless documents are windowed, its candidates
+    /// (positives, then each negative column). Empty past the plan.
+    fn texts_to_tokenize(&self, step: u64) -> Vec<(TextKind, Vec<String>)> {
+        let Some(batch) = self.plan.step(step) else { return Vec::new() };
+        let ex = self.examples(batch, &batch.rows);
+        let mb = (ex.len() / self.micro_batches.max(1)).max(1);
+        let windowed = windows::TrainingWindows::from_config(&self.cfg).is_some();
+        let mut out = Vec::new();
+        for chunk in ex.chunks(mb) {
+            out.push((TextKind::Query, chunk.iter().map(|e| e.anchor.clone()).collect()));
+            if !windowed {
+                let negs = chunk.first().map_or(0, |e| e.negatives.len());
+                let mut cands: Vec<String> = chunk.iter().map(|e| e.positive.clone()).collect();
+                for k in 0..negs {
+                    cands.extend(chunk.iter().filter_map(|e| e.negatives.get(k).cloned()));
+                }
+                out.push((TextKind::Document, cands));
+            }
+        }
+        out
     }
 
     /// Ends a step whose gradients are in place (single-process or all-reduced): applies them at `lr`,
