@@ -534,16 +534,9 @@ mod tests {
         assert_eq!(coalesce(&[0..10, 5..8], 0), vec![0..10]);
     }
 
+    /// The data tests' spec, with a held-out split (plan rows are not record numbers) and bad records skipped.
     fn spec(source: &str) -> DatasetSpec {
-        DatasetSpec {
-            enabled: true,
-            source: source.into(),
-            format: None,
-            columns: IndexMap::new(),
-            split_ratio: 0.2,
-            max_samples: None,
-            on_bad_record: OnBadRecord::Skip,
-        }
+        DatasetSpec { split_ratio: 0.2, on_bad_record: OnBadRecord::Skip, ..crate::data::tests::spec(source) }
     }
 
     /// A padded text so records are large enough that a few of them are a small part of a file.

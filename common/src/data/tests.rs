@@ -10,7 +10,7 @@ use parquet::schema::parser::parse_message_type;
 use super::*;
 use crate::config::{BatchSamplerKind, SamplingStrategy};
 
-fn spec(source: &str) -> DatasetSpec {
+pub(crate) fn spec(source: &str) -> DatasetSpec {
     DatasetSpec {
         enabled: true,
         source: source.into(),
