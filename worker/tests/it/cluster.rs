@@ -31,20 +31,29 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// `n` rows with one hard negative each (so the candidate layout across ranks is exercised).
-pub(crate) fn write_data(dir: &Path, n: usize) -> PathBuf {
+/// `n` JSONL rows with one hard negative each (so the candidate layout across ranks is exercised); each
+/// positive carries `filler` repetitions of a padding phrase (large rows make a few of them a small part
+/// of the file).
+pub(crate) fn pairs_jsonl(n: usize, filler: usize) -> String {
     let topics = ["fjord", "skiing", "salmon", "aurora", "ferries", "stave churches", "brown cheese"];
     let mut s = String::new();
     for i in 0..n {
         let t = topics[i % topics.len()];
+        let pad = format!(" filler {i}").repeat(filler);
         let row = serde_json::json!({
             "anchor": format!("question {i}: what is special about {t} number {i}?"),
-            "positive": format!("Document {i} explains {t}: item {i} is known for reason {}.", i * 7 % 13),
+            "positive": format!("Document {i} explains {t}: item {i} is known for reason {}.{pad}", i * 7 % 13),
             "negative": format!("Unrelated note {i} about the weather on day {}.", i * 3 % 11),
         });
         s.push_str(&row.to_string());
         s.push('\n');
     }
+    s
+}
+
+/// [`pairs_jsonl`] without filler, written to `dir/train.jsonl`.
+pub(crate) fn write_data(dir: &Path, n: usize) -> PathBuf {
+    let s = pairs_jsonl(n, 0);
     let p = dir.join("train.jsonl");
     std::fs::write(&p, s).unwrap();
     p

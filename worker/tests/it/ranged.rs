@@ -13,23 +13,7 @@ use splade_common::store::Location;
 use splade_common::testkit::MotoServer;
 use splade_coordinator::{CoordinatorOptions, JobOutcome, JoinToken, StoreVerifier};
 
-use crate::cluster::{exit_ok, finish, job_yaml, parse, spawn_worker, TOKEN};
-
-/// `n` rows of about 1 KiB each (so a few rows per step are a small part of the file).
-fn data(n: usize) -> String {
-    let mut s = String::new();
-    for i in 0..n {
-        let pad = format!(" filler {i}").repeat(80);
-        let row = serde_json::json!({
-            "anchor": format!("question {i}: what is item {i} known for?"),
-            "positive": format!("Item {i} is known for reason {}.{pad}", i * 7 % 13),
-            "negative": format!("Unrelated note {i} about the weather on day {}.", i * 3 % 11),
-        });
-        s.push_str(&row.to_string());
-        s.push('\n');
-    }
-    s
-}
+use crate::cluster::{exit_ok, finish, job_yaml, pairs_jsonl, parse, spawn_worker, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_workers_read_only_their_slices_from_s3() {
@@ -37,7 +21,8 @@ async fn cluster_workers_read_only_their_slices_from_s3() {
     moto.create_bucket("splade-data");
     let opts = moto.store_options();
     let bucket = Location::parse_with("s3://splade-data", &opts).unwrap();
-    let text = data(2000);
+    // Rows of about 1 KiB, so a few rows per step are a small part of the file.
+    let text = pairs_jsonl(2000, 80);
     let dataset_bytes = text.len() as u64;
     bucket.store().put(&bucket.child("train/part-0.jsonl"), text.into_bytes().into()).await.unwrap();
 
