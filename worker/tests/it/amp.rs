@@ -11,7 +11,7 @@ use splade_worker::train::Trainer;
 use tch::{Device, Kind, Tensor};
 
 use crate::support::*;
-use crate::train::{all_grads, small_pairs, spawn_train, tiny_config, train_steps};
+use crate::train::{all_grads, sigterm_after, small_pairs, spawn_train, tiny_config, train_steps};
 
 /// `torch.amp.GradScaler("cpu")` driving SGD or AdamW over a sequence of gradients: the loss of
 /// step i is `(p · g_i).sum()`, so the scaled backward leaves `scale · g_i` in `p.grad`. Prints,
@@ -292,11 +292,6 @@ fn fp16_overflow_skips_the_step_and_backs_off() {
     assert!(moved > 0, "finite fp16 steps left every weight unchanged");
 }
 
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
 /// `(step, loss scale, skipped)` of each training record of a `metrics.jsonl`.
 fn scale_series(metrics: &Path) -> Vec<(u64, f64, f64)> {
     train_steps(metrics)
@@ -331,14 +326,7 @@ fn fp16_resume_after_sigterm_is_bitwise_identical() {
     let stopped = tmp.path().join("stopped");
     let mut child = run(&stopped, false);
     let metrics = stopped.join("metrics.jsonl");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while train_steps(&metrics).len() < 20 {
-        assert!(std::time::Instant::now() < deadline, "training never reached step 20");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    unsafe { libc_kill(child.id() as i32, 15) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM must checkpoint and exit 0, got {status}");
+    sigterm_after(&mut child, &metrics, 20);
     let stop = train_steps(&metrics).len();
     assert!(stop < 35, "stopped at step {stop}, too late to compare checkpoint-35");
     let ck = stopped.join(format!("checkpoint-{stop}"));

@@ -290,18 +290,7 @@ fn train_resume_after_sigterm_is_bitwise_identical() {
     let stopped = tmp.path().join("stopped");
     let mut child = run(&stopped, false);
     let metrics = stopped.join("metrics.jsonl");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    loop {
-        let n = train_steps(&metrics).len();
-        if n >= 20 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "training never reached step 20");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    unsafe { libc_kill(child.id() as i32, 15) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM must checkpoint and exit 0, got {status}");
+    sigterm_after(&mut child, &metrics, 20);
     assert!(!stopped.join("final").exists(), "an interrupted run writes no final model");
     let steps_done = train_steps(&metrics).len();
     assert!(steps_done < 40, "stopped at step {steps_done}");
@@ -313,6 +302,19 @@ fn train_resume_after_sigterm_is_bitwise_identical() {
         safetensors_bytes(&stopped.join("final")),
         "resumed run's final weights differ from the straight run's"
     );
+}
+
+/// Waits (up to 300 s) until `metrics` records `steps` training steps, then sends the run SIGTERM and
+/// asserts it checkpoints and exits 0, as a preempted job must.
+pub fn sigterm_after(child: &mut std::process::Child, metrics: &Path, steps: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while train_steps(metrics).len() < steps {
+        assert!(std::time::Instant::now() < deadline, "training never reached step {steps}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM must checkpoint and exit 0, got {status}");
 }
 
 extern "C" {

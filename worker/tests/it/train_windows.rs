@@ -13,7 +13,7 @@ use splade_worker::train::{run_training, TrainOptions, Trainer};
 use tch::{Device, Kind, Tensor};
 
 use crate::support::*;
-use crate::train::{tiny_config, train_steps};
+use crate::train::{sigterm_after, tiny_config, train_steps};
 
 const SPEC: &str = "32:16:4";
 
@@ -210,11 +210,6 @@ fn safetensors_bytes(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("model.safetensors")).unwrap()
 }
 
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
 /// `sample` mode with gradient cache: a run stopped by SIGTERM and resumed ends with the same bytes as
 /// a straight run (the window draws are a function of the step), and it logs one window encoded per
 /// document out of several available.
@@ -243,14 +238,7 @@ fn train_windows_sample_resume_after_sigterm_is_bitwise_identical() {
     let stopped = tmp.path().join("stopped");
     let mut child = run(&stopped, false);
     let metrics = stopped.join("metrics.jsonl");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while train_steps(&metrics).len() < 6 {
-        assert!(std::time::Instant::now() < deadline, "training never reached step 6");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    unsafe { libc_kill(child.id() as i32, 15) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM must checkpoint and exit 0, got {status}");
+    sigterm_after(&mut child, &metrics, 6);
     let done = train_steps(&metrics).len();
     assert!(done < 16 && !stopped.join("final").exists(), "the run was not interrupted (stopped at step {done})");
     assert!(stopped.join(format!("checkpoint-{done}/manifest.json")).exists(), "checkpoint of the stop step");
