@@ -168,6 +168,22 @@ pub fn build_plan(cfg: &Config, datasets: &BTreeMap<String, Vec<Example>>, globa
     BatchPlan::build(&pds, &spec).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))
 }
 
+/// The texts a step embeds for rows `ex`: the anchors (queries), and the candidates column by column
+/// (all positives, then each negative column), the layout the losses expect. `None` when the rows have
+/// different numbers of negatives.
+fn batch_texts<'a>(ex: &[&'a Example]) -> Option<(Vec<&'a str>, Vec<&'a str>)> {
+    let anchors: Vec<&str> = ex.iter().map(|e| e.anchor.as_str()).collect();
+    let negs = ex.first().map(|e| e.negatives.len()).unwrap_or(0);
+    if ex.iter().any(|e| e.negatives.len() != negs) {
+        return None;
+    }
+    let mut cands: Vec<&str> = ex.iter().map(|e| e.positive.as_str()).collect();
+    for k in 0..negs {
+        cands.extend(ex.iter().map(|e| e.negatives[k].as_str()));
+    }
+    Some((anchors, cands))
+}
+
 /// Fingerprint of the first `steps` batches of the plan: a checkpoint records the batches it
 /// consumed, so resume can check that the data so far was the same, while a longer or shorter
 /// run (another max_steps) stays allowed.
@@ -318,15 +334,9 @@ impl Trainer {
         // Autocast (bf16 or fp16) covers the encoder forwards only; the loss and the backward run
         // outside the scope, as `torch.autocast` is meant to be used.
         let amp = amp_kind(&self.cfg).and_then(|kind| crate::amp::Autocast::new(dev, kind));
-        let anchors: Vec<&str> = ex.iter().map(|e| e.anchor.as_str()).collect();
-        let negs = ex.first().map(|e| e.negatives.len()).unwrap_or(0);
-        if ex.iter().any(|e| e.negatives.len() != negs) {
-            return Err(other("rows of one batch have different numbers of negatives; give every row the same negative columns"));
-        }
-        let mut cands: Vec<&str> = ex.iter().map(|e| e.positive.as_str()).collect();
-        for k in 0..negs {
-            cands.extend(ex.iter().map(|e| e.negatives[k].as_str()));
-        }
+        let (anchors, cands) = batch_texts(ex).ok_or_else(|| {
+            other("rows of one batch have different numbers of negatives; give every row the same negative columns")
+        })?;
         let qb = self.model.tokenize(&anchors, TextKind::Query)?.to(dev);
         let q = self.model.forward_kind(&qb, TextKind::Query, train);
         let tw = windows::TrainingWindows::from_config(&self.cfg);
@@ -516,14 +526,12 @@ impl Trainer {
         let windowed = windows::TrainingWindows::from_config(&self.cfg).is_some();
         let mut out = Vec::new();
         for chunk in ex.chunks(mb) {
-            out.push((TextKind::Query, chunk.iter().map(|e| e.anchor.clone()).collect()));
+            // A batch `embed` refuses is not prefetched; the step reports it.
+            let Some((anchors, cands)) = batch_texts(chunk) else { continue };
+            let owned = |t: Vec<&str>| t.into_iter().map(String::from).collect();
+            out.push((TextKind::Query, owned(anchors)));
             if !windowed {
-                let negs = chunk.first().map_or(0, |e| e.negatives.len());
-                let mut cands: Vec<String> = chunk.iter().map(|e| e.positive.clone()).collect();
-                for k in 0..negs {
-                    cands.extend(chunk.iter().filter_map(|e| e.negatives.get(k).cloned()));
-                }
-                out.push((TextKind::Document, cands));
+                out.push((TextKind::Document, owned(cands)));
             }
         }
         out
