@@ -8,6 +8,7 @@ use tch::nn::Path;
 use tch::{Kind, Tensor};
 
 use super::config::BertConfig;
+use super::dropout::{dropout, keep_mask};
 use super::weights::Weights;
 use super::ModelError;
 
@@ -108,7 +109,7 @@ impl Embeddings {
         let xs = Tensor::embedding(&self.word, input_ids, -1, false, false)
             + Tensor::embedding(&self.position, &positions, -1, false, false)
             + Tensor::embedding(&self.token_type, token_type_ids, -1, false, false);
-        self.norm.forward(&xs).dropout(self.dropout, train)
+        dropout(&self.norm.forward(&xs), self.dropout, train)
     }
 }
 
@@ -152,11 +153,27 @@ impl Attention {
         let k = split(self.key.forward(xs));
         let v = split(self.value.forward(xs));
         let p = if train { self.attn_dropout } else { 0.0 };
-        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false);
+        let ctx = if p > 0.0 && xs.device() == tch::Device::Cpu {
+            attention_with_dropout(&q, &k, &v, mask, p)
+        } else {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
+        };
         let ctx = ctx.transpose(1, 2).contiguous().view([b, l, h]);
-        let out = self.output.forward(&ctx).dropout(self.dropout, train);
+        let out = dropout(&self.output.forward(&ctx), self.dropout, train);
         self.norm.forward(&(out + xs))
     }
+}
+
+/// Scaled dot-product attention with dropout on the probabilities, for training on the CPU. SDPA
+/// takes its math path there anyway (its fused CPU kernels do no dropout); these are the same
+/// operations, with [`keep_mask`]'s mask generator instead of libtorch's much slower one. `mask` is
+/// boolean [B, 1, 1, L], true where a key may be attended to.
+fn attention_with_dropout(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, p: f64) -> Tensor {
+    let head_dim = *q.size().last().expect("q is [batch, heads, seq, head_dim]");
+    let scores = (q * (1.0 / (head_dim as f64).sqrt())).matmul(&k.transpose(-2, -1));
+    let probs = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY).softmax(-1, scores.kind());
+    // The 1/(1 − p) scale goes on the [B, heads, L, head_dim] context, not the L × L probabilities.
+    (&probs * keep_mask(&probs.size(), 1.0 - p)).matmul(v) * (1.0 / (1.0 - p))
 }
 
 /// One transformer block: attention, then the position-wise feed-forward with residual LayerNorm.
@@ -186,7 +203,7 @@ impl Layer {
     fn forward(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Tensor {
         let attn = self.attention.forward(xs, mask, train);
         let inter = activation(&self.act, &self.intermediate.forward(&attn));
-        let out = self.output.forward(&inter).dropout(self.dropout, train);
+        let out = dropout(&self.output.forward(&inter), self.dropout, train);
         self.norm.forward(&(out + attn))
     }
 }
@@ -303,5 +320,31 @@ impl BertForMaskedLm {
     /// The word-embedding matrix [V, H] (also the tied decoder).
     pub fn word_embeddings(&self) -> &Tensor {
         &self.embeddings.word
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With a keep probability that rounds to 1 the dropout path is plain attention: it must equal
+    /// SDPA's, padding mask included.
+    #[test]
+    fn attention_with_dropout_matches_sdpa_when_nothing_drops() {
+        tch::manual_seed(2);
+        let opts = (Kind::Float, tch::Device::Cpu);
+        let (b, heads, l, d) = (3, 4, 10, 8);
+        let (q, k, v) = (Tensor::randn([b, heads, l, d], opts), Tensor::randn([b, heads, l, d], opts), Tensor::randn([b, heads, l, d], opts));
+        let lens = Tensor::from_slice(&[10i64, 4, 1]).unsqueeze(1);
+        let mask = Tensor::arange(l, (Kind::Int64, tch::Device::Cpu)).unsqueeze(0).lt_tensor(&lens).view([b, 1, 1, l]);
+        let ours = attention_with_dropout(&q, &k, &v, &mask, 1e-12);
+        let sdpa = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None, false);
+        let diff = f64::try_from((&ours - &sdpa).abs().max()).unwrap();
+        assert!(diff < 1e-5, "attention differs from SDPA by {diff:e}");
+        // And with p = 0.5 about half the probability mass is dropped (rows no longer sum to 1).
+        let ones = Tensor::ones([b, heads, l, 1], opts);
+        let mass = attention_with_dropout(&q, &k, &ones, &mask, 0.5);
+        let dropped = f64::try_from(mass.eq(1.0).logical_not().to_kind(Kind::Double).mean(Kind::Double)).unwrap();
+        assert!(dropped > 0.5, "p = 0.5 left {:.0}% of the rows' mass intact", 100.0 * (1.0 - dropped));
     }
 }

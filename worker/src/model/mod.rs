@@ -9,6 +9,7 @@
 
 mod bert;
 mod config;
+mod dropout;
 pub mod lean_head;
 mod pooling;
 pub mod resolve;
