@@ -27,6 +27,7 @@ struct Args {
 }
 
 fn main() {
+    splade_worker::cli::init_process();
     splade_worker::cli::init_logging();
     let args = Args::parse();
     let opts = NodeOptions {

@@ -2,6 +2,7 @@
 use clap::Parser;
 
 fn main() {
+    splade_worker::cli::init_process();
     splade_worker::cli::init_logging();
     let cli = splade_worker::cli::Cli::parse();
     if let Err(e) = splade_worker::cli::run(cli) {
