@@ -27,10 +27,7 @@ use splade_common::obs::{
 // Harness
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    splade_common::testkit::tools::repo_root()
 }
 
 fn tools_py() -> PathBuf {

@@ -210,8 +210,8 @@ fn globs_directories_gzip_and_max_samples() {
 
 #[test]
 fn bundled_norquad_train_loads() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/norquad/train.jsonl.gz");
-    let d = load(&spec(path)).unwrap();
+    let path = crate::testkit::tools::repo_root().join("data/norquad/train.jsonl.gz");
+    let d = load(&spec(path.to_str().unwrap())).unwrap();
     assert_eq!(d.examples.len(), 3679);
     assert!(d.examples.iter().all(|e| !e.anchor.is_empty() && !e.positive.is_empty()));
 }
@@ -486,7 +486,8 @@ async fn reads_jsonl_gz_and_parquet_from_s3_with_globs() {
 
 #[test]
 fn config_to_plan_end_to_end_on_bundled_norquad() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let root = crate::testkit::tools::repo_root();
+    let root = root.display();
     let text = format!(
         "model:\n  base_model: x\ntraining:\n  max_steps: 25\n  per_device_train_batch_size: 16\n  batch_sampler: no_duplicates\ndatasets:\n  norquad:\n    source: {root}/data/norquad/train.jsonl.gz\n    split_ratio: 0.05\n"
     );

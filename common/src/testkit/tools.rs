@@ -10,9 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The workspace root (parent of this crate).
+/// The workspace root: the parent of the crate whose tests are running.
+///
+/// Read from `CARGO_MANIFEST_DIR` at run time (cargo and nextest set it for every test process), the
+/// compile-time value only as a fallback: cargo reuses a build of this crate for a checkout at
+/// another path with the same sources, and the baked-in path then names the other checkout.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crate in a workspace").to_path_buf()
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    crate_dir.parent().expect("crate in a workspace").to_path_buf()
 }
 
 /// Python of the tools venv (`$SPLADE_TOOLS_PY`, else `$SPLADE_CACHE/tools-venv/bin/python`).

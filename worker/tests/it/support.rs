@@ -1,11 +1,11 @@
 //! Shared test fixtures: where the set-up put models and the reference Python, and the texts.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// Repository root (the workspace).
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    splade_common::testkit::tools::repo_root()
 }
 
 fn cache() -> PathBuf {
