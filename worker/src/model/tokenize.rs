@@ -20,12 +20,19 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Moves every tensor to `device` (non-blocking when the source is pinned).
+    /// Moves every tensor to `device`. To CUDA the ids go through pinned host memory with
+    /// non-blocking copies, as a PyTorch `DataLoader(pin_memory=True)` feeds `.to(non_blocking=True)`:
+    /// the copies queue on the current stream ahead of the kernels that read them, and libtorch's
+    /// caching host allocator keeps each pinned buffer until its copy has run.
     pub fn to(&self, device: Device) -> Batch {
+        let move_to = |t: &Tensor| match device {
+            Device::Cuda(_) => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+            _ => t.to_device(device),
+        };
         Batch {
-            input_ids: self.input_ids.to_device(device),
-            token_type_ids: self.token_type_ids.to_device(device),
-            attention_mask: self.attention_mask.to_device(device),
+            input_ids: move_to(&self.input_ids),
+            token_type_ids: move_to(&self.token_type_ids),
+            attention_mask: move_to(&self.attention_mask),
             lengths: self.lengths.clone(),
         }
     }
