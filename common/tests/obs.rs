@@ -26,8 +26,11 @@ use splade_common::obs::{
 // ---------------------------------------------------------------------------------------------
 // Harness
 
+/// From `CARGO_MANIFEST_DIR` at run time, as `testkit::tools::repo_root` (not reachable here without the
+/// `testkit` feature): a reused build may carry another checkout's path in `env!`.
 fn repo_root() -> PathBuf {
-    splade_common::testkit::tools::repo_root()
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    crate_dir.parent().unwrap().to_path_buf()
 }
 
 fn tools_py() -> PathBuf {

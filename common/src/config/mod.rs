@@ -31,7 +31,6 @@ pub use error::ConfigError;
 /// Keys the project parses but does not act on yet. The trainer reports each one set in the file at start-up
 /// (see [`Config::inactive_keys`]); remove a key from this list when a component starts honouring it.
 pub const INACTIVE_KEYS: &[&str] = &[
-    "training.group_by_length",
     "training.dataloader_num_workers",
     "training.push_to_hub",
     "training.hub_model_id",

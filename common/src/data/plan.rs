@@ -9,7 +9,12 @@
 //!   skipping rows that share a text (anchor, positive or a negative; labels are ignored) with a row already in
 //!   the batch, and leaves the skipped rows at the front for the next batch (sentence-transformers'
 //!   `NoDuplicatesBatchSampler`);
-//! - incomplete batches are dropped (`drop_last`).
+//! - incomplete batches are dropped (`drop_last`);
+//! - `group_by_length` reorders each dataset's permutation as transformers' `LengthGroupedSampler` does
+//!   before the batch sampler cuts it: chunks of 50 batches' rows, each sorted longest first, with the
+//!   longest row of the epoch moved to the very front (an out-of-memory shows on the first step). Batches
+//!   then hold rows of similar length, so dynamic padding pads less. A row's length is the characters of
+//!   all its texts, a tokenizer-free stand-in for transformers' token count.
 //!
 //! The plan depends only on the datasets (names, sizes, texts), the global batch size, the strategies, the seed
 //! and the stop rule: never on the number of workers. Randomness is ChaCha8 seeded explicitly from
@@ -77,18 +82,21 @@ pub struct PlanDataset {
     pub len: usize,
     /// Per row, hashes of its texts; required for `no_duplicates`.
     pub texts: Option<Vec<Vec<u64>>>,
+    /// Per row, the characters of its texts; required for `group_by_length`.
+    pub lengths: Option<Vec<usize>>,
 }
 
 impl PlanDataset {
-    /// From loaded rows (keeps text hashes, so `no_duplicates` works).
+    /// From loaded rows (keeps text hashes and lengths, so `no_duplicates` and `group_by_length` work).
     pub fn from_examples(name: &str, examples: &[Example]) -> PlanDataset {
         let texts = examples.iter().map(|e| e.texts().map(|t| fnv1a(t.as_bytes())).collect()).collect();
-        PlanDataset { name: name.into(), len: examples.len(), texts: Some(texts) }
+        let lengths = examples.iter().map(|e| e.texts().map(|t| t.chars().count()).sum()).collect();
+        PlanDataset { name: name.into(), len: examples.len(), texts: Some(texts), lengths: Some(lengths) }
     }
 
-    /// Size only (enough for `batch_sampler`).
+    /// Size only (enough for `batch_sampler` without `group_by_length`).
     pub fn sized(name: &str, len: usize) -> PlanDataset {
-        PlanDataset { name: name.into(), len, texts: None }
+        PlanDataset { name: name.into(), len, texts: None, lengths: None }
     }
 }
 
@@ -112,6 +120,8 @@ pub struct PlanSpec {
     pub batch_sampler: BatchSamplerKind,
     /// `training.seed`.
     pub seed: u64,
+    /// `training.group_by_length`: batches of rows of similar length (see the module docs).
+    pub group_by_length: bool,
     /// When to stop.
     pub stop: PlanStop,
 }
@@ -161,6 +171,14 @@ impl BatchPlan {
             if let Some(d) = datasets.iter().find(|d| d.texts.is_none()) {
                 return Err(PlanError::Invalid(format!(
                     "dataset `{}` has no texts; no_duplicates needs PlanDataset::from_examples",
+                    d.name
+                )));
+            }
+        }
+        if spec.group_by_length {
+            if let Some(d) = datasets.iter().find(|d| d.lengths.is_none()) {
+                return Err(PlanError::Invalid(format!(
+                    "dataset `{}` has no text lengths; group_by_length needs PlanDataset::from_examples",
                     d.name
                 )));
             }
@@ -287,6 +305,9 @@ fn dataset_batches(d: &PlanDataset, spec: &PlanSpec, epoch: u64) -> Vec<Vec<usiz
     let mut perm: Vec<usize> = (0..d.len).collect();
     shuffle(&mut perm, &mut rng(spec.seed, epoch, fnv1a(d.name.as_bytes()), PURPOSE_SAMPLER));
     let bs = spec.batch_size;
+    if spec.group_by_length {
+        group_by_length(&mut perm, d.lengths.as_ref().expect("checked in build"), bs);
+    }
     match spec.batch_sampler {
         BatchSamplerKind::BatchSampler => perm.chunks_exact(bs).map(<[usize]>::to_vec).collect(),
         BatchSamplerKind::NoDuplicates => {
@@ -323,6 +344,22 @@ fn dataset_batches(d: &PlanDataset, spec: &PlanSpec, epoch: u64) -> Vec<Vec<usiz
     }
 }
 
+/// Rows per length-sorted chunk in batches: transformers' `LengthGroupedSampler` uses 50.
+const MEGABATCH_BATCHES: usize = 50;
+
+/// `LengthGroupedSampler`'s order: `perm` (already shuffled) in chunks of [`MEGABATCH_BATCHES`] batches, each
+/// sorted by length, longest first (stable, so ties keep the shuffled order); then the first chunk's head
+/// swaps with the head of the chunk holding the longest row.
+fn group_by_length(perm: &mut [usize], lengths: &[usize], batch_size: usize) {
+    let mega = (MEGABATCH_BATCHES * batch_size).max(1);
+    for chunk in perm.chunks_mut(mega) {
+        chunk.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    }
+    // The first chunk with the largest head (`max_by_key` would return the last).
+    let longest = perm.chunks(mega).enumerate().fold((0, 0), |best, (c, ch)| if lengths[ch[0]] > best.1 { (c, lengths[ch[0]]) } else { best }).0;
+    perm.swap(0, longest * mega);
+}
+
 impl PlanSpec {
     /// The spec a config asks for, with `batch_size` rows per planned batch (the caller decides how the global
     /// batch relates to `per_device_train_batch_size`, world size and accumulation). Stops at
@@ -334,6 +371,7 @@ impl PlanSpec {
             sampling: config.datasets.sampling_strategy,
             batch_sampler: t.batch_sampler,
             seed: t.seed,
+            group_by_length: t.group_by_length,
             stop: match t.max_steps() {
                 Some(m) => PlanStop::MaxSteps(m),
                 None => PlanStop::Epochs(t.num_train_epochs),

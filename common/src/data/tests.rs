@@ -307,7 +307,7 @@ fn examples(prefix: &str, n: usize) -> Vec<Example> {
 }
 
 fn plan_spec(bs: usize, sampling: SamplingStrategy, sampler: BatchSamplerKind, stop: PlanStop) -> PlanSpec {
-    PlanSpec { batch_size: bs, sampling, batch_sampler: sampler, seed: 42, stop }
+    PlanSpec { batch_size: bs, sampling, batch_sampler: sampler, seed: 42, group_by_length: false, stop }
 }
 
 #[test]
@@ -424,6 +424,46 @@ fn plan_errors_are_clear() {
     let e = BatchPlan::build(&[PlanDataset::sized("x", 10)], &s).unwrap_err().to_string();
     assert!(e.contains("no_duplicates needs PlanDataset::from_examples"), "{e}");
     assert!(BatchPlan::build(&[], &s).is_err());
+}
+
+/// `group_by_length` as transformers' `LengthGroupedSampler`: the epoch's longest row opens the first batch,
+/// batches inside each 50-batch chunk go from long to short, every row is used once per epoch, the padding
+/// a batch would need (its longest row times its size, minus its rows) drops sharply, and the order is still
+/// the seed's; with `no_duplicates` too. Without a dataset's texts it is a clear error.
+#[test]
+fn group_by_length_batches_rows_of_similar_length() {
+    // Lengths 1..=40 characters in a scrambled order, 2000 rows: 4 chunks of 50 batches of 10.
+    let ex: Vec<Example> = (0..2000)
+        .map(|i| Example { anchor: format!("q{i}"), positive: format!("{i}:{}", "x".repeat(1 + (i * 7919) % 40)), negatives: vec![], label: None })
+        .collect();
+    let len = |r: usize| ex[r].anchor.chars().count() + ex[r].positive.chars().count();
+    let ds = [PlanDataset::from_examples("d", &ex)];
+    let padding = |p: &BatchPlan| -> usize {
+        p.batches.iter().map(|b| b.rows.iter().map(|&r| len(r)).max().unwrap() * b.rows.len() - b.rows.iter().map(|&r| len(r)).sum::<usize>()).sum()
+    };
+    for sampler in [BatchSamplerKind::BatchSampler, BatchSamplerKind::NoDuplicates] {
+        let plain = plan_spec(10, SamplingStrategy::Proportional, sampler, PlanStop::Epochs(1.0));
+        let grouped = PlanSpec { group_by_length: true, ..plain.clone() };
+        let (p0, p1) = (BatchPlan::build(&ds, &plain).unwrap(), BatchPlan::build(&ds, &grouped).unwrap());
+        assert_eq!(p1.len(), 200, "{sampler:?}");
+        let mut used: Vec<usize> = p1.batches.iter().flat_map(|b| b.rows.clone()).collect();
+        used.sort_unstable();
+        assert_eq!(used, (0..2000).collect::<Vec<_>>(), "{sampler:?}: every row once");
+        let longest = (0..2000).map(len).max().unwrap();
+        assert_eq!(len(p1.batches[0].rows[0]), longest, "{sampler:?}: the longest row comes first");
+        for chunk in p1.batches.chunks(50) {
+            let maxima: Vec<usize> = chunk.iter().map(|b| b.rows.iter().map(|&r| len(r)).max().unwrap()).collect();
+            assert!(maxima.windows(2).skip(1).all(|w| w[0] >= w[1]), "{sampler:?}: batches not long to short: {maxima:?}");
+        }
+        let (pad0, pad1) = (padding(&p0), padding(&p1));
+        assert!(pad1 * 5 < pad0, "{sampler:?}: padding {pad1} grouped vs {pad0} plain");
+        assert_eq!(BatchPlan::build(&ds, &grouped).unwrap(), p1, "{sampler:?}: same seed, same plan");
+        let reseeded = PlanSpec { seed: 7, ..grouped.clone() };
+        assert_ne!(BatchPlan::build(&ds, &reseeded).unwrap(), p1, "{sampler:?}: the seed still decides the order");
+    }
+    let spec = PlanSpec { group_by_length: true, ..plan_spec(10, SamplingStrategy::Proportional, BatchSamplerKind::BatchSampler, PlanStop::MaxSteps(1)) };
+    let e = BatchPlan::build(&[PlanDataset::sized("s", 100)], &spec).unwrap_err().to_string();
+    assert!(e.contains("`s`") && e.contains("group_by_length"), "{e}");
 }
 
 #[test]

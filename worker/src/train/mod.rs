@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use splade_common::config::{Config, InnerLoss as CfgInner, IntervalStrategy, ResumeFrom, SaveStrategy};
-use splade_common::data::plan::{BatchPlan, PlanDataset, PlanSpec, PlanStop, PlannedBatch};
+use splade_common::data::plan::{BatchPlan, PlanDataset, PlanSpec, PlannedBatch};
 use splade_common::data::{load_dataset_blocking, Example};
 use splade_common::store::checkpoint::{
     commit_checkpoint, delete_checkpoint, fetch_checkpoint, latest_checkpoint, prune, verify_checkpoint, Verify,
@@ -154,18 +154,7 @@ pub fn load_train_datasets(cfg: &Config) -> Result<BTreeMap<String, Vec<Example>
 /// The batch plan for `global_batch` rows per optimizer step.
 pub fn build_plan(cfg: &Config, datasets: &BTreeMap<String, Vec<Example>>, global_batch: usize) -> Result<BatchPlan, TrainError> {
     let pds: Vec<PlanDataset> = datasets.iter().map(|(n, ex)| PlanDataset::from_examples(n, ex)).collect();
-    let stop = match cfg.training.max_steps() {
-        Some(n) => PlanStop::MaxSteps(n),
-        None => PlanStop::Epochs(cfg.training.num_train_epochs),
-    };
-    let spec = PlanSpec {
-        batch_size: global_batch,
-        sampling: cfg.datasets.sampling_strategy,
-        batch_sampler: cfg.training.batch_sampler,
-        seed: cfg.training.seed,
-        stop,
-    };
-    BatchPlan::build(&pds, &spec).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))
+    BatchPlan::build(&pds, &PlanSpec::from_config(cfg, global_batch)).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))
 }
 
 /// The texts a step embeds for rows `ex`: the anchors (queries), and the candidates column by column
