@@ -8,7 +8,7 @@
 # MODEL_DIR a local SparseEncoder / BERT MLM folder (e.g. the splade-tiny or a SPLADE checkpoint)
 # DATA      training JSONL(.gz) with anchor/positive columns (default: data/norquad/train.jsonl.gz)
 # SECONDS   how long to train (default 120)
-# Precision: the trainer runs fp32 (training.bf16 is not acted on yet), so the figures are fp32's.
+# Precision: the job sets neither training.bf16 nor training.fp16, so the figures are fp32's.
 set -euo pipefail
 BIN=${1:?usage: gpu-smoke.sh BIN_DIR MODEL_DIR [DATA] [SECONDS]}
 MODEL=${2:?usage: gpu-smoke.sh BIN_DIR MODEL_DIR [DATA] [SECONDS]}
