@@ -9,7 +9,10 @@ source scripts/env.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$SPLADE_CACHE/target}
 cargo build --release -q -p splade-worker --bin splade
 BIN=$CARGO_TARGET_DIR/release/splade
-OUT=${QUICKSTART_OUT:-runs/quickstart}
+OUT=runs/quickstart  # configs/quickstart.yaml's training.output_dir: the evaluations read its final/ model
+# A rerun starts over: committed checkpoints are never overwritten with other contents, and an earlier
+# version of this job may have written different ones.
+rm -rf "$OUT"
 "$BIN" train --config configs/quickstart.yaml
 "$BIN" eval --device cpu --model "$SPLADE_TEST_MODELS/splade-tiny" --max-length 256 --task data/norquad --output "$OUT/eval-untrained"
 "$BIN" eval --device cpu --model "$OUT/final" --task data/norquad --output "$OUT/eval-trained" \

@@ -711,7 +711,19 @@ pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, Tr
             trainer.resume(Some(&name))?;
             tracing::info!(checkpoint = name, step = trainer.state.global_step, "resumed");
         }
-        _ => {}
+        None => {
+            // Committed checkpoints are never overwritten with other contents, so a fresh run into a used
+            // output_dir fails when it reaches the first such name; say so now rather than steps later.
+            if let Some(info) = block_on(latest_checkpoint(&trainer.output))? {
+                tracing::warn!(
+                    output_dir = trainer.output.url(),
+                    checkpoint = info.name,
+                    "output_dir already holds committed checkpoints and this run starts from step 0; it will stop when it \
+                     reaches a checkpoint name already committed with other contents. Set training.resume_from_checkpoint: true \
+                     to continue that run, or use a new output_dir"
+                );
+            }
+        }
     }
     let total = trainer.state.total_steps;
     let log_every = every(trainer.cfg.training.logging_steps, total).max(1);
