@@ -714,7 +714,8 @@ pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, Tr
         None => {
             // Committed checkpoints are never overwritten with other contents, so a fresh run into a used
             // output_dir fails when it reaches the first such name; say so now rather than steps later.
-            if let Some(info) = block_on(latest_checkpoint(&trainer.output))? {
+            // Only a hint: a store that cannot be listed now fails later where it is written to.
+            if let Ok(Some(info)) = block_on(latest_checkpoint(&trainer.output)) {
                 tracing::warn!(
                     output_dir = trainer.output.url(),
                     checkpoint = info.name,
