@@ -11,7 +11,7 @@ use splade_worker::train::Trainer;
 use tch::{Device, Kind, Tensor};
 
 use crate::support::*;
-use crate::train::{all_grads, sigterm_after, small_pairs, spawn_train, tiny_config, train_steps};
+use crate::train::{accum_config, all_grads, sigterm_after, small_pairs, spawn_train, tiny_config, train_steps};
 
 /// `torch.amp.GradScaler("cpu")` driving SGD or AdamW over a sequence of gradients: the loss of
 /// step i is `(p · g_i).sum()`, so the scaled backward leaves `scale · g_i` in `p.grad`. Prints,
@@ -222,11 +222,7 @@ fn fp16_gradient_cache_scales_once() {
     let tmp = tempfile::tempdir().unwrap();
     let data = repo().join("data/norquad/train.jsonl.gz");
     let mk = |gc: bool, accum: usize, fp16: bool| {
-        let extra = format!(
-            "  max_steps: 2\n  fp16: {fp16}\n  gradient_cache: {gc}\n  gradient_accumulation_steps: {accum}\n  per_device_train_batch_size: {}",
-            16 / accum
-        );
-        let text = tiny_config(&tmp.path().join("o"), &data, &extra, "").replace("  per_device_train_batch_size: 16\n", "");
+        let text = accum_config(&tmp.path().join("o"), &data, 2, 16, gc, accum, &format!("\n  fp16: {fp16}"));
         let mut t = Trainer::new(Config::from_str(&text, "gc16.yaml").unwrap(), Device::Cpu, 16, accum).unwrap();
         if fp16 {
             t.scaler = Some(GradScaler::new(ScalerConfig { init_scale: 1024.0, ..Default::default() }, Device::Cpu));

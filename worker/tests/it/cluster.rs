@@ -123,6 +123,17 @@ async fn start_coordinator(cfg: &Config) -> CoordinatorHandle {
     splade_coordinator::start(opts).await.unwrap()
 }
 
+/// Workers `w0` and `w1` reading object storage from `moto`, each appending its step records to
+/// `dir/ledger.jsonl` (`SPLADE_DEBUG_LEDGER`); returns the ledger's path and the workers.
+pub(crate) fn spawn_two_with_ledger(addr: SocketAddr, dir: &Path, moto: &splade_common::testkit::MotoServer) -> (PathBuf, Vec<Worker>) {
+    let ledger = dir.join("ledger.jsonl");
+    let mut env: Vec<(String, String)> = moto.env();
+    env.push(("SPLADE_DEBUG_LEDGER".into(), ledger.display().to_string()));
+    let env_refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (k.as_str(), Path::new(v.as_str()))).collect();
+    let workers = vec![spawn_worker(addr, "w0", dir, TOKEN, &env_refs, None), spawn_worker(addr, "w1", dir, TOKEN, &env_refs, None)];
+    (ledger, workers)
+}
+
 pub(crate) struct Worker {
     pub(crate) id: String,
     pub(crate) child: Child,
@@ -592,14 +603,7 @@ async fn cluster_worker_killed_job_resumes() {
     let handle = splade_coordinator::start(copts).await.unwrap();
     let addr = handle.local_addr();
     let mut snaps = handle.subscribe();
-    let ledger = tmp.path().join("ledger.jsonl");
-    let mut env: Vec<(String, String)> = moto.env();
-    env.push(("SPLADE_DEBUG_LEDGER".into(), ledger.display().to_string()));
-    let env_refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (k.as_str(), Path::new(v.as_str()))).collect();
-    let mut workers = vec![
-        spawn_worker(addr, "w0", tmp.path(), TOKEN, &env_refs, None),
-        spawn_worker(addr, "w1", tmp.path(), TOKEN, &env_refs, None),
-    ];
+    let (ledger, mut workers) = spawn_two_with_ledger(addr, tmp.path(), &moto);
     // Wait for a committed checkpoint in a 2-worker generation, then kill rank 1 hard.
     let t = Instant::now();
     let victim = loop {

@@ -13,7 +13,7 @@ use splade_common::store::Location;
 use splade_common::testkit::MotoServer;
 use splade_coordinator::{CoordinatorOptions, JobOutcome, JoinToken, StoreVerifier};
 
-use crate::cluster::{exit_ok, finish, job_yaml, pairs_jsonl, parse, spawn_worker, TOKEN};
+use crate::cluster::{exit_ok, finish, job_yaml, pairs_jsonl, parse, spawn_two_with_ledger, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_workers_read_only_their_slices_from_s3() {
@@ -41,14 +41,7 @@ async fn cluster_workers_read_only_their_slices_from_s3() {
     let handle = splade_coordinator::start(copts).await.unwrap();
     let addr = handle.local_addr();
 
-    let ledger = tmp.path().join("ledger.jsonl");
-    let mut env: Vec<(String, String)> = moto.env();
-    env.push(("SPLADE_DEBUG_LEDGER".into(), ledger.display().to_string()));
-    let env_refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (k.as_str(), Path::new(v.as_str()))).collect();
-    let mut workers = vec![
-        spawn_worker(addr, "w0", tmp.path(), TOKEN, &env_refs, None),
-        spawn_worker(addr, "w1", tmp.path(), TOKEN, &env_refs, None),
-    ];
+    let (ledger, mut workers) = spawn_two_with_ledger(addr, tmp.path(), &moto);
     let outcome = finish(handle, &mut workers).await;
     assert_eq!(outcome, JobOutcome::Completed { final_step: steps as u64 }, "w0:\n{}\nw1:\n{}", workers[0].log(), workers[1].log());
     for w in &mut workers {

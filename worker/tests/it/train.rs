@@ -45,6 +45,16 @@ hardware:
     )
 }
 
+/// [`tiny_config`] for `steps` steps of `global` rows each, split into `accum` micro-batches (with
+/// gradient cache or plain accumulation); `extra` adds training keys.
+pub fn accum_config(out: &Path, data: &Path, steps: u32, global: usize, gc: bool, accum: usize, extra: &str) -> String {
+    let training = format!(
+        "  max_steps: {steps}\n  gradient_cache: {gc}\n  gradient_accumulation_steps: {accum}\n  per_device_train_batch_size: {}{extra}",
+        global / accum
+    );
+    tiny_config(out, data, &training, "").replace("  per_device_train_batch_size: 16\n", "")
+}
+
 fn write_config(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("cfg.yaml");
     std::fs::write(&p, text).unwrap();
@@ -144,11 +154,7 @@ pub fn all_grads(t: &Trainer) -> Vec<(String, Tensor)> {
 fn train_steps_use_batches_tokenized_in_the_background() {
     let tmp = tempfile::tempdir().unwrap();
     let data = repo().join("data/norquad/train.jsonl.gz");
-    let mk = |gc: bool, accum: usize| {
-        let extra = format!("  max_steps: 3\n  gradient_cache: {gc}\n  gradient_accumulation_steps: {accum}\n  per_device_train_batch_size: {}", 8 / accum);
-        let text = tiny_config(&tmp.path().join("o"), &data, &extra, "").replace("  per_device_train_batch_size: 16\n", "");
-        Config::from_str(&text, "prefetch.yaml").unwrap()
-    };
+    let mk = |gc: bool, accum: usize| Config::from_str(&accum_config(&tmp.path().join("o"), &data, 3, 8, gc, accum, ""), "prefetch.yaml").unwrap();
     for (gc, accum, per_step) in [(false, 1, 2), (true, 2, 8)] {
         let mut trainer = Trainer::new(mk(gc, accum), Device::Cpu, 8, accum).unwrap();
         let mut losses = Vec::new();
@@ -178,11 +184,7 @@ fn train_steps_use_batches_tokenized_in_the_background() {
 fn gradient_cache_equals_full_batch_gradient() {
     let tmp = tempfile::tempdir().unwrap();
     let data = repo().join("data/norquad/train.jsonl.gz");
-    let mk = |gc: bool, accum: usize| {
-        let extra = format!("  max_steps: 2\n  gradient_cache: {gc}\n  gradient_accumulation_steps: {accum}\n  per_device_train_batch_size: {}", 16 / accum);
-        let text = tiny_config(&tmp.path().join("o"), &data, &extra, "").replace("  per_device_train_batch_size: 16\n", "");
-        Config::from_str(&text, "gc.yaml").unwrap()
-    };
+    let mk = |gc: bool, accum: usize| Config::from_str(&accum_config(&tmp.path().join("o"), &data, 2, 16, gc, accum, ""), "gc.yaml").unwrap();
     let full = Trainer::new(mk(false, 1), Device::Cpu, 16, 1).unwrap();
     let cached = Trainer::new(mk(true, 4), Device::Cpu, 16, 4).unwrap();
     let batch = full.plan.step(1).unwrap().clone();

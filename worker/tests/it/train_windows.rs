@@ -13,7 +13,7 @@ use splade_worker::train::{run_training, TrainOptions, Trainer};
 use tch::{Device, Kind, Tensor};
 
 use crate::support::*;
-use crate::train::{sigterm_after, tiny_config, train_steps};
+use crate::train::{accum_config, sigterm_after, tiny_config, train_steps};
 
 const SPEC: &str = "32:16:4";
 
@@ -123,11 +123,7 @@ fn windowed_training_gradients_equal_a_per_window_dense_reference() {
     let data = tmp.path().join("rows.jsonl");
     write_rows(&data, &rows(8, 360), true);
     let mk = |windows: bool, gc: bool, accum: usize| {
-        let extra = format!(
-            "  max_steps: 2\n  gradient_cache: {gc}\n  gradient_accumulation_steps: {accum}\n  per_device_train_batch_size: {}",
-            4 / accum
-        );
-        let mut text = tiny_config(&tmp.path().join("o"), &data, &extra, "").replace("  per_device_train_batch_size: 16\n", "");
+        let mut text = accum_config(&tmp.path().join("o"), &data, 2, 4, gc, accum, "");
         if windows {
             text += &windows_yaml("all");
         }
