@@ -25,7 +25,8 @@ use splade_common::config::{Config, InnerLoss as CfgInner, IntervalStrategy, Res
 use splade_common::data::plan::{BatchPlan, PlanDataset, PlanSpec, PlannedBatch};
 use splade_common::data::{load_dataset_blocking, Example};
 use splade_common::store::checkpoint::{
-    commit_checkpoint, delete_checkpoint, fetch_checkpoint, latest_checkpoint, prune, verify_checkpoint, Verify,
+    commit_checkpoint, delete_checkpoint, fetch_checkpoint, latest_checkpoint, list_checkpoints_with, prune, verify_checkpoint,
+    Verify,
 };
 use splade_common::store::{block_on, Location, StoreOptions};
 use tch::{Device, Kind, Tensor};
@@ -714,8 +715,10 @@ pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, Tr
         None => {
             // Committed checkpoints are never overwritten with other contents, so a fresh run into a used
             // output_dir fails when it reaches the first such name; say so now rather than steps later.
-            // Only a hint: a store that cannot be listed now fails later where it is written to.
-            if let Ok(Some(info)) = block_on(latest_checkpoint(&trainer.output)) {
+            // Only a hint: a store that cannot be listed now fails later where it is written to. Sizes
+            // only: `latest_checkpoint` would hash (and from object storage download) every file.
+            let committed = block_on(list_checkpoints_with(&trainer.output, Verify::Sizes)).unwrap_or_default();
+            if let Some(info) = committed.iter().rev().find(|c| c.name.starts_with("checkpoint-")) {
                 tracing::warn!(
                     output_dir = trainer.output.url(),
                     checkpoint = info.name,
