@@ -118,9 +118,7 @@ fn train_inference_free_final_loads_in_sentence_transformers_and_resumes_exactly
     let training = "  max_steps: 4\n  per_device_train_batch_size: 4\n  save_strategy: steps\n  save_steps: 2\n  \
                     query_learning_rate: 1.0e-2\n  weight_decay: 0.01\n  max_seq_length: 32";
     let mk = |out: &Path, resume: bool| {
-        let mut text = inference_free_config(out, &data, training, "")
-            .replace("  per_device_train_batch_size: 16\n", "")
-            .replace("  max_seq_length: 64\n", "");
+        let mut text = inference_free_config(out, &data, training, "");
         if resume {
             text = text.replace("  report_to: none\n", "  report_to: none\n  resume_from_checkpoint: true\n");
         }
@@ -168,8 +166,7 @@ fn train_inference_free_loss_parity_with_sentence_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let data = small_pairs(tmp.path(), 80);
     let out = tmp.path().join("out");
-    let text = inference_free_config(&out, &data, "  max_steps: 8\n  save_strategy: \"no\"\n  query_learning_rate: 1.0e-2", "")
-        .replace("  per_device_train_batch_size: 16\n", "  per_device_train_batch_size: 8\n");
+    let text = inference_free_config(&out, &data, "  max_steps: 8\n  save_strategy: \"no\"\n  query_learning_rate: 1.0e-2\n  per_device_train_batch_size: 8", "");
     let cfg = Config::from_str(&text, "parity.yaml").unwrap();
     let plan = tmp.path().join("plan.jsonl");
     run_training(cfg, &TrainOptions { dump_batches: Some(plan.clone()), ..Default::default() }).unwrap();
@@ -195,9 +192,7 @@ fn train_inference_free_frozen_table_and_config_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let data = small_pairs(tmp.path(), 16);
     let training = "  max_steps: 1\n  per_device_train_batch_size: 4\n  max_seq_length: 32\n  query_learning_rate: 1.0e-2";
-    let text = inference_free_config(&tmp.path().join("o"), &data, training, "  freeze_static_embedding: true\n")
-        .replace("  per_device_train_batch_size: 16\n", "")
-        .replace("  max_seq_length: 64\n", "");
+    let text = inference_free_config(&tmp.path().join("o"), &data, training, "  freeze_static_embedding: true\n");
     let mut t = Trainer::new(Config::from_str(&text, "frozen.yaml").unwrap(), Device::Cpu, 4, 1).unwrap();
     assert!(t.opt.groups.iter().all(|g| !g.names.iter().any(|n| n == STATIC_VAR)), "a frozen table is not optimised");
     t.train_step().unwrap();

@@ -10,8 +10,22 @@ use tch::{Device, Kind, Tensor};
 
 use crate::support::*;
 
-/// A config for SPLADE-tiny on `data` with `extra` YAML appended under `training:`.
+/// The `training:` keys [`tiny_config`] sets unless its `training` text sets them itself.
+const TINY_TRAINING_DEFAULTS: &[(&str, &str)] = &[
+    ("per_device_train_batch_size", "16"),
+    ("learning_rate", "1.0e-4"),
+    ("warmup_ratio", "0.1"),
+    ("max_seq_length", "64"),
+    ("logging_steps", "1"),
+    ("seed", "42"),
+    ("report_to", "none"),
+];
+
+/// A config for SPLADE-tiny on `data` with `training` YAML under `training:`; a key it sets replaces
+/// the default of [`TINY_TRAINING_DEFAULTS`] (YAML refuses a key twice).
 pub fn tiny_config(out: &Path, data: &Path, training: &str, loss_extra: &str) -> String {
+    let sets = |key: &str| training.lines().any(|l| l.trim_start().strip_prefix(key).is_some_and(|r| r.starts_with(':')));
+    let defaults: String = TINY_TRAINING_DEFAULTS.iter().filter(|(k, _)| !sets(k)).map(|(k, v)| format!("  {k}: {v}\n")).collect();
     format!(
         r#"
 model:
@@ -19,14 +33,7 @@ model:
   dropout: 0.0
 training:
   output_dir: {out}
-  per_device_train_batch_size: 16
-  learning_rate: 1.0e-4
-  warmup_ratio: 0.1
-  max_seq_length: 64
-  logging_steps: 1
-  seed: 42
-  report_to: none
-{training}
+{defaults}{training}
 loss:
   type: splade_loss
   inner_loss: sparse_multiple_negatives_ranking_loss
@@ -52,7 +59,7 @@ pub fn accum_config(out: &Path, data: &Path, steps: u32, global: usize, gc: bool
         "  max_steps: {steps}\n  gradient_cache: {gc}\n  gradient_accumulation_steps: {accum}\n  per_device_train_batch_size: {}{extra}",
         global / accum
     );
-    tiny_config(out, data, &training, "").replace("  per_device_train_batch_size: 16\n", "")
+    tiny_config(out, data, &training, "")
 }
 
 fn write_config(dir: &Path, text: &str) -> PathBuf {
@@ -283,7 +290,7 @@ fn train_resume_after_sigterm_is_bitwise_identical() {
     let data = small_pairs(tmp.path(), 120);
     let training = "  max_steps: 40\n  per_device_train_batch_size: 4\n  save_strategy: steps\n  save_steps: 5\n  max_seq_length: 32";
     let run = |out: &Path, resume: bool| -> std::process::Child {
-        let text = tiny_config(out, &data, training, "").replace("  per_device_train_batch_size: 16\n", "").replace("  max_seq_length: 64\n", "");
+        let text = tiny_config(out, &data, training, "");
         spawn_train(out, &text, resume)
     };
     let straight = tmp.path().join("straight");
@@ -358,8 +365,6 @@ fn train_s3_datasets_and_checkpoints() {
             if resume { "\n  resume_from_checkpoint: true" } else { "" }
         );
         let text = tiny_config(Path::new(out_url), Path::new("s3://splade/data/*.jsonl"), &training, "")
-            .replace("  per_device_train_batch_size: 16\n", "")
-            .replace("  max_seq_length: 64\n", "")
             .replace(&format!("base_model: {}", model("splade-tiny").display()), "base_model: s3://splade/models/tiny")
             .replace(&format!("  logging_steps: 1\n"), &format!("  logging_steps: 1\n  logging_dir: {}\n", tmp.path().join("logs").display()));
         let cfg = tmp.path().join(format!("cfg-{steps}-{resume}.yaml"));

@@ -188,7 +188,7 @@ fn train_windows_all_mode_runs_and_logs_windows_per_doc() {
     let data = pairs_file(tmp.path(), 24);
     let out = tmp.path().join("out");
     let training = "  max_steps: 3\n  per_device_train_batch_size: 4\n  save_strategy: \"no\"";
-    let text = tiny_config(&out, &data, training, "").replace("  per_device_train_batch_size: 16\n", "") + &windows_yaml("all");
+    let text = tiny_config(&out, &data, training, "") + &windows_yaml("all");
     let outcome = run_training(Config::from_str(&text, "all.yaml").unwrap(), &TrainOptions::default()).unwrap();
     assert_eq!(outcome.final_step, 3);
     assert!(out.join("final/model.safetensors").exists());
@@ -216,7 +216,7 @@ fn train_windows_sample_resume_after_sigterm_is_bitwise_identical() {
     let training = "  max_steps: 16\n  per_device_train_batch_size: 2\n  gradient_accumulation_steps: 2\n  gradient_cache: true\n  \
                     save_strategy: steps\n  save_steps: 4";
     let run = |out: &Path, resume: bool| -> std::process::Child {
-        let mut text = tiny_config(out, &data, training, "").replace("  per_device_train_batch_size: 16\n", "") + &windows_yaml("sample");
+        let mut text = tiny_config(out, &data, training, "") + &windows_yaml("sample");
         // Dropout on, so the replay of the RNG per step is part of what is checked.
         text = text.replace("  dropout: 0.0\n", "  dropout: 0.1\n");
         crate::train::spawn_train(out, &text, resume)
