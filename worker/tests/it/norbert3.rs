@@ -204,3 +204,45 @@ fn norbert3_checkpoint_missing_a_key_names_it() {
     assert!(err.contains(missing), "the error does not name the missing key: {err}");
     assert!(err.contains("model.safetensors"), "the error does not name the file: {err}");
 }
+
+/// Dropout follows the config (0.1) in training, head included, and `model.dropout` overrides it:
+/// at 0 a training forward is the eval forward.
+#[test]
+fn norbert3_dropout_override_zero_makes_training_forward_equal_eval() {
+    let _g = tch::no_grad_guard();
+    let fx = fixtures();
+    let b = batch(&fx["input_ids"], &fx["attention_mask"]);
+    let plain = load(&tiny_dir());
+    tch::manual_seed(5);
+    let d_train = max_abs(&plain.forward(&b, true), &fx["splade_masked"]);
+    assert!(d_train > 1e-2, "config dropout 0.1 changed the training SPLADE vectors by only {d_train:e}");
+    let opts = LoadOptions { dropout: Some(0.0), ..LoadOptions::default() };
+    let off = SparseEncoder::load(&tiny_dir(), Device::Cpu, &opts).unwrap();
+    let d_off = max_abs(&off.forward(&b, true), &fx["splade_masked"]);
+    assert!(d_off < TOL, "with dropout 0 the training forward differs from the reference by {d_off:e}");
+    // Only the head's dropout is left on: the encoder is exact, the head output is not.
+    let hidden = plain.mlm.encode(&b, false);
+    let _ = plain.mlm.encode(&b, true); // sets training mode for the head
+    let d_head = max_abs(&raw_head(&plain, &hidden), &fx["mlm_raw"]);
+    assert!(d_head > 1e-2, "the head's dropout did not act in training ({d_head:e})");
+}
+
+/// A saved folder loads in the reference code (transformers 5.24, remote code) with the same head
+/// output: the tied decoder and the bucket buffers are written, and our own reload agrees too.
+#[test]
+fn norbert3_saved_folder_loads_in_the_reference_with_equal_outputs() {
+    let fx = fixtures();
+    let enc = load(&tiny_dir());
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("saved");
+    enc.save(&out).unwrap();
+    let reference = reference_gradients(&out, &fx["input_ids"], &fx["attention_mask"], work.path());
+    let d_ref = max_abs(&reference["mlm_raw"], &fx["mlm_raw"]);
+    let _g = tch::no_grad_guard();
+    let again = load(&out);
+    let b = batch(&fx["input_ids"], &fx["attention_mask"]);
+    let d_ours = max_abs(&raw_head(&again, &again.mlm.encode(&b, false)), &fx["mlm_raw"]);
+    eprintln!("norbert3 saved folder: reference mlm_raw {d_ref:e}, our reload {d_ours:e}");
+    assert!(d_ref < TOL, "the reference run on the saved folder differs by {d_ref:e}");
+    assert!(d_ours < TOL, "our reload of the saved folder differs by {d_ours:e}");
+}
