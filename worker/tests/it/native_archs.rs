@@ -204,3 +204,23 @@ fn native_state_dicts_carry_the_tied_decoder_keys() {
         }
     }
 }
+
+/// `LoadOptions::dropout` reaches every dropout site: the tiny configs set 0.1 everywhere
+/// (XLM-R hidden and attention; ModernBERT embedding, attention and MLP), so a training forward
+/// differs from the eval one, and with the override 0 it is the eval forward exactly.
+#[test]
+fn native_dropout_follows_the_config_and_the_override() {
+    for name in ["tiny-xlmr", "tiny-modernbert"] {
+        let dir = model(name);
+        let _guard = tch::no_grad_guard();
+        let enc = load(&dir);
+        let b = batch(&enc);
+        let eval = enc.mlm.encode(&b, false);
+        tch::manual_seed(3);
+        let dropped = max_diff_real(&enc.mlm.encode(&b, true), &eval, &b.attention_mask);
+        assert!(dropped > 1e-2, "{name}: the config's dropout changed nothing in training mode ({dropped:e})");
+        let off = SparseEncoder::load(&dir, Device::Cpu, &LoadOptions { dropout: Some(0.0), ..Default::default() }).unwrap();
+        let d = max_diff(&off.mlm.encode(&b, true), &eval);
+        assert_eq!(d, 0.0, "{name}: with dropout 0 a training forward differs from eval by {d:e}");
+    }
+}
