@@ -1,8 +1,8 @@
 //! BM25 baseline on a task: `bm25_eval TASK_DIR [SPLIT] [STEMMER]` prints the summary table and writes
-//! nothing. Without STEMMER it runs both unstemmed and Norwegian-stemmed.
+//! nothing. Both flavours (bm25s, anserini); without STEMMER both unstemmed and Norwegian-stemmed.
 
 use splade_common::eval::{
-    bm25_run, evaluate_ranked, summary_table, Bm25Params, LocalDir, MetricsConfig, Task,
+    bm25_run, evaluate_ranked, summary_table, Bm25Flavor, Bm25Params, LocalDir, MetricsConfig, Task,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -17,13 +17,17 @@ fn main() -> anyhow::Result<()> {
         None => vec![None, Some("norwegian".into())],
     };
     let mut rows = Vec::new();
-    for stemmer in stemmers {
+    for (flavor, stemmer) in [Bm25Flavor::Bm25s, Bm25Flavor::Anserini]
+        .into_iter()
+        .flat_map(|f| stemmers.iter().map(move |s| (f, s.clone())))
+    {
         let label = format!(
-            "{} bm25 {}",
+            "{} bm25 {flavor} {}",
             task.name,
             stemmer.as_deref().unwrap_or("unstemmed")
         );
         let params = Bm25Params {
+            flavor,
             stemmer,
             ..Default::default()
         };

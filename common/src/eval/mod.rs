@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-pub use bm25::{stemmer_algorithm, Bm25, Bm25Params, Tokenizer};
+pub use bm25::{stemmer_algorithm, Bm25, Bm25Flavor, Bm25Params, Tokenizer};
 pub use export::{
     opensearch_mapping, quantize, write_anserini, write_opensearch_bulk, write_qdrant_points,
 };
