@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Map};
 use splade_common::eval::{
-    bm25_run, delta_table, evaluate_ranked, fuse, most_active, read_baseline, summary_table, Bm25Params, Fusion, LocalDir, Run,
-    Task,
+    bm25_run, delta_table, evaluate_ranked, fuse, most_active, read_baseline, stemmer_algorithm, summary_table, Bm25Flavor,
+    Bm25Params, Fusion, LocalDir, Run, Task,
 };
 
 use super::encode::{top_tokens, ModelArgs, WindowArgs};
@@ -53,9 +53,13 @@ pub struct EvalArgs {
     /// RRF constant.
     #[arg(long, default_value_t = 60.0)]
     pub rrf_k: f64,
-    /// Snowball stemmer for BM25 (e.g. norwegian); none by default.
-    #[arg(long)]
-    pub stemmer: Option<String>,
+    /// Snowball stemmer for BM25 and hybrid runs (e.g. norwegian, as PyStemmer stems); none by default.
+    #[arg(long = "bm25-stemmer", alias = "stemmer", value_name = "LANGUAGE")]
+    pub bm25_stemmer: Option<String>,
+    /// BM25 tokenizer and defaults: bm25s (the default: as the bm25s package, words of two or more
+    /// characters, k1 1.5, b 0.75) or anserini (UAX #29 words, k1 0.9, b 0.4).
+    #[arg(long, value_name = "FLAVOR")]
+    pub bm25_flavor: Option<Bm25Flavor>,
     /// Write the SPLADE run as a TREC file here.
     #[arg(long)]
     pub save_run: Option<PathBuf>,
@@ -67,8 +71,6 @@ fn task_name(dir: &std::path::Path) -> String {
 
 /// Runs `splade eval`.
 pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
-    let model = a.model.load()?;
-    let windows = a.windows.checked(&model)?;
     let fusion = match a.fusion.as_str() {
         "rrf" => Fusion::Rrf { k: a.rrf_k },
         "minmax" => Fusion::MinMax,
@@ -77,6 +79,19 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     if let Some(h) = &a.hybrid {
         anyhow::ensure!(h == "bm25", "--hybrid '{h}': only `bm25` is built in; use --fuse RUN.trec for other runs");
     }
+    let need_bm25 = a.bm25 || a.hybrid.is_some();
+    // Checked before the model loads, so a misspelt language fails at once rather than after encoding.
+    if let Some(s) = &a.bm25_stemmer {
+        stemmer_algorithm(s).with_context(|| format!("--bm25-stemmer '{s}'"))?;
+    }
+    anyhow::ensure!(
+        need_bm25 || (a.bm25_stemmer.is_none() && a.bm25_flavor.is_none()),
+        "--bm25-stemmer and --bm25-flavor configure BM25, which runs only with --bm25 or --hybrid bm25; add one of those"
+    );
+    let bm25_params =
+        Bm25Params { flavor: a.bm25_flavor.unwrap_or_default(), stemmer: a.bm25_stemmer.clone(), ..Bm25Params::default() };
+    let model = a.model.load()?;
+    let windows = a.windows.checked(&model)?;
     let baseline = a.baseline.as_ref().map(|p| read_baseline(p)).transpose()?;
     // Read before encoding so a malformed run file fails in a second, not after the corpus is encoded.
     let external = a.fuse.as_ref().map(|p| Run::load_trec(p).map(|r| (p.display().to_string(), r))).transpose()?;
@@ -130,10 +145,8 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
             let p = result.write_to_dir(out)?;
             eprintln!("wrote {}", p.display());
         }
-        let need_bm25 = a.bm25 || a.hybrid.is_some();
         let bm25 = if need_bm25 {
-            let params = Bm25Params { stemmer: a.stemmer.clone(), ..Bm25Params::default() };
-            Some(bm25_run(&task, &params, 1000)?)
+            Some(bm25_run(&task, &bm25_params, 1000)?)
         } else {
             None
         };
@@ -162,6 +175,13 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
                     "fusion".into(),
                     json!({"method": a.fusion, "k": a.rrf_k, "runs": std::iter::once("splade".to_string()).chain(to_fuse.iter().map(|(n, _)| n.clone())).collect::<Vec<_>>()}),
                 );
+                if a.hybrid.is_some() {
+                    let (k1, b) = bm25_params.k1_b();
+                    ex.insert(
+                        "bm25".into(),
+                        json!({"flavor": bm25_params.flavor.name(), "k1": k1, "b": b, "stemmer": bm25_params.stemmer}),
+                    );
+                }
                 let mut r = fs.to_task_result(languages, "local", elapsed, ex);
                 r.task_name = format!("{name}-hybrid");
                 let p = r.write_to_dir(out)?;
