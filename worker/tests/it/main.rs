@@ -5,6 +5,7 @@ mod amp;
 mod cli_errors;
 mod cluster;
 mod eval_parity;
+mod gptbert;
 mod lean_head;
 mod native_archs;
 mod norbert3;
