@@ -172,6 +172,22 @@ fn gptbert_v1_hidden_states_and_raw_head_match_fixture() {
     check_hidden_and_raw(&enc, &b, &fx["last_hidden_state"], &fx["mlm_raw"], "v1");
 }
 
+/// One unpadded 193-token text: longer than the global window (64), within max_sequence_length (256).
+#[test]
+fn gptbert_v1_long_text_hidden_states_match_fixture() {
+    let fx = fixture();
+    let ids = fx["long_input_ids"].shallow_clone();
+    let n = ids.size()[1];
+    let mask = ids.ones_like();
+    let b = Batch { input_ids: ids, token_type_ids: mask.zeros_like(), attention_mask: mask, lengths: vec![n as usize] };
+    let enc = load(&tiny_v1(), false);
+    assert_eq!(enc.mlm.max_positions(), Some(256), "max_positions is the config's max_sequence_length");
+    let (h, _) = hidden_and_raw(&enc, &b);
+    let d = max_diff(&h, &fx["long_last_hidden_state"]);
+    eprintln!("v1 long text ({n} tokens): max |Δ| hidden {d:.3e}");
+    assert!(d <= TOL, "long text: hidden states differ by {d:e}");
+}
+
 #[test]
 fn gptbert_v1_unpatched_splade_matches_fixture() {
     let fx = fixture();
@@ -223,4 +239,41 @@ fn gptbert_checkpoint_of_neither_variant_names_unexpected_and_missing_keys() {
     assert!(err.contains("fit neither GPT-BERT layer variant"), "{err}");
     assert!(err.contains("first unexpected tensor 'encoder.layers.0.lambdas_mix'"), "{err}");
     assert!(err.contains("first missing tensor 'encoder.layers.0.lambdas'"), "{err}");
+}
+
+/// A checkpoint without `classifier.emb2vocab.weight` (a converter that dropped the tied copy)
+/// decodes with the word embedding, as training tied them: equal to PyTorch on the same checkpoint
+/// with the key holding the word embedding; the saved state dict has the key again.
+#[test]
+fn gptbert_checkpoint_without_decoder_weight_decodes_with_the_word_embedding() {
+    let src = tiny_v1();
+    let tensors = read(&src.join("model.safetensors"));
+    let word = tensors["embedding.word_embedding.weight"].shallow_clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let (tied, dropped) = (tmp.path().join("tied"), tmp.path().join("dropped"));
+    for (dir, keep) in [(&tied, true), (&dropped, false)] {
+        std::fs::create_dir(dir).unwrap();
+        for f in ["config.json", "configuration_gptbert.py", "modeling_gptbert.py", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let out: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter(|(k, _)| keep || k.as_str() != "classifier.emb2vocab.weight")
+            .map(|(k, v)| (k.clone(), if k == "classifier.emb2vocab.weight" { word.copy() } else { v.shallow_clone() }))
+            .collect();
+        Tensor::write_safetensors(&out, dir.join("model.safetensors")).unwrap();
+    }
+    let fx = fixture();
+    let b = batch(&fx);
+    let reference = pytorch_reference(&tied, &fx, false, 13);
+    let enc = load(&dropped, false);
+    check_hidden_and_raw(&enc, &b, &reference["last_hidden_state"], &reference["mlm_raw"], "v1 without emb2vocab.weight");
+    check_splade(&enc, &b, &reference["splade"], "v1 without emb2vocab.weight");
+    assert!(!enc.vs.variables().contains_key("classifier.emb2vocab.weight"), "the decoder must be tied, not a copy");
+    let sd: BTreeMap<String, Tensor> = enc.mlm.state_dict().into_iter().collect();
+    let saved = sd.get("classifier.emb2vocab.weight").expect("state_dict lacks classifier.emb2vocab.weight");
+    assert_eq!(max_diff(saved, &word), 0.0, "saved decoder weight is not the word embedding");
+    let mut want: Vec<&String> = tensors.keys().collect();
+    want.sort();
+    assert_eq!(sd.keys().collect::<Vec<_>>(), want, "state_dict names differ from the checkpoint's");
 }
