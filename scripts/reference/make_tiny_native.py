@@ -2,7 +2,7 @@
 
     make_tiny_native.py [--out DIR] [--data data/norquad]
 
-Writes DIR/tiny-xlmr and DIR/tiny-modernbert (DIR defaults to $SPLADE_CACHE/models), each a
+Writes DIR/tiny-xlmr, DIR/tiny-modernbert and DIR/tiny-modernbert-legacy (DIR defaults to $SPLADE_CACHE/models), each a
 `save_pretrained` folder (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) that
 `AutoModelForMaskedLM` / `AutoTokenizer` load offline. Run it in the reference venv (transformers 5.24,
 tokenizers 0.23, torch 2.11).
@@ -19,6 +19,8 @@ What the models exercise:
   (as ModernBERT-base), a local window of 16 (|i - j| <= 8) far below the test texts' lengths and a
   global layer every 2, different local and global RoPE thetas, attention and head biases on but MLP
   and norm biases off (so both paths of the bias switches run).
+- tiny-modernbert-legacy: ModernBERT-base's switches (no biases but the decoder's, no dropout) and
+  the Hub's older config.json keys, with non-default RoPE thetas and a global layer every 3.
 Every parameter, LayerNorm weights and biases included, is drawn at random (see `randomise`) so an
 identity norm or a zero bias cannot hide a bug.
 """
@@ -109,7 +111,11 @@ def xlmr_tokenizer(texts: list[str]):
     tok.train_from_iterator(texts, trainer=trainer)
     vocab = json.loads(tok.to_str())["model"]["vocab"]  # [[piece, score], ...], specials first
     assert [v[0] for v in vocab[:4]] == ["<s>", "<pad>", "</s>", "<unk>"], vocab[:4]
-    vocab = [(p, s) for p, s in vocab] + [("<mask>", 0.0)]  # XLM-R keeps <mask> last
+    # The trainer's scores vary from run to run in the last bits, and the rarest pieces get 1e-4
+    # steps in hash-map order: rounded to 0.01 and sorted (score, then piece), the ids and scores
+    # are the same on every run.
+    pieces = sorted(((p, round(s, 2)) for p, s in vocab[4:]), key=lambda ps: (-ps[1], ps[0]))
+    vocab = [(p, 0.0) for p, _ in vocab[:4]] + pieces + [("<mask>", 0.0)]  # XLM-R keeps <mask> last
     hf = XLMRobertaTokenizer(vocab=vocab)
     hf.model_max_length = 128
     return hf
@@ -173,44 +179,68 @@ def build_xlmr(texts: list[str], out: str) -> None:
     tok.save_pretrained(out)
 
 
-def build_modernbert(texts: list[str], out: str) -> None:
+def build_modernbert(texts: list[str], out: str, legacy: bool = False) -> None:
+    """`legacy`: ModernBERT-base's own switches (no attention, MLP, norm or head-dense bias; no
+    dropout) and a config.json in the Hub's older layout (`global_attn_every_n_layers`,
+    `global_rope_theta`, `local_rope_theta`; no `layer_types` / `rope_parameters`), with thetas away
+    from the defaults so that a reader ignoring them fails."""
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
     tok = modernbert_tokenizer(texts)
     vocab = (len(tok) + 63) // 64 * 64
+    if legacy:
+        variant = dict(
+            num_hidden_layers=4,
+            attention_bias=False,
+            classifier_bias=False,
+            global_attn_every_n_layers=3,
+            global_rope_theta=80000.0,
+            local_rope_theta=20000.0,
+            local_attention=32,
+        )
+    else:
+        variant = dict(
+            num_hidden_layers=3,
+            attention_bias=True,
+            classifier_bias=True,
+            global_attn_every_n_layers=2,
+            global_rope_theta=160000.0,
+            local_rope_theta=10000.0,
+            local_attention=16,
+            attention_dropout=0.1,
+            embedding_dropout=0.1,
+            mlp_dropout=0.1,
+        )
     cfg = ModernBertConfig(
         vocab_size=vocab,
         hidden_size=64,
         intermediate_size=96,
-        num_hidden_layers=3,
         num_attention_heads=4,
         hidden_activation="gelu",
         max_position_embeddings=128,
         norm_eps=1e-5,
         norm_bias=False,
-        attention_bias=True,
         mlp_bias=False,
-        classifier_bias=True,
         decoder_bias=True,
         classifier_activation="gelu",
-        global_attn_every_n_layers=2,
-        global_rope_theta=160000.0,
-        local_rope_theta=10000.0,
-        local_attention=16,
-        attention_dropout=0.1,
-        embedding_dropout=0.1,
-        mlp_dropout=0.1,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.cls_token_id,
         cls_token_id=tok.cls_token_id,
         eos_token_id=tok.sep_token_id,
         sep_token_id=tok.sep_token_id,
         architectures=["ModernBertForMaskedLM"],
+        **variant,
     )
-    assert cfg.layer_types == ["full_attention", "sliding_attention", "full_attention"], cfg.layer_types
-    torch.manual_seed(SEED_MODERNBERT)
+    want_types = (
+        ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+        if legacy
+        else ["full_attention", "sliding_attention", "full_attention"]
+    )
+    assert cfg.layer_types == want_types, cfg.layer_types
+    seed = SEED_MODERNBERT + (1 if legacy else 0)
+    torch.manual_seed(seed)
     model = ModernBertForMaskedLM(cfg).eval()
-    randomise(model, SEED_MODERNBERT)
+    randomise(model, seed)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     # transformers 4.x does not know the 5.x name "TokenizersBackend"; both read this one.
@@ -219,6 +249,17 @@ def build_modernbert(texts: list[str], out: str) -> None:
     tc["tokenizer_class"] = "PreTrainedTokenizerFast"
     with open(tc_path, "w") as f:
         json.dump(tc, f, indent=2, sort_keys=True)
+    if legacy:
+        cfg_path = os.path.join(out, "config.json")
+        c = json.load(open(cfg_path))
+        del c["layer_types"], c["rope_parameters"]
+        c.update(global_attn_every_n_layers=3, global_rope_theta=80000.0, local_rope_theta=20000.0)
+        with open(cfg_path, "w") as f:
+            json.dump(c, f, indent=2, sort_keys=True)
+        back = ModernBertConfig.from_pretrained(out)
+        assert back.layer_types == want_types, back.layer_types
+        thetas = {k: v["rope_theta"] for k, v in back.rope_parameters.items()}
+        assert thetas == {"full_attention": 80000.0, "sliding_attention": 20000.0}, thetas
 
 
 def build(name: str, fn, texts: list[str], out_dir: str) -> None:
@@ -251,6 +292,7 @@ def main() -> None:
     texts = training_texts(args.data)
     build("tiny-xlmr", build_xlmr, texts, args.out)
     build("tiny-modernbert", build_modernbert, texts, args.out)
+    build("tiny-modernbert-legacy", lambda t, o: build_modernbert(t, o, legacy=True), texts, args.out)
 
 
 if __name__ == "__main__":

@@ -185,6 +185,18 @@ fn modernbert_hidden_states_head_splade_and_gradients_match_transformers() {
     );
 }
 
+#[test]
+fn modernbert_base_switches_and_legacy_config_keys_match_transformers() {
+    // No biases but the decoder's, `global_attn_every_n_layers` 3 and non-default
+    // `global_rope_theta` / `local_rope_theta` without `layer_types` / `rope_parameters`.
+    check_model(
+        "tiny-modernbert-legacy",
+        Architecture::ModernBert,
+        &[("model.embeddings.tok_embeddings.weight", "decoder.weight")],
+        64,
+    );
+}
+
 /// The tied decoder copies are in the state dict under transformers' names and are the embeddings.
 #[test]
 fn native_state_dicts_carry_the_tied_decoder_keys() {
