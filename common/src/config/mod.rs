@@ -99,6 +99,12 @@ pub struct ModelConfig {
     /// Load `base_model` as a finished sparse encoder (sentence-transformers folder) instead of building one
     /// from an MLM checkpoint. Default false.
     pub load_pretrained_sparse_encoder: bool,
+    /// NorBERT4 / GPT-BERT: run the MLM head without its `30·sigmoid(x/7.5)` (which makes every
+    /// logit positive, so nothing is sparse), as the seed's `patch_norbert4_for_splade.py` does; the
+    /// saved `modeling_gptbert.py` is patched to match. Unset: the seed's defaults, true when building
+    /// from a base model, and on the `load_pretrained_sparse_encoder` path whatever the folder's own
+    /// code does. Other architectures ignore it.
+    pub patch_sigmoid_for_sparsity: Option<bool>,
     /// Overrides the checkpoint's dropout (hidden and attention) when set; 0 for parity tests.
     pub dropout: Option<f64>,
 }
@@ -112,6 +118,7 @@ impl Default for ModelConfig {
             use_router: false,
             freeze_static_embedding: false,
             load_pretrained_sparse_encoder: false,
+            patch_sigmoid_for_sparsity: None,
             dropout: None,
         }
     }

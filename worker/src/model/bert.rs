@@ -9,6 +9,8 @@ use tch::{Kind, Tensor};
 
 use super::config::BertConfig;
 use super::dropout::{dropout, keep_mask};
+use super::encoder::{parse_config, Architecture, LoadArgs, MaskedLm};
+use super::tokenize::Batch;
 use super::weights::Weights;
 use super::ModelError;
 
@@ -211,7 +213,7 @@ impl Layer {
 /// The MLM prediction head: dense + activation + LayerNorm, then a decoder onto the vocabulary.
 /// With tied embeddings (BERT's default) the decoder weight is the word-embedding matrix itself.
 #[derive(Debug)]
-pub(crate) struct MlmHead {
+struct MlmHead {
     dense: Linear,
     norm: LayerNorm,
     /// `Some` only when the checkpoint unties the decoder from the word embeddings.
@@ -262,16 +264,16 @@ impl MlmHead {
     }
 
     /// The transformed hidden states [B, L, H] that the decoder projects onto the vocabulary.
-    pub(crate) fn transform(&self, hidden: &Tensor) -> Tensor {
+    fn transform(&self, hidden: &Tensor) -> Tensor {
         self.norm.forward(&activation(&self.act, &self.dense.forward(hidden)))
     }
 
     /// The decoder weight [V, H] (the word embeddings when tied).
-    pub(crate) fn decoder_weight<'a>(&'a self, word_embeddings: &'a Tensor) -> &'a Tensor {
+    fn decoder_weight<'a>(&'a self, word_embeddings: &'a Tensor) -> &'a Tensor {
         self.decoder.as_ref().unwrap_or(word_embeddings)
     }
 
-    pub(crate) fn bias(&self) -> &Tensor {
+    fn bias(&self) -> &Tensor {
         &self.bias
     }
 }
@@ -281,8 +283,8 @@ impl MlmHead {
 pub struct BertForMaskedLm {
     embeddings: Embeddings,
     layers: Vec<Layer>,
-    pub(crate) head: MlmHead,
-    pub(crate) config: BertConfig,
+    head: MlmHead,
+    config: BertConfig,
 }
 
 impl BertForMaskedLm {
@@ -310,16 +312,60 @@ impl BertForMaskedLm {
         }
         xs
     }
+}
 
-    /// Full MLM logits [B, L, V]: the dense reference path of the SPLADE head.
-    pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        let t = self.head.transform(hidden);
-        t.matmul(&self.head.decoder_weight(&self.embeddings.word).tr()) + self.head.bias()
+/// Builds a `BertForMaskedLM` (or a bare `BertModel` with a fresh head) from `config.json` and the
+/// checkpoint.
+pub fn load(args: LoadArgs<'_>) -> Result<Box<dyn MaskedLm>, ModelError> {
+    let cfg: BertConfig = parse_config(&args)?;
+    cfg.validate().map_err(|m| ModelError::file(args.config_path, m))?;
+    Ok(Box::new(BertForMaskedLm::load(&args.vs, args.weights, &cfg, args.dropout)?))
+}
+
+impl MaskedLm for BertForMaskedLm {
+    fn architecture(&self) -> Architecture {
+        Architecture::Bert
     }
 
-    /// The word-embedding matrix [V, H] (also the tied decoder).
-    pub fn word_embeddings(&self) -> &Tensor {
-        &self.embeddings.word
+    fn encode(&self, batch: &Batch, train: bool) -> Tensor {
+        BertForMaskedLm::encode(self, &batch.input_ids, &batch.token_type_ids, &batch.attention_mask, train)
+    }
+
+    fn head_transform(&self, hidden: &Tensor) -> Tensor {
+        self.head.transform(hidden)
+    }
+
+    fn decoder_weight(&self) -> &Tensor {
+        self.head.decoder_weight(&self.embeddings.word)
+    }
+
+    fn decoder_bias(&self) -> &Tensor {
+        self.head.bias()
+    }
+
+    fn vocab_size(&self) -> i64 {
+        self.config.vocab_size
+    }
+
+    fn pad_token_id(&self) -> i64 {
+        self.config.pad_token_id
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.config.max_position_embeddings as usize)
+    }
+
+    /// Every parameter is a VarStore variable under its checkpoint name; the tied decoder is not
+    /// stored, as transformers saves BertForMaskedLM.
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        let mut cfg = serde_json::to_value(&self.config).expect("config serialises");
+        // A bare BertModel gained an MLM head: it is saved as what it now is.
+        cfg["architectures"] = serde_json::json!(["BertForMaskedLM"]);
+        cfg
     }
 }
 

@@ -15,17 +15,16 @@
 
 use tch::{Kind, Tensor};
 
-use super::bert::BertForMaskedLm;
 use super::pooling::PoolingConfig;
 
 /// Upper bound on elements of one logits chunk (`tokens × V`): 32 Mi floats = 128 MiB.
 const CHUNK_ELEMENTS: i64 = 32 << 20;
 
-/// Max-pooled SPLADE embeddings [B, V] from final hidden states `hidden` [B, L, H].
-pub fn max_pooled(mlm: &BertForMaskedLm, pooling: &PoolingConfig, hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
-    let t = mlm.head.transform(hidden);
-    let w = mlm.head.decoder_weight(mlm.word_embeddings());
-    let bias = mlm.head.bias();
+/// Max-pooled SPLADE embeddings [B, V]: `activate(max over positions where attention_mask is set of
+/// w · t[b, l] + bias)` for the head's transformed hidden states `t` [B, L, H], decoder weight `w`
+/// [V, H] and bias [V] (which may hold −inf for ids that never activate). Values equal the dense
+/// path's; gradients flow to `t`, `w` and `bias` as through the dense path's `max`.
+pub fn max_pooled(t: &Tensor, w: &Tensor, bias: &Tensor, pooling: &PoolingConfig, attention_mask: &Tensor) -> Tensor {
     let (b, l, _h) = t.size3().expect("hidden states are [batch, seq, hidden]");
     let v = w.size()[0];
     let (best, argmax) = tch::no_grad(|| running_max(&t.detach(), &w.detach(), &bias.detach(), attention_mask, b, l, v));
@@ -43,9 +42,9 @@ pub fn max_pooled(mlm: &BertForMaskedLm, pooling: &PoolingConfig, hidden: &Tenso
     let li = argmax.index(&[Some(&bi), Some(&vi)]);
     let h = t.size()[2];
     let logit = if active.size()[0] * h <= GATHER_ELEMENTS {
-        gathered_logits(&t, &w, &bi, &vi, &li)
+        gathered_logits(t, w, &bi, &vi, &li)
     } else {
-        winning_logits(&t, &w, &bi, &vi, &li, b, v)
+        winning_logits(t, w, &bi, &vi, &li, b, v)
     } + bias.index_select(0, &vi).to_kind(Kind::Float);
     // Value from the chunked forward, gradient from the recomputed logit.
     let logit = best.index(&[Some(&bi), Some(&vi)]) + (&logit - logit.detach());

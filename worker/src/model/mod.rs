@@ -10,7 +10,12 @@
 mod bert;
 mod config;
 mod dropout;
+pub mod encoder;
+mod gptbert;
 pub mod lean_head;
+mod modernbert;
+mod norbert3;
+mod xlm_roberta;
 mod pooling;
 pub mod resolve;
 pub mod static_embedding;
@@ -25,6 +30,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 pub use bert::BertForMaskedLm;
 pub use config::BertConfig;
+pub use encoder::{Architecture, HeadLayout, MaskedLm, Squash};
 pub use pooling::{Activation, PoolingConfig, PoolingStrategy};
 pub use st_format::FolderSpec;
 pub use static_embedding::{StaticEmbedding, STATIC_VAR};
@@ -71,12 +77,16 @@ pub struct LoadOptions {
     pub query_max_length: Option<usize>,
     pub document_max_length: Option<usize>,
     pub pooling: Option<PoolingConfig>,
+    /// GPT-BERT: drop the `30·sigmoid(x/7.5)` head squash (`model.patch_sigmoid_for_sparsity`).
+    /// `None` follows the folder's own `modeling_gptbert.py` (patched or not).
+    pub patch_sigmoid: Option<bool>,
 }
 
 /// A loaded SPLADE encoder. Its parameters live in `vs` (names as in the checkpoint).
 pub struct SparseEncoder {
     pub vs: nn::VarStore,
-    pub mlm: BertForMaskedLm,
+    /// The masked-LM encoder and its head, whatever the architecture.
+    pub mlm: Box<dyn MaskedLm>,
     pub tokenizer: TextTokenizer,
     pub spec: FolderSpec,
     /// Max length (special tokens included) used when neither side overrides it.
@@ -155,29 +165,37 @@ impl SparseEncoder {
             ));
         }
         let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::file(&cfg_path, e.to_string()))?;
-        let cfg: BertConfig =
+        let cfg: serde_json::Value =
             serde_json::from_str(&cfg_text).map_err(|e| ModelError::file(&cfg_path, format!("invalid config: {e}")))?;
-        cfg.validate().map_err(|m| ModelError::file(&cfg_path, m))?;
-        let tokenizer = TextTokenizer::load(&tdir, cfg.vocab_size, cfg.pad_token_id, &spec.padding_side)?;
-        let wpath = tdir.join("model.safetensors");
-        if !wpath.exists() {
-            return Err(ModelError::file(
-                &wpath,
-                "missing; only safetensors weights are read (convert pytorch_model.bin with \
-                 `model.save_pretrained(dir, safe_serialization=True)`)",
-            ));
-        }
-        let mut weights = weights::Weights::load(&wpath)?;
+        let arch = Architecture::detect(&cfg, &cfg_path)?;
+        let mut weights = weights::Weights::load_dir(&tdir, arch)?;
         let vs = nn::VarStore::new(Device::Cpu);
-        let mlm = BertForMaskedLm::load(&vs.root(), &mut weights, &cfg, opts.dropout)?;
+        let patch_sigmoid = opts.patch_sigmoid.unwrap_or_else(|| gptbert_code_is_patched(&tdir));
+        let args = encoder::LoadArgs {
+            dir: &tdir,
+            config: &cfg,
+            config_path: &cfg_path,
+            weights: &mut weights,
+            vs: vs.root(),
+            dropout: opts.dropout,
+            patch_sigmoid,
+        };
+        let mlm = match arch {
+            Architecture::Bert => bert::load(args)?,
+            Architecture::Norbert3 => norbert3::load(args)?,
+            Architecture::GptBert => gptbert::load(args)?,
+            Architecture::XlmRoberta => xlm_roberta::load(args)?,
+            Architecture::ModernBert => modernbert::load(args)?,
+        };
         let left = weights.leftovers();
         if !left.is_empty() {
-            tracing::warn!(file = %wpath.display(), "ignoring {} unexpected tensors: {}", left.len(), left.join(", "));
+            tracing::warn!(file = %weights.file().display(), "ignoring {} unexpected tensors: {}", left.len(), left.join(", "));
         }
+        let tokenizer = TextTokenizer::load(&tdir, mlm.vocab_size(), mlm.pad_token_id(), &spec.padding_side)?;
         let query_static = match &spec.query_static_dir {
             Some(qdir) => {
-                let st = StaticEmbedding::load(&vs.root(), qdir, cfg.pad_token_id, &spec.padding_side)?;
-                check_static_vocab(&st, &cfg, qdir)?;
+                let st = StaticEmbedding::load(&vs.root(), qdir, mlm.pad_token_id(), &spec.padding_side)?;
+                check_static_vocab(&st, mlm.vocab_size(), qdir)?;
                 Some(st)
             }
             None => None,
@@ -194,13 +212,13 @@ impl SparseEncoder {
             spec.document_max_length = opts.document_max_length;
         }
         // sentence-transformers: explicit max_seq_length, else the tokenizer's model_max_length capped
-        // by the position table.
-        let max_pos = cfg.max_position_embeddings as usize;
+        // by the position table (NorBERT3's relative positions have none: 512, its pre-training length).
+        let max_pos = mlm.max_positions().unwrap_or(usize::MAX);
         let max_seq_length = opts
             .max_seq_length
             .or(spec.max_seq_length)
-            .or(spec.tokenizer_max_length)
-            .unwrap_or(max_pos)
+            .or(spec.tokenizer_max_length.filter(|&n| n < 1_000_000))
+            .unwrap_or(max_pos.min(512))
             .min(max_pos);
         Ok(Self { vs, mlm, tokenizer, spec, max_seq_length, lean_head: true, query_static, prefetched: Default::default() })
     }
@@ -219,7 +237,7 @@ impl SparseEncoder {
         }
         let tdir = self.spec.transformer_dir.clone();
         let st = StaticEmbedding::ones(&self.vs.root(), self.tokenizer.clone(), &tdir, frozen);
-        check_static_vocab(&st, &self.mlm.config, &tdir)?;
+        check_static_vocab(&st, self.mlm.vocab_size(), &tdir)?;
         self.query_static = Some(st);
         Ok(())
     }
@@ -236,7 +254,7 @@ impl SparseEncoder {
 
     /// Vocabulary size (embedding dimension of the sparse vectors).
     pub fn vocab_size(&self) -> i64 {
-        self.mlm.config.vocab_size
+        self.mlm.vocab_size()
     }
 
     /// Max length for `kind`, special tokens included.
@@ -330,13 +348,76 @@ impl SparseEncoder {
     }
 
     /// [`SparseEncoder::forward`] with an explicit choice of the lean (`true`) or dense head.
+    ///
+    /// The architecture's [`HeadLayout`] is applied here, the same way on both paths: GPT-BERT's
+    /// shifted logits (head output of position t − 1 at t, a bos one-hot at 0) pool the head output
+    /// over positions whose successor is real, then add the one-hot; NorBERT3's suppressed ids get a
+    /// −inf logit (so they never activate, and padding is masked after the activation, never NaN);
+    /// a [`Squash`] forces the dense path (every squashed logit is positive: nothing to skip).
     pub fn forward_with_head(&self, batch: &Batch, train: bool, lean: bool) -> Tensor {
-        let hidden = self.mlm.encode(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, train);
-        if lean && self.spec.pooling.pooling_strategy == PoolingStrategy::Max {
-            lean_head::max_pooled(&self.mlm, &self.spec.pooling, &hidden, &batch.attention_mask)
+        let hidden = self.mlm.encode(batch, train);
+        let layout = self.mlm.head_layout();
+        let t = self.mlm.head_transform(&hidden);
+        let mask = match layout.shifted_bos {
+            // logits[:, s] = raw[:, s − 1]: raw position p counts where position p + 1 is real.
+            Some(_) => {
+                let m = &batch.attention_mask;
+                let l = m.size()[1];
+                Tensor::cat(&[m.narrow(1, 1, l - 1), m.zeros_like().narrow(1, 0, 1)], 1)
+            }
+            None => batch.attention_mask.shallow_clone(),
+        };
+        let w = self.mlm.decoder_weight();
+        let bias = self.mlm.decoder_bias();
+        let bias = if layout.suppressed_below > 0 {
+            let v = bias.size()[0];
+            let ids = Tensor::arange(v, (Kind::Int64, bias.device()));
+            bias + Tensor::zeros_like(bias).masked_fill(&ids.lt(layout.suppressed_below), f64::NEG_INFINITY)
         } else {
-            let logits = self.mlm.logits(&hidden);
-            self.spec.pooling.pool_dense(&logits, &batch.attention_mask)
+            bias.shallow_clone()
+        };
+        let pooling = &self.spec.pooling;
+        let mut emb = if lean && pooling.pooling_strategy == PoolingStrategy::Max && layout.squash.is_none() {
+            lean_head::max_pooled(&t, w, &bias, pooling, &mask)
+        } else {
+            let mut logits = t.matmul(&w.tr()) + &bias;
+            if let Some(sq) = layout.squash {
+                logits = sq.apply(&logits);
+            }
+            pooling.pool_dense(&logits, &mask)
+        };
+        if let Some(bos) = layout.shifted_bos {
+            // Position 0's one-hot: activate(1.0) at `bos` in every non-empty row.
+            let one = pooling.activate(&Tensor::ones([1], (Kind::Float, emb.device())));
+            let first = batch.attention_mask.narrow(1, 0, 1).to_kind(Kind::Float);
+            let onehot = Tensor::zeros_like(&emb).index_fill(1, &Tensor::from_slice(&[bos]).to_device(emb.device()), 1.0) * first * one;
+            emb = match pooling.pooling_strategy {
+                PoolingStrategy::Max => emb.maximum(&onehot),
+                PoolingStrategy::Sum => emb + onehot,
+            };
+        }
+        emb
+    }
+
+    /// The dense reference logits [B, L, V] of a batch, as the architecture's reference code
+    /// computes `.logits` ([`HeadLayout`] applied; padding positions included, not masked).
+    pub fn dense_logits(&self, batch: &Batch, train: bool) -> Tensor {
+        let hidden = self.mlm.encode(batch, train);
+        let layout = self.mlm.head_layout();
+        let mut raw = self.mlm.head_transform(&hidden).matmul(&self.mlm.decoder_weight().tr()) + self.mlm.decoder_bias();
+        if let Some(sq) = layout.squash {
+            raw = sq.apply(&raw);
+        }
+        if layout.suppressed_below > 0 {
+            let _ = raw.narrow(2, 0, layout.suppressed_below.min(raw.size()[2])).fill_(f64::NEG_INFINITY);
+        }
+        match layout.shifted_bos {
+            Some(bos) => {
+                let (b, l, v) = raw.size3().expect("[B, L, V]");
+                let first = Tensor::zeros([b, 1, v], (raw.kind(), raw.device())).index_fill(2, &Tensor::from_slice(&[bos]).to_device(raw.device()), 1.0);
+                Tensor::cat(&[first, raw.narrow(1, 0, l - 1)], 1)
+            }
+            None => raw,
         }
     }
 
@@ -361,12 +442,18 @@ impl SparseEncoder {
         v
     }
 
-    /// The MLM's parameters only (what goes into the transformer's `model.safetensors`).
+    /// The MLM's parameters only (what goes into the transformer's `model.safetensors`), plus the
+    /// tied copies the architecture's reference code expects there ([`MaskedLm::state_dict`]).
     pub fn mlm_parameters(&self) -> Vec<(String, Tensor)> {
-        self.named_parameters().into_iter().filter(|(n, _)| n != STATIC_VAR).collect()
+        let mut all: std::collections::BTreeMap<String, Tensor> =
+            self.named_parameters().into_iter().filter(|(n, _)| n != STATIC_VAR).collect();
+        for (name, t) in self.mlm.state_dict() {
+            all.entry(name).or_insert(t);
+        }
+        all.into_iter().collect()
     }
 
-    /// Saves a sentence-transformers 6.x SparseEncoder folder at `out` (created if missing).
+    /// Saves a sentence-transformers SparseEncoder folder that 5.2 and 6.2 load at `out` (created if missing).
     /// Inference-free models are written in the Router layout (see [`st_format`]).
     pub fn save(&self, out: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, format!("cannot create: {e}")))?;
@@ -394,26 +481,80 @@ impl SparseEncoder {
     /// The transformer's `config.json` and `model.safetensors` in `out`.
     fn save_transformer(&self, out: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, format!("cannot create: {e}")))?;
-        let mut cfg = serde_json::to_value(&self.mlm.config).expect("config serialises");
-        cfg["architectures"] = serde_json::json!(["BertForMaskedLM"]);
-        // Dropout overrides are a training choice, not a property of the saved model.
+        // Dropout overrides are a training choice, not a property of the saved model: the config is
+        // the loaded one.
+        let cfg = self.mlm.config_json();
         let cfg_path = out.join("config.json");
         std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).expect("json"))
             .map_err(|e| ModelError::file(&cfg_path, format!("cannot write: {e}")))?;
+        if self.mlm.architecture().is_remote_code() {
+            self.copy_remote_code(out)?;
+        }
         weights::save_safetensors(&out.join("model.safetensors"), &self.mlm_parameters())
+    }
+
+    /// Remote-code architectures: the base folder's `.py` files go along, so the folder loads with
+    /// `trust_remote_code=True` exactly as the base did. A GPT-BERT whose head runs without the sigmoid
+    /// gets `modeling_gptbert.py` patched as the seed's `patch_norbert4_for_splade.py` writes it.
+    fn copy_remote_code(&self, out: &Path) -> Result<(), ModelError> {
+        let src = &self.spec.transformer_dir;
+        let entries = std::fs::read_dir(src).map_err(|e| ModelError::file(src, format!("cannot list: {e}")))?;
+        let squashed = self.mlm.head_layout().squash.is_some();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("py") {
+                continue;
+            }
+            let name = entry.file_name();
+            let mut code = std::fs::read_to_string(&path).map_err(|e| ModelError::file(&path, format!("cannot read: {e}")))?;
+            if name == "modeling_gptbert.py" && !squashed {
+                code = gptbert_patch_sigmoid(&code);
+            }
+            let dst = out.join(&name);
+            if dst != path {
+                std::fs::write(&dst, code).map_err(|e| ModelError::file(&dst, format!("cannot write: {e}")))?;
+            }
+        }
+        Ok(())
     }
 }
 
+/// The line of `GptBertForMaskedLM.forward` that squashes the head output; the seed's patch script
+/// removes it (the first occurrence: the CausalLM class has the same line).
+const GPTBERT_SIGMOID_LINE: &str = "subword_prediction = 30 * torch.sigmoid(subword_prediction / 7.5)";
+const GPTBERT_SIGMOID_BLOCK: &str =
+    "        subword_prediction = self.classifier(sequence_output)\n        subword_prediction = 30 * torch.sigmoid(subword_prediction / 7.5)\n";
+const GPTBERT_PATCHED_BLOCK: &str = "        subword_prediction = self.classifier(sequence_output)\n        # PATCHED for SPLADE: removed `30 * sigmoid(x/7.5)` activation.\n        # Raw logits (unbounded, can be negative) are needed for SPLADE's\n        # ReLU(log(1+exp(logits))) to produce sparse vectors.\n";
+
+/// `modeling_gptbert.py` with the MaskedLM head's sigmoid removed, as the seed's patch writes it
+/// (unchanged when already patched).
+fn gptbert_patch_sigmoid(code: &str) -> String {
+    code.replacen(GPTBERT_SIGMOID_BLOCK, GPTBERT_PATCHED_BLOCK, 1)
+}
+
+/// Whether the folder's `modeling_gptbert.py` runs the MaskedLM head without the sigmoid (the seed's
+/// patch, or any edit that removes the line from `GptBertForMaskedLM`). A folder without the file
+/// runs the reference code: not patched.
+fn gptbert_code_is_patched(dir: &Path) -> bool {
+    let Ok(code) = std::fs::read_to_string(dir.join("modeling_gptbert.py")) else { return false };
+    // The MaskedLM class's body: from its `class` line to the next top-level `class` (CausalLM has
+    // the same sigmoid line, which stays).
+    let Some(start) = code.find("class GptBertForMaskedLM") else { return false };
+    let body = &code[start..];
+    let body = body[1..].find("\nclass ").map_or(body, |end| &body[..end + 1]);
+    !body.contains(GPTBERT_SIGMOID_LINE)
+}
+
 /// Queries and documents must live in one vocabulary space for the dot product to mean anything.
-fn check_static_vocab(st: &StaticEmbedding, cfg: &BertConfig, dir: &Path) -> Result<(), ModelError> {
-    if st.vocab_size() != cfg.vocab_size {
+fn check_static_vocab(st: &StaticEmbedding, vocab_size: i64, dir: &Path) -> Result<(), ModelError> {
+    if st.vocab_size() != vocab_size {
         return Err(ModelError::file(
             dir,
             format!(
                 "the query-side static table has {} entries but the document MLM's vocab_size is {}; both routes must \
                  share one vocabulary (use the MLM's own tokenizer for the SparseStaticEmbedding)",
                 st.vocab_size(),
-                cfg.vocab_size
+                vocab_size
             ),
         ));
     }

@@ -61,7 +61,10 @@ impl PoolingConfig {
     /// Pools MLM logits [B, L, V] with `attention_mask` [B, L] into [B, V]: the dense reference path.
     pub fn pool_dense(&self, logits: &Tensor, attention_mask: &Tensor) -> Tensor {
         let mask = attention_mask.unsqueeze(-1).to_kind(logits.kind());
-        let act = self.activate(&(logits * mask));
+        // Masked after the activation, not before as sentence-transformers does: the same values for
+        // finite logits, and a −inf logit (NorBERT3's suppressed ids) at a padded position gives 0,
+        // not −inf · 0 = NaN.
+        let act = self.activate(logits) * mask;
         match self.pooling_strategy {
             // `max_dim` rather than `amax`: torch.max routes the gradient to one index on ties, as ST does.
             PoolingStrategy::Max => act.max_dim(1, false).0,

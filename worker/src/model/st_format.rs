@@ -1,13 +1,18 @@
 //! The sentence-transformers SparseEncoder folder: what 5.x and 6.x write, read back, and what we
 //! write so that `SparseEncoder(path)` 6.2 loads it without missing or unexpected weights.
 //!
-//! Layout written (the 6.x one, mirroring `shared/reference/st6-splade-folder`):
-//! `modules.json`, `config_sentence_transformers.json`, `sentence_bert_config.json`, the transformer
-//! (`config.json`, `model.safetensors`, tokenizer files with `model_max_length` = the max length)
-//! in the root, and `1_SpladePooling/config.json`. Separate query/document max lengths, which
-//! sentence-transformers has no field for, go to `splade_encoder.json` (ignored by Python).
+//! Layout written: the 5.x one (mirroring `shared/reference/st5-splade-folder`), because the seed's
+//! users pin sentence-transformers 5.2, which cannot import 6.x module paths nor take 6.x-only keys
+//! (`modality_config`, the Router's `route_mappings`), while 6.2 loads the 5.x paths and keys:
+//! `modules.json` with `sentence_transformers.sparse_encoder.models.*` types,
+//! `config_sentence_transformers.json`, `sentence_bert_config.json` (`max_seq_length`), the
+//! transformer (`config.json`, `model.safetensors`, tokenizer files with `model_max_length` = the max
+//! length, and for remote-code architectures the base folder's `.py` files) in the root, and
+//! `1_SpladePooling/config.json` (`word_embedding_dimension`). Separate query/document max lengths,
+//! which sentence-transformers has no field for, go to `splade_encoder.json` (ignored by Python).
 //!
-//! Inference-free models use the Router layout 6.2 writes (learned from its own `save`): a root
+//! Inference-free models use the Router layout both versions read (6.2's own `save` writes the same
+//! shape with 6.x paths): a root
 //! `modules.json` with one `Router` module at path "", `router_config.json` (module types, the
 //! `query`/`document` routes, `default_route: "document"`), and one sub-folder per routed module:
 //! `query_0_SparseStaticEmbedding/` (`config.json` with `frozen`, `model.safetensors` with
@@ -58,11 +63,13 @@ fn read_json_opt(path: &Path) -> Result<Option<Value>, ModelError> {
 
 const TRANSFORMER_TYPES: &[&str] = &[
     "sentence_transformers.sparse_encoder.models.MLMTransformer",
+    "sentence_transformers.sparse_encoder.models.MLMTransformer.MLMTransformer",
     "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer",
     "sentence_transformers.sparse_encoder.modules.MLMTransformer",
     "sentence_transformers.base.modules.transformer.Transformer",
     "sentence_transformers.base.modules.Transformer",
     "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Transformer.Transformer",
 ];
 
 /// Reads `dir` as either a sentence-transformers SparseEncoder folder (5.x or 6.x) or a bare
@@ -159,10 +166,15 @@ pub const QUERY_STATIC_ID: &str = "query_0_SparseStaticEmbedding";
 pub const DOCUMENT_MLM_ID: &str = "document_0_MLMTransformer";
 pub const DOCUMENT_POOLING_ID: &str = "document_1_SpladePooling";
 
-const ROUTER_TYPE: &str = "sentence_transformers.base.modules.router.Router";
-const STATIC_TYPE: &str = "sentence_transformers.sparse_encoder.modules.sparse_static_embedding.SparseStaticEmbedding";
-const MLM_TYPE: &str = "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer";
-const POOLING_TYPE: &str = "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling";
+// 5.x module paths as 5.2 writes them: 5.2 imports only these, 6.2 maps them onto its own modules.
+// `modules.json` names the package's re-export, the Router's `types` the defining module
+// (`{type(m).__module__}.{type(m).__name__}`).
+const ROUTER_TYPE: &str = "sentence_transformers.models.Router";
+const MLM_TYPE: &str = "sentence_transformers.sparse_encoder.models.MLMTransformer";
+const POOLING_TYPE: &str = "sentence_transformers.sparse_encoder.models.SpladePooling";
+const ROUTED_STATIC_TYPE: &str = "sentence_transformers.sparse_encoder.models.SparseStaticEmbedding.SparseStaticEmbedding";
+const ROUTED_MLM_TYPE: &str = "sentence_transformers.sparse_encoder.models.MLMTransformer.MLMTransformer";
+const ROUTED_POOLING_TYPE: &str = "sentence_transformers.sparse_encoder.models.SpladePooling.SpladePooling";
 
 /// Reads a Router module at `rdir` (its `router_config.json`, or the legacy `config.json`) into
 /// `spec`: the query route must be one `SparseStaticEmbedding`, the document route a transformer
@@ -229,7 +241,7 @@ pub const EXTRA_FILE: &str = "splade_encoder.json";
 const TOKENIZER_FILES: &[&str] = &["tokenizer.json", "special_tokens_map.json", "vocab.txt"];
 
 /// Writes everything but `config.json` and `model.safetensors` (the caller writes those) for a
-/// 6.x-style folder at `out`, taking tokenizer files from `tokenizer_src`.
+/// folder (the 5.x layout both 5.2 and 6.2 load) at `out`, taking tokenizer files from `tokenizer_src`.
 pub fn write_folder_metadata(out: &Path, tokenizer_src: &Path, spec: &FolderSpec, max_seq_length: usize) -> Result<(), ModelError> {
     write_json(
         out,
@@ -263,9 +275,9 @@ pub fn write_router_metadata(
     let router = format!(
         r#"{{
     "types": {{
-        "{QUERY_STATIC_ID}": "{STATIC_TYPE}",
-        "{DOCUMENT_MLM_ID}": "{MLM_TYPE}",
-        "{DOCUMENT_POOLING_ID}": "{POOLING_TYPE}"
+        "{QUERY_STATIC_ID}": "{ROUTED_STATIC_TYPE}",
+        "{DOCUMENT_MLM_ID}": "{ROUTED_MLM_TYPE}",
+        "{DOCUMENT_POOLING_ID}": "{ROUTED_POOLING_TYPE}"
     }},
     "structure": {{
         "query": [
@@ -278,8 +290,7 @@ pub fn write_router_metadata(
     }},
     "parameters": {{
         "default_route": "document",
-        "allow_empty_key": true,
-        "route_mappings": {{}}
+        "allow_empty_key": true
     }}
 }}"#
     );
@@ -307,7 +318,7 @@ fn write_root_files(out: &Path, spec: &FolderSpec) -> Result<(), ModelError> {
     write(
         "config_sentence_transformers.json",
         &json!({
-            "__version__": {"sentence_transformers": "6.2.0", "splade_rs": env!("CARGO_PKG_VERSION")},
+            "__version__": {"sentence_transformers": "5.2.0", "splade_rs": env!("CARGO_PKG_VERSION")},
             "model_type": "SparseEncoder",
             "prompts": {"query": spec.query_prompt, "document": spec.document_prompt},
             "default_prompt_name": null,
@@ -320,17 +331,9 @@ fn write_root_files(out: &Path, spec: &FolderSpec) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// The MLM transformer's `sentence_bert_config.json` and tokenizer files in `dir`.
+/// The MLM transformer's `sentence_bert_config.json` (5.x keys) and tokenizer files in `dir`.
 fn write_transformer_files(dir: &Path, tokenizer_src: &Path, spec: &FolderSpec, max_seq_length: usize) -> Result<(), ModelError> {
-    write_json(
-        dir,
-        "sentence_bert_config.json",
-        &json!({
-            "transformer_task": "fill-mask",
-            "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
-            "module_output_name": "token_embeddings"
-        }),
-    )?;
+    write_json(dir, "sentence_bert_config.json", &json!({"max_seq_length": max_seq_length, "do_lower_case": false}))?;
     write_tokenizer_files(dir, tokenizer_src, spec, max_seq_length)
 }
 
@@ -341,7 +344,7 @@ fn write_pooling(dir: &Path, spec: &FolderSpec) -> Result<(), ModelError> {
         &json!({
             "pooling_strategy": spec.pooling.pooling_strategy,
             "activation_function": spec.pooling.activation_function,
-            "embedding_dimension": spec.pooling.embedding_dimension
+            "word_embedding_dimension": spec.pooling.embedding_dimension
         }),
     )
 }

@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::{Kind, Tensor};
 
+use super::encoder::Architecture;
 use super::ModelError;
+
+/// Weight files looked for in a transformer folder, in this order.
+pub const WEIGHT_FILES: &[&str] = &["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"];
 
 /// Checkpoint tensors by canonical name (`bert.…`, `cls.predictions.…`), taken out one by one
 /// while the model is built so leftovers can be reported.
@@ -19,8 +23,12 @@ pub struct Weights {
 }
 
 /// Maps the legacy and headless spellings onto BertForMaskedLM's names: TF-era `gamma`/`beta`
-/// LayerNorm parameters and a bare `BertModel` (no `bert.` prefix).
-fn canonical_name(name: &str) -> String {
+/// LayerNorm parameters and a bare `BertModel` (no `bert.` prefix). Other architectures keep the
+/// checkpoint's names as they are.
+fn canonical_name(name: &str, arch: Architecture) -> String {
+    if arch != Architecture::Bert {
+        return name.to_string();
+    }
     let mut n = name.to_string();
     if let Some(stem) = n.strip_suffix(".gamma") {
         n = format!("{stem}.weight");
@@ -51,8 +59,82 @@ fn kind_of(dtype: Dtype, file: &Path, name: &str) -> Result<Kind, ModelError> {
 }
 
 impl Weights {
-    /// Reads every tensor of `file` onto the CPU as float32 (integer buffers keep their kind).
+    /// Reads the checkpoint of the transformer folder `dir`: `model.safetensors`, else the shards a
+    /// `model.safetensors.index.json` names, else a `torch.save` archive `pytorch_model.bin`
+    /// (NorBERT4's converter writes one). Names are `arch`'s state-dict names.
+    pub fn load_dir(dir: &Path, arch: Architecture) -> Result<Self, ModelError> {
+        let single = dir.join(WEIGHT_FILES[0]);
+        if single.exists() {
+            return Self::load_as(&single, arch);
+        }
+        let index = dir.join(WEIGHT_FILES[1]);
+        if index.exists() {
+            return Self::load_sharded(&index, arch);
+        }
+        let bin = dir.join(WEIGHT_FILES[2]);
+        if bin.exists() {
+            return Self::load_torch(&bin, arch);
+        }
+        Err(ModelError::file(
+            &single,
+            format!(
+                "missing; a transformer folder needs its weights as one of {} (save the model with save_pretrained)",
+                WEIGHT_FILES.join(", ")
+            ),
+        ))
+    }
+
+    /// Every shard named by the `weight_map` of a sharded checkpoint's index file.
+    fn load_sharded(index: &Path, arch: Architecture) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(index).map_err(|e| ModelError::file(index, format!("cannot read: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::file(index, format!("not valid JSON: {e}")))?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+            ModelError::file(index, "has no \"weight_map\" object; re-save the model with save_pretrained")
+        })?;
+        let shards: std::collections::BTreeSet<&str> = map.values().filter_map(|s| s.as_str()).collect();
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut tensors = BTreeMap::new();
+        for shard in shards {
+            let part = Self::load_as(&dir.join(shard), arch)?;
+            tensors.extend(part.tensors);
+        }
+        for name in map.keys() {
+            if !tensors.contains_key(&canonical_name(name, arch)) {
+                return Err(ModelError::file(index, format!("names tensor '{name}', which none of its shards holds; fetch the model again")));
+            }
+        }
+        Ok(Self { file: index.to_path_buf(), tensors })
+    }
+
+    /// A `torch.save` archive (zip) of a state dict, read by libtorch's pickle loader.
+    fn load_torch(file: &Path, arch: Architecture) -> Result<Self, ModelError> {
+        let named = Tensor::loadz_multi(file).map_err(|e| {
+            ModelError::file(
+                file,
+                format!(
+                    "cannot read as a torch.save state dict ({e}); convert it with \
+                     `model.save_pretrained(dir, safe_serialization=True)`"
+                ),
+            )
+        })?;
+        let mut tensors = BTreeMap::new();
+        for (name, t) in named {
+            let t = if matches!(t.kind(), Kind::Half | Kind::BFloat16 | Kind::Double) { t.to_kind(Kind::Float) } else { t };
+            tensors.insert(canonical_name(&name, arch), t);
+        }
+        Ok(Self { file: file.to_path_buf(), tensors })
+    }
+
+    /// Reads every tensor of the BERT checkpoint `file` onto the CPU as float32 (integer buffers
+    /// keep their kind).
     pub fn load(file: &Path) -> Result<Self, ModelError> {
+        Self::load_as(file, Architecture::Bert)
+    }
+
+    /// Reads every tensor of `file` onto the CPU as float32 (integer buffers keep their kind), named
+    /// as `arch` names them.
+    pub fn load_as(file: &Path, arch: Architecture) -> Result<Self, ModelError> {
         let bytes = std::fs::read(file).map_err(|e| ModelError::file(file, format!("cannot read: {e}")))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| {
             ModelError::file(
@@ -68,7 +150,7 @@ impl Weights {
             if matches!(kind, Kind::Half | Kind::BFloat16 | Kind::Double) {
                 t = t.to_kind(Kind::Float);
             }
-            tensors.insert(canonical_name(&name), t);
+            tensors.insert(canonical_name(&name, arch), t);
         }
         Ok(Self { file: file.to_path_buf(), tensors })
     }
@@ -105,11 +187,12 @@ impl Weights {
         self.tensors.remove(name)
     }
 
-    /// Names that no component consumed, minus buffers transformers itself ignores.
+    /// Names that no component consumed, minus buffers the reference code rebuilds itself
+    /// (`position_ids`, NorBERT3's `position_indices`) and BERT's unused pooler.
     pub fn leftovers(&self) -> Vec<String> {
         self.tensors
             .keys()
-            .filter(|k| !k.ends_with("position_ids") && !k.starts_with("bert.pooler."))
+            .filter(|k| !k.ends_with("position_ids") && !k.ends_with("position_indices") && !k.starts_with("bert.pooler."))
             .cloned()
             .collect()
     }

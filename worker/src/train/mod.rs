@@ -203,6 +203,8 @@ pub fn load_options(cfg: &Config) -> LoadOptions {
             },
             ..PoolingConfig::default()
         }),
+        // The seed's defaults: patch a base model's head; a finished sparse encoder keeps its own code.
+        patch_sigmoid: cfg.model.patch_sigmoid_for_sparsity.or((!cfg.model.load_pretrained_sparse_encoder).then_some(true)),
     }
 }
 

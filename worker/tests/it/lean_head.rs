@@ -80,8 +80,7 @@ fn lean_head_rows_with_all_maxima_non_positive() {
     // Shift the output bias so that some rows have every logit ≤ 0 and others still activate.
     let batch = model.tokenize(&texts(), TextKind::Document).unwrap();
     let row_max: Vec<f64> = tch::no_grad(|| {
-        let hidden = model.mlm.encode(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, false);
-        let logits = model.mlm.logits(&hidden) * batch.attention_mask.unsqueeze(-1).to_kind(Kind::Float);
+        let logits = model.dense_logits(&batch, false) * batch.attention_mask.unsqueeze(-1).to_kind(Kind::Float);
         let m = logits.amax([1i64, 2].as_slice(), false);
         Vec::<f64>::try_from(m.to_kind(Kind::Double)).unwrap()
     });

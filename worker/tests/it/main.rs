@@ -2,6 +2,7 @@
 mod support;
 
 mod amp;
+mod architectures;
 mod cli_errors;
 mod cluster;
 mod eval_parity;
