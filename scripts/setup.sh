@@ -96,6 +96,22 @@ if ((WANT_REFERENCE)); then
     "$REF/bin/pip" install -q -r "$REFREQ"
     rm -f "$REF"/.req-* && touch "$stamp"
   fi
+  # The seed's own stack (sentence-transformers 5.2 / transformers 4.57), as a light second reference
+  # run on the reference venv's torch through PYTHONPATH (scripts/env.sh: SPLADE_ST52_PATH).
+  ST52="$SPLADE_CACHE/st52"
+  st52_pins="sentence-transformers==5.2.0 transformers==4.57.3 huggingface-hub==0.36.0 tokenizers==0.22.1 datasets==4.4.2 httpx httpcore h11 anyio sniffio"
+  stamp="$ST52/.pins-$(echo "$st52_pins" | sha256sum | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    log "installing the sentence-transformers 5.2 / transformers 4.57 light reference into $ST52"
+    rm -rf "$ST52.tmp"
+    # shellcheck disable=SC2086
+    "$REF/bin/pip" install -q --no-deps --target "$ST52.tmp" $st52_pins
+    rm -rf "$ST52" && mv "$ST52.tmp" "$ST52" && touch "$stamp"
+  fi
+  # Tiny random models of the architectures with no model in a PyPI package, made by their reference
+  # code with fixed seeds (each script is idempotent: it skips an up-to-date folder).
+  "$REF/bin/python" "$REPO/scripts/reference/make_tiny_gptbert_v2.py" --out "$MODELS/tiny-gptbert-v2"
+  "$REF/bin/python" "$REPO/scripts/reference/make_tiny_native.py" --out "$MODELS"
 fi
 
 # 6. Optional: headers for `cargo build --features cuda` (the NCCL half of worker/csrc/dist_shim.cpp;

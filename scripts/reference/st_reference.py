@@ -1,9 +1,12 @@
 """sentence-transformers side of the parity tests and benchmarks (runs in the pinned reference venv).
 
 Subcommands (all print or write JSON):
-  encode --model DIR --input FILE --out FILE [--max-length N]
+  encode --model DIR --input FILE --out FILE [--max-length N] [--trust-remote-code] [--batch-size N]
       FILE is a JSON list of {"text", "kind": "query"|"document"}; writes a list of
-      {"indices", "values"} plus the load-time warnings and the model's prompts / max length.
+      {"indices", "values"} plus the load-time warnings, the model's prompts / max length and the
+      sentence-transformers / transformers versions that ran (the seed's 5.2 / 4.57 stack when
+      PYTHONPATH points at the light second reference). --trust-remote-code loads remote-code
+      models (NorBERT3, GPT-BERT) as their users do: SparseEncoder(path, trust_remote_code=True).
   make-tied --base DIR --out DIR
       Builds a SparseEncoder from a bare BertModel (MLM head tied to the word embeddings, transform
       randomly initialised by transformers) and saves it, so both sides hold the same random head.
@@ -53,11 +56,27 @@ def load_capturing(path, **kwargs):
     return model, msgs
 
 
+def remote_code_import_path(folder):
+    """norbench's modeling_norbert.py (the NorBERT3 fixture's copy) imports its configuration
+    absolutely (the Hub release imports it relatively): remote-code loading then needs the model's
+    folders on sys.path. The Hub file needs nothing; the fixture's file needs this on 4.57 and 5.x."""
+    for root, _dirs, files in os.walk(folder):
+        if "configuration_norbert.py" in files and root not in sys.path:
+            sys.path.insert(0, root)
+
+
 def cmd_encode(a):
+    import tempfile
+
     import torch
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model, msgs = load_capturing(a.model)
+    kwargs = {}
+    if a.trust_remote_code:
+        os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="st-reference-modules-"))
+        remote_code_import_path(a.model)
+        kwargs["trust_remote_code"] = True
+    model, msgs = load_capturing(a.model, **kwargs)
     if a.max_length:
         model.max_seq_length = a.max_length
     model.eval()
@@ -70,7 +89,7 @@ def cmd_encode(a):
         texts = [items[i]["text"] for i in idx]
         fn = model.encode_query if kind == "query" else model.encode_document
         with torch.no_grad():
-            emb = fn(texts, batch_size=8, convert_to_tensor=True, convert_to_sparse_tensor=False)
+            emb = fn(texts, batch_size=a.batch_size, convert_to_tensor=True, convert_to_sparse_tensor=False)
         emb = emb.to_dense() if emb.is_sparse else emb
         for j, i in enumerate(idx):
             row = emb[j]
@@ -82,6 +101,8 @@ def cmd_encode(a):
             "warnings": msgs,
             "prompts": model.prompts,
             "max_seq_length": model.max_seq_length,
+            "versions": {"sentence_transformers": __import__("sentence_transformers").__version__,
+                         "transformers": __import__("transformers").__version__},
         },
         open(a.out, "w"),
     )
@@ -101,8 +122,13 @@ def cmd_make_tied(a):
 def cmd_make_inference_free(a):
     import torch
     from sentence_transformers import SparseEncoder
-    from sentence_transformers.base.modules import Router
-    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SparseStaticEmbedding, SpladePooling
+
+    try:  # 6.x
+        from sentence_transformers.base.modules import Router
+        from sentence_transformers.sparse_encoder.modules import MLMTransformer, SparseStaticEmbedding, SpladePooling
+    except ImportError:  # 5.x (the seed's stack)
+        from sentence_transformers.models import Router
+        from sentence_transformers.sparse_encoder.models import MLMTransformer, SparseStaticEmbedding, SpladePooling
 
     mlm = MLMTransformer(a.base, max_seq_length=a.max_length)
     static = SparseStaticEmbedding(tokenizer=mlm.tokenizer, frozen=False)
@@ -125,6 +151,8 @@ def main():
     e.add_argument("--input", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--max-length", type=int)
+    e.add_argument("--trust-remote-code", action="store_true")
+    e.add_argument("--batch-size", type=int, default=8)
     t = sub.add_parser("make-tied")
     t.add_argument("--base", required=True)
     t.add_argument("--out", required=True)

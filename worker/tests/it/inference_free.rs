@@ -1,7 +1,7 @@
 //! Inference-free SPLADE (sentence-transformers' Router: a static per-token table for queries, the
 //! MLM for documents): folders sentence-transformers 6.2 writes load here with the same
-//! embeddings; what we save and train is the layout it writes and loads with the same embeddings;
-//! training matches its trainer step by step and resumes exactly.
+//! embeddings; what we save and train is the layout the seed's 5.2 writes, and loads in 5.2 and 6.2
+//! with the same embeddings; training matches its trainer step by step and resumes exactly.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,15 +12,20 @@ use splade_worker::model::{LoadOptions, SparseEncoder, TextKind, WindowSpec, STA
 use splade_worker::train::{run_training, TrainOptions, Trainer};
 use tch::{Device, Tensor};
 
-use crate::parity::{assert_all_close, ours, theirs, weight_warnings};
+use crate::parity::{assert_all_close, ours, theirs, theirs_on, weight_warnings};
 use crate::support::*;
 use crate::train::{small_pairs, tiny_config, train_steps};
 
-/// An inference-free SparseEncoder built and saved by sentence-transformers from SPLADE-tiny, with
-/// a random (not all-ones) static table so that a loader ignoring it cannot pass.
+/// An inference-free SparseEncoder built and saved by sentence-transformers 6.2 from SPLADE-tiny,
+/// with a random (not all-ones) static table so that a loader ignoring it cannot pass.
 fn st_folder(tmp: &Path) -> PathBuf {
-    let dir = tmp.join("st-inference-free");
-    st_reference(&[
+    st_folder_on(Stack::St62, tmp)
+}
+
+/// [`st_folder`] built and saved by the sentence-transformers of `stack`.
+fn st_folder_on(stack: Stack, tmp: &Path) -> PathBuf {
+    let dir = tmp.join(format!("st-inference-free-{}", stack.version()));
+    st_reference_on(stack, &[
         "make-inference-free",
         "--base",
         model("splade-tiny").to_str().unwrap(),
@@ -33,7 +38,9 @@ fn st_folder(tmp: &Path) -> PathBuf {
     dir
 }
 
-/// Relative paths of the files under `dir`, without the model card and our side file.
+/// Relative paths of the files under `dir`, without the model card, our side file and the tokenizer
+/// files that only some transformers versions write (4.57 adds `special_tokens_map.json` and
+/// `vocab.txt`, 5.x does not; we copy whichever the source folder has, and both stacks load either).
 fn layout(dir: &Path) -> BTreeSet<String> {
     fn walk(root: &Path, d: &Path, out: &mut BTreeSet<String>) {
         for e in std::fs::read_dir(d).unwrap() {
@@ -42,7 +49,8 @@ fn layout(dir: &Path) -> BTreeSet<String> {
                 walk(root, &p, out);
             } else {
                 let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
-                if rel != "README.md" && rel != "splade_encoder.json" && !rel.ends_with("manifest.json") {
+                let optional_tokenizer_file = rel.ends_with("special_tokens_map.json") || rel.ends_with("vocab.txt");
+                if rel != "README.md" && rel != "splade_encoder.json" && !rel.ends_with("manifest.json") && !optional_tokenizer_file {
                     out.insert(rel);
                 }
             }
@@ -89,20 +97,24 @@ fn inference_free_sentence_transformers_folder_loads_and_round_trips() {
     let e = model.encode_windowed(&["a query"], TextKind::Query, &spec, 4).unwrap_err().to_string();
     assert!(e.contains("static token table"), "{e}");
 
-    // Saving writes sentence-transformers' own layout, and it loads there with the same embeddings.
+    // Saving writes the layout the seed's sentence-transformers 5.2 writes (6.2 loads it too), and it
+    // loads in both with the same embeddings.
     let saved = tmp.path().join("ours");
     model.save(&saved).unwrap();
-    assert_eq!(layout(&saved), layout(&dir), "file layout differs from sentence-transformers' save");
+    let st52 = st_folder_on(Stack::St52, tmp.path());
+    assert_eq!(layout(&saved), layout(&st52), "file layout differs from sentence-transformers 5.2's save");
     for f in ["modules.json", "router_config.json", "query_0_SparseStaticEmbedding/config.json", "document_1_SpladePooling/config.json",
         "document_0_MLMTransformer/sentence_bert_config.json"]
     {
-        assert_eq!(json(&saved.join(f)), json(&dir.join(f)), "{f} differs from sentence-transformers'");
+        assert_eq!(json(&saved.join(f)), json(&st52.join(f)), "{f} differs from sentence-transformers 5.2's");
     }
     let ours_again = ours(&saved, &LoadOptions::default(), &texts);
     assert_all_close(&ours_again, &mine, &texts, "reloaded from our save");
-    let (st_again, meta) = theirs(&saved, &texts);
-    assert!(weight_warnings(&meta).is_empty(), "sentence-transformers warned on our folder: {:?}", weight_warnings(&meta));
-    assert_all_close(&ours_again, &st_again, &texts, "our saved inference-free folder in sentence-transformers");
+    for stack in [Stack::St52, Stack::St62] {
+        let (st_again, meta) = theirs_on(stack, &saved, &texts, false, 8);
+        assert!(weight_warnings(&meta).is_empty(), "sentence-transformers {} warned on our folder: {:?}", stack.version(), weight_warnings(&meta));
+        assert_all_close(&ours_again, &st_again, &texts, &format!("our saved inference-free folder in sentence-transformers {}", stack.version()));
+    }
 }
 
 /// A config for inference-free SPLADE from SPLADE-tiny: `training` and `model` lines added.

@@ -20,8 +20,14 @@ pub(crate) fn ours(dir: &Path, opts: &LoadOptions, texts: &[(String, bool)]) -> 
         .collect()
 }
 
-/// Encodes with sentence-transformers; returns the embeddings and the run's metadata.
+/// Encodes with sentence-transformers 6.2; returns the embeddings and the run's metadata.
 pub(crate) fn theirs(dir: &Path, texts: &[(String, bool)]) -> (Vec<Sparse>, serde_json::Value) {
+    theirs_on(Stack::St62, dir, texts, false, 8)
+}
+
+/// Encodes with sentence-transformers on `stack` (`remote`: `trust_remote_code=True`) in batches of
+/// `batch_size`; returns the embeddings and the run's metadata, after checking the run used that stack.
+pub(crate) fn theirs_on(stack: Stack, dir: &Path, texts: &[(String, bool)], remote: bool, batch_size: usize) -> (Vec<Sparse>, serde_json::Value) {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.json");
     let items: Vec<_> = texts
@@ -30,8 +36,15 @@ pub(crate) fn theirs(dir: &Path, texts: &[(String, bool)]) -> (Vec<Sparse>, serd
         .collect();
     std::fs::write(&input, serde_json::to_string(&items).unwrap()).unwrap();
     let out = tmp.path().join("out.json");
-    st_reference(&["encode", "--model", dir.to_str().unwrap(), "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let mut args = vec!["encode", "--model", dir.to_str().unwrap(), "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    if remote {
+        args.push("--trust-remote-code");
+    }
+    let bs = batch_size.to_string();
+    args.extend(["--batch-size", bs.as_str()]);
+    st_reference_on(stack, &args);
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    assert_eq!(v["versions"]["sentence_transformers"], stack.version(), "ran on the wrong stack");
     let embs = v["embeddings"]
         .as_array()
         .unwrap()

@@ -28,16 +28,46 @@ pub fn ref_python() -> PathBuf {
     p
 }
 
-/// Runs `scripts/reference/st_reference.py` with `args` in the reference venv; panics with its
+/// Which sentence-transformers runs a reference script: the reference venv's 6.2 / transformers 5.24,
+/// or the seed's pinned 5.2 / 4.57 (the light second reference on the same torch, first on PYTHONPATH).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    St62,
+    St52,
+}
+
+impl Stack {
+    /// The `sentence_transformers.__version__` this stack reports.
+    pub fn version(self) -> &'static str {
+        match self {
+            Stack::St62 => "6.2.0",
+            Stack::St52 => "5.2.0",
+        }
+    }
+
+    /// A reference-venv command for `script` on this stack, offline.
+    pub fn python(self, script: &str) -> Command {
+        let mut cmd = Command::new(ref_python());
+        cmd.arg(repo().join("scripts/reference").join(script)).env("HF_HUB_OFFLINE", "1");
+        if self == Stack::St52 {
+            let p = std::env::var("SPLADE_ST52_PATH").map(PathBuf::from).unwrap_or_else(|_| cache().join("st52"));
+            assert!(p.join("sentence_transformers").exists(), "{} missing: run scripts/setup.sh --reference", p.display());
+            cmd.env("PYTHONPATH", p);
+        }
+        cmd
+    }
+}
+
+/// Runs `scripts/reference/st_reference.py` with `args` in the reference venv (6.2); panics with its
 /// stderr on failure.
 pub fn st_reference(args: &[&str]) {
-    let out = Command::new(ref_python())
-        .arg(repo().join("scripts/reference/st_reference.py"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("spawn reference python");
-    assert!(out.status.success(), "st_reference.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    st_reference_on(Stack::St62, args)
+}
+
+/// [`st_reference`] on `stack`.
+pub fn st_reference_on(stack: Stack, args: &[&str]) {
+    let out = stack.python("st_reference.py").args(args).output().expect("spawn reference python");
+    assert!(out.status.success(), "st_reference.py {args:?} on {stack:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// 30 texts: Norwegian NorQuAD questions and passages (several far longer than 256 tokens) and
