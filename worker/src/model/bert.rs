@@ -331,7 +331,7 @@ impl MaskedLm for BertForMaskedLm {
         BertForMaskedLm::encode(self, &batch.input_ids, &batch.token_type_ids, &batch.attention_mask, train)
     }
 
-    fn head_transform(&self, hidden: &Tensor) -> Tensor {
+    fn head_transform(&self, hidden: &Tensor, _train: bool) -> Tensor {
         self.head.transform(hidden)
     }
 

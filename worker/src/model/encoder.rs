@@ -132,7 +132,7 @@ pub struct HeadLayout {
 /// A masked-LM encoder plus its MLM head, with parameters in a [`nn::VarStore`] under the
 /// checkpoint's own state-dict names.
 ///
-/// Guarantee for implementors: `decoder_weight() · head_transform(encode(batch))ᵀ + decoder_bias()`
+/// Guarantee for implementors: `decoder_weight() · head_transform(encode(batch), false)ᵀ + decoder_bias()`
 /// is the reference implementation's MLM head output before any of [`HeadLayout`]'s changes
 /// (the fixtures' `mlm_raw`).
 pub trait MaskedLm: Send {
@@ -142,8 +142,9 @@ pub trait MaskedLm: Send {
     /// padding never changes the real positions' states beyond float rounding.
     fn encode(&self, batch: &Batch, train: bool) -> Tensor;
 
-    /// The head's per-token transform [B, L, H] → [B, L, H'] (everything before the decoder).
-    fn head_transform(&self, hidden: &Tensor) -> Tensor;
+    /// The head's per-token transform [B, L, H] → [B, L, H'] (everything before the decoder);
+    /// `train` turns on the head's own dropout where the architecture has one (NorBERT3).
+    fn head_transform(&self, hidden: &Tensor, train: bool) -> Tensor;
 
     /// The decoder weight [V, H'] (the word embeddings where tied).
     fn decoder_weight(&self) -> &Tensor;

@@ -593,7 +593,7 @@ impl MaskedLm for GptBertForMaskedLm {
         h
     }
 
-    fn head_transform(&self, hidden: &Tensor) -> Tensor {
+    fn head_transform(&self, hidden: &Tensor, _train: bool) -> Tensor {
         self.classifier.transform(hidden)
     }
 

@@ -357,7 +357,7 @@ impl SparseEncoder {
     pub fn forward_with_head(&self, batch: &Batch, train: bool, lean: bool) -> Tensor {
         let hidden = self.mlm.encode(batch, train);
         let layout = self.mlm.head_layout();
-        let t = self.mlm.head_transform(&hidden);
+        let t = self.mlm.head_transform(&hidden, train);
         let mask = match layout.shifted_bos {
             // logits[:, s] = raw[:, s − 1]: raw position p counts where position p + 1 is real.
             Some(_) => {
@@ -404,7 +404,7 @@ impl SparseEncoder {
     pub fn dense_logits(&self, batch: &Batch, train: bool) -> Tensor {
         let hidden = self.mlm.encode(batch, train);
         let layout = self.mlm.head_layout();
-        let mut raw = self.mlm.head_transform(&hidden).matmul(&self.mlm.decoder_weight().tr()) + self.mlm.decoder_bias();
+        let mut raw = self.mlm.head_transform(&hidden, train).matmul(&self.mlm.decoder_weight().tr()) + self.mlm.decoder_bias();
         if let Some(sq) = layout.squash {
             raw = sq.apply(&raw);
         }

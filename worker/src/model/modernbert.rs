@@ -663,7 +663,7 @@ impl MaskedLm for ModernBertForMaskedLm {
         self.final_norm.forward(&xs)
     }
 
-    fn head_transform(&self, hidden: &Tensor) -> Tensor {
+    fn head_transform(&self, hidden: &Tensor, _train: bool) -> Tensor {
         self.head.forward(hidden)
     }
 

@@ -13,7 +13,6 @@
 //! Variable names in the [`tch::nn::VarStore`] are exactly the checkpoint's
 //! (`embedding.word_embedding.weight`, `transformer.layers.0.attention.in_proj_qk.weight`, …).
 
-use std::cell::Cell;
 use std::path::Path as FsPath;
 
 use serde::Deserialize;
@@ -393,9 +392,6 @@ pub struct NorbertForMaskedLm {
     pad_token_id: i64,
     /// Every trainable tensor by state-dict name, in load order (shallow clones of the variables).
     params: Vec<(String, Tensor)>,
-    /// The `train` flag of the last [`MaskedLm::encode`]: the reference's head has a dropout, and
-    /// [`MaskedLm::head_transform`] is always called on the output of the encode just before it.
-    head_train: Cell<bool>,
 }
 
 /// Builds the model from `config.json` and the checkpoint. The tied decoder weight
@@ -468,7 +464,6 @@ pub fn load(args: LoadArgs<'_>) -> Result<Box<dyn MaskedLm>, ModelError> {
         classifier,
         pad_token_id,
         params,
-        head_train: Cell::new(false),
     }))
 }
 
@@ -500,7 +495,6 @@ impl MaskedLm for NorbertForMaskedLm {
     }
 
     fn encode(&self, batch: &Batch, train: bool) -> Tensor {
-        self.head_train.set(train);
         let device = batch.input_ids.device();
         let (b, len) = batch.input_ids.size2().expect("input ids are [batch, seq]");
         let padding = batch.attention_mask.eq(0).view([b, 1, 1, len]);
@@ -519,8 +513,8 @@ impl MaskedLm for NorbertForMaskedLm {
         xs
     }
 
-    fn head_transform(&self, hidden: &Tensor) -> Tensor {
-        self.classifier.transform(hidden, self.head_train.get())
+    fn head_transform(&self, hidden: &Tensor, train: bool) -> Tensor {
+        self.classifier.transform(hidden, train)
     }
 
     fn decoder_weight(&self) -> &Tensor {

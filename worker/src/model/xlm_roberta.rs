@@ -468,7 +468,7 @@ impl MaskedLm for XlmRobertaForMaskedLm {
         xs
     }
 
-    fn head_transform(&self, hidden: &Tensor) -> Tensor {
+    fn head_transform(&self, hidden: &Tensor, _train: bool) -> Tensor {
         self.head.transform(hidden)
     }
 

@@ -87,7 +87,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 fn hidden_and_raw(enc: &SparseEncoder, b: &Batch) -> (Tensor, Tensor) {
     let _guard = tch::no_grad_guard();
     let h = enc.mlm.encode(b, false);
-    let raw = enc.mlm.head_transform(&h).matmul(&enc.mlm.decoder_weight().tr()) + enc.mlm.decoder_bias();
+    let raw = enc.mlm.head_transform(&h, false).matmul(&enc.mlm.decoder_weight().tr()) + enc.mlm.decoder_bias();
     (h, raw)
 }
 

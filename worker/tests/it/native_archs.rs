@@ -90,7 +90,7 @@ fn check_model(name: &str, arch: Architecture, aliases: &[(&str, &str)], min_len
     {
         let _guard = tch::no_grad_guard();
         let h = enc.mlm.encode(&b, false);
-        let raw = enc.mlm.head_transform(&h).matmul(&enc.mlm.decoder_weight().tr()) + enc.mlm.decoder_bias();
+        let raw = enc.mlm.head_transform(&h, false).matmul(&enc.mlm.decoder_weight().tr()) + enc.mlm.decoder_bias();
         let dh = max_diff_real(&h, &reference["last_hidden_state"], &b.attention_mask);
         let dr = max_diff_real(&raw, &reference["mlm_raw"], &b.attention_mask);
         let finite = h.isfinite().all().int64_value(&[]) == 1;

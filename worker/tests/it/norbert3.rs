@@ -44,8 +44,8 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 /// The head's raw per-token output `decoder(transform(hidden))` [B, L, V].
-fn raw_head(enc: &SparseEncoder, hidden: &Tensor) -> Tensor {
-    enc.mlm.head_transform(hidden).matmul(&enc.mlm.decoder_weight().tr()) + enc.mlm.decoder_bias()
+fn raw_head(enc: &SparseEncoder, hidden: &Tensor, train: bool) -> Tensor {
+    enc.mlm.head_transform(hidden, train).matmul(&enc.mlm.decoder_weight().tr()) + enc.mlm.decoder_bias()
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn norbert3_hidden_states_and_head_output_match_reference_on_padded_batch() {
     let hidden = enc.mlm.encode(&b, false);
     let real = fx["attention_mask"].to_kind(Kind::Float).unsqueeze(-1);
     let d_hidden = max_abs(&(&hidden * &real), &(&fx["last_hidden_state"] * &real));
-    let raw = raw_head(&enc, &hidden);
+    let raw = raw_head(&enc, &hidden, false);
     let d_raw_real = max_abs(&(&raw * &real), &(&fx["mlm_raw"] * &real));
     let d_raw_all = max_abs(&raw, &fx["mlm_raw"]);
     eprintln!("norbert3 padded batch: hidden (real tokens) {d_hidden:e}, mlm_raw real tokens {d_raw_real:e}, all positions {d_raw_all:e}");
@@ -81,7 +81,7 @@ fn norbert3_long_input_past_the_bucket_table_matches_reference_and_leaves_no_sta
     let long = batch(ids, &ids.ones_like());
     let d_long = max_abs(&enc.mlm.encode(&long, false), &fx["long_last_hidden_state"]);
     let b = batch(&fx["input_ids"], &fx["attention_mask"]);
-    let d_after = max_abs(&raw_head(&enc, &enc.mlm.encode(&b, false)), &fx["mlm_raw"]);
+    let d_after = max_abs(&raw_head(&enc, &enc.mlm.encode(&b, false), false), &fx["mlm_raw"]);
     eprintln!("norbert3 long input (193 tokens): hidden {d_long:e}; padded batch afterwards: mlm_raw {d_after:e}");
     assert!(d_long < TOL, "long_last_hidden_state differs by {d_long:e}");
     assert!(d_after < TOL, "after a long input the padded batch's mlm_raw differs by {d_after:e}");
@@ -222,8 +222,7 @@ fn norbert3_dropout_override_zero_makes_training_forward_equal_eval() {
     assert!(d_off < TOL, "with dropout 0 the training forward differs from the reference by {d_off:e}");
     // Only the head's dropout is left on: the encoder is exact, the head output is not.
     let hidden = plain.mlm.encode(&b, false);
-    let _ = plain.mlm.encode(&b, true); // sets training mode for the head
-    let d_head = max_abs(&raw_head(&plain, &hidden), &fx["mlm_raw"]);
+    let d_head = max_abs(&raw_head(&plain, &hidden, true), &fx["mlm_raw"]);
     assert!(d_head > 1e-2, "the head's dropout did not act in training ({d_head:e})");
 }
 
@@ -241,7 +240,7 @@ fn norbert3_saved_folder_loads_in_the_reference_with_equal_outputs() {
     let _g = tch::no_grad_guard();
     let again = load(&out);
     let b = batch(&fx["input_ids"], &fx["attention_mask"]);
-    let d_ours = max_abs(&raw_head(&again, &again.mlm.encode(&b, false)), &fx["mlm_raw"]);
+    let d_ours = max_abs(&raw_head(&again, &again.mlm.encode(&b, false), false), &fx["mlm_raw"]);
     eprintln!("norbert3 saved folder: reference mlm_raw {d_ref:e}, our reload {d_ours:e}");
     assert!(d_ref < TOL, "the reference run on the saved folder differs by {d_ref:e}");
     assert!(d_ours < TOL, "our reload of the saved folder differs by {d_ours:e}");
