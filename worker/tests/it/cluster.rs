@@ -137,7 +137,7 @@ pub(crate) fn spawn_two_with_ledger(addr: SocketAddr, dir: &Path, moto: &splade_
 pub(crate) struct Worker {
     pub(crate) id: String,
     pub(crate) child: Child,
-    log: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl Worker {

@@ -6,6 +6,7 @@ mod cli_errors;
 mod cluster;
 mod eval_parity;
 mod lean_head;
+mod one_loop;
 mod dist;
 mod inference_free;
 mod parity;
