@@ -36,7 +36,8 @@
 //! Data: the assignment points at the coordinator's published data plan; the worker checks its
 //! sha256, reads only its slice of each global batch with ranged reads on a prefetch thread
 //! ([`crate::train::fetch`]) and takes the global batch's labels from the plan. That plan is the one
-//! `splade train` builds for the same config (`crate::train::build_plan`, config order).
+//! `splade train` builds for the same config (`crate::train::build_plan`, config order); without a
+//! data plan the worker loads every dataset and builds it itself.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -137,11 +138,11 @@ pub fn config_from_assignment(text: &str) -> Result<Config, NodeError> {
     c.map_err(|e| setup(format!("the coordinator's config: {e}")))
 }
 
-/// sha256 of a checkpoint's manifest as the coordinator and the workers agree to compute it
-/// (the pretty JSON of the parsed manifest).
+/// The digest of a checkpoint's manifest that the coordinator checks ([`Manifest::digest`]).
+///
+/// [`Manifest::digest`]: splade_common::store::checkpoint::Manifest::digest
 pub fn manifest_digest(m: &splade_common::store::checkpoint::Manifest) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(serde_json::to_vec_pretty(m).expect("manifest serializes")))
+    m.digest()
 }
 
 /// Joins the coordinator and trains until the job completes (`Ok`) or fails. SIGTERM/SIGINT: see the module docs.
@@ -310,27 +311,34 @@ impl Generation<'_> {
         if let Some(n) = cfg.hardware.num_threads {
             tch::set_num_threads(n as i32);
         }
-        let r = a.data_plan.as_ref().ok_or_else(|| {
-            setup("the assignment carries no data plan; run a coordinator of this version (it publishes one)")
-        })?;
-        let r = DataPlanRef { location: r.location.clone(), sha256: r.sha256.clone() };
-        let data_plan = block_on(DataPlan::fetch(&r, &StoreOptions::from_env()))
-            .map_err(|e| setup(format!("the assignment's data plan: {e}")))?;
-        if data_plan.global_batch_size != a.global_batch_size as usize {
-            return Err(setup(format!(
-                "data plan {} has global batches of {} but the assignment {}",
-                r.location, data_plan.global_batch_size, a.global_batch_size
-            )));
-        }
-        tracing::info!(data_plan = r.location, "reading this rank's slices through the data plan");
-        let mut trainer = Trainer::with_plan(cfg, self.device, data_plan.plan(), a.micro_batches_per_rank as usize)
-            .map_err(|e| setup(e.to_string()))?;
+        // With a published data plan this rank reads only its slices; without one (a coordinator started
+        // without `plan_job`) it loads every dataset and plans with the same code (`Trainer::new`).
+        let (mut trainer, data_plan) = match &a.data_plan {
+            Some(r) => {
+                let r = DataPlanRef { location: r.location.clone(), sha256: r.sha256.clone() };
+                let plan = block_on(DataPlan::fetch(&r, &StoreOptions::from_env()))
+                    .map_err(|e| setup(format!("the assignment's data plan: {e}")))?;
+                if plan.global_batch_size != a.global_batch_size as usize {
+                    return Err(setup(format!(
+                        "data plan {} has global batches of {} but the assignment {}",
+                        r.location, plan.global_batch_size, a.global_batch_size
+                    )));
+                }
+                tracing::info!(data_plan = r.location, "reading this rank's slices through the data plan");
+                let t = Trainer::with_plan(cfg, self.device, plan.plan(), a.micro_batches_per_rank as usize);
+                (t.map_err(|e| setup(e.to_string()))?, Some(plan))
+            }
+            None => {
+                let t = Trainer::new(cfg, self.device, a.global_batch_size as usize, a.micro_batches_per_rank as usize);
+                (t.map_err(|e| setup(e.to_string()))?, None)
+            }
+        };
         if let Some(p) = self.dump_batches {
             crate::train::run::dump_batches(&trainer.plan, p).map_err(|e| setup(e.to_string()))?;
         }
         if trainer.state.total_steps != a.total_steps {
             return Err(setup(format!(
-                "the data plan has {} steps but the coordinator {}; both must read the same datasets",
+                "this worker plans {} steps but the coordinator {}; both must read the same datasets",
                 trainer.state.total_steps, a.total_steps
             )));
         }
@@ -378,7 +386,10 @@ impl Generation<'_> {
             },
         )
         .map_err(|e| setup(e.to_string()))?;
-        let source = BatchSource::slices(data_plan, trainer.state.global_step + 1, rank, world, StoreOptions::from_env());
+        let source = match data_plan {
+            Some(p) => BatchSource::slices(p, trainer.state.global_step + 1, rank, world, StoreOptions::from_env()),
+            None => BatchSource::Loaded,
+        };
         self.session.set_position(Some(a.generation), trainer.state.global_step);
         let mut hooks = RankHooks {
             gen: self,

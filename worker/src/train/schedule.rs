@@ -306,8 +306,6 @@ pub fn run(
                 saved_at = step;
                 last_checkpoint = Some(url);
             }
-        } else if schedule.log_due(step) {
-            log_step(stats, sps);
         }
         if step < total {
             hooks.step_done(trainer, &done, sps);

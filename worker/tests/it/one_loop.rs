@@ -279,3 +279,100 @@ async fn cluster_sigterm_worker_leaves_and_the_job_goes_on_without_a_restart() {
         assert_eq!(rows, &planned, "step {step}: consumed rows differ from the plan");
     }
 }
+
+/// Two workers with `eval_strategy: steps`, `report_to: [tensorboard, mlflow]` (a real `mlflow server`),
+/// `load_best_model_at_end` and `save_total_limit: 1`: rank 0 alone writes the TensorBoard events and the
+/// MLflow run, evaluates at every `eval_steps`, keeps the best checkpoint and puts its weights in `final/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_two_workers_eval_steps_reporters_and_best_model_from_rank_0() {
+    use splade_common::testkit::tools::{obs_check, MlflowServer};
+    let server = tokio::task::spawn_blocking(MlflowServer::start).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = crate::cluster::write_data(tmp.path(), 64);
+    let out = tmp.path().join("out");
+    let task = crate::cluster::write_tiny_task(tmp.path());
+    let steps = 8;
+    let training = "  report_to: [tensorboard, mlflow]\n  run_name: cluster-run\n  learning_rate: 3.0e-3\n  eval_strategy: steps\n  eval_steps: 2\n  \
+                    save_total_limit: 1\n  load_best_model_at_end: true\n  metric_for_best_model: eval_norquad-tiny_ndcg@10\n";
+    let yaml = crate::cluster::job_yaml(&out, &data, 4, 8, steps, 2, (2, 2))
+        .replace("  learning_rate: 1.0e-3\n", "")
+        .replace("  report_to: none\n", training)
+        + &format!(
+            "evaluation:\n  tasks:\n    - name: norquad-tiny\n      source: {}\n      split: dev\nmlflow:\n  tracking_uri: {}\n  experiment_name: cluster-it\n",
+            task.display(),
+            server.uri
+        );
+    let cfg = Config::from_str(&yaml, "cluster-best.yaml").unwrap();
+    let handle = coordinator_with_max_steps(&cfg).await;
+    let addr = handle.local_addr();
+    let mut workers = vec![spawn_worker(addr, "w0", tmp.path(), TOKEN, &[], None), spawn_worker(addr, "w1", tmp.path(), TOKEN, &[], None)];
+    let outcome = finish(handle, &mut workers).await;
+    assert_eq!(outcome, JobOutcome::Completed { final_step: steps as u64 }, "w0:\n{}\nw1:\n{}", workers[0].log(), workers[1].log());
+    for w in &mut workers {
+        assert!(exit_ok(w, Duration::from_secs(60)), "{}:\n{}", w.id, w.log());
+    }
+
+    // metrics.jsonl (rank 0's): every step once, an evaluation at each eval_steps and at the end.
+    let series = scalar_series(&out.join("metrics.jsonl"));
+    assert_eq!(series.keys().copied().collect::<Vec<_>>(), (1..=steps as u64).collect::<Vec<_>>());
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let loss_lines = text.lines().filter(|l| l.contains("\"train/loss\"")).count();
+    assert_eq!(loss_lines, steps, "one writer: each step's loss logged once");
+    let ndcg: Vec<(u64, f64)> =
+        series.iter().filter_map(|(s, v)| v.get("eval_norquad-tiny_ndcg@10").map(|x| (*s, *x))).collect();
+    assert_eq!(ndcg.iter().map(|p| p.0).collect::<Vec<_>>(), vec![2, 4, 6, 8], "eval steps");
+
+    // TensorBoard: one event file, from rank 0, with the training and evaluation series.
+    let logdir = out.join("runs/cluster-run");
+    let files: Vec<_> = std::fs::read_dir(&logdir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(files.len(), 1, "event files {files:?}");
+    let tb = obs_check(&["tb", logdir.to_str().unwrap()], &[]);
+    let tb_steps: Vec<u64> = tb["scalars"]["train/loss"].as_array().unwrap().iter().map(|p| p[0].as_u64().unwrap()).collect();
+    assert_eq!(tb_steps, (1..=steps as u64).collect::<Vec<_>>());
+    assert!(tb["scalars"]["eval_norquad-tiny_ndcg@10"].as_array().is_some_and(|a| a.len() == 4), "{tb}");
+
+    // MLflow: exactly one run (obs_check refuses more), finished, with the loss of every step.
+    let run = obs_check(&["mlflow", &server.uri, "cluster-it"], &[]);
+    assert_eq!(run["status"], "FINISHED", "{run}");
+    assert_eq!(run["run_name"], "cluster-run");
+    assert_eq!(run["metrics"]["train/loss"].as_array().map(Vec::len), Some(steps), "{run}");
+
+    // The best evaluated checkpoint is kept (save_total_limit 1 keeps the newest and the best) and final/
+    // holds its weights, unless the last step's model (evaluated at the end) was the best.
+    let (best_step, best) = ndcg.iter().fold((0, f64::NEG_INFINITY), |acc, p| if p.1 > acc.1 { *p } else { acc });
+    let mut kept: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    kept.sort();
+    let final_w = weights(&out.join("final"));
+    let same = |dir: &Path| {
+        let w = weights(dir);
+        final_w.iter().all(|(k, t)| t.equal(&w[k]))
+    };
+    eprintln!("evaluations {ndcg:?}; best step {best_step} ({best:.4}); kept {kept:?}");
+    if best_step == steps as u64 {
+        // No checkpoint at the end of a cluster run: the newest is 6 (and the best before step 8 stays protected).
+        assert!(kept.contains(&"checkpoint-6".to_string()) && kept.len() <= 2, "{kept:?}");
+        assert!(!same(&out.join("checkpoint-6")), "the last step's model is the best but final/ holds checkpoint 6");
+    } else {
+        let mut want = vec![format!("checkpoint-{best_step}"), "checkpoint-6".to_string()];
+        want.sort();
+        want.dedup();
+        assert_eq!(kept, want);
+        assert!(same(&out.join(format!("checkpoint-{best_step}"))), "final/ is not the best checkpoint {best_step}");
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint-6/trainer_state.json")).unwrap()).unwrap();
+        assert_eq!(state["best_checkpoint"], format!("checkpoint-{best_step}"), "{state}");
+    }
+}
+
+/// An in-process coordinator for a `max_steps` config.
+async fn coordinator_with_max_steps(cfg: &Config) -> CoordinatorHandle {
+    let (cluster, mut job) = splade_coordinator::config::from_config(cfg).unwrap();
+    splade_coordinator::config::plan_job(cfg, &mut job, &splade_common::store::StoreOptions::default()).await.unwrap();
+    let mut opts = CoordinatorOptions::new(cluster, job, "127.0.0.1:0".parse().unwrap(), JoinToken::new(TOKEN).unwrap());
+    opts.verifier = Arc::new(StoreVerifier::new(Location::parse(&cfg.training.output_dir).unwrap()));
+    splade_coordinator::start(opts).await.unwrap()
+}
