@@ -29,7 +29,7 @@ pub enum ConfigError {
 /// Reads and validates `path`, returning the parsed config with the coordinator's settings derived from it.
 /// `cluster.global_batch_size` defaults to `training.per_device_train_batch_size` x
 /// `training.gradient_accumulation_steps` x `cluster.max_workers`, i.e. what a full world trains per step.
-/// `training.max_steps` is required.
+/// With `training.max_steps: -1` the job's step count comes from the plan (`num_train_epochs`): see [`plan_job`].
 pub fn load(path: &Path) -> Result<(Config, ClusterSettings, JobSpec), ConfigError> {
     let cfg = Config::from_path(path)?;
     let (cluster, job) = from_config(&cfg)?;
@@ -85,7 +85,8 @@ pub async fn publish_data_plan(
     let data = load_training_data(cfg, options).await.map_err(dataset)?;
     let plan = DataPlan::build(cfg, &data, job.global_batch_size as usize)
         .map_err(|source| ConfigError::Plan { path: cfg.origin.clone(), source })?;
-    if plan.batches.len() as u64 != job.total_steps {
+    // With `num_train_epochs` the plan decides the step count ([`plan_job`]); `max_steps` must be met.
+    if cfg.training.max_steps().is_some() && plan.batches.len() as u64 != job.total_steps {
         return Err(ConfigError::Key {
             path: cfg.origin.clone(),
             key: "training.max_steps".into(),
@@ -103,7 +104,21 @@ pub async fn publish_data_plan(
     Ok((plan, splade_proto::domain::DataPlanRef { location: r.location, sha256: r.sha256 }))
 }
 
-/// Derives the coordinator's settings from a parsed config (validated here).
+/// Publishes the data plan ([`publish_data_plan`]) and completes `job` with it: the plan's location and, when
+/// the config trains for `num_train_epochs` (`max_steps: -1`), the step count the plan has.
+pub async fn plan_job(
+    cfg: &Config,
+    job: &mut JobSpec,
+    options: &splade_common::store::StoreOptions,
+) -> Result<splade_common::data::DataPlan, ConfigError> {
+    let (plan, r) = publish_data_plan(cfg, job, options).await?;
+    job.total_steps = plan.batches.len() as u64;
+    job.data_plan = Some(r);
+    Ok(plan)
+}
+
+/// Derives the coordinator's settings from a parsed config (validated here). Without `training.max_steps` the
+/// job's `total_steps` is 0 until [`plan_job`] sets it from the plan.
 pub fn from_config(cfg: &Config) -> Result<(ClusterSettings, JobSpec), ConfigError> {
     cfg.validate()?;
     let o = cfg.origin.as_str();
@@ -129,13 +144,8 @@ pub fn from_config(cfg: &Config) -> Result<(ClusterSettings, JobSpec), ConfigErr
     let t = &cfg.training;
     let per_device = count("training.per_device_train_batch_size", t.per_device_train_batch_size, o)?;
     let accumulation = count("training.gradient_accumulation_steps", t.gradient_accumulation_steps.max(1), o)?;
-    let total_steps = t.max_steps().ok_or_else(|| ConfigError::Key {
-        path: o.into(),
-        key: "training.max_steps".into(),
-        problem: "is not set; cluster training needs a step count (num_train_epochs is not supported by the \
-                  coordinator yet)"
-            .into(),
-    })?;
+    // `num_train_epochs`: the plan gives the count (`plan_job`).
+    let total_steps = t.max_steps().unwrap_or(0);
     let global_batch_size = match c.global_batch_size {
         Some(g) => count("cluster.global_batch_size", g, o)?,
         None => per_device.saturating_mul(accumulation).saturating_mul(cluster.max_workers),
@@ -212,10 +222,21 @@ cluster:
         assert!(e.starts_with("job.yaml: cannot plan batches") && e.contains("48"), "{e}");
     }
 
-    #[test]
-    fn missing_steps_are_named() {
-        let cfg = Config::from_str(&CFG.replace("  max_steps: 7\n", ""), "job.yaml").unwrap();
-        let e = from_config(&cfg).unwrap_err().to_string();
-        assert!(e.contains("job.yaml") && e.contains("training.max_steps"), "{e}");
+    #[tokio::test]
+    async fn num_train_epochs_without_max_steps_takes_the_step_count_from_the_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d.jsonl");
+        let lines: String = (0..40).map(|i| format!("{{\"anchor\": \"q{i}\", \"positive\": \"p{i}\"}}\n")).collect();
+        std::fs::write(&data, lines).unwrap();
+        // As the seed configs write it: epochs, and max_steps -1.
+        let text = CFG.replace("  max_steps: 7\n", &format!("  max_steps: -1\n  num_train_epochs: 2\n  output_dir: {}/out\n", dir.path().display()))
+            + &format!("datasets:\n  d:\n    source: {}\n", data.display());
+        let cfg = Config::from_str(&text, "job.yaml").unwrap();
+        let (_, mut job) = from_config(&cfg).unwrap();
+        let plan = plan_job(&cfg, &mut job, &splade_common::store::StoreOptions::default()).await.unwrap();
+        // 40 rows make 2 global batches of 16 per epoch (the last, incomplete one dropped): 4 steps in 2 epochs.
+        assert_eq!((plan.batches.len(), job.total_steps), (4, 4));
+        assert_eq!(plan.batches.iter().map(|b| b.epoch).collect::<Vec<_>>(), vec![0, 0, 1, 1]);
+        assert!(job.data_plan.is_some());
     }
 }

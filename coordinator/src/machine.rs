@@ -270,7 +270,9 @@ impl<S: ClusterState> Machine<S> {
         Ack::accepted()
     }
 
-    /// A worker leaving on purpose; a training member ends its generation.
+    /// A worker leaving on purpose (drained, evicted: it finished its step first). A training member ends its
+    /// generation as a planned departure: the job re-forms from the last committed checkpoint with whoever is
+    /// left, without counting a restart.
     pub fn leave(&mut self, req: LeaveRequest, now: Instant) -> Ack {
         self.advance(now);
         let id = req.worker_id;
@@ -281,8 +283,12 @@ impl<S: ClusterState> Machine<S> {
         self.forget(&id);
         self.told_final.insert(id.clone());
         tracing::info!(worker = %id, reason = %req.reason, "worker left");
-        if was_member {
-            self.fail_generation(format!("worker {id} left ({})", req.reason), now);
+        if was_member && matches!(self.state.phase(), JobPhase::Running) {
+            let number = self.state.generation().map_or(0, |g| g.number);
+            let reason = format!("worker {id} left ({})", req.reason);
+            tracing::info!(generation = number, %reason, "planned departure; re-forming without a restart");
+            self.state.end_generation(reason.clone());
+            self.start_rendezvous(format!("generation {number} ended: {reason}"), now);
         }
         self.advance(now);
         Ack::accepted()

@@ -49,10 +49,9 @@ impl StoreVerifier {
     }
 }
 
-/// sha256 (lower-case hex) of a manifest's pretty JSON: the digest workers announce in a `CheckpointRef`.
+/// The digest workers announce in a `CheckpointRef` ([`Manifest::digest`](splade_common::store::checkpoint::Manifest::digest)).
 pub fn manifest_digest(m: &splade_common::store::checkpoint::Manifest) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(serde_json::to_vec_pretty(m).expect("manifest serializes")))
+    m.digest()
 }
 
 impl CheckpointVerifier for StoreVerifier {

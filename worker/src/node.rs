@@ -2,19 +2,26 @@
 //!
 //! The worker joins with the shared token, then follows the coordinator's directives
 //! ([`WorkerSession::directive`]): on `Assign` it builds a [`Trainer`] from the shipped config,
-//! forms the generation's c10d group, restores the assigned (verified) checkpoint and trains
-//! steps with [`Trainer::forward_backward_distributed`] until the job completes or the directive
-//! changes (then the group is dropped and the next generation is formed). Rank 0 commits
-//! checkpoints and the final model through `splade_common::store` and announces each commit.
+//! forms the generation's c10d group, restores the assigned (verified) checkpoint and runs the
+//! training loop `splade train` runs ([`crate::train::schedule::run`]) with this rank's slice of the
+//! published data plan ([`BatchSource::Slices`]) and the c10d all-reduce ([`GradSync::AllReduce`]),
+//! until the job completes or the directive changes (then the group is dropped and the next
+//! generation is formed). Rank 0 is the run's [`Lead`]: it logs (`metrics.jsonl`, TensorBoard,
+//! MLflow), evaluates, commits checkpoints and the final model through `splade_common::store` and
+//! announces each commit; the [`Hooks`] here add the coordinator's side (position, progress,
+//! commits, evaluation scores).
 //!
-//! With `evaluation.tasks` configured, rank 0 evaluates every committed checkpoint and the final
-//! model with the code `splade train` evaluates with ([`DuringEval`]), writes each task's MTEB
+//! SIGTERM (or Ctrl-C) finishes the current step, leaves the job ([`WorkerSession::leave`]: the
+//! coordinator re-forms without counting a restart) and exits 0; a second signal exits at once.
+//!
+//! With `evaluation.tasks` configured, rank 0 evaluates at `eval_strategy` (without one: every
+//! committed checkpoint) and the final model with the code `splade train` evaluates with, writes each task's MTEB
 //! `TaskResult` to `<output_dir>/eval/<checkpoint>/<task>.json` and reports NDCG@10 and MRR@10 to
 //! the coordinator as progress keys `eval/<task>/{ndcg_at_10,mrr_at_10,step}`. A checkpoint is
 //! evaluated while the other ranks wait in the next step's collective, so the group's timeout is
-//! raised to [`EVAL_COLLECTIVE_TIMEOUT`] when tasks are configured; the final model is evaluated
-//! after the last barrier, when nobody waits on rank 0. An evaluation that fails is logged and
-//! training continues.
+//! raised to [`EVAL_COLLECTIVE_TIMEOUT`] when tasks are configured (the final model's evaluation,
+//! before rank 0 writes `final/`, keeps the others in the last barrier the same way). An evaluation
+//! that fails is logged and training continues.
 //!
 //! Heartbeats run on a tokio runtime's own threads, so a long step never starves them; the
 //! training loop itself runs on the calling thread.
@@ -24,22 +31,25 @@
 //!   (safetensors, parameter names) to `PATH.rank<R>` and continue.
 //! - `SPLADE_DEBUG_LEDGER=PATH`: append one JSON line per finished step with the generation, rank,
 //!   step, dataset, the rows this rank consumed and `bytes_read` (training data fetched from storage
-//!   by this generation so far; `null` without a data plan).
+//!   by this generation so far).
 //!
 //! Data: the assignment points at the coordinator's published data plan; the worker checks its
 //! sha256, reads only its slice of each global batch with ranged reads on a prefetch thread
-//! ([`crate::train::fetch`]) and takes the global batch's labels from the plan. Without a data plan
-//! it loads every dataset and plans itself (as `splade train` does).
+//! ([`crate::train::fetch`]) and takes the global batch's labels from the plan. That plan is the one
+//! `splade train` builds for the same config (`crate::train::build_plan`, config order); without a
+//! data plan the worker loads every dataset and builds it itself.
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use splade_common::config::{C10dBackend, Config};
-use splade_common::data::plan::slice_for_rank;
+use splade_common::data::{DataPlan, DataPlanRef};
 use splade_common::obs::{Registry, WorkerMetrics};
-use splade_common::store::block_on;
 use splade_common::store::checkpoint::{verify_checkpoint, Verify};
+use splade_common::store::{block_on, StoreOptions};
 use splade_proto::domain::{
     Assignment, CheckpointCommit, CheckpointRef, Directive, JoinRequest, ProgressReport, WorkerId,
 };
@@ -48,11 +58,9 @@ use tch::Device;
 use tokio::sync::watch;
 
 use crate::dist::{Backend, GroupOptions, ProcessGroup};
-use crate::train::monitor::{resident_bytes, to_obs_stats, DuringEval};
-use crate::train::fetch::{global_labels, SliceFetcher};
-use crate::train::Trainer;
-use splade_common::data::{DataPlan, DataPlanRef};
-use splade_common::store::StoreOptions;
+use crate::train::monitor::{resident_bytes, to_obs_stats, EvalRound};
+use crate::train::schedule::{self, Control, Hooks, Lead, RunEnd, Schedule};
+use crate::train::{BatchSource, GradSync, StepDone, TrainError, Trainer};
 
 /// Why the worker stopped with an error. Each message says what failed and where.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +92,8 @@ pub struct NodeOptions {
     pub worker_id: Option<String>,
     /// The join token (from `SPLADE_CLUSTER_TOKEN`).
     pub token: String,
+    /// Write the plan of each assignment as `--dump-batches` JSONL (the format `splade train` writes).
+    pub dump_batches: Option<PathBuf>,
 }
 
 /// How long a collective waits for the other ranks when `evaluation.tasks` is configured: rank 0
@@ -99,6 +109,8 @@ enum GenEnd {
     Finished,
     /// The coordinator moved on (new generation, wait, complete, failed).
     Superseded,
+    /// A signal asked this worker to stop; the current step is done.
+    Stopped,
 }
 
 fn setup(msg: impl Into<String>) -> NodeError {
@@ -126,15 +138,21 @@ pub fn config_from_assignment(text: &str) -> Result<Config, NodeError> {
     c.map_err(|e| setup(format!("the coordinator's config: {e}")))
 }
 
-/// sha256 of a checkpoint's manifest as the coordinator and the workers agree to compute it
-/// (the pretty JSON of the parsed manifest).
+/// The digest of a checkpoint's manifest that the coordinator checks ([`Manifest::digest`]).
+///
+/// [`Manifest::digest`]: splade_common::store::checkpoint::Manifest::digest
 pub fn manifest_digest(m: &splade_common::store::checkpoint::Manifest) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(serde_json::to_vec_pretty(m).expect("manifest serializes")))
+    m.digest()
 }
 
-/// Joins the coordinator and trains until the job completes (`Ok`) or fails.
+/// Joins the coordinator and trains until the job completes (`Ok`) or fails. SIGTERM/SIGINT: see the module docs.
 pub fn run_node(opts: NodeOptions) -> Result<(), NodeError> {
+    let stop = crate::train::stop_on_signals();
+    run_node_until(opts, stop)
+}
+
+/// [`run_node`] with the stop flag given: when it is set the worker finishes its step, leaves and returns `Ok`.
+pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -166,36 +184,65 @@ pub fn run_node(opts: NodeOptions) -> Result<(), NodeError> {
     tracing::info!(worker = %id, coordinator = %opts.join, "joined");
     let mut rx = session.directive();
     let mut last_step = 0u64;
+    let leave = |session: WorkerSession| {
+        tracing::info!(worker = %id, "stop requested: leaving the job");
+        if let Err(e) = rt.block_on(session.leave("stopped by a signal")) {
+            tracing::warn!(error = %e, "leave failed; the coordinator drops this worker at its heartbeat timeout");
+        }
+        Ok(())
+    };
     loop {
+        if stop.load(Ordering::SeqCst) {
+            return leave(session);
+        }
         let d = rx.borrow_and_update().clone();
         match d {
             Directive::Wait { reason } => {
                 tracing::info!(%reason, "waiting");
                 metrics.set_rank(None);
                 session.set_position(None, last_step);
-                if rt.block_on(rx.changed()).is_err() {
-                    return Err(NodeError::JobFailed("the coordinator session ended".into()));
+                match wait_change(&rt, &mut rx, &stop) {
+                    Wake::Changed => {}
+                    Wake::Stop => return leave(session),
+                    Wake::Closed => return Err(NodeError::JobFailed("the coordinator session ended".into())),
                 }
             }
             Directive::Assign(a) => {
                 metrics.set_rank(Some(a.rank));
                 tracing::info!(generation = a.generation, rank = a.rank, world = a.world_size, start = a.start_step, "assigned");
-                match train_generation(&rt, &session, &a, device, &advertise, &mut rx, &metrics, &mut last_step) {
+                let gen = Generation {
+                    rt: &rt,
+                    session: &session,
+                    a: &a,
+                    device,
+                    advertise: &advertise,
+                    metrics: &metrics,
+                    stop: &stop,
+                    dump_batches: opts.dump_batches.as_deref(),
+                };
+                match gen.train(&mut rx, &mut last_step) {
                     Ok(GenEnd::Finished) => {
                         session.set_position(Some(a.generation), last_step);
                         // Wait for the coordinator to declare completion (or re-form).
-                        if rt.block_on(rx.changed()).is_err() {
-                            return Ok(());
+                        match wait_change(&rt, &mut rx, &stop) {
+                            Wake::Changed => {}
+                            Wake::Stop => return leave(session),
+                            Wake::Closed => return Ok(()),
                         }
                     }
                     Ok(GenEnd::Superseded) => {}
+                    Ok(GenEnd::Stopped) => return leave(session),
                     Err(e) => {
                         tracing::error!(generation = a.generation, error = %e, "generation failed; waiting for the next");
                         session.set_position(None, last_step);
                         // A failed peer ends the generation on the coordinator once its heartbeat
-                        // times out; the directive then changes.
-                        if !rx.has_changed().unwrap_or(false) && rt.block_on(rx.changed()).is_err() {
-                            return Err(NodeError::JobFailed(e.to_string()));
+                        // times out (or it leaves); the directive then changes.
+                        if !rx.has_changed().unwrap_or(false) {
+                            match wait_change(&rt, &mut rx, &stop) {
+                                Wake::Changed => {}
+                                Wake::Stop => return leave(session),
+                                Wake::Closed => return Err(NodeError::JobFailed(e.to_string())),
+                            }
                         }
                     }
                 }
@@ -205,13 +252,35 @@ pub fn run_node(opts: NodeOptions) -> Result<(), NodeError> {
                 return Ok(());
             }
             Directive::Failed { reason } => return Err(NodeError::JobFailed(reason)),
-            Directive::KeepGoing | Directive::Rejoin { .. } => {
-                if rt.block_on(rx.changed()).is_err() {
-                    return Err(NodeError::JobFailed("the coordinator session ended".into()));
-                }
-            }
+            Directive::KeepGoing | Directive::Rejoin { .. } => match wait_change(&rt, &mut rx, &stop) {
+                Wake::Changed => {}
+                Wake::Stop => return leave(session),
+                Wake::Closed => return Err(NodeError::JobFailed("the coordinator session ended".into())),
+            },
         }
     }
+}
+
+enum Wake {
+    Changed,
+    Stop,
+    Closed,
+}
+
+/// Waits for the next directive or the stop flag.
+fn wait_change(rt: &tokio::runtime::Runtime, rx: &mut watch::Receiver<Directive>, stop: &AtomicBool) -> Wake {
+    rt.block_on(async {
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Wake::Stop;
+            }
+            match tokio::time::timeout(Duration::from_millis(100), rx.changed()).await {
+                Ok(Ok(())) => return Wake::Changed,
+                Ok(Err(_)) => return Wake::Closed,
+                Err(_) => {}
+            }
+        }
+    })
 }
 
 fn superseded(rx: &watch::Receiver<Directive>, generation: u64) -> bool {
@@ -221,287 +290,287 @@ fn superseded(rx: &watch::Receiver<Directive>, generation: u64) -> bool {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train_generation(
-    rt: &tokio::runtime::Runtime,
-    session: &WorkerSession,
-    a: &Assignment,
+/// One assignment and what the worker holds for it.
+struct Generation<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    session: &'a WorkerSession,
+    a: &'a Assignment,
     device: Device,
-    advertise: &str,
-    rx: &mut watch::Receiver<Directive>,
-    metrics: &WorkerMetrics,
-    last_step: &mut u64,
-) -> Result<GenEnd, NodeError> {
-    let cfg = config_from_assignment(&a.config_yaml)?;
-    if let Some(n) = cfg.hardware.num_threads {
-        tch::set_num_threads(n as i32);
-    }
-    // With a published data plan this worker reads only its slices; without one (an older coordinator)
-    // it loads every dataset and plans itself.
-    let data_plan = match &a.data_plan {
-        Some(r) => {
-            let r = DataPlanRef { location: r.location.clone(), sha256: r.sha256.clone() };
-            let plan = block_on(DataPlan::fetch(&r, &StoreOptions::from_env()))
-                .map_err(|e| setup(format!("the assignment's data plan: {e}")))?;
-            if plan.global_batch_size != a.global_batch_size as usize {
-                return Err(setup(format!(
-                    "data plan {} has global batches of {} but the assignment {}",
-                    r.location, plan.global_batch_size, a.global_batch_size
-                )));
-            }
-            tracing::info!(data_plan = r.location, "reading this rank's slices through the data plan");
-            Some(plan)
-        }
-        None => None,
-    };
-    let mut trainer = match &data_plan {
-        Some(p) => Trainer::with_plan(cfg, device, p.plan(), a.micro_batches_per_rank as usize),
-        None => Trainer::new(cfg, device, a.global_batch_size as usize, a.micro_batches_per_rank as usize),
-    }
-    .map_err(|e| setup(e.to_string()))?;
-    if trainer.state.total_steps != a.total_steps {
-        return Err(setup(format!(
-            "this worker plans {} steps but the coordinator {}; both must read the same datasets",
-            trainer.state.total_steps, a.total_steps
-        )));
-    }
-    if let Some(ckpt) = &a.restore {
-        let name = ckpt.location.trim_end_matches('/').rsplit('/').next().unwrap_or(&ckpt.location).to_string();
-        let info = block_on(verify_checkpoint(&trainer.output, &name, Verify::Full))
-            .map_err(|e| setup(format!("assigned checkpoint {}: {e}", ckpt.location)))?;
-        if manifest_digest(&info.manifest) != ckpt.manifest_sha256 {
-            return Err(setup(format!("assigned checkpoint {}: its manifest differs from the committed one", ckpt.location)));
-        }
-        trainer.resume(Some(&name)).map_err(|e| setup(e.to_string()))?;
-        tracing::info!(checkpoint = name, step = trainer.state.global_step, "restored");
-    }
-    if trainer.state.global_step != a.start_step {
-        return Err(setup(format!(
-            "assignment starts after step {} but the restored state is at step {}",
-            a.start_step, trainer.state.global_step
-        )));
-    }
-    let evals = if a.rank == 0 && !trainer.cfg.evaluation.tasks.is_empty() {
-        Some(DuringEval::load(&trainer.cfg).map_err(|e| setup(e.to_string()))?)
-    } else {
-        None
-    };
-    let collective_timeout =
-        if trainer.cfg.evaluation.tasks.is_empty() { COLLECTIVE_TIMEOUT } else { EVAL_COLLECTIVE_TIMEOUT };
-    let backend = match trainer.cfg.cluster.c10d_backend {
-        C10dBackend::Auto => Backend::for_device(device),
-        C10dBackend::Gloo => Backend::Gloo,
-        C10dBackend::Nccl => Backend::Nccl,
-    };
-    let mut pg = ProcessGroup::connect(
-        &a.store_host,
-        a.store_port,
-        GroupOptions {
-            backend,
-            rank: a.rank as usize,
-            world_size: a.world_size as usize,
-            generation: a.generation,
-            timeout: collective_timeout,
-            gloo_host: Some(advertise.to_string()),
-        },
-    )
-    .map_err(|e| setup(e.to_string()))?;
-    let rank = a.rank as usize;
-    let world = a.world_size as usize;
-    let total = trainer.state.total_steps;
-    let save_every = match trainer.cfg.training.save_strategy {
-        splade_common::config::SaveStrategy::Steps => {
-            let v = trainer.cfg.training.save_steps;
-            if v < 1.0 { ((total as f64 * v).ceil() as u64).max(1) } else { v as u64 }
-        }
-        _ => 0,
-    };
-    let dump_grads = std::env::var_os("SPLADE_DEBUG_DUMP_GRADS").map(PathBuf::from);
-    let ledger = std::env::var_os("SPLADE_DEBUG_LEDGER").map(PathBuf::from);
-    let fetcher = data_plan
-        .as_ref()
-        .map(|p| SliceFetcher::start(p, trainer.state.global_step + 1, rank, world, StoreOptions::from_env()));
-    let mut bytes_reported = 0u64;
-    let mut client = session.client();
-    session.set_position(Some(a.generation), trainer.state.global_step);
-    let t_start = Instant::now();
-    let mut samples = 0u64;
-    while trainer.state.global_step < total {
-        if superseded(rx, a.generation) {
-            return Ok(GenEnd::Superseded);
-        }
-        let t0 = Instant::now();
-        let step = trainer.state.global_step + 1;
-        let batch = trainer.plan.step(step).cloned().ok_or_else(|| setup(format!("step {step} is past the plan")))?;
-        let lr = trainer.learning_rate();
-        trainer.model.vs.unfreeze();
-        let data_wait;
-        let rows = slice_for_rank(&batch, rank, world);
-        let (mut stats, ar) = match (&fetcher, &data_plan) {
-            (Some(f), Some(p)) => {
-                let owned = f.next(step).map_err(|e| setup(format!("step {step}: {e}")))?;
-                let local: Vec<&splade_common::data::Example> = owned.iter().collect();
-                let labels = global_labels(p, &batch.dataset, &batch.rows);
-                let read = f.bytes_read();
-                metrics.add_data_bytes_read(read - bytes_reported);
-                bytes_reported = read;
-                data_wait = t0.elapsed().as_secs_f64();
-                trainer.forward_backward_slice(&local, labels, batch.rows.len(), &mut pg)
-            }
-            _ => {
-                let global = trainer.examples(&batch, &batch.rows);
-                let local = trainer.examples(&batch, rows);
-                data_wait = t0.elapsed().as_secs_f64();
-                trainer.forward_backward_distributed(&global, &local, &mut pg)
-            }
-        }
-        .map_err(|e| setup(e.to_string()))?;
-        if step == 1 {
-            if let Some(p) = &dump_grads {
-                dump_gradients(&trainer, &p.with_extension(format!("rank{rank}")))?;
-            }
-        }
-        trainer.finish_step(&mut stats, &batch, lr, t0);
-        samples += batch.rows.len() as u64;
-        metrics.record_step(stats.step_seconds, data_wait);
-        if let Some(rss) = resident_bytes() {
-            // Host memory of this process, like `splade train` exports for the `cpu` device.
-            metrics.set_device_memory("cpu", rss);
-        }
-        if let Some(p) = &ledger {
-            let line = serde_json::json!({
-                "generation": a.generation, "rank": rank, "step": step, "dataset": batch.dataset, "rows": rows,
-                "bytes_read": fetcher.as_ref().map(SliceFetcher::bytes_read),
-            });
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)
-                .map_err(|e| setup(format!("{}: {e}", p.display())))?;
-            writeln!(f, "{line}").map_err(|e| setup(format!("{}: {e}", p.display())))?;
-        }
-        if step == total && rank == 0 {
-            // The final model before the last position is reported: the coordinator completes the
-            // job when it sees the last step.
-            save_final(&trainer)?;
-        }
-        if step == total {
-            // Nobody reports the last step before rank 0 has written `final`.
-            pg.barrier().map_err(|e| setup(e.to_string()))?;
-        }
-        // Nobody waits on rank 0 after the last barrier; the scores go with the last step's report.
-        let final_eval = match (&evals, step == total) {
-            (Some(ev), true) => evaluate_committed(&trainer, ev, "final", step),
-            _ => Vec::new(),
-        };
-        *last_step = step;
-        session.set_position(Some(a.generation), step);
-        if rank == 0 {
-            let sps = samples as f64 / t_start.elapsed().as_secs_f64().max(1e-9);
-            // The same numbers `splade train` exports, in the coordinator's progress keys
-            // (`splade_coordinator::metrics` reads them back): weighted FLOPS terms as loss parts,
-            // unweighted FLOPS as the sparsity measure.
-            let o = to_obs_stats(&stats);
-            let m = [
-                ("loss", o.loss),
-                ("loss_ranking", o.loss_ranking),
-                ("loss_flops_query", o.loss_flops_query),
-                ("loss_flops_document", o.loss_flops_document),
-                ("flops_query", o.flops_query),
-                ("flops_document", o.flops_document),
-                ("active_dims_query", o.active_dims_query),
-                ("active_dims_document", o.active_dims_document),
-                ("learning_rate", o.learning_rate),
-                ("grad_norm", o.grad_norm),
-                ("epoch", o.epoch),
-                ("samples", o.samples as f64),
-                ("tokens", (stats.tokens * world) as f64),
-                ("step_seconds", o.step_seconds),
-                ("samples_per_second", sps),
-                ("allreduce_seconds", ar.seconds),
-            ];
-            let report = ProgressReport {
-                worker_id: session.worker_id().clone(),
-                generation: a.generation,
-                step,
-                metrics: m
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), *v))
-                    .chain(stats.loss_scale.map(|s| ("loss_scale".to_string(), s)))
-                    .chain(final_eval)
-                    .collect(),
-            };
-            if let Err(e) = rt.block_on(client.report_progress(report)) {
-                tracing::warn!(error = %e, "progress report failed");
-            }
-            tracing::info!(step, loss = format!("{:.5}", stats.loss), samples_per_s = format!("{sps:.2}"), "train");
-            if save_every > 0 && step % save_every == 0 && step < total {
-                let t = Instant::now();
-                let url = trainer.save_checkpoint().map_err(|e| setup(e.to_string()))?;
-                let name = format!("checkpoint-{step}");
-                let info = block_on(verify_checkpoint(&trainer.output, &name, Verify::Sizes))
-                    .map_err(|e| setup(e.to_string()))?;
-                // The write time goes with this step's progress before the commit, so the
-                // coordinator's exporter has it when it records the checkpoint.
-                let timing = ProgressReport {
-                    worker_id: session.worker_id().clone(),
-                    generation: a.generation,
-                    step,
-                    metrics: [("checkpoint_seconds".to_string(), t.elapsed().as_secs_f64())].into_iter().collect(),
-                };
-                if let Err(e) = rt.block_on(client.report_progress(timing)) {
-                    tracing::warn!(error = %e, "checkpoint timing report failed");
-                }
-                let commit = CheckpointCommit {
-                    worker_id: session.worker_id().clone(),
-                    generation: a.generation,
-                    checkpoint: CheckpointRef { step, location: url.clone(), manifest_sha256: manifest_digest(&info.manifest) },
-                };
-                match rt.block_on(client.commit_checkpoint(commit)) {
-                    Ok(ack) if ack.accepted => {
-                        tracing::info!(checkpoint = url, seconds = t.elapsed().as_secs_f64(), "checkpoint committed")
-                    }
-                    Ok(ack) => tracing::warn!(checkpoint = url, reason = ack.reason, "checkpoint not recorded"),
-                    Err(e) => tracing::warn!(checkpoint = url, error = %e, "checkpoint announcement failed"),
-                }
-                if let Some(ev) = &evals {
-                    let scores = evaluate_committed(&trainer, ev, &name, step);
-                    if !scores.is_empty() {
-                        let report = ProgressReport {
-                            worker_id: session.worker_id().clone(),
-                            generation: a.generation,
-                            step,
-                            metrics: scores.into_iter().collect(),
-                        };
-                        if let Err(e) = rt.block_on(client.report_progress(report)) {
-                            tracing::warn!(error = %e, "evaluation report failed");
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(GenEnd::Finished)
+    advertise: &'a str,
+    metrics: &'a WorkerMetrics,
+    stop: &'a AtomicBool,
+    dump_batches: Option<&'a std::path::Path>,
 }
 
-/// Evaluates the model rank 0 just committed as `name` (`checkpoint-<step>` or `final`) on every
-/// configured task, writes each task's MTEB `TaskResult` to `<output_dir>/eval/<name>/<task>.json`
-/// and returns the progress keys the coordinator exports: `eval/<task>/ndcg_at_10`,
-/// `eval/<task>/mrr_at_10` and `eval/<task>/step`. Empty (after a warning) when the evaluation
-/// fails: evaluation never stops training.
-fn evaluate_committed(trainer: &Trainer, evals: &DuringEval, name: &str, step: u64) -> Vec<(String, f64)> {
-    let t0 = Instant::now();
-    let round = match evals.run(&trainer.model) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(checkpoint = name, error = %e, "evaluation failed; training continues");
-            return Vec::new();
+impl Generation<'_> {
+    /// Builds the trainer on the assignment's data plan, restores its checkpoint, forms the group and runs the
+    /// training loop on this rank's slices.
+    fn train(&self, rx: &mut watch::Receiver<Directive>, last_step: &mut u64) -> Result<GenEnd, NodeError> {
+        let a = self.a;
+        let cfg = config_from_assignment(&a.config_yaml)?;
+        if let Some(n) = cfg.hardware.num_threads {
+            tch::set_num_threads(n as i32);
         }
-    };
-    // One round covers every task; its time is each task's `evaluation_time` (exact for one task).
-    let seconds = t0.elapsed().as_secs_f64();
+        // With a published data plan this rank reads only its slices; without one (a coordinator started
+        // without `plan_job`) it loads every dataset and plans with the same code (`Trainer::new`).
+        let (mut trainer, data_plan) = match &a.data_plan {
+            Some(r) => {
+                let r = DataPlanRef { location: r.location.clone(), sha256: r.sha256.clone() };
+                let plan = block_on(DataPlan::fetch(&r, &StoreOptions::from_env()))
+                    .map_err(|e| setup(format!("the assignment's data plan: {e}")))?;
+                if plan.global_batch_size != a.global_batch_size as usize {
+                    return Err(setup(format!(
+                        "data plan {} has global batches of {} but the assignment {}",
+                        r.location, plan.global_batch_size, a.global_batch_size
+                    )));
+                }
+                tracing::info!(data_plan = r.location, "reading this rank's slices through the data plan");
+                let t = Trainer::with_plan(cfg, self.device, plan.plan(), a.micro_batches_per_rank as usize);
+                (t.map_err(|e| setup(e.to_string()))?, Some(plan))
+            }
+            None => {
+                let t = Trainer::new(cfg, self.device, a.global_batch_size as usize, a.micro_batches_per_rank as usize);
+                (t.map_err(|e| setup(e.to_string()))?, None)
+            }
+        };
+        if let Some(p) = self.dump_batches {
+            crate::train::run::dump_batches(&trainer.plan, p).map_err(|e| setup(e.to_string()))?;
+        }
+        if trainer.state.total_steps != a.total_steps {
+            return Err(setup(format!(
+                "this worker plans {} steps but the coordinator {}; both must read the same datasets",
+                trainer.state.total_steps, a.total_steps
+            )));
+        }
+        if let Some(ckpt) = &a.restore {
+            let name = ckpt.location.trim_end_matches('/').rsplit('/').next().unwrap_or(&ckpt.location).to_string();
+            let info = block_on(verify_checkpoint(&trainer.output, &name, Verify::Full))
+                .map_err(|e| setup(format!("assigned checkpoint {}: {e}", ckpt.location)))?;
+            if manifest_digest(&info.manifest) != ckpt.manifest_sha256 {
+                return Err(setup(format!("assigned checkpoint {}: its manifest differs from the committed one", ckpt.location)));
+            }
+            trainer.resume(Some(&name)).map_err(|e| setup(e.to_string()))?;
+            tracing::info!(checkpoint = name, step = trainer.state.global_step, "restored");
+        }
+        if trainer.state.global_step != a.start_step {
+            return Err(setup(format!(
+                "assignment starts after step {} but the restored state is at step {}",
+                a.start_step, trainer.state.global_step
+            )));
+        }
+        let rank = a.rank as usize;
+        let world = a.world_size as usize;
+        let schedule = Schedule::new(&trainer.cfg, trainer.state.total_steps).map_err(|e| setup(e.to_string()))?.for_cluster();
+        let mut lead = match rank {
+            0 => Some(Lead::start(&trainer.cfg, &trainer.output, None).map_err(|e| setup(e.to_string()))?),
+            _ => None,
+        };
+        // Rank 0 evaluates while its peers wait in the next step's collective.
+        let evaluates = !trainer.cfg.evaluation.tasks.is_empty();
+        let collective_timeout = if evaluates { EVAL_COLLECTIVE_TIMEOUT } else { COLLECTIVE_TIMEOUT };
+        let backend = match trainer.cfg.cluster.c10d_backend {
+            C10dBackend::Auto => Backend::for_device(self.device),
+            C10dBackend::Gloo => Backend::Gloo,
+            C10dBackend::Nccl => Backend::Nccl,
+        };
+        let mut pg = ProcessGroup::connect(
+            &a.store_host,
+            a.store_port,
+            GroupOptions {
+                backend,
+                rank,
+                world_size: world,
+                generation: a.generation,
+                timeout: collective_timeout,
+                gloo_host: Some(self.advertise.to_string()),
+            },
+        )
+        .map_err(|e| setup(e.to_string()))?;
+        let source = match data_plan {
+            Some(p) => BatchSource::slices(p, trainer.state.global_step + 1, rank, world, StoreOptions::from_env()),
+            None => BatchSource::Loaded,
+        };
+        self.session.set_position(Some(a.generation), trainer.state.global_step);
+        let mut hooks = RankHooks {
+            gen: self,
+            rx,
+            rank,
+            world,
+            client: self.session.client(),
+            last_step,
+            bytes_reported: 0,
+            final_scores: Vec::new(),
+            dump_grads: std::env::var_os("SPLADE_DEBUG_DUMP_GRADS").map(PathBuf::from),
+            ledger: std::env::var_os("SPLADE_DEBUG_LEDGER").map(PathBuf::from),
+        };
+        let out = schedule::run(&mut trainer, &source, &mut GradSync::AllReduce(&mut pg), lead.as_mut(), &schedule, &mut hooks)
+            .map_err(|e| setup(e.to_string()))?;
+        Ok(match out.end {
+            RunEnd::Finished { .. } => GenEnd::Finished,
+            RunEnd::Superseded => GenEnd::Superseded,
+            RunEnd::Interrupted => GenEnd::Stopped,
+        })
+    }
+}
+
+/// What a rank adds around the loop's steps: its position and (rank 0) progress, checkpoint announcements and
+/// evaluation scores for the coordinator; worker metrics; the test ledger.
+struct RankHooks<'g, 'r> {
+    gen: &'g Generation<'g>,
+    rx: &'r mut watch::Receiver<Directive>,
+    rank: usize,
+    world: usize,
+    client: CoordinatorClient,
+    last_step: &'r mut u64,
+    bytes_reported: u64,
+    /// The final model's scores, sent with the last step's report.
+    final_scores: Vec<(String, f64)>,
+    /// `SPLADE_DEBUG_DUMP_GRADS=PATH`: the reduced gradients of step 1 go to `PATH.rank<R>`.
+    dump_grads: Option<PathBuf>,
+    /// `SPLADE_DEBUG_LEDGER=PATH`: one JSON line per step with the rows this rank consumed.
+    ledger: Option<PathBuf>,
+}
+
+impl RankHooks<'_, '_> {
+    fn report(&mut self, step: u64, metrics: impl IntoIterator<Item = (String, f64)>, what: &str) {
+        let report = ProgressReport {
+            worker_id: self.gen.session.worker_id().clone(),
+            generation: self.gen.a.generation,
+            step,
+            metrics: metrics.into_iter().collect(),
+        };
+        if let Err(e) = self.gen.rt.block_on(self.client.report_progress(report)) {
+            tracing::warn!(error = %e, "{what} report failed");
+        }
+    }
+}
+
+impl Hooks for RankHooks<'_, '_> {
+    fn control(&mut self) -> Control {
+        if self.gen.stop.load(Ordering::SeqCst) {
+            Control::Stop { checkpoint: false }
+        } else if superseded(self.rx, self.gen.a.generation) {
+            Control::Superseded
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn after_sync(&mut self, trainer: &Trainer) -> Result<(), TrainError> {
+        match &self.dump_grads {
+            Some(p) if trainer.state.global_step == 0 => dump_gradients(trainer, &p.with_extension(format!("rank{}", self.rank)))
+                .map_err(|e| crate::train::TrainError::Other(e.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    fn after_step(&mut self, _trainer: &Trainer, done: &StepDone) -> Result<(), TrainError> {
+        let m = self.gen.metrics;
+        if let Some(read) = done.bytes_read {
+            m.add_data_bytes_read(read.saturating_sub(self.bytes_reported));
+            self.bytes_reported = read;
+        }
+        m.record_step(done.stats.step_seconds, done.data_wait);
+        if let Some(rss) = resident_bytes() {
+            // Host memory of this process, like `splade train` exports for the `cpu` device.
+            m.set_device_memory("cpu", rss);
+        }
+        if let Some(p) = &self.ledger {
+            let line = serde_json::json!({
+                "generation": self.gen.a.generation, "rank": self.rank, "step": done.stats.step,
+                "dataset": done.batch.dataset, "rows": done.rows, "bytes_read": done.bytes_read,
+            });
+            let fail = |e: std::io::Error| TrainError::Other(format!("{}: {e}", p.display()));
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(fail)?;
+            writeln!(f, "{line}").map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    fn evaluated(&mut self, trainer: &Trainer, name: &str, step: u64, round: &EvalRound, seconds: f64) {
+        let scores = write_eval_results(trainer, round, name, step, seconds);
+        if name == "final" {
+            self.final_scores = scores;
+        } else if !scores.is_empty() {
+            self.report(step, scores, "evaluation");
+        }
+    }
+
+    fn checkpoint_written(&mut self, trainer: &Trainer, step: u64, url: &str, seconds: f64) {
+        let name = format!("checkpoint-{step}");
+        let info = match block_on(verify_checkpoint(&trainer.output, &name, Verify::Sizes)) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(checkpoint = url, error = %e, "cannot read back the committed checkpoint; not announced");
+                return;
+            }
+        };
+        // The write time goes with this step's progress before the commit, so the coordinator's exporter has it
+        // when it records the checkpoint.
+        self.report(step, [("checkpoint_seconds".to_string(), seconds)], "checkpoint timing");
+        let commit = CheckpointCommit {
+            worker_id: self.gen.session.worker_id().clone(),
+            generation: self.gen.a.generation,
+            checkpoint: CheckpointRef { step, location: url.to_string(), manifest_sha256: manifest_digest(&info.manifest) },
+        };
+        match self.gen.rt.block_on(self.client.commit_checkpoint(commit)) {
+            Ok(ack) if ack.accepted => tracing::info!(checkpoint = url, seconds, "checkpoint committed"),
+            Ok(ack) => tracing::warn!(checkpoint = url, reason = ack.reason, "checkpoint not recorded"),
+            Err(e) => tracing::warn!(checkpoint = url, error = %e, "checkpoint announcement failed"),
+        }
+    }
+
+    fn step_done(&mut self, _trainer: &Trainer, done: &StepDone, sps: f64) {
+        let step = done.stats.step;
+        *self.last_step = step;
+        self.gen.session.set_position(Some(self.gen.a.generation), step);
+        if self.rank != 0 {
+            return;
+        }
+        let stats = &done.stats;
+        // The same numbers `splade train` exports, in the coordinator's progress keys
+        // (`splade_coordinator::metrics` reads them back): weighted FLOPS terms as loss parts,
+        // unweighted FLOPS as the sparsity measure.
+        let o = to_obs_stats(stats);
+        let m = [
+            ("loss", o.loss),
+            ("loss_ranking", o.loss_ranking),
+            ("loss_flops_query", o.loss_flops_query),
+            ("loss_flops_document", o.loss_flops_document),
+            ("flops_query", o.flops_query),
+            ("flops_document", o.flops_document),
+            ("active_dims_query", o.active_dims_query),
+            ("active_dims_document", o.active_dims_document),
+            ("learning_rate", o.learning_rate),
+            ("grad_norm", o.grad_norm),
+            ("epoch", o.epoch),
+            ("samples", o.samples as f64),
+            ("tokens", (stats.tokens * self.world) as f64),
+            ("step_seconds", o.step_seconds),
+            ("samples_per_second", sps),
+            ("allreduce_seconds", done.allreduce_seconds.unwrap_or(0.0)),
+        ];
+        let keys: Vec<(String, f64)> = m
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .chain(stats.loss_scale.map(|s| ("loss_scale".to_string(), s)))
+            .chain(std::mem::take(&mut self.final_scores))
+            .collect();
+        self.report(step, keys, "progress");
+    }
+}
+
+/// Writes each task's MTEB `TaskResult` of the round that evaluated `name` (`checkpoint-<step>`, `step-<step>`
+/// or `final`) to `<output_dir>/eval/<name>/<task>.json` and returns the progress keys the coordinator exports:
+/// `eval/<task>/ndcg_at_10`, `eval/<task>/mrr_at_10` and `eval/<task>/step`. A file that cannot be written is
+/// logged: evaluation never stops training.
+fn write_eval_results(trainer: &Trainer, round: &EvalRound, name: &str, step: u64, seconds: f64) -> Vec<(String, f64)> {
     let mut keys = Vec::new();
     for (task, s) in &round.tasks {
         let mut extra = serde_json::Map::new();
         extra.insert("model".into(), trainer.output.url_of(name).into());
         extra.insert("global_step".into(), step.into());
+        // One round covers every task; its time is each task's `evaluation_time` (exact for one task).
         let result = s.to_task_result(vec!["nob-Latn".into()], "local", seconds, extra);
         let rel = format!("eval/{name}/{task}.json");
         let output = &trainer.output;
@@ -520,16 +589,6 @@ fn evaluate_committed(trainer: &Trainer, evals: &DuringEval, name: &str, step: u
         keys.push((format!("eval/{task}/step"), step as f64));
     }
     keys
-}
-
-fn save_final(trainer: &Trainer) -> Result<(), NodeError> {
-    use splade_common::store::checkpoint::commit_checkpoint;
-    let staging = tempfile::tempdir().map_err(|e| setup(format!("cannot create a staging dir: {e}")))?;
-    trainer.model.save(staging.path()).map_err(|e| setup(e.to_string()))?;
-    block_on(commit_checkpoint(&trainer.output, "final", trainer.state.global_step, staging.path()))
-        .map_err(|e| setup(e.to_string()))?;
-    tracing::info!(model = trainer.output.url_of("final"), "final model written");
-    Ok(())
 }
 
 fn dump_gradients(trainer: &Trainer, path: &std::path::Path) -> Result<(), NodeError> {

@@ -47,6 +47,14 @@ pub struct Manifest {
     pub files: Vec<ManifestFile>,
 }
 
+impl Manifest {
+    /// sha256 (lower-case hex) of the manifest's pretty JSON: the digest a worker announces for a committed
+    /// checkpoint and the coordinator checks it against (one definition for both sides).
+    pub fn digest(&self) -> String {
+        hex(&Sha256::digest(serde_json::to_vec_pretty(self).expect("a manifest serializes")))
+    }
+}
+
 /// One file of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestFile {

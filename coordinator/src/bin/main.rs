@@ -44,9 +44,10 @@ async fn main() -> anyhow::Result<ExitCode> {
         .with_context(|| format!("{}", args.config.display()))?;
     let tls =
         ServerTls::from_settings(&cluster).with_context(|| format!("{}", args.config.display()))?;
-    // Last of the start-up checks: it reads every dataset whole.
-    let (plan, plan_ref) =
-        config::publish_data_plan(&cfg, &job, &splade_common::store::StoreOptions::from_env()).await?;
+    // Last of the start-up checks: it reads every dataset whole. With `num_train_epochs` the plan sets the steps.
+    let plan =
+        config::plan_job(&cfg, &mut job, &splade_common::store::StoreOptions::from_env()).await?;
+    let plan_ref = job.data_plan.clone().expect("plan_job sets the data plan");
     tracing::info!(
         location = plan_ref.location,
         sha256 = plan_ref.sha256,
@@ -54,7 +55,6 @@ async fn main() -> anyhow::Result<ExitCode> {
         "data plan published"
     );
     drop(plan);
-    job.data_plan = Some(plan_ref);
     let mut opts = CoordinatorOptions::new(cluster, job, args.listen, token);
     opts.tls = tls;
     opts.verifier = Arc::new(StoreVerifier::new(output));

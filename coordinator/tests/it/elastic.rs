@@ -124,6 +124,35 @@ async fn standby_newcomer_is_added_at_the_next_checkpoint_without_a_restart() {
 }
 
 #[tokio::test]
+async fn a_leave_reforms_from_the_checkpoint_without_counting_a_restart() {
+    init_tracing();
+    bounded(async {
+        let coord = start(settings(1, 2, 0), job(100)).await;
+        let addr = coord.local_addr();
+        let mut w0 = SimWorker::join(addr, "w0").await.unwrap();
+        let mut w1 = SimWorker::join(addr, "w1").await.unwrap();
+        assert_eq!(w0.assignment().await.world_size, 2);
+        w1.assignment().await;
+        assert!(w0.commit(4).await.unwrap().accepted);
+        snapshot_until(&coord, "checkpoint 4 recorded", |s| s.last_checkpoint == Some(checkpoint(4))).await;
+
+        // max_restarts 0: a failure would end the job; a planned departure re-forms it.
+        let ack = w1.client.leave(splade_proto::domain::LeaveRequest { worker_id: wid("w1"), reason: "SIGTERM".into() });
+        assert!(ack.await.unwrap().accepted);
+        w1.kill(); // the process exits after its leave
+        let reason = w0.wait_reason().await.unwrap();
+        assert!(reason.starts_with("rendezvous (generation 1 ended: worker w1 left (SIGTERM))"), "{reason}");
+        let a = w0.assignment().await;
+        assert_eq!((a.generation, a.rank, a.world_size, a.start_step), (2, 0, 1, 4));
+        assert_eq!(a.restore, Some(checkpoint(4)));
+        let s = snapshot_until(&coord, "generation 2", |s| is_running(s, 2, 1)).await;
+        assert_eq!((s.restarts, s.workers_alive), (0, 1));
+        coord.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn max_restarts_exceeded_fails_the_job_with_a_clear_reason() {
     init_tracing();
     bounded(async {
@@ -139,20 +168,17 @@ async fn max_restarts_exceeded_fails_the_job_with_a_clear_reason() {
         let mut w2 = SimWorker::join(addr, "w2").await.unwrap(); // standby
         assert!(w2.wait_reason().await.unwrap().starts_with("standby"));
 
-        let ack = w0.client.leave(splade_proto::domain::LeaveRequest { worker_id: wid("w0"), reason: "drained".into() });
-        assert!(ack.await.unwrap().accepted);
+        // A leave is planned (no restart); a lost heartbeat is a failure and exhausts the restarts.
+        w0.kill();
         let reason = match w2.final_directive().await {
             Directive::Failed { reason } => reason,
             other => panic!("{other:?}"),
         };
-        assert_eq!(
-            reason,
-            "generation 2 ended: worker w0 left (drained); max_restarts 1 exhausted (1 restart(s) so far)"
-        );
+        assert!(reason.starts_with("generation 2 ended: worker(s) w0 ("), "{reason}");
+        assert!(reason.ends_with("max_restarts 1 exhausted (1 restart(s) so far)"), "{reason}");
         assert_eq!(coord.wait().await.unwrap(), JobOutcome::Failed { reason });
         let err = client(addr, TOKEN).await.err().expect("server stopped after the job failed");
         assert!(err.to_string().contains("could not connect"), "{err}");
-        w0.kill();
     })
     .await;
 }

@@ -21,6 +21,9 @@ struct Args {
     /// Worker id (default <hostname>-<pid>).
     #[arg(long, env = "SPLADE_WORKER_ID")]
     id: Option<String>,
+    /// Write the batch plan this worker trains (dataset and rows per step, as `splade train --dump-batches`).
+    #[arg(long)]
+    dump_batches: Option<std::path::PathBuf>,
     /// The shared join token.
     #[arg(long, env = "SPLADE_CLUSTER_TOKEN", hide_env_values = true)]
     token: String,
@@ -37,6 +40,7 @@ fn main() {
         metrics_listen: args.metrics_listen,
         worker_id: args.id,
         token: args.token,
+        dump_batches: args.dump_batches,
     };
     if let Err(e) = run_node(opts) {
         eprintln!("splade-worker: {e}");

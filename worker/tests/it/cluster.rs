@@ -137,7 +137,7 @@ pub(crate) fn spawn_two_with_ledger(addr: SocketAddr, dir: &Path, moto: &splade_
 pub(crate) struct Worker {
     pub(crate) id: String,
     pub(crate) child: Child,
-    log: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl Worker {
@@ -227,7 +227,7 @@ fn scrape(url: &str) -> Option<String> {
 
 /// A BEIR task small enough to evaluate in seconds: the first 10 NorQuAD dev queries, their qrels,
 /// and 30 passages (their relevant ones first, then others as distractors).
-fn write_tiny_task(dir: &Path) -> PathBuf {
+pub(crate) fn write_tiny_task(dir: &Path) -> PathBuf {
     let src = repo().join("data/norquad");
     let task = dir.join("norquad-tiny");
     std::fs::create_dir_all(task.join("qrels")).unwrap();

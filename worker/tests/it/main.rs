@@ -10,6 +10,7 @@ mod gptbert;
 mod lean_head;
 mod native_archs;
 mod norbert3;
+mod one_loop;
 mod dist;
 mod inference_free;
 mod parity;

@@ -1,0 +1,331 @@
+//! The step: forward, backward, gradient sync, optimizer. [`Trainer::step`] is the one place these are put
+//! together, for `splade train` (the trainer's loaded rows, no sync) and for a cluster rank (its slice of the
+//! published data plan, c10d all-reduce); the collective forward/backward is in [`super::distributed`].
+
+use std::time::Instant;
+
+use splade_common::data::plan::{slice_for_rank, PlannedBatch};
+use splade_common::data::{DataPlan, Example};
+use tch::{Kind, Tensor};
+
+use super::fetch::{global_labels, SliceFetcher};
+use super::{loss, other, windows, StepStats, TrainError, Trainer};
+use crate::dist::ProcessGroup;
+use crate::model::TextKind;
+
+/// Where a step's rows come from.
+pub enum BatchSource {
+    /// The trainer's loaded datasets ([`Trainer::new`]).
+    Loaded,
+    /// This rank's slice of each global batch, read through the job's published data plan on a prefetch
+    /// thread; the global batch's labels come from the plan.
+    Slices { fetcher: SliceFetcher, plan: DataPlan },
+}
+
+impl BatchSource {
+    /// Reads rank `rank`'s (of `world`) slices of `plan` from step `first` on.
+    pub fn slices(plan: DataPlan, first: u64, rank: usize, world: usize, options: splade_common::store::StoreOptions) -> Self {
+        let fetcher = SliceFetcher::start(&plan, first, rank, world, options);
+        BatchSource::Slices { fetcher, plan }
+    }
+
+    /// Bytes of training data read from storage so far (`None` for loaded datasets).
+    pub fn bytes_read(&self) -> Option<u64> {
+        match self {
+            BatchSource::Loaded => None,
+            BatchSource::Slices { fetcher, .. } => Some(fetcher.bytes_read()),
+        }
+    }
+}
+
+/// How a step's gradients become the global batch's.
+pub enum GradSync<'a> {
+    /// One process computes the whole global batch.
+    None,
+    /// Each rank computes its slice; embeddings are gathered for the loss and gradients SUM all-reduced.
+    AllReduce(&'a mut ProcessGroup),
+}
+
+/// One finished step.
+#[derive(Debug, Clone)]
+pub struct StepDone {
+    pub stats: StepStats,
+    /// The planned batch.
+    pub batch: PlannedBatch,
+    /// The rows of it this process computed (all of them without a sync).
+    pub rows: Vec<usize>,
+    /// Seconds spent waiting for the rows.
+    pub data_wait: f64,
+    /// Seconds in the gradient all-reduce (with [`GradSync::AllReduce`]).
+    pub allreduce_seconds: Option<f64>,
+    /// Training data read from storage so far ([`BatchSource::bytes_read`]).
+    pub bytes_read: Option<u64>,
+}
+
+
+/// The texts a step embeds for rows `ex`: the anchors (queries), and the candidates column by column
+/// (all positives, then each negative column), the layout the losses expect. `None` when the rows have
+/// different numbers of negatives.
+fn batch_texts<'a>(ex: &[&'a Example]) -> Option<(Vec<&'a str>, Vec<&'a str>)> {
+    let anchors: Vec<&str> = ex.iter().map(|e| e.anchor.as_str()).collect();
+    let negs = ex.first().map(|e| e.negatives.len()).unwrap_or(0);
+    if ex.iter().any(|e| e.negatives.len() != negs) {
+        return None;
+    }
+    let mut cands: Vec<&str> = ex.iter().map(|e| e.positive.as_str()).collect();
+    for k in 0..negs {
+        cands.extend(ex.iter().map(|e| e.negatives[k].as_str()));
+    }
+    Some((anchors, cands))
+}
+
+impl Trainer {
+    /// Embeds queries and candidates (positives, then each negative column) of `ex`.
+    pub(crate) fn embed(&self, ex: &[&Example], train: bool) -> Result<(Tensor, Tensor, usize), TrainError> {
+        let dev = self.model.device();
+        // Autocast (bf16 or fp16) covers the encoder forwards only; the loss and the backward run
+        // outside the scope, as `torch.autocast` is meant to be used.
+        let amp = self.amp.and_then(|kind| crate::amp::Autocast::new(dev, kind));
+        let (anchors, cands) = batch_texts(ex).ok_or_else(|| {
+            other("rows of one batch have different numbers of negatives; give every row the same negative columns")
+        })?;
+        let qb = self.model.tokenize(&anchors, TextKind::Query)?.to(dev);
+        let q = self.model.forward_kind(&qb, TextKind::Query, train);
+        let tw = self.windows;
+        let docs = windows::embed_documents(&self.model, &cands, tw.as_ref(), self.seed, self.state.global_step, train)?;
+        if tw.is_some() {
+            self.window_cost.add(cands.len(), &docs);
+        }
+        let tokens = qb.lengths.iter().sum::<usize>() + docs.tokens;
+        drop(amp);
+        Ok((q.to_kind(Kind::Float), docs.embeddings.to_kind(Kind::Float), tokens))
+    }
+
+    /// Back-propagates `loss`, multiplied by the loss scale with fp16 (`scaler.scale(loss).backward()`).
+    /// Every backward of a step's loss goes through here; gradient cache's surrogate backward does
+    /// not, since the embedding gradients it carries already hold the scale.
+    pub(crate) fn backward(&self, loss: &Tensor) {
+        match &self.scaler {
+            Some(s) => s.scale_loss(loss).backward(),
+            None => loss.backward(),
+        }
+    }
+
+    pub(crate) fn labels(ex: &[&Example]) -> Option<Tensor> {
+        if ex.iter().all(|e| e.label.is_some()) && !ex.is_empty() {
+            let w = ex[0].label.as_ref().unwrap().len();
+            let flat: Vec<f32> = ex.iter().flat_map(|e| e.label.clone().unwrap()).collect();
+            Some(Tensor::from_slice(&flat).view([ex.len() as i64, w as i64]))
+        } else {
+            None
+        }
+    }
+
+    /// Seeds libtorch's generator from (seed, step, micro-batch) so dropout masks are a function of
+    /// the position in the run: resume replays them, and gradient cache's second pass sees the
+    /// first pass's masks.
+    pub(crate) fn seed_for(&self, micro: usize) {
+        tch::manual_seed((self.seed as i64).wrapping_mul(1_000_003) ^ ((self.state.global_step as i64) << 12) ^ micro as i64);
+    }
+
+    /// Forward + backward for this process's rows of one step; gradients accumulate in the
+    /// parameters. Returns the stats of the loss (on this process's rows).
+    pub fn forward_backward(&self, ex: &[&Example]) -> Result<StepStats, TrainError> {
+        let step = self.state.global_step;
+        let total = self.state.total_steps;
+        let mb = (ex.len() / self.micro_batches.max(1)).max(1);
+        let mut stats = StepStats { step: step + 1, samples: ex.len(), ..Default::default() };
+        if self.gradient_cache && self.micro_batches > 1 {
+            // Gradient cache: embed every micro-batch without a graph, take the loss over the whole
+            // batch, then re-run each micro-batch with a graph and back-propagate the cached
+            // embedding gradients through it. Exact, since the loss sees every in-batch negative.
+            let chunks: Vec<&[&Example]> = ex.chunks(mb).collect();
+            let mut qs = Vec::new();
+            let mut ds = Vec::new();
+            tch::no_grad(|| -> Result<(), TrainError> {
+                for (i, c) in chunks.iter().enumerate() {
+                    self.seed_for(i);
+                    let (q, d, tokens) = self.embed(c, true)?;
+                    stats.tokens += tokens;
+                    qs.push(q);
+                    ds.push(d);
+                }
+                Ok(())
+            })?;
+            let negs = ex[0].negatives.len() as i64 + 1;
+            let q_all = Tensor::cat(&qs, 0).detach().set_requires_grad(true);
+            // Candidates are laid out column-major over the whole batch: all positives, then all
+            // first negatives, …; each micro-batch's block is [positives; negatives] of its rows.
+            let d_cols: Vec<Tensor> = (0..negs)
+                .map(|c| {
+                    let parts: Vec<Tensor> = ds.iter().zip(&chunks).map(|(d, ch)| d.narrow(0, c * ch.len() as i64, ch.len() as i64)).collect();
+                    Tensor::cat(&parts, 0)
+                })
+                .collect();
+            let d_all = Tensor::cat(&d_cols, 0).detach().set_requires_grad(true);
+            let labels = Self::labels(ex);
+            let parts = self.loss.compute(&q_all, &d_all, labels.as_ref(), step, total);
+            self.backward(&parts.total);
+            fill_loss_stats(&mut stats, &parts, &q_all, &d_all);
+            let gq = q_all.grad();
+            let gd = d_all.grad();
+            let n = ex.len() as i64;
+            let mut offset = 0i64;
+            for (i, c) in chunks.iter().enumerate() {
+                self.seed_for(i);
+                let (q, d, _) = self.embed(c, true)?;
+                let len = c.len() as i64;
+                let gq_i = gq.narrow(0, offset, len);
+                let gd_i = Tensor::cat(&(0..negs).map(|col| gd.narrow(0, col * n + offset, len)).collect::<Vec<_>>(), 0);
+                let surrogate = (q * gq_i).sum(Kind::Float) + (d * gd_i).sum(Kind::Float);
+                surrogate.backward();
+                offset += len;
+            }
+        } else {
+            // Plain accumulation: each micro-batch is its own loss (negatives within it), averaged.
+            let chunks: Vec<&[&Example]> = ex.chunks(mb).collect();
+            let k = chunks.len() as f64;
+            for (i, c) in chunks.iter().enumerate() {
+                self.seed_for(i);
+                let (q, d, tokens) = self.embed(c, true)?;
+                stats.tokens += tokens;
+                let labels = Self::labels(c);
+                let parts = self.loss.compute(&q, &d, labels.as_ref(), step, total);
+                self.backward(&(&parts.total / k));
+                let mut s = StepStats::default();
+                fill_loss_stats(&mut s, &parts, &q, &d);
+                stats.loss += s.loss / k;
+                stats.ranking_loss += s.ranking_loss / k;
+                stats.flops_query += s.flops_query / k;
+                stats.flops_document += s.flops_document / k;
+                stats.query_active_dims += s.query_active_dims / k;
+                stats.document_active_dims += s.document_active_dims / k;
+                stats.query_regularizer_weight = s.query_regularizer_weight;
+                stats.document_regularizer_weight = s.document_regularizer_weight;
+            }
+        }
+        stats.windows_per_doc = self.window_cost.take();
+        Ok(stats)
+    }
+
+    /// One full optimizer step on planned batch `self.state.global_step + 1` of the loaded datasets, no sync.
+    pub fn train_step(&mut self) -> Result<StepStats, TrainError> {
+        Ok(self.step(&BatchSource::Loaded, &mut GradSync::None, &mut |_| Ok(()))?.stats)
+    }
+
+    /// The step: the next planned batch's rows from `source`, forward and backward, `sync`, then the optimizer
+    /// ([`Trainer::finish_step`]). `after_sync` sees the synced gradients before the optimizer consumes them.
+    pub fn step(
+        &mut self,
+        source: &BatchSource,
+        sync: &mut GradSync,
+        after_sync: &mut dyn FnMut(&Trainer) -> Result<(), TrainError>,
+    ) -> Result<StepDone, TrainError> {
+        let t0 = Instant::now();
+        let step = self.state.global_step + 1;
+        let batch = self
+            .plan
+            .step(step)
+            .cloned()
+            .ok_or_else(|| other(format!("step {} is past the plan's {} steps", self.state.global_step, self.plan.len())))?;
+        let lr = self.learning_rate();
+        self.model.vs.unfreeze();
+        let (rank, world) = match sync {
+            GradSync::None => (0, 1),
+            GradSync::AllReduce(pg) => (pg.rank(), pg.world_size()),
+        };
+        let rows = slice_for_rank(&batch, rank, world).to_vec();
+        let fetched;
+        let (local, global, labels): (Vec<&Example>, Option<Vec<&Example>>, Option<Tensor>) = match source {
+            BatchSource::Loaded => {
+                let global = self.examples(&batch, &batch.rows);
+                (self.examples(&batch, &rows), Some(global), None)
+            }
+            BatchSource::Slices { fetcher, plan } => {
+                fetched = fetcher.next(step).map_err(|e| other(format!("step {step}: {e}")))?;
+                (fetched.iter().collect(), None, global_labels(plan, &batch.dataset, &batch.rows))
+            }
+        };
+        let data_wait = t0.elapsed().as_secs_f64();
+        let (mut stats, allreduce_seconds) = match sync {
+            GradSync::None => {
+                let prefetch = matches!(source, BatchSource::Loaded);
+                (self.forward_backward_prefetching(&local, prefetch)?, None)
+            }
+            GradSync::AllReduce(pg) => {
+                let labels = match &global {
+                    Some(g) => Self::labels(g),
+                    None => labels,
+                };
+                let (stats, ar) = self.forward_backward_slice(&local, labels, batch.rows.len(), pg)?;
+                (stats, Some(ar.seconds))
+            }
+        };
+        drop(local);
+        drop(global);
+        after_sync(self)?;
+        self.finish_step(&mut stats, &batch, lr, t0);
+        Ok(StepDone { stats, batch, rows, data_wait, allreduce_seconds, bytes_read: source.bytes_read() })
+    }
+
+    /// [`Trainer::forward_backward`], with the next planned step's texts tokenized on another thread meanwhile
+    /// when `prefetch` (the trainer holds the rows of the next step).
+    fn forward_backward_prefetching(&self, ex: &[&Example], prefetch: bool) -> Result<StepStats, TrainError> {
+        let next = if prefetch { self.texts_to_tokenize(self.state.global_step + 2) } else { Vec::new() };
+        let pre = (!next.is_empty()).then(|| self.model.pretokenizer());
+        let (stats, prefetched) = std::thread::scope(|s| {
+            let worker = s.spawn(move || {
+                let Some(pre) = pre else { return Vec::new() };
+                next.iter()
+                    .filter_map(|(kind, texts)| {
+                        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                        pre.pretokenize(&refs, *kind)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let stats = self.forward_backward(ex);
+            (stats, worker.join().unwrap_or_default())
+        });
+        if prefetch {
+            self.model.set_prefetched(prefetched);
+        }
+        stats
+    }
+
+    /// What [`Trainer::forward_backward`] will tokenize for planned step `step`, in its micro-batch
+    /// chunks: each chunk's anchors (queries) and, unless documents are windowed, its candidates
+    /// (positives, then each negative column). Empty past the plan.
+    fn texts_to_tokenize(&self, step: u64) -> Vec<(TextKind, Vec<String>)> {
+        let Some(batch) = self.plan.step(step) else { return Vec::new() };
+        let ex = self.examples(batch, &batch.rows);
+        let mb = (ex.len() / self.micro_batches.max(1)).max(1);
+        let windowed = self.windows.is_some();
+        let mut out = Vec::new();
+        for chunk in ex.chunks(mb) {
+            // A batch `embed` refuses is not prefetched; the step reports it.
+            let Some((anchors, cands)) = batch_texts(chunk) else { continue };
+            let owned = |t: Vec<&str>| t.into_iter().map(String::from).collect();
+            out.push((TextKind::Query, owned(anchors)));
+            if !windowed {
+                out.push((TextKind::Document, owned(cands)));
+            }
+        }
+        out
+    }
+}
+
+fn active_dims(emb: &Tensor) -> f64 {
+    emb.detach().gt(0.0).to_kind(Kind::Float).sum_dim_intlist([1i64].as_slice(), false, Kind::Float).mean(Kind::Float).double_value(&[])
+}
+
+pub(crate) fn fill_loss_stats(s: &mut StepStats, parts: &loss::LossParts, q: &Tensor, d: &Tensor) {
+    s.loss = parts.ranking + parts.flops_query + parts.flops_document;
+    s.ranking_loss = parts.ranking;
+    s.flops_query = parts.flops_query;
+    s.flops_document = parts.flops_document;
+    s.query_regularizer_weight = parts.query_weight;
+    s.document_regularizer_weight = parts.document_weight;
+    s.query_active_dims = active_dims(q);
+    s.document_active_dims = active_dims(d);
+}
+

@@ -1,0 +1,398 @@
+//! The [`Trainer`]: model, optimizer, objective, the batch plan and the settings a step needs, resolved
+//! once from the config; the optimizer's end of a step ([`Trainer::apply_gradients`]) and checkpoints
+//! (write, commit, resume). The step itself is in [`super::step`], the schedule around it in
+//! [`super::schedule`].
+
+use std::path::Path;
+use std::time::Instant;
+
+use splade_common::config::{Config, InnerLoss as CfgInner};
+use splade_common::data::plan::{BatchPlan, PlannedBatch};
+use splade_common::data::{load_training_data, DataPlan, Example, SplitDataset};
+use splade_common::store::checkpoint::{commit_checkpoint, fetch_checkpoint, latest_checkpoint, prune};
+use splade_common::store::{block_on, Location, StoreOptions};
+use tch::{Device, Kind};
+
+use super::loss::{InnerLoss, SpladeLossConfig};
+use super::optim::{clip_grad_norm, linear_schedule, no_decay, warmup_steps, AdamW, ParamGroup};
+use super::scaler::{GradScaler, ScalerConfig, ScalerState};
+use super::state::{TrainerState, OPTIMIZER_STATE, SCALER_STATE, TRAINER_STATE};
+use super::{inference_free, other, windows, StepStats, TrainError};
+use crate::model::{resolve::resolve_model, LoadOptions, PoolingConfig, PoolingStrategy, SparseEncoder};
+
+/// A SPLADE trainer: model, optimizer, objective and the deterministic batch plan.
+pub struct Trainer {
+    pub cfg: Config,
+    pub model: SparseEncoder,
+    pub opt: AdamW,
+    pub loss: SpladeLossConfig,
+    /// The loaded training datasets in config order (empty when the rows come from a data plan's slices).
+    pub datasets: Vec<SplitDataset>,
+    pub plan: BatchPlan,
+    pub state: TrainerState,
+    pub output: Location,
+    /// Micro-batches per optimizer step on this process.
+    pub micro_batches: usize,
+    /// With `training.fp16`: the dynamic loss scaler (torch's `GradScaler` defaults). Replace it
+    /// before the first step to change its settings.
+    pub scaler: Option<GradScaler>,
+    pub(crate) warmup: u64,
+    pub(crate) seed: u64,
+    pub(crate) window_cost: windows::WindowCost,
+    /// `training.learning_rate`: the peak of the linear schedule.
+    pub(crate) peak_lr: f64,
+    /// `training.max_grad_norm`.
+    pub(crate) max_grad_norm: f64,
+    /// `training.gradient_cache`.
+    pub(crate) gradient_cache: bool,
+    /// The autocast dtype of `training.bf16` / `training.fp16`.
+    pub(crate) amp: Option<Kind>,
+    /// `document_windows`, when training documents are windowed.
+    pub(crate) windows: Option<windows::TrainingWindows>,
+}
+
+fn inner_loss(cfg: &Config) -> InnerLoss {
+    match cfg.loss.inner_loss {
+        CfgInner::SparseMultipleNegativesRankingLoss => InnerLoss::MultipleNegativesRanking { scale: cfg.loss.scale },
+        CfgInner::SparseMarginMse => InnerLoss::MarginMse,
+        CfgInner::SparseDistillKldiv => InnerLoss::DistillKlDiv { temperature: cfg.loss.temperature },
+    }
+}
+
+/// Loads and splits every enabled dataset, in config order: the code the coordinator plans a cluster job with
+/// (`splade_common::data::load_training_data`).
+pub fn load_train_datasets(cfg: &Config) -> Result<Vec<SplitDataset>, TrainError> {
+    let out = block_on(load_training_data(cfg, &StoreOptions::from_env()))?;
+    if out.is_empty() {
+        return Err(other(format!("{}: no enabled dataset under `datasets:`; enable at least one", cfg.origin)));
+    }
+    Ok(out)
+}
+
+/// The batch plan for `global_batch` rows per optimizer step: the plan of the [`DataPlan`] a coordinator
+/// publishes for the same config and data, so `splade train` and a cluster train the same batches.
+pub fn build_plan(cfg: &Config, datasets: &[SplitDataset], global_batch: usize) -> Result<BatchPlan, TrainError> {
+    let plan = DataPlan::build(cfg, datasets, global_batch).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))?;
+    Ok(BatchPlan { batches: plan.batches })
+}
+
+/// Fingerprint of the first `steps` batches of the plan: a checkpoint records the batches it
+/// consumed, so resume can check that the data so far was the same, while a longer or shorter
+/// run (another max_steps) stays allowed.
+fn fingerprint(plan: &BatchPlan, steps: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for b in plan.batches.iter().take(steps as usize) {
+        h.update(b.dataset.as_bytes());
+        for r in &b.rows {
+            h.update((*r as u64).to_le_bytes());
+        }
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// Model loading options the training config implies.
+pub fn load_options(cfg: &Config) -> LoadOptions {
+    LoadOptions {
+        dropout: cfg.model.dropout,
+        max_seq_length: cfg.training.max_seq_length,
+        query_max_length: cfg.training.query_max_length,
+        document_max_length: cfg.training.document_max_length,
+        pooling: Some(PoolingConfig {
+            pooling_strategy: match cfg.model.pooling_strategy {
+                splade_common::config::PoolingStrategy::Max => PoolingStrategy::Max,
+                splade_common::config::PoolingStrategy::Sum => PoolingStrategy::Sum,
+            },
+            ..PoolingConfig::default()
+        }),
+        // The seed's defaults: patch a base model's head; a finished sparse encoder keeps its own code.
+        patch_sigmoid: cfg.model.patch_sigmoid_for_sparsity.or((!cfg.model.load_pretrained_sparse_encoder).then_some(true)),
+    }
+}
+
+fn param_groups(model: &SparseEncoder, cfg: &Config) -> Vec<ParamGroup> {
+    let mut decay = ParamGroup { names: vec![], params: vec![], weight_decay: cfg.training.weight_decay, lr_scale: 1.0 };
+    let mut plain = ParamGroup { names: vec![], params: vec![], weight_decay: 0.0, lr_scale: 1.0 };
+    for (name, t) in model.named_parameters() {
+        if name == crate::model::STATIC_VAR {
+            continue; // its own group (or none when frozen), below
+        }
+        let g = if no_decay(&name) { &mut plain } else { &mut decay };
+        g.names.push(name);
+        g.params.push(t);
+    }
+    let mut groups = vec![decay, plain];
+    groups.extend(inference_free::static_param_group(model, cfg));
+    groups
+}
+
+impl Trainer {
+    /// Builds a trainer for `cfg` on `device` whose plan has `global_batch` rows per step, of
+    /// which this process computes `micro_batches` micro-batches of `per_device_train_batch_size`.
+    pub fn new(cfg: Config, device: Device, global_batch: usize, micro_batches: usize) -> Result<Self, TrainError> {
+        let datasets = load_train_datasets(&cfg)?;
+        let plan = build_plan(&cfg, &datasets, global_batch)?;
+        Self::from_parts(cfg, device, datasets, plan, global_batch, micro_batches)
+    }
+
+    /// A trainer that follows a plan made elsewhere (a cluster coordinator's published data plan) and holds
+    /// no dataset: its examples come from the caller (see [`fetch::SliceFetcher`]), so
+    /// [`Trainer::examples`] and [`Trainer::train_step`] must not be used.
+    pub fn with_plan(cfg: Config, device: Device, plan: BatchPlan, micro_batches: usize) -> Result<Self, TrainError> {
+        let global_batch = plan.batches.first().map_or(0, |b| b.rows.len());
+        Self::from_parts(cfg, device, Vec::new(), plan, global_batch, micro_batches)
+    }
+
+    fn from_parts(
+        cfg: Config,
+        device: Device,
+        datasets: Vec<SplitDataset>,
+        plan: BatchPlan,
+        global_batch: usize,
+        micro_batches: usize,
+    ) -> Result<Self, TrainError> {
+        if plan.is_empty() {
+            return Err(other(format!(
+                "{}: the datasets are smaller than one batch of {global_batch}; lower training.per_device_train_batch_size",
+                cfg.origin
+            )));
+        }
+        let dir = resolve_model(&cfg.model.base_model)?;
+        let mut model = SparseEncoder::load(&dir, device, &load_options(&cfg))?;
+        inference_free::prepare_model(&mut model, &cfg)?;
+        if cfg.training.fp16 && cfg.training.bf16 {
+            return Err(other(format!(
+                "{}: training.fp16 and training.bf16 are both true; set one of them to false",
+                cfg.origin
+            )));
+        }
+        if let Some(kind) = amp_kind(&cfg) {
+            if crate::amp::Autocast::new(device, kind).is_none() {
+                let key = if cfg.training.fp16 { "fp16" } else { "bf16" };
+                return Err(other(format!(
+                    "{}: training.{key} is true but libtorch has no {kind:?} autocast for device {device:?}; set {key}: false",
+                    cfg.origin
+                )));
+            }
+        }
+        let scaler = cfg.training.fp16.then(|| GradScaler::new(ScalerConfig::default(), device));
+        if let Some(w) = windows::TrainingWindows::from_config(&cfg) {
+            w.check(&model, &cfg.origin)?;
+        }
+        let opt = AdamW::new(param_groups(&model, &cfg));
+        let total = plan.len() as u64;
+        let loss = SpladeLossConfig {
+            inner: inner_loss(&cfg),
+            query_regularizer_weight: cfg.loss.query_regularizer_weight,
+            document_regularizer_weight: cfg.loss.document_regularizer_weight,
+            regularizer_warmup_ratio: cfg.loss.regularizer_warmup_ratio,
+        };
+        let output = Location::parse(&cfg.training.output_dir)?;
+        let state = TrainerState { total_steps: total, ..Default::default() };
+        let warmup = warmup_steps(total, cfg.training.warmup_ratio);
+        let seed = cfg.training.seed;
+        let (peak_lr, max_grad_norm, gradient_cache) =
+            (cfg.training.learning_rate, cfg.training.max_grad_norm, cfg.training.gradient_cache);
+        let amp = amp_kind(&cfg);
+        let windows = windows::TrainingWindows::from_config(&cfg);
+        Ok(Self {
+            cfg,
+            model,
+            opt,
+            loss,
+            datasets,
+            plan,
+            state,
+            output,
+            micro_batches,
+            scaler,
+            warmup,
+            seed,
+            window_cost: Default::default(),
+            peak_lr,
+            max_grad_norm,
+            gradient_cache,
+            amp,
+            windows,
+        })
+    }
+
+    /// Learning rate of the step about to run. The schedule advances once per optimizer step
+    /// taken: steps the fp16 loss scaler skipped do not advance it, as in the Hugging Face Trainer
+    /// (which calls `lr_scheduler.step()` only `if not accelerator.optimizer_step_was_skipped`).
+    pub fn learning_rate(&self) -> f64 {
+        let scheduled = self.state.global_step - self.state.skipped_steps.min(self.state.global_step);
+        linear_schedule(self.peak_lr, scheduled, self.warmup, self.state.total_steps)
+    }
+
+    /// Examples of a planned batch, in plan order.
+    pub fn examples<'a>(&'a self, batch: &PlannedBatch, rows: &[usize]) -> Vec<&'a Example> {
+        let ds = self
+            .datasets
+            .iter()
+            .find(|d| d.name == batch.dataset)
+            .expect("a plan built from these datasets names only them");
+        rows.iter().map(|&r| &ds.train[r]).collect()
+    }
+
+
+
+    /// Clips, updates and zeroes gradients: the end of an optimizer step.
+    ///
+    /// With fp16 the gradients are first unscaled (so clipping sees true gradients); if any is
+    /// inf/NaN the AdamW update is skipped, weights and moments untouched, and the step counts in
+    /// `state.skipped_steps` (the LR schedule does not advance, see [`Trainer::learning_rate`]);
+    /// then the scaler backs off or grows. `global_step` advances either way, as in the HF Trainer.
+    pub fn apply_gradients(&mut self, lr: f64) -> Applied {
+        let params = self.opt.params();
+        let loss_scale = self.scaler.as_ref().map(GradScaler::scale);
+        let found_inf = self.scaler.as_ref().map(|s| s.unscale_(&params));
+        let skipped = found_inf.as_ref().is_some_and(GradScaler::step_was_skipped);
+        // Clipped (and measured) even when the step is skipped: the logged norm is then inf/NaN,
+        // as the HF Trainer logs it.
+        let grad_norm = clip_grad_norm(&params, self.max_grad_norm);
+        if skipped {
+            self.state.skipped_steps += 1;
+        } else {
+            self.opt.step(lr);
+        }
+        if let (Some(s), Some(f)) = (self.scaler.as_mut(), found_inf.as_ref()) {
+            s.update(f);
+        }
+        self.opt.zero_grad();
+        self.state.global_step += 1;
+        Applied { grad_norm, loss_scale, skipped }
+    }
+
+    /// Ends a step whose gradients are in place (single-process or all-reduced): applies them at `lr`,
+    /// advances the epoch and sample count, and fills the step's lr, epoch, gradient norm and wall
+    /// time (since `started`) into `stats`.
+    pub fn finish_step(&mut self, stats: &mut StepStats, batch: &PlannedBatch, lr: f64, started: Instant) {
+        stats.learning_rate = lr;
+        stats.epoch = batch.epoch;
+        let applied = self.apply_gradients(lr);
+        stats.grad_norm = applied.grad_norm;
+        stats.loss_scale = applied.loss_scale;
+        stats.optimizer_step_skipped = applied.skipped;
+        self.state.epoch = batch.epoch;
+        self.state.samples_seen += batch.rows.len() as u64;
+        stats.step_seconds = started.elapsed().as_secs_f64();
+    }
+
+    /// Writes model + optimizer + trainer state into `dir` (a local staging folder).
+    pub fn write_checkpoint_files(&self, dir: &Path) -> Result<(), TrainError> {
+        self.model.save(dir)?;
+        self.opt.save(&dir.join(OPTIMIZER_STATE)).map_err(|e| other(format!("{}: {e}", dir.display())))?;
+        if let Some(s) = &self.scaler {
+            let text = serde_json::to_string_pretty(&s.state()).expect("scaler state serialises");
+            std::fs::write(dir.join(SCALER_STATE), text).map_err(|e| other(format!("{}: {e}", dir.display())))?;
+        }
+        let state = TrainerState { plan_fingerprint: fingerprint(&self.plan, self.state.global_step), ..self.state.clone() };
+        let st = serde_json::to_string_pretty(&state).expect("state serialises");
+        std::fs::write(dir.join(TRAINER_STATE), st).map_err(|e| other(format!("{}: {e}", dir.display())))?;
+        Ok(())
+    }
+
+    /// Commits `checkpoint-<step>` under the output location and applies `save_total_limit`.
+    pub fn save_checkpoint(&self) -> Result<String, TrainError> {
+        let name = format!("checkpoint-{}", self.state.global_step);
+        let staging = tempfile::tempdir().map_err(|e| other(format!("cannot create a staging dir: {e}")))?;
+        self.write_checkpoint_files(staging.path())?;
+        block_on(commit_checkpoint(&self.output, &name, self.state.global_step, staging.path()))?;
+        if let Some(limit) = self.cfg.training.save_total_limit {
+            let protect: Vec<&str> = self.state.best_checkpoint.iter().map(String::as_str).collect();
+            let removed = block_on(prune(&self.output, limit, &protect))?;
+            if !removed.is_empty() {
+                tracing::info!(removed = ?removed, "save_total_limit {limit}: pruned old checkpoints");
+            }
+        }
+        Ok(self.output.url_of(&name))
+    }
+
+    /// Restores weights, optimizer and position from a committed checkpoint (`None`: the latest).
+    pub fn resume(&mut self, name: Option<&str>) -> Result<Option<String>, TrainError> {
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => match block_on(latest_checkpoint(&self.output))? {
+                Some(info) => info.name,
+                None => return Ok(None),
+            },
+        };
+        let local = tempfile::tempdir().map_err(|e| other(format!("cannot create a temp dir: {e}")))?;
+        block_on(fetch_checkpoint(&self.output, &name, local.path()))?;
+        let state: TrainerState = serde_json::from_str(
+            &std::fs::read_to_string(local.path().join(TRAINER_STATE)).map_err(|e| other(format!("{name}: {e}")))?,
+        )
+        .map_err(|e| other(format!("{name}/{TRAINER_STATE}: {e}")))?;
+        if state.plan_fingerprint != fingerprint(&self.plan, state.global_step) {
+            return Err(other(format!(
+                "{}: checkpoint {name} was trained on a different batch plan (datasets, batch size or seed changed); \
+                 resume with the config it was started with, or start a new output_dir",
+                self.cfg.origin
+            )));
+        }
+        let saved = SparseEncoder::load(local.path(), Device::Cpu, &load_options(&self.cfg))?;
+        let src = saved.vs.variables();
+        tch::no_grad(|| {
+            for (n, mut t) in self.model.vs.variables() {
+                t.copy_(&src[&n]);
+            }
+        });
+        self.opt.load(&local.path().join(OPTIMIZER_STATE)).map_err(other)?;
+        if let Some(s) = self.scaler.as_mut() {
+            let path = local.path().join(SCALER_STATE);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => s.load_state(
+                    &serde_json::from_str::<ScalerState>(&text).map_err(|e| other(format!("{name}/{SCALER_STATE}: {e}")))?,
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::warn!(
+                    checkpoint = name,
+                    "training.fp16: the checkpoint has no {SCALER_STATE} (saved without fp16); the loss scale starts at {}",
+                    s.scale()
+                ),
+                Err(e) => return Err(other(format!("{name}/{SCALER_STATE}: {e}"))),
+            }
+        }
+        // The schedule follows this run's plan length, even if the checkpoint's run was planned longer or shorter.
+        self.state = TrainerState { total_steps: self.state.total_steps, ..state };
+        Ok(Some(name))
+    }
+}
+
+/// What [`Trainer::apply_gradients`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    /// Total L2 norm of the (unscaled) gradients before clipping; inf/NaN on a skipped step.
+    pub grad_norm: f64,
+    /// With fp16: the scale the step's gradients were unscaled by (before this step's update).
+    pub loss_scale: Option<f64>,
+    /// With fp16: a gradient was inf/NaN and the optimizer step was skipped.
+    pub skipped: bool,
+}
+
+/// Replaces the model's weights with those of committed checkpoint `name` (optimizer and position stay).
+pub(crate) fn load_checkpoint_weights(trainer: &mut Trainer, name: &str) -> Result<(), TrainError> {
+    let local = tempfile::tempdir().map_err(|e| other(format!("cannot create a temp dir: {e}")))?;
+    block_on(fetch_checkpoint(&trainer.output, name, local.path()))?;
+    let saved = SparseEncoder::load(local.path(), Device::Cpu, &load_options(&trainer.cfg))?;
+    let src = saved.vs.variables();
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for (n, mut t) in trainer.model.vs.variables() {
+            let s = src.get(&n).ok_or_else(|| other(format!("{name}: the checkpoint has no tensor `{n}`")))?;
+            t.copy_(s);
+        }
+        Ok(())
+    })
+}
+
+/// The autocast dtype `training.bf16` / `training.fp16` ask for.
+fn amp_kind(cfg: &Config) -> Option<Kind> {
+    if cfg.training.bf16 {
+        Some(Kind::BFloat16)
+    } else if cfg.training.fp16 {
+        Some(Kind::Half)
+    } else {
+        None
+    }
+}
+
