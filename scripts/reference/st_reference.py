@@ -2,6 +2,7 @@
 
 Subcommands (all print or write JSON):
   encode --model DIR --input FILE --out FILE [--max-length N] [--trust-remote-code] [--batch-size N]
+         [--max-active-dims N]
       FILE is a JSON list of {"text", "kind": "query"|"document"}; writes a list of
       {"indices", "values"} plus the load-time warnings, the model's prompts / max length and the
       sentence-transformers / transformers versions that ran (the seed's 5.2 / 4.57 stack when
@@ -15,6 +16,11 @@ Subcommands (all print or write JSON):
       route SparseStaticEmbedding over the MLM's tokenizer, document route MLMTransformer +
       SpladePooling) and saves it. --random-weights replaces the constructor's all-ones table by
       seeded random weights (some zero), so a loader that ignores the table cannot pass.
+  make-csr --base DIR --out DIR [--hidden-dim N --k K --k-aux KA --normalize --max-length N]
+      Builds a CSR SparseEncoder as sentence-transformers documents it: the base folder's own modules
+      (Transformer, its Pooling and Normalize) followed by a SparseAutoEncoder whose parameters are
+      all seeded random (pre_bias and latent_bias too, so a loader that drops either cannot pass),
+      and saves it.
 """
 import argparse
 import contextlib
@@ -89,7 +95,8 @@ def cmd_encode(a):
         texts = [items[i]["text"] for i in idx]
         fn = model.encode_query if kind == "query" else model.encode_document
         with torch.no_grad():
-            emb = fn(texts, batch_size=a.batch_size, convert_to_tensor=True, convert_to_sparse_tensor=False)
+            extra = {"max_active_dims": a.max_active_dims} if a.max_active_dims else {}
+            emb = fn(texts, batch_size=a.batch_size, convert_to_tensor=True, convert_to_sparse_tensor=False, **extra)
         emb = emb.to_dense() if emb.is_sparse else emb
         for j, i in enumerate(idx):
             row = emb[j]
@@ -143,6 +150,30 @@ def cmd_make_inference_free(a):
     model.save(a.out)
 
 
+def cmd_make_csr(a):
+    import torch
+    from sentence_transformers import SentenceTransformer, SparseEncoder
+
+    try:  # 6.x
+        from sentence_transformers.sparse_encoder.modules import SparseAutoEncoder
+    except ImportError:  # 5.x
+        from sentence_transformers.sparse_encoder.models import SparseAutoEncoder
+
+    torch.manual_seed(1234)
+    dense = SentenceTransformer(a.base, device="cpu")
+    dense.max_seq_length = a.max_length
+    modules = list(dense._modules.values())
+    dim = dense.get_sentence_embedding_dimension()
+    sae = SparseAutoEncoder(input_dim=dim, hidden_dim=a.hidden_dim, k=a.k, k_aux=a.k_aux, normalize=a.normalize)
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        sae.encoder.weight.copy_(torch.randn(sae.encoder.weight.shape, generator=g) * 0.05)
+        sae.pre_bias.copy_(torch.randn(sae.pre_bias.shape, generator=g) * 0.01)
+        sae.latent_bias.copy_(torch.randn(sae.latent_bias.shape, generator=g) * 0.01)
+    model = SparseEncoder(modules=modules + [sae], similarity_fn_name="dot", device="cpu")
+    model.save(a.out)
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -153,6 +184,7 @@ def main():
     e.add_argument("--max-length", type=int)
     e.add_argument("--trust-remote-code", action="store_true")
     e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--max-active-dims", type=int)
     t = sub.add_parser("make-tied")
     t.add_argument("--base", required=True)
     t.add_argument("--out", required=True)
@@ -162,8 +194,17 @@ def main():
     f.add_argument("--out", required=True)
     f.add_argument("--max-length", type=int, default=128)
     f.add_argument("--random-weights", action="store_true")
+    c = sub.add_parser("make-csr")
+    c.add_argument("--base", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--hidden-dim", type=int, default=1536)
+    c.add_argument("--k", type=int, default=32)
+    c.add_argument("--k-aux", type=int, default=256)
+    c.add_argument("--normalize", action="store_true")
+    c.add_argument("--max-length", type=int, default=128)
     a = p.parse_args()
-    {"encode": cmd_encode, "make-tied": cmd_make_tied, "make-inference-free": cmd_make_inference_free}[a.cmd](a)
+    cmds = {"encode": cmd_encode, "make-tied": cmd_make_tied, "make-inference-free": cmd_make_inference_free, "make-csr": cmd_make_csr}
+    cmds[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,17 @@ pub struct ModelConfig {
     pub patch_sigmoid_for_sparsity: Option<bool>,
     /// Overrides the checkpoint's dropout (hidden and attention) when set; 0 for parity tests.
     pub dropout: Option<f64>,
+    /// CSR: latents kept per text by the sparse autoencoder (`SparseAutoEncoder.k`); default 256
+    /// (the seed's). Training also takes the top 4·k, so 4·k must fit in `csr_hidden_dim`.
+    pub csr_k: Option<usize>,
+    /// CSR: latents of the auxiliary (dead-latent) reconstruction (`k_aux`); default 512.
+    pub csr_k_aux: Option<usize>,
+    /// CSR: autoencoder width (`hidden_dim`); default 4 × the base's embedding dimension.
+    pub csr_hidden_dim: Option<usize>,
+    /// CSR: layer-normalise the dense embedding before encoding (`normalize`); default false.
+    pub csr_normalize: Option<bool>,
+    /// CSR: steps without activation after which a latent counts as dead (`dead_threshold`); default 30.
+    pub csr_dead_threshold: Option<u64>,
 }
 
 impl Default for ModelConfig {
@@ -120,6 +131,11 @@ impl Default for ModelConfig {
             load_pretrained_sparse_encoder: false,
             patch_sigmoid_for_sparsity: None,
             dropout: None,
+            csr_k: None,
+            csr_k_aux: None,
+            csr_hidden_dim: None,
+            csr_normalize: None,
+            csr_dead_threshold: None,
         }
     }
 }
@@ -133,6 +149,10 @@ pub enum Architecture {
     /// Learned per-token query weights (`SparseStaticEmbedding`), MLM encoder for documents.
     #[serde(rename = "inference-free-splade")]
     InferenceFreeSplade,
+    /// Contrastive Sparse Representation: a dense encoder, its pooling, and a top-k sparse
+    /// autoencoder (sentence-transformers' `SparseAutoEncoder`); trained with `loss.type: csr_loss`.
+    #[serde(rename = "csr")]
+    Csr,
 }
 
 /// `model.pooling_strategy`
@@ -413,6 +433,11 @@ pub struct LossConfig {
     pub scale: f64,
     /// Distillation temperature for `sparse_distill_kldiv`; default 2.0 (sentence-transformers).
     pub temperature: f64,
+    /// `csr_loss`: the weight of the auxiliary (dead-latent) reconstruction term, `CSRLoss`'s `beta`;
+    /// default 0.1. The seed passes it as `aux_loss_weight`, a keyword `CSRLoss` does not take.
+    pub aux_loss_weight: f64,
+    /// `csr_loss`: the weight of the inner ranking loss, `CSRLoss`'s `gamma`; default 1.0.
+    pub gamma: f64,
 }
 
 impl Default for LossConfig {
@@ -425,6 +450,8 @@ impl Default for LossConfig {
             regularizer_warmup_ratio: 1.0 / 3.0,
             scale: 1.0,
             temperature: 2.0,
+            aux_loss_weight: 0.1,
+            gamma: 1.0,
         }
     }
 }
@@ -435,6 +462,9 @@ impl Default for LossConfig {
 pub enum LossType {
     /// sentence-transformers' `SpladeLoss`.
     SpladeLoss,
+    /// sentence-transformers' `CSRLoss` (reconstruction + auxiliary + inner ranking loss), for
+    /// `model.architecture: csr`.
+    CsrLoss,
 }
 
 /// `loss.inner_loss`
@@ -876,6 +906,58 @@ impl Config {
         }
     }
 
+    /// The CSR rules: `csr_loss` and `architecture: csr` go together, and the autoencoder sizes fit.
+    fn validate_csr(&self) -> Result<(), ConfigError> {
+        let m = &self.model;
+        let csr = m.architecture == Architecture::Csr;
+        if self.loss.kind == LossType::CsrLoss && !csr {
+            return Err(self.invalid("loss.type", "csr_loss",
+                "CSRLoss trains a sparse autoencoder: set `model.architecture: csr`, or use `loss.type: splade_loss`"));
+        }
+        if csr && self.loss.kind != LossType::CsrLoss {
+            return Err(self.invalid("loss.type", "splade_loss",
+                "`model.architecture: csr` trains with `loss.type: csr_loss` (CSRLoss)"));
+        }
+        if !csr {
+            for (key, set) in [("csr_k", m.csr_k.is_some()), ("csr_k_aux", m.csr_k_aux.is_some()),
+                ("csr_hidden_dim", m.csr_hidden_dim.is_some()), ("csr_normalize", m.csr_normalize.is_some()),
+                ("csr_dead_threshold", m.csr_dead_threshold.is_some())] {
+                if set {
+                    return Err(self.invalid(&format!("model.{key}"), "set",
+                        "applies to `model.architecture: csr` only; set the architecture or remove the key"));
+                }
+            }
+            return Ok(());
+        }
+        if let Some(k) = m.csr_k {
+            if k == 0 {
+                return Err(self.invalid("model.csr_k", 0, "must be at least 1"));
+            }
+        }
+        if let (Some(k), Some(h)) = (m.csr_k, m.csr_hidden_dim) {
+            if k > h {
+                return Err(self.invalid("model.csr_k", k,
+                    &format!("is larger than model.csr_hidden_dim {h}; k latents are chosen among hidden_dim, lower csr_k or raise csr_hidden_dim")));
+            }
+            if 4 * k > h {
+                return Err(self.invalid("model.csr_k", k,
+                    &format!("CSRLoss also reconstructs from the top 4·k = {} latents, more than model.csr_hidden_dim {h}; \
+                     lower csr_k to at most {} or raise csr_hidden_dim", 4 * k, h / 4)));
+            }
+        }
+        if let (Some(ka), Some(h)) = (m.csr_k_aux, m.csr_hidden_dim) {
+            if ka > h {
+                return Err(self.invalid("model.csr_k_aux", ka,
+                    &format!("is larger than model.csr_hidden_dim {h}; lower csr_k_aux or raise csr_hidden_dim")));
+            }
+        }
+        if self.loss.inner_loss != InnerLoss::SparseMultipleNegativesRankingLoss {
+            return Err(self.invalid("loss.inner_loss", format!("{:?}", self.loss.inner_loss),
+                "csr_loss supports `sparse_multiple_negatives_ranking_loss` (the seed's and CSRLoss's default) as its inner loss"));
+        }
+        Ok(())
+    }
+
     /// Checks the rules serde cannot express. Returns the first broken rule, naming key, value and fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let t = &self.training;
@@ -943,6 +1025,7 @@ impl Config {
             l.regularizer_warmup_ratio.to_string(), "must be between 0 and 1")?;
         check(l.scale > 0.0, "loss.scale", l.scale.to_string(), "must be positive")?;
         check(l.temperature > 0.0, "loss.temperature", l.temperature.to_string(), "must be positive")?;
+        self.validate_csr()?;
 
         for (name, d) in &self.datasets.datasets {
             let key = |k: &str| format!("datasets.{name}.{k}");

@@ -9,6 +9,7 @@
 
 mod bert;
 mod config;
+pub mod csr;
 mod dropout;
 pub mod encoder;
 mod gptbert;
@@ -30,6 +31,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 pub use bert::BertForMaskedLm;
 pub use config::BertConfig;
+pub use csr::{CsrConfig, CsrHead, DensePooling};
 pub use encoder::{Architecture, HeadLayout, MaskedLm, Squash};
 pub use pooling::{Activation, PoolingConfig, PoolingStrategy};
 pub use st_format::FolderSpec;
@@ -82,11 +84,31 @@ pub struct LoadOptions {
     pub patch_sigmoid: Option<bool>,
 }
 
-/// A loaded SPLADE encoder. Its parameters live in `vs` (names as in the checkpoint).
+/// What turns the encoder's hidden states into a sparse vector.
+pub enum SparseHead {
+    /// The MLM head's logits, SPLADE-pooled over tokens ([`SparseEncoder::forward_with_head`]):
+    /// one dimension per vocabulary entry.
+    Splade,
+    /// CSR: dense pooling, then a top-k sparse autoencoder ([`csr`]): one dimension per latent.
+    /// The MLM head of the encoder is not used, trained or saved.
+    Csr(CsrHead),
+}
+
+/// A loaded sparse encoder (SPLADE or CSR). Its parameters live in `vs` (names as in the checkpoint).
 pub struct SparseEncoder {
     pub vs: nn::VarStore,
     /// The masked-LM encoder and its head, whatever the architecture.
     pub mlm: Box<dyn MaskedLm>,
+    /// The sparse head on top of the encoder's hidden states.
+    pub head: SparseHead,
+    /// Keep at most this many non-zero dimensions per embedding at encode time, as
+    /// `SparseEncoder.encode(max_active_dims=…)` does: the largest by absolute value for SPLADE; for
+    /// CSR the autoencoder's top-k itself (so a value above k activates more latents). `None`: all of
+    /// them (SPLADE), the folder's `max_active_dims` else k (CSR).
+    pub max_active_dims: Option<i64>,
+    /// Checkpoint tensors the encoder does not use but a dense folder carries (BERT's pooler), kept
+    /// so a CSR folder saves the transformer as complete as it was loaded.
+    dense_extras: Vec<(String, Tensor)>,
     pub tokenizer: TextTokenizer,
     pub spec: FolderSpec,
     /// Max length (special tokens included) used when neither side overrides it.
@@ -187,6 +209,30 @@ impl SparseEncoder {
             Architecture::XlmRoberta => xlm_roberta::load(args)?,
             Architecture::ModernBert => modernbert::load(args)?,
         };
+        let head = match &spec.sparse_auto_encoder_dir {
+            Some(sae_dir) => {
+                let pooling = spec.dense_pooling.ok_or_else(|| {
+                    ModelError::file(
+                        &dir.join("modules.json"),
+                        "a SparseAutoEncoder needs a dense Pooling module before it (Transformer, Pooling, SparseAutoEncoder)",
+                    )
+                })?;
+                let mut h = CsrHead::load(&vs.root(), sae_dir, pooling, spec.dense_normalize)?;
+                h.max_active_dims = spec.max_active_dims;
+                check_csr_input_dim(&h.config, mlm.as_ref(), &sae_dir.join("config.json"))?;
+                drop_mlm_head(&vs, mlm.architecture());
+                SparseHead::Csr(h)
+            }
+            None => SparseHead::Splade,
+        };
+        let dense_extras: Vec<(String, Tensor)> = if arch == Architecture::Bert {
+            ["pooler.dense.weight", "pooler.dense.bias"]
+                .iter()
+                .filter_map(|n| weights.take_optional(&format!("bert.{n}")).map(|t| (n.to_string(), t)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let left = weights.leftovers();
         if !left.is_empty() {
             tracing::warn!(file = %weights.file().display(), "ignoring {} unexpected tensors: {}", left.len(), left.join(", "));
@@ -202,6 +248,9 @@ impl SparseEncoder {
         };
         let mut vs = vs;
         vs.set_device(device);
+        if let SparseHead::Csr(h) = &head {
+            h.set_device(device);
+        }
         if let Some(p) = &opts.pooling {
             spec.pooling = p.clone();
         }
@@ -220,7 +269,99 @@ impl SparseEncoder {
             .or(spec.tokenizer_max_length.filter(|&n| n < 1_000_000))
             .unwrap_or(max_pos.min(512))
             .min(max_pos);
-        Ok(Self { vs, mlm, tokenizer, spec, max_seq_length, lean_head: true, query_static, prefetched: Default::default() })
+        Ok(Self {
+            vs,
+            mlm,
+            head,
+            max_active_dims: None,
+            dense_extras,
+            tokenizer,
+            spec,
+            max_seq_length,
+            lean_head: true,
+            query_static,
+            prefetched: Default::default(),
+        })
+    }
+
+    /// Turns a dense encoder into a CSR model with a fresh autoencoder (`SparseAutoEncoder(input_dim,
+    /// hidden_dim, k, k_aux, normalize, dead_threshold)`; seeded by `tch::manual_seed`). The dense
+    /// embedding is what the base folder's `Pooling` (and `Normalize`) modules make; a plain encoder
+    /// folder gets mean pooling, as the seed's script builds it. `hidden_dim` `None`: 4 × the
+    /// embedding dimension. A model that already is CSR keeps its autoencoder. Every parameter
+    /// trains; the encoder's MLM head is dropped.
+    pub fn make_csr(
+        &mut self,
+        hidden_dim: Option<i64>,
+        k: i64,
+        k_aux: i64,
+        normalize: bool,
+        dead_threshold: i64,
+    ) -> Result<(), ModelError> {
+        if matches!(self.head, SparseHead::Csr(_)) {
+            return Ok(());
+        }
+        let cfg_path = self.spec.transformer_dir.join("config.json");
+        if self.query_static.is_some() {
+            return Err(ModelError::file(
+                &cfg_path,
+                "the base is an inference-free (Router) SparseEncoder, which has no dense pooling; CSR needs a dense \
+                 encoder (a sentence-transformers Transformer + Pooling folder, or a plain Hugging Face encoder)",
+            ));
+        }
+        let pooling = match self.spec.dense_pooling {
+            Some(p) => p,
+            None if !self.spec.is_sentence_transformers => DensePooling::Mean,
+            None => {
+                return Err(ModelError::file(
+                    &self.spec.transformer_dir,
+                    "the base is a sentence-transformers folder without a dense Pooling module (a SPLADE SparseEncoder?); \
+                     CSR needs a dense base: a Transformer + Pooling folder (e.g. all-MiniLM-L6-v2) or a plain encoder folder",
+                ))
+            }
+        };
+        let input_dim = hidden_size(self.mlm.as_ref()).ok_or_else(|| {
+            ModelError::file(&cfg_path, "config.json has no hidden_size; CSR needs the encoder's embedding dimension")
+        })?;
+        let hidden = hidden_dim.unwrap_or(4 * input_dim);
+        let config = CsrConfig { input_dim, hidden_dim: hidden, k, k_aux, normalize, dead_threshold };
+        config.validate(&cfg_path)?;
+        if 4 * k > hidden {
+            return Err(ModelError::file(
+                &cfg_path,
+                format!(
+                    "csr_k = {k}: CSRLoss also reconstructs from the top 4·k = {} latents, more than csr_hidden_dim = {hidden}; \
+                     lower model.csr_k to at most {} or raise model.csr_hidden_dim",
+                    4 * k,
+                    hidden / 4
+                ),
+            ));
+        }
+        let device = self.vs.device();
+        let h = CsrHead::fresh(&self.vs.root(), config, pooling, self.spec.dense_normalize);
+        h.set_device(device);
+        drop_mlm_head(&self.vs, self.mlm.architecture());
+        self.head = SparseHead::Csr(h);
+        Ok(())
+    }
+
+    /// The CSR head, when this is a CSR model.
+    pub fn csr(&self) -> Option<&CsrHead> {
+        match &self.head {
+            SparseHead::Csr(h) => Some(h),
+            SparseHead::Splade => None,
+        }
+    }
+
+    /// What a training loss takes for a batch of `kind` texts: the sparse embeddings [B, V] for SPLADE
+    /// ([`SparseEncoder::forward_kind`]), the dense sentence embeddings [B, H] that the autoencoder
+    /// reads for CSR (CSRLoss needs the autoencoder's training features, which
+    /// [`CsrHead::train_forward`] makes from them).
+    pub fn loss_input(&self, batch: &Batch, kind: TextKind, train: bool) -> Tensor {
+        match &self.head {
+            SparseHead::Csr(h) => h.backbone(&self.mlm.encode(batch, train), batch),
+            SparseHead::Splade => self.forward_kind(batch, kind, train),
+        }
     }
 
     /// Turns a plain SPLADE encoder into an inference-free one whose query route is a fresh
@@ -252,9 +393,13 @@ impl SparseEncoder {
         self.vs.device()
     }
 
-    /// Vocabulary size (embedding dimension of the sparse vectors).
+    /// Embedding dimension of the sparse vectors: the vocabulary size for SPLADE, the autoencoder's
+    /// `hidden_dim` (latents) for CSR.
     pub fn vocab_size(&self) -> i64 {
-        self.mlm.vocab_size()
+        match &self.head {
+            SparseHead::Csr(h) => h.config.hidden_dim,
+            SparseHead::Splade => self.mlm.vocab_size(),
+        }
     }
 
     /// Max length for `kind`, special tokens included.
@@ -355,6 +500,9 @@ impl SparseEncoder {
     /// −inf logit (so they never activate, and padding is masked after the activation, never NaN);
     /// a [`Squash`] forces the dense path (every squashed logit is positive: nothing to skip).
     pub fn forward_with_head(&self, batch: &Batch, train: bool, lean: bool) -> Tensor {
+        if let SparseHead::Csr(h) = &self.head {
+            return h.encode(&h.backbone(&self.mlm.encode(batch, train), batch), self.max_active_dims);
+        }
         let hidden = self.mlm.encode(batch, train);
         let layout = self.mlm.head_layout();
         let t = self.mlm.head_transform(&hidden, train);
@@ -428,7 +576,10 @@ impl SparseEncoder {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(batch_size.max(1)) {
             let batch = self.tokenize(chunk, kind)?.to(self.device());
-            let emb = self.forward_kind(&batch, kind, false).to_device(Device::Cpu).to_kind(Kind::Float);
+            let mut emb = self.forward_kind(&batch, kind, false).to_device(Device::Cpu).to_kind(Kind::Float);
+            if let (Some(k), SparseHead::Splade) = (self.max_active_dims, &self.head) {
+                emb = select_max_active_dims(&emb, k);
+            }
             out.extend(dense_rows_to_sparse(&emb));
         }
         Ok(out)
@@ -445,8 +596,24 @@ impl SparseEncoder {
     /// The MLM's parameters only (what goes into the transformer's `model.safetensors`), plus the
     /// tied copies the architecture's reference code expects there ([`MaskedLm::state_dict`]).
     pub fn mlm_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut all: std::collections::BTreeMap<String, Tensor> =
-            self.named_parameters().into_iter().filter(|(n, _)| n != STATIC_VAR).collect();
+        let csr_prefix = format!("{}.", csr::CSR_PREFIX);
+        let mut all: std::collections::BTreeMap<String, Tensor> = self
+            .named_parameters()
+            .into_iter()
+            .filter(|(n, _)| n != STATIC_VAR && !n.starts_with(&csr_prefix))
+            .collect();
+        if let SparseHead::Csr(_) = self.head {
+            // A dense base saves as the bare encoder (`BertModel`: no `bert.` prefix, no MLM head).
+            if self.mlm.architecture() == Architecture::Bert {
+                return all
+                    .into_iter()
+                    .filter(|(n, _)| !n.starts_with("cls."))
+                    .map(|(n, t)| (n.strip_prefix("bert.").map(str::to_string).unwrap_or(n), t))
+                    .chain(self.dense_extras.iter().map(|(n, t)| (n.clone(), t.shallow_clone())))
+                    .collect();
+            }
+            return all.into_iter().collect();
+        }
         for (name, t) in self.mlm.state_dict() {
             all.entry(name).or_insert(t);
         }
@@ -457,6 +624,9 @@ impl SparseEncoder {
     /// Inference-free models are written in the Router layout (see [`st_format`]).
     pub fn save(&self, out: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, format!("cannot create: {e}")))?;
+        if let SparseHead::Csr(h) = &self.head {
+            return self.save_csr(out, h);
+        }
         if let Some(st) = &self.query_static {
             let tdir = out.join(st_format::DOCUMENT_MLM_ID);
             self.save_transformer(&tdir)?;
@@ -476,6 +646,32 @@ impl SparseEncoder {
         self.save_transformer(out)?;
         st_format::write_folder_metadata(out, &self.spec.transformer_dir, &self.spec, self.max_seq_length)?;
         Ok(())
+    }
+
+    /// The CSR layout sentence-transformers saves (5.x module paths): the dense transformer in the
+    /// root (`BertModel` for BERT), `1_Pooling`, `2_Normalize` when the base had one, and
+    /// `N_SparseAutoEncoder` with its config and weights (`stats_last_nonzero` included, so training
+    /// resumes with the same dead-latent counts).
+    fn save_csr(&self, out: &Path, h: &CsrHead) -> Result<(), ModelError> {
+        self.save_transformer(out)?;
+        if self.mlm.architecture() == Architecture::Bert {
+            let cfg_path = out.join("config.json");
+            let mut cfg = self.mlm.config_json();
+            cfg["architectures"] = serde_json::json!(["BertModel"]);
+            std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).expect("json"))
+                .map_err(|e| ModelError::file(&cfg_path, format!("cannot write: {e}")))?;
+        }
+        let sae_cfg = serde_json::to_value(&h.config).expect("config serialises");
+        let sae_dir = st_format::write_csr_metadata(
+            out,
+            &self.spec,
+            self.max_seq_length,
+            &h.pooling.config_json(h.config.input_dim),
+            h.normalize_embedding,
+            &sae_cfg,
+            h.max_active_dims.unwrap_or(h.config.k),
+        )?;
+        weights::save_safetensors(&sae_dir.join("model.safetensors"), &h.state_dict())
     }
 
     /// The transformer's `config.json` and `model.safetensors` in `out`.
@@ -543,6 +739,50 @@ fn gptbert_code_is_patched(dir: &Path) -> bool {
     let body = &code[start..];
     let body = body[1..].find("\nclass ").map_or(body, |end| &body[..end + 1]);
     !body.contains(GPTBERT_SIGMOID_LINE)
+}
+
+/// The encoder's hidden size from its `config.json` (`hidden_size`, or `dim` / `d_model`).
+fn hidden_size(mlm: &dyn MaskedLm) -> Option<i64> {
+    let cfg = mlm.config_json();
+    ["hidden_size", "d_model", "dim"].iter().find_map(|k| cfg[k].as_i64())
+}
+
+fn check_csr_input_dim(cfg: &CsrConfig, mlm: &dyn MaskedLm, path: &Path) -> Result<(), ModelError> {
+    match hidden_size(mlm) {
+        Some(h) if h != cfg.input_dim => Err(ModelError::file(
+            path,
+            format!("input_dim = {} but the transformer's hidden_size is {h}; the autoencoder belongs to another encoder", cfg.input_dim),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the MLM head's variables from the VarStore of a CSR model, so they are neither trained
+/// nor saved (a bare `BertModel` gets a fresh head from the BERT loader; CSR never uses it).
+fn drop_mlm_head(vs: &nn::VarStore, arch: Architecture) {
+    let prefix = match arch {
+        Architecture::Bert => "cls.",
+        _ => return,
+    };
+    let mut vars = vs.variables_.lock().unwrap_or_else(|e| e.into_inner());
+    let dropped: Vec<Tensor> = vars
+        .named_variables
+        .iter()
+        .filter(|(n, _)| n.starts_with(prefix))
+        .map(|(_, t)| t.shallow_clone())
+        .collect();
+    vars.named_variables.retain(|n, _| !n.starts_with(prefix));
+    vars.trainable_variables.retain(|v| !dropped.iter().any(|d| d.data_ptr() == v.tensor.data_ptr()));
+}
+
+/// Keeps the `k` largest entries by absolute value of each row (`select_max_active_dims`).
+fn select_max_active_dims(emb: &Tensor, k: i64) -> Tensor {
+    let v = emb.size()[1];
+    if k >= v {
+        return emb.shallow_clone();
+    }
+    let (_, idx) = emb.abs().topk(k, 1, true, false);
+    Tensor::zeros_like(emb).scatter(1, &idx, &emb.gather(1, &idx, false))
 }
 
 /// Queries and documents must live in one vocabulary space for the dot product to mean anything.

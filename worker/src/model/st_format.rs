@@ -46,6 +46,14 @@ pub struct FolderSpec {
     pub tokenizer_max_length: Option<usize>,
     /// Inference-free (Router) folders: the query route's `SparseStaticEmbedding` folder.
     pub query_static_dir: Option<PathBuf>,
+    /// Dense folders and CSR: the `Pooling` module's mode (`None` without one).
+    pub dense_pooling: Option<super::csr::DensePooling>,
+    /// Dense folders and CSR: a `Normalize` module follows the pooling.
+    pub dense_normalize: bool,
+    /// CSR folders: the `SparseAutoEncoder` module's folder.
+    pub sparse_auto_encoder_dir: Option<PathBuf>,
+    /// `config_sentence_transformers.json`'s `max_active_dims` (CSR folders save the autoencoder's k).
+    pub max_active_dims: Option<i64>,
 }
 
 fn read_json(path: &Path) -> Result<Value, ModelError> {
@@ -90,6 +98,10 @@ pub fn read_folder(dir: &Path) -> Result<FolderSpec, ModelError> {
         padding_side: "right".into(),
         tokenizer_max_length: None,
         query_static_dir: None,
+        dense_pooling: None,
+        dense_normalize: false,
+        sparse_auto_encoder_dir: None,
+        max_active_dims: None,
     };
     let modules_path = dir.join("modules.json");
     if let Some(modules) = read_json_opt(&modules_path)? {
@@ -105,7 +117,8 @@ pub fn read_folder(dir: &Path) -> Result<FolderSpec, ModelError> {
                 if let Some(sb) = read_json_opt(&sub.join("sentence_bert_config.json"))? {
                     spec.max_seq_length = sb["max_seq_length"].as_u64().map(|v| v as usize);
                     if let Some(task) = sb["transformer_task"].as_str() {
-                        if task != "fill-mask" {
+                        // feature-extraction: a dense base (6.x writes it for `Transformer`), read for CSR.
+                        if task != "fill-mask" && task != "feature-extraction" {
                             return Err(ModelError::file(
                                 &sub.join("sentence_bert_config.json"),
                                 format!("transformer_task '{task}' is not a SPLADE encoder (expected \"fill-mask\")"),
@@ -117,7 +130,19 @@ pub fn read_folder(dir: &Path) -> Result<FolderSpec, ModelError> {
                 let p = sub.join("config.json");
                 let v = read_json(&p)?;
                 spec.pooling = serde_json::from_value(v).map_err(|e| ModelError::file(&p, format!("bad pooling config: {e}")))?;
+            } else if ty.ends_with("SparseAutoEncoder") {
+                spec.sparse_auto_encoder_dir = Some(sub.clone());
             } else if ty.ends_with(".Pooling") || ty.ends_with(".Normalize") || ty.ends_with(".Dense") {
+                if ty.ends_with(".Pooling") {
+                    let p = sub.join("config.json");
+                    // An unsupported mode only matters to CSR, which then reports the missing pooling.
+                    match super::csr::DensePooling::from_config(&read_json(&p)?, &p) {
+                        Ok(mode) => spec.dense_pooling = Some(mode),
+                        Err(e) => tracing::warn!("{e}"),
+                    }
+                } else if ty.ends_with(".Normalize") {
+                    spec.dense_normalize = true;
+                }
                 // A dense sentence-transformers model (e.g. all-MiniLM): SPLADE starts from its
                 // transformer and puts an MLM head on top; the dense-only modules do not apply.
                 tracing::info!(module = ty, "ignoring dense-embedding module of {}", modules_path.display());
@@ -138,7 +163,11 @@ pub fn read_folder(dir: &Path) -> Result<FolderSpec, ModelError> {
                 ));
             }
         }
+        if spec.sparse_auto_encoder_dir.is_some() {
+            spec.is_sentence_transformers = true;
+        }
         if let Some(cfg) = read_json_opt(&dir.join("config_sentence_transformers.json"))? {
+            spec.max_active_dims = cfg["max_active_dims"].as_i64();
             if let Some(p) = cfg["prompts"]["query"].as_str() {
                 spec.query_prompt = p.to_string();
             }
@@ -254,6 +283,52 @@ pub fn write_folder_metadata(out: &Path, tokenizer_src: &Path, spec: &FolderSpec
     write_root_files(out, spec)?;
     write_transformer_files(out, tokenizer_src, spec, max_seq_length)?;
     write_pooling(&out.join("1_SpladePooling"), spec)
+}
+
+// CSR modules, 5.x paths (6.2 maps them onto its own modules).
+const DENSE_TRANSFORMER_TYPE: &str = "sentence_transformers.models.Transformer";
+const DENSE_POOLING_TYPE: &str = "sentence_transformers.models.Pooling";
+const NORMALIZE_TYPE: &str = "sentence_transformers.models.Normalize";
+const SAE_TYPE: &str = "sentence_transformers.sparse_encoder.models.SparseAutoEncoder";
+
+/// Writes everything but the transformer's `config.json` / `model.safetensors` and the
+/// autoencoder's weights of a CSR folder: `modules.json` (Transformer, Pooling, [Normalize,]
+/// SparseAutoEncoder), root files (with `max_active_dims` = k, as sentence-transformers saves it),
+/// the transformer's metadata, `1_Pooling/config.json`, and the autoencoder's `config.json`.
+/// Returns the autoencoder's folder.
+pub fn write_csr_metadata(
+    out: &Path,
+    spec: &FolderSpec,
+    max_seq_length: usize,
+    pooling: &Value,
+    normalize: bool,
+    sae_config: &Value,
+    k: i64,
+) -> Result<PathBuf, ModelError> {
+    let mut modules = vec![
+        json!({"idx": 0, "name": "0", "path": "", "type": DENSE_TRANSFORMER_TYPE}),
+        json!({"idx": 1, "name": "1", "path": "1_Pooling", "type": DENSE_POOLING_TYPE}),
+    ];
+    if normalize {
+        modules.push(json!({"idx": 2, "name": "2", "path": "2_Normalize", "type": NORMALIZE_TYPE}));
+    }
+    let idx = modules.len();
+    let sae_path = format!("{idx}_SparseAutoEncoder");
+    modules.push(json!({"idx": idx, "name": idx.to_string(), "path": sae_path, "type": SAE_TYPE}));
+    write_json(out, "modules.json", &Value::Array(modules))?;
+    write_root_files(out, spec)?;
+    let cp = out.join("config_sentence_transformers.json");
+    let mut cfg = read_json(&cp)?;
+    cfg["max_active_dims"] = json!(k);
+    write_json(out, "config_sentence_transformers.json", &cfg)?;
+    write_transformer_files(out, &spec.transformer_dir, spec, max_seq_length)?;
+    write_json(&out.join("1_Pooling"), "config.json", pooling)?;
+    if normalize {
+        write_json(&out.join("2_Normalize"), "config.json", &json!({}))?;
+    }
+    let sae_dir = out.join(sae_path);
+    write_json(&sae_dir, "config.json", sae_config)?;
+    Ok(sae_dir)
 }
 
 /// Writes everything but the two weight files and the transformer's `config.json` of a Router

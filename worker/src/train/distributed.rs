@@ -78,7 +78,7 @@ impl Trainer {
             stats.tokens = tokens;
             let g = gather_global_batch(pg, &q, &col_to_row(&d, k)).map_err(dist)?;
             let d_all = row_to_col(&g.d, k);
-            let parts = self.loss.compute(&g.q, &d_all, labels.as_ref(), step, total);
+            let parts = self.compute_loss(&g.q, &d_all, labels.as_ref(), step, total);
             self.backward(&parts.total);
             fill_loss_stats(&mut stats, &parts, &g.q, &d_all);
         } else {
@@ -101,7 +101,7 @@ impl Trainer {
             let d_leaf = Tensor::cat(&ds, 0).detach().set_requires_grad(true);
             let g = gather_global_batch(pg, &q_leaf, &d_leaf).map_err(dist)?;
             let d_all = row_to_col(&g.d, k);
-            let parts = self.loss.compute(&g.q, &d_all, labels.as_ref(), step, total);
+            let parts = self.compute_loss(&g.q, &d_all, labels.as_ref(), step, total);
             self.backward(&parts.total);
             fill_loss_stats(&mut stats, &parts, &g.q, &d_all);
             let gq = q_leaf.grad();
@@ -122,6 +122,7 @@ impl Trainer {
         // skipping them keeps the ranks' tensor lists identical. With fp16 these are still the
         // scaled gradients: they are unscaled and checked for inf/NaN after the all-reduce
         // (`apply_gradients`), so every rank sees the same sums and skips the same steps.
+        self.scale_replicated_grads(pg.world_size());
         let mut grads: Vec<Tensor> = self.opt.params().iter().map(Tensor::grad).filter(Tensor::defined).collect();
         let ar = pg.all_reduce_sum(&mut grads).map_err(dist)?;
         // This rank's documents only (windowing cost is not all-reduced).

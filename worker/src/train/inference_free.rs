@@ -29,6 +29,7 @@ pub fn prepare_model(model: &mut SparseEncoder, cfg: &Config) -> Result<(), Trai
         Architecture::InferenceFreeSplade => {
             model.make_inference_free(cfg.model.freeze_static_embedding)?;
         }
+        Architecture::Csr => super::csr::prepare(model, cfg)?,
         Architecture::Splade => {
             if model.is_inference_free() {
                 return Err(other(format!(

@@ -35,6 +35,21 @@ pub struct LossParts {
     pub flops_document: f64,
     pub query_weight: f64,
     pub document_weight: f64,
+    /// CSRLoss's reconstruction parts (`None` for SpladeLoss).
+    pub csr: Option<CsrParts>,
+}
+
+/// The reconstruction parts of `CSRLoss` (weighted as it returns them) and the state of the
+/// dead-latent counters after the loss's forward.
+pub struct CsrParts {
+    pub reconstruction_k: f64,
+    pub reconstruction_4k: f64,
+    pub reconstruction_aux: f64,
+    pub dead_latents: i64,
+    pub stats_sum: i64,
+    /// The top-k latents (what the sparsity statistics count), detached.
+    pub query_latents: Tensor,
+    pub document_latents: Tensor,
 }
 
 /// FLOPS regulariser `Σ_j (mean_i w_ij)²` of a [N, V] batch of sparse embeddings.
@@ -108,6 +123,7 @@ impl SpladeLossConfig {
             total,
             query_weight: qw,
             document_weight: dw,
+            csr: None,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! | [`monitor`] | Prometheus, `metrics.jsonl`, TensorBoard, MLflow, evaluation during training |
 //! | [`fetch`] | a cluster rank's slices of the published data plan |
 
+pub mod csr;
 pub mod distributed;
 pub mod fetch;
 pub mod inference_free;
@@ -93,6 +94,23 @@ pub struct StepStats {
     /// With `fp16`: the gradients held an inf/NaN, so the optimizer step was skipped (weights and
     /// moments untouched) and the loss scale backed off.
     pub optimizer_step_skipped: bool,
+    /// CSR: CSRLoss's reconstruction parts and the dead-latent counters after the step.
+    pub csr: Option<CsrStepStats>,
+}
+
+/// CSRLoss's parts of one step (each as sentence-transformers logs it), and the counters.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CsrStepStats {
+    /// `reconstruction_loss_k`.
+    pub reconstruction_k: f64,
+    /// `reconstruction_loss_4k` (already / 8).
+    pub reconstruction_4k: f64,
+    /// `reconstruction_loss_aux` (already × β).
+    pub reconstruction_aux: f64,
+    /// Latents with `stats_last_nonzero > dead_threshold`.
+    pub dead_latents: i64,
+    /// Σ `stats_last_nonzero`.
+    pub stats_sum: i64,
 }
 
 /// How a run ended.

@@ -185,6 +185,13 @@ impl Monitor {
             scalars.push(("train/windows_per_doc", encoded));
             scalars.push(("train/windows_available_per_doc", available));
         }
+        if let Some(c) = &s.csr {
+            scalars.push(("train/loss_reconstruction_k", c.reconstruction_k));
+            scalars.push(("train/loss_reconstruction_4k", c.reconstruction_4k));
+            scalars.push(("train/loss_reconstruction_aux", c.reconstruction_aux));
+            scalars.push(("train/csr_dead_latents", c.dead_latents as f64));
+            scalars.push(("train/csr_stats_sum", c.stats_sum as f64));
+        }
         if let Some(scale) = s.loss_scale {
             scalars.push(("train/loss_scale", scale));
             scalars.push(("train/optimizer_step_skipped", if s.optimizer_step_skipped { 1.0 } else { 0.0 }));

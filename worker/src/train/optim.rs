@@ -31,7 +31,8 @@ pub struct AdamW {
 
 /// Whether transformers would exempt a parameter from weight decay: biases and LayerNorm weights.
 pub fn no_decay(name: &str) -> bool {
-    name.ends_with(".bias") || name.contains("LayerNorm") || name.ends_with("predictions.bias")
+    // `_bias`: the CSR autoencoder's pre_bias / latent_bias (the HF Trainer skips every name holding "bias").
+    name.ends_with(".bias") || name.ends_with("_bias") || name.contains("LayerNorm") || name.ends_with("predictions.bias")
 }
 
 impl AdamW {

@@ -90,7 +90,15 @@ impl Trainer {
             other("rows of one batch have different numbers of negatives; give every row the same negative columns")
         })?;
         let qb = self.model.tokenize(&anchors, TextKind::Query)?.to(dev);
-        let q = self.model.forward_kind(&qb, TextKind::Query, train);
+        let q = self.model.loss_input(&qb, TextKind::Query, train);
+        if self.model.csr().is_some() {
+            // CSR: dense sentence embeddings, which the loss passes through the autoencoder.
+            let db = self.model.tokenize(&cands, TextKind::Document)?.to(dev);
+            let d = self.model.loss_input(&db, TextKind::Document, train);
+            let tokens = qb.lengths.iter().sum::<usize>() + db.lengths.iter().sum::<usize>();
+            drop(amp);
+            return Ok((q.to_kind(Kind::Float), d.to_kind(Kind::Float), tokens));
+        }
         let tw = self.windows;
         let docs = windows::embed_documents(&self.model, &cands, tw.as_ref(), self.seed, self.state.global_step, train)?;
         if tw.is_some() {
@@ -164,7 +172,7 @@ impl Trainer {
                 .collect();
             let d_all = Tensor::cat(&d_cols, 0).detach().set_requires_grad(true);
             let labels = Self::labels(ex);
-            let parts = self.loss.compute(&q_all, &d_all, labels.as_ref(), step, total);
+            let parts = self.compute_loss(&q_all, &d_all, labels.as_ref(), step, total);
             self.backward(&parts.total);
             fill_loss_stats(&mut stats, &parts, &q_all, &d_all);
             let gq = q_all.grad();
@@ -190,7 +198,7 @@ impl Trainer {
                 let (q, d, tokens) = self.embed(c, true)?;
                 stats.tokens += tokens;
                 let labels = Self::labels(c);
-                let parts = self.loss.compute(&q, &d, labels.as_ref(), step, total);
+                let parts = self.compute_loss(&q, &d, labels.as_ref(), step, total);
                 self.backward(&(&parts.total / k));
                 let mut s = StepStats::default();
                 fill_loss_stats(&mut s, &parts, &q, &d);
@@ -202,6 +210,14 @@ impl Trainer {
                 stats.document_active_dims += s.document_active_dims / k;
                 stats.query_regularizer_weight = s.query_regularizer_weight;
                 stats.document_regularizer_weight = s.document_regularizer_weight;
+                if let Some(c) = s.csr {
+                    let acc = stats.csr.get_or_insert_with(Default::default);
+                    acc.reconstruction_k += c.reconstruction_k / k;
+                    acc.reconstruction_4k += c.reconstruction_4k / k;
+                    acc.reconstruction_aux += c.reconstruction_aux / k;
+                    acc.dead_latents = c.dead_latents;
+                    acc.stats_sum = c.stats_sum;
+                }
             }
         }
         stats.windows_per_doc = self.window_cost.take();
@@ -325,7 +341,23 @@ pub(crate) fn fill_loss_stats(s: &mut StepStats, parts: &loss::LossParts, q: &Te
     s.flops_document = parts.flops_document;
     s.query_regularizer_weight = parts.query_weight;
     s.document_regularizer_weight = parts.document_weight;
-    s.query_active_dims = active_dims(q);
-    s.document_active_dims = active_dims(d);
+    match &parts.csr {
+        Some(c) => {
+            s.loss += c.reconstruction_k + c.reconstruction_4k + c.reconstruction_aux;
+            s.query_active_dims = active_dims(&c.query_latents);
+            s.document_active_dims = active_dims(&c.document_latents);
+            s.csr = Some(super::CsrStepStats {
+                reconstruction_k: c.reconstruction_k,
+                reconstruction_4k: c.reconstruction_4k,
+                reconstruction_aux: c.reconstruction_aux,
+                dead_latents: c.dead_latents,
+                stats_sum: c.stats_sum,
+            });
+        }
+        None => {
+            s.query_active_dims = active_dims(q);
+            s.document_active_dims = active_dims(d);
+        }
+    }
 }
 

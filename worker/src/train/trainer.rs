@@ -26,6 +26,8 @@ pub struct Trainer {
     pub model: SparseEncoder,
     pub opt: AdamW,
     pub loss: SpladeLossConfig,
+    /// `loss.type: csr_loss`: CSRLoss around `loss`'s ranking loss (CSR models).
+    pub csr_loss: Option<super::csr::CsrLossConfig>,
     /// The loaded training datasets in config order (empty when the rows come from a data plan's slices).
     pub datasets: Vec<SplitDataset>,
     pub plan: BatchPlan,
@@ -187,6 +189,7 @@ impl Trainer {
             document_regularizer_weight: cfg.loss.document_regularizer_weight,
             regularizer_warmup_ratio: cfg.loss.regularizer_warmup_ratio,
         };
+        let csr_loss = super::csr::CsrLossConfig::from_config(&cfg);
         let output = Location::parse(&cfg.training.output_dir)?;
         let state = TrainerState { total_steps: total, ..Default::default() };
         let warmup = warmup_steps(total, cfg.training.warmup_ratio);
@@ -200,6 +203,7 @@ impl Trainer {
             model,
             opt,
             loss,
+            csr_loss,
             datasets,
             plan,
             state,

@@ -5,6 +5,7 @@ mod amp;
 mod architectures;
 mod cli_errors;
 mod cluster;
+mod csr;
 mod eval_parity;
 mod gptbert;
 mod lean_head;

@@ -1,0 +1,106 @@
+//! CSR (dense encoder + pooling + SparseAutoEncoder): encoding equal to sentence-transformers 6.2 on
+//! an ST-saved CSR folder (all-MiniLM-L6-v2 with a seeded random autoencoder), `max_active_dims`, our
+//! saved folder loading back in sentence-transformers, and the bad-input errors.
+
+use std::path::{Path, PathBuf};
+
+use splade_worker::model::{LoadOptions, SparseEncoder, TextKind};
+use tch::Device;
+
+use crate::parity::{assert_all_close, ours, theirs};
+use crate::support::*;
+
+/// An ST-saved CSR folder over MiniLM (`st_reference.py make-csr`: hidden 1536, k 32, k_aux 256).
+pub fn st_csr_folder(dir: &Path, extra: &[&str]) -> PathBuf {
+    let out = dir.join("st-csr");
+    let base = model("minilm");
+    let mut args = vec!["make-csr", "--base", base.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend(extra);
+    st_reference(&args);
+    out
+}
+
+fn texts() -> Vec<(String, bool)> {
+    parity_texts().into_iter().take(12).collect()
+}
+
+/// Encodes with sentence-transformers with `max_active_dims` passed to `encode_query/encode_document`.
+fn theirs_max_active(dir: &Path, texts: &[(String, bool)], k: usize) -> Vec<(Vec<u32>, Vec<f32>)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.json");
+    let items: Vec<_> =
+        texts.iter().map(|(t, q)| serde_json::json!({"text": t, "kind": if *q {"query"} else {"document"}})).collect();
+    std::fs::write(&input, serde_json::to_string(&items).unwrap()).unwrap();
+    let out = tmp.path().join("out.json");
+    let ks = k.to_string();
+    st_reference(&["encode", "--model", dir.to_str().unwrap(), "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-active-dims", &ks]);
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    v["embeddings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let idx = e["indices"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let val = e["values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            (idx, val)
+        })
+        .collect()
+}
+
+#[test]
+fn csr_encode_equals_sentence_transformers_on_st_saved_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = st_csr_folder(tmp.path(), &[]);
+    let t = texts();
+    let a = ours(&dir, &LoadOptions::default(), &t);
+    let (b, meta) = theirs(&dir, &t);
+    assert_all_close(&a, &b, &t, "CSR encode");
+    for (i, e) in a.iter().enumerate() {
+        assert!(!e.0.is_empty() && e.0.len() <= 32, "text {i}: {} active latents (k = 32)", e.0.len());
+        assert!(e.0.iter().all(|&j| j < 1536), "latent ids are below hidden_dim");
+    }
+    assert_eq!(meta["max_seq_length"].as_u64(), Some(128));
+    let m = SparseEncoder::load(&dir, Device::Cpu, &LoadOptions::default()).unwrap();
+    assert_eq!(m.vocab_size(), 1536, "the embedding dimension of a CSR model is hidden_dim");
+    // The encoder's MLM head is neither created in the VarStore nor saved.
+    assert!(m.named_parameters().iter().all(|(n, _)| !n.starts_with("cls.")));
+}
+
+#[test]
+fn csr_max_active_dims_as_sentence_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = st_csr_folder(tmp.path(), &["--normalize"]);
+    let t: Vec<_> = texts().into_iter().take(6).collect();
+    for k in [8usize, 64] {
+        let mut m = SparseEncoder::load(&dir, Device::Cpu, &LoadOptions::default()).unwrap();
+        m.max_active_dims = Some(k as i64);
+        let a: Vec<_> = t
+            .iter()
+            .map(|(s, q)| m.encode(&[s.as_str()], if *q { TextKind::Query } else { TextKind::Document }, 1).unwrap().remove(0))
+            .collect();
+        let b = theirs_max_active(&dir, &t, k);
+        assert_all_close(&a, &b, &t, &format!("CSR max_active_dims {k}"));
+        assert!(a.iter().all(|e| e.0.len() <= k));
+        if k == 64 {
+            assert!(a.iter().any(|e| e.0.len() > 32), "max_active_dims above k activates more latents, as in sentence-transformers");
+        }
+    }
+}
+
+#[test]
+fn csr_saved_folder_loads_in_sentence_transformers_with_equal_embeddings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = st_csr_folder(tmp.path(), &[]);
+    let m = SparseEncoder::load(&dir, Device::Cpu, &LoadOptions::default()).unwrap();
+    let saved = tmp.path().join("ours");
+    m.save(&saved).unwrap();
+    assert!(saved.join("2_Normalize").exists() && saved.join("3_SparseAutoEncoder/model.safetensors").exists());
+    let t = texts();
+    let a = ours(&saved, &LoadOptions::default(), &t);
+    let (b, meta) = theirs(&saved, &t);
+    assert_all_close(&a, &b, &t, "our saved CSR folder in sentence-transformers 6.2");
+    let warnings = crate::parity::weight_warnings(&meta);
+    assert!(warnings.is_empty(), "load warnings: {warnings:?}");
+    let (c, _) = crate::parity::theirs_on(Stack::St52, &saved, &t, false, 8);
+    assert_all_close(&a, &c, &t, "our saved CSR folder in sentence-transformers 5.2");
+}
