@@ -21,6 +21,9 @@ use super::tokenize::Batch;
 use super::weights::Weights;
 use super::ModelError;
 
+/// The building blocks the architectures share (linear, layer norm, activation, attention).
+pub(super) mod layers;
+
 /// The masked-LM architectures this encoder implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {

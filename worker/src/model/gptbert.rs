@@ -29,6 +29,7 @@ use tch::nn;
 use tch::{Kind, Tensor};
 
 use super::dropout::dropout;
+use super::encoder::layers::Loader;
 use super::encoder::{parse_config, Architecture, HeadLayout, LoadArgs, MaskedLm, Squash};
 use super::tokenize::Batch;
 use super::weights::Weights;
@@ -188,25 +189,9 @@ fn detect_variant(cfg: &Config, w: &Weights) -> Result<Variant, ModelError> {
     ))
 }
 
-/// Creates the model's variables from checkpoint tensors and remembers them by name for
-/// [`MaskedLm::state_dict`].
-struct Loader<'w> {
-    weights: &'w mut Weights,
-    params: Vec<(String, Tensor)>,
-}
-
-impl Loader<'_> {
-    fn take(&mut self, p: &nn::Path, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
-        let full = p.path(name);
-        let t = self.weights.take(&full, shape)?;
-        let var = p.var_copy(name, &t);
-        self.params.push((full, var.shallow_clone()));
-        Ok(var)
-    }
-}
-
 /// A LayerNorm without weight or bias (GPT-BERT has no affine LayerNorm anywhere), computed in fp32
-/// and cast back, as the reference's `norm(x.float()).type_as(x)`.
+/// and cast back, as the reference's `norm(x.float()).type_as(x)`; not the shared non-affine
+/// `LayerNorm`, which computes in the input's kind.
 fn norm(xs: &Tensor, eps: f64) -> Tensor {
     let dim = *xs.size().last().expect("layer norm input has a last dimension");
     xs.to_kind(Kind::Float).layer_norm([dim], None::<&Tensor>, None::<&Tensor>, eps, true).to_kind(xs.kind())
@@ -222,7 +207,7 @@ struct CastedLinearIn {
 }
 
 impl CastedLinearIn {
-    fn load(ld: &mut Loader, p: &nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self, ModelError> {
+    fn load(ld: &mut Loader<'_>, p: &nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self, ModelError> {
         let weights = vec![ld.take(p, "weight", &[out_dim, in_dim])?];
         let scale = ld.take(p, "scale", &[in_dim])?;
         let bias = if bias { Some(ld.take(p, "bias", &[out_dim])?) } else { None };
@@ -230,7 +215,7 @@ impl CastedLinearIn {
     }
 
     /// `MultiCastedLinearOrthoIn` without bias (every use in GPT-BERT).
-    fn load_multi(ld: &mut Loader, p: &nn::Path, in_dim: i64, out_dims: &[i64]) -> Result<Self, ModelError> {
+    fn load_multi(ld: &mut Loader<'_>, p: &nn::Path, in_dim: i64, out_dims: &[i64]) -> Result<Self, ModelError> {
         let wp = p / "weights";
         let weights = out_dims
             .iter()
@@ -257,10 +242,10 @@ struct Embedding {
 }
 
 impl Embedding {
-    fn load(ld: &mut Loader, p: &nn::Path, cfg: &Config) -> Result<Self, ModelError> {
+    fn load(ld: &mut Loader<'_>, p: &nn::Path, cfg: &Config, dropout: f64) -> Result<Self, ModelError> {
         let word = ld.take(&(p / "word_embedding"), "weight", &[cfg.vocab_size, cfg.hidden_size])?;
         let word_scale = ld.take(p, "word_scale", &[cfg.hidden_size])?;
-        Ok(Self { word, word_scale, eps: cfg.layer_norm_eps, dropout: cfg.embedding_dropout })
+        Ok(Self { word, word_scale, eps: cfg.layer_norm_eps, dropout })
     }
 
     fn forward(&self, input_ids: &Tensor, train: bool) -> Tensor {
@@ -344,7 +329,7 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn load(ld: &mut Loader, p: &nn::Path, cfg: &Config, layer: i64, variant: Variant, drop: (f64, f64)) -> Result<Self, ModelError> {
+    fn load(ld: &mut Loader<'_>, p: &nn::Path, cfg: &Config, layer: i64, variant: Variant, drop: (f64, f64)) -> Result<Self, ModelError> {
         let (h, heads, d_qk, d_v) = (cfg.hidden_size, cfg.num_attention_heads, cfg.query_key_head_size, cfg.value_head_size);
         Ok(Self {
             qk_proj: CastedLinearIn::load_multi(ld, &(p / "qk_proj"), h, &[heads * d_qk, heads * d_qk])?,
@@ -417,7 +402,7 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(ld: &mut Loader, p: &nn::Path, cfg: &Config, dropout: f64) -> Result<Self, ModelError> {
+    fn load(ld: &mut Loader<'_>, p: &nn::Path, cfg: &Config, dropout: f64) -> Result<Self, ModelError> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
             up_proj: CastedLinearIn::load_multi(ld, &(p / "up_proj"), h, &[i, i])?,
@@ -458,7 +443,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(ld: &mut Loader, p: &nn::Path, cfg: &Config, i: i64, variant: Variant, drop: (f64, f64)) -> Result<Self, ModelError> {
+    fn load(ld: &mut Loader<'_>, p: &nn::Path, cfg: &Config, i: i64, variant: Variant, drop: (f64, f64)) -> Result<Self, ModelError> {
         let attention = SelfAttention::load(ld, &(p / "attention"), cfg, i, variant, drop)?;
         let mlp = FeedForward::load(ld, &(p / "mlp"), cfg, drop.0)?;
         let mix = match variant {
@@ -512,11 +497,11 @@ struct LmClassifier {
 }
 
 impl LmClassifier {
-    fn load(ld: &mut Loader, p: &nn::Path, cfg: &Config) -> Result<Self, ModelError> {
+    fn load(ld: &mut Loader<'_>, p: &nn::Path, cfg: &Config) -> Result<Self, ModelError> {
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let projection = CastedLinearIn::load(ld, &(p / "projection"), h, h, false)?;
         let dp = p / "emb2vocab";
-        let decoder = if ld.weights.contains(DECODER_WEIGHT) { Some(ld.take(&dp, "weight", &[v, h])?) } else { None };
+        let decoder = if ld.w.contains(DECODER_WEIGHT) { Some(ld.take(&dp, "weight", &[v, h])?) } else { None };
         let bias = ld.take(&dp, "bias", &[v])?;
         let decoder_scale = ld.take(&dp, "scale", &[h])?;
         Ok(Self { projection, decoder_scale, decoder, bias, eps: cfg.layer_norm_eps })
@@ -547,8 +532,10 @@ pub fn load(args: LoadArgs<'_>) -> Result<Box<dyn MaskedLm>, ModelError> {
     let variant = detect_variant(&cfg, args.weights)?;
     let drop = (args.dropout.unwrap_or(cfg.hidden_dropout), args.dropout.unwrap_or(cfg.attention_dropout));
     let vs = &args.vs;
-    let mut ld = Loader { weights: args.weights, params: Vec::new() };
-    let embedding = Embedding::load(&mut ld, &(vs / "embedding"), &cfg)?;
+    let mut ld = Loader::new(args.weights);
+    // `model.dropout` replaces every dropout of the encoder, the embedding's included (as zeroing
+    // every `nn.Dropout` does on the reference side).
+    let embedding = Embedding::load(&mut ld, &(vs / "embedding"), &cfg, args.dropout.unwrap_or(cfg.embedding_dropout))?;
     let lp = vs / "encoder" / "layers";
     let layers = (0..cfg.num_layers)
         .map(|i| Layer::load(&mut ld, &(&lp / i), &cfg, i, variant, drop))

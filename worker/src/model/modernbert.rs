@@ -13,37 +13,11 @@ use serde::Deserialize;
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
-use super::dropout::{dropout, keep_mask};
+use super::dropout::dropout;
+use super::encoder::layers::{attention, Activation, LayerNorm, Linear, Loader};
 use super::encoder::{parse_config, Architecture, LoadArgs, MaskedLm};
 use super::tokenize::Batch;
-use super::weights::Weights;
 use super::ModelError;
-
-/// The activations `ACT2FN` maps these `hidden_activation` / `classifier_activation` names to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    /// Exact (erf) GELU.
-    Gelu,
-    /// The tanh approximation (transformers' `NewGELUActivation`).
-    GeluNew,
-    /// The tanh approximation, computed by torch.
-    GeluPytorchTanh,
-    Relu,
-    #[serde(alias = "swish")]
-    Silu,
-}
-
-impl Activation {
-    fn apply(self, xs: &Tensor) -> Tensor {
-        match self {
-            Activation::Gelu => xs.gelu("none"),
-            Activation::GeluNew | Activation::GeluPytorchTanh => xs.gelu("tanh"),
-            Activation::Relu => xs.relu(),
-            Activation::Silu => xs.silu(),
-        }
-    }
-}
 
 /// Which attention a layer does (`layer_types` entries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -277,61 +251,9 @@ impl Config {
     }
 }
 
-/// Creates the checkpoint's tensors as variables under their state-dict names and remembers them
-/// for [`MaskedLm::state_dict`].
-struct Loader<'a> {
-    w: &'a mut Weights,
-    params: Vec<(String, Tensor)>,
-}
-
-impl Loader<'_> {
-    fn take(&mut self, p: &Path, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
-        let full = p.path(name);
-        let t = p.var_copy(name, &self.w.take(&full, shape)?);
-        self.params.push((full, t.shallow_clone()));
-        Ok(t)
-    }
-}
-
-/// A dense layer: `weight` [out, in] and, when the config asks for one, `bias` [out].
-#[derive(Debug)]
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn load(p: &Path, l: &mut Loader<'_>, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self, ModelError> {
-        let weight = l.take(p, "weight", &[out_dim, in_dim])?;
-        let bias = if bias { Some(l.take(p, "bias", &[out_dim])?) } else { None };
-        Ok(Self { weight, bias })
-    }
-
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.linear(&self.weight, self.bias.as_ref())
-    }
-}
-
 /// `nn.LayerNorm(hidden, eps=norm_eps, bias=norm_bias)`.
-#[derive(Debug)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn load(p: &Path, l: &mut Loader<'_>, cfg: &Config) -> Result<Self, ModelError> {
-        let h = cfg.hidden_size;
-        let weight = l.take(p, "weight", &[h])?;
-        let bias = if cfg.norm_bias { Some(l.take(p, "bias", &[h])?) } else { None };
-        Ok(Self { weight, bias, eps: cfg.norm_eps })
-    }
-
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let dim = *xs.size().last().expect("layer norm input has a last dimension");
-        xs.layer_norm([dim], Some(&self.weight), self.bias.as_ref(), self.eps, true)
-    }
+fn layer_norm(p: &Path, l: &mut Loader<'_>, cfg: &Config) -> Result<LayerNorm, ModelError> {
+    LayerNorm::load(p, l, cfg.hidden_size, cfg.norm_eps, cfg.norm_bias)
 }
 
 /// Token embeddings, norm, dropout (no position table: positions enter through RoPE).
@@ -347,7 +269,7 @@ impl Embeddings {
     fn load(p: &Path, l: &mut Loader<'_>, cfg: &Config, padding_idx: i64, dropout: f64) -> Result<Self, ModelError> {
         Ok(Self {
             tok: l.take(&(p / "tok_embeddings"), "weight", &[cfg.vocab_size, cfg.hidden_size])?,
-            norm: LayerNorm::load(&(p / "norm"), l, cfg)?,
+            norm: layer_norm(&(p / "norm"), l, cfg)?,
             padding_idx,
             dropout,
         })
@@ -427,25 +349,10 @@ impl Attention {
         let q = apply_rotary(&part(0), cos, sin);
         let k = apply_rotary(&part(1), cos, sin);
         let v = part(2);
-        let p = if train { self.dropout } else { 0.0 };
-        let ctx = if p > 0.0 && xs.device() == tch::Device::Cpu {
-            attention_with_dropout(&q, &k, &v, mask, p)
-        } else {
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
-        };
+        let ctx = attention(&q, &k, &v, mask, if train { self.dropout } else { 0.0 });
         let ctx = ctx.transpose(1, 2).contiguous().view([b, l, h]);
         dropout(&self.wo.forward(&ctx), self.dropout, train)
     }
-}
-
-/// Scaled dot-product attention with dropout on the probabilities, for training on the CPU, with
-/// [`keep_mask`]'s fast mask generator (SDPA's CPU math path does the same operations with
-/// libtorch's slow one). `mask` is boolean, true where a key may be attended to.
-fn attention_with_dropout(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, p: f64) -> Tensor {
-    let head_dim = *q.size().last().expect("q is [batch, heads, seq, head_dim]");
-    let scores = (q * (1.0 / (head_dim as f64).sqrt())).matmul(&k.transpose(-2, -1));
-    let probs = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY).softmax(-1, scores.kind());
-    (&probs * keep_mask(&probs.size(), 1.0 - p)).matmul(v) * (1.0 / (1.0 - p))
 }
 
 /// `ModernBertMLP`: `Wi` gives input and gate halves; `Wo(drop(act(input) · gate))`.
@@ -489,9 +396,9 @@ struct Layer {
 impl Layer {
     fn load(p: &Path, l: &mut Loader<'_>, cfg: &Config, idx: i64, kind: LayerType, drops: &Dropouts) -> Result<Self, ModelError> {
         Ok(Self {
-            attn_norm: if idx == 0 { None } else { Some(LayerNorm::load(&(p / "attn_norm"), l, cfg)?) },
+            attn_norm: if idx == 0 { None } else { Some(layer_norm(&(p / "attn_norm"), l, cfg)?) },
             attn: Attention::load(&(p / "attn"), l, cfg, drops.attention)?,
-            mlp_norm: LayerNorm::load(&(p / "mlp_norm"), l, cfg)?,
+            mlp_norm: layer_norm(&(p / "mlp_norm"), l, cfg)?,
             mlp: Mlp::load(&(p / "mlp"), l, cfg, drops.mlp)?,
             kind,
         })
@@ -528,7 +435,7 @@ impl Head {
         let h = cfg.hidden_size;
         Ok(Self {
             dense: Linear::load(&(p / "dense"), l, h, h, cfg.classifier_bias)?,
-            norm: LayerNorm::load(&(p / "norm"), l, cfg)?,
+            norm: layer_norm(&(p / "norm"), l, cfg)?,
             act: cfg.classifier_activation,
         })
     }
@@ -575,7 +482,7 @@ impl ModernBertForMaskedLm {
             mlp: args.dropout.unwrap_or(cfg.mlp_dropout),
         };
         let vs = &args.vs;
-        let mut l = Loader { w: args.weights, params: Vec::new() };
+        let mut l = Loader::new(args.weights);
         let mp = vs / "model";
         let embeddings = Embeddings::load(&(&mp / "embeddings"), &mut l, &cfg, pad, drops.embedding)?;
         let lp = &mp / "layers";
@@ -585,7 +492,7 @@ impl ModernBertForMaskedLm {
             .enumerate()
             .map(|(i, kind)| Layer::load(&(&lp / i), &mut l, &cfg, i as i64, kind, &drops))
             .collect::<Result<Vec<_>, _>>()?;
-        let final_norm = LayerNorm::load(&(&mp / "final_norm"), &mut l, &cfg)?;
+        let final_norm = layer_norm(&(&mp / "final_norm"), &mut l, &cfg)?;
         let head = Head::load(&(vs / "head"), &mut l, &cfg)?;
         let dp = vs / "decoder";
         let decoder_weight_name = dp.path("weight");

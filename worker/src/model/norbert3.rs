@@ -20,9 +20,9 @@ use tch::nn::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::dropout::dropout;
+use super::encoder::layers::{LayerNorm, Linear, Loader};
 use super::encoder::{parse_config, Architecture, HeadLayout, LoadArgs, MaskedLm};
 use super::tokenize::Batch;
-use super::weights::Weights;
 use super::ModelError;
 
 /// `NorbertForMaskedLM` sets `logits[..., :106 + 1] = -inf`: a hard-coded count, whatever the vocabulary.
@@ -135,66 +135,6 @@ impl Config {
     }
 }
 
-/// LayerNorm without affine parameters (most of NorBERT3's norms).
-fn plain_norm(xs: &Tensor, eps: f64) -> Tensor {
-    let dim = *xs.size().last().expect("layer norm input has a last dimension");
-    xs.layer_norm([dim], None::<&Tensor>, None::<&Tensor>, eps, true)
-}
-
-/// Records every loaded tensor under its state-dict name, for [`MaskedLm::state_dict`].
-struct Loader<'a, 'b> {
-    w: &'a mut Weights,
-    names: &'b mut Vec<(String, Tensor)>,
-}
-
-impl Loader<'_, '_> {
-    /// The checkpoint tensor `p.name` of `shape`, as a trainable variable of the same name.
-    fn var(&mut self, p: &Path, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
-        let full = p.path(name);
-        let t = p.var_copy(name, &self.w.take(&full, shape)?);
-        self.names.push((full, t.shallow_clone()));
-        Ok(t)
-    }
-}
-
-/// A LayerNorm with weight and bias (`relative_layer_norm`, `post_layer_norm`).
-#[derive(Debug)]
-struct AffineNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl AffineNorm {
-    fn load(p: &Path, l: &mut Loader, dim: i64, eps: f64) -> Result<Self, ModelError> {
-        Ok(Self { weight: l.var(p, "weight", &[dim])?, bias: l.var(p, "bias", &[dim])?, eps })
-    }
-
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let dim = *xs.size().last().expect("layer norm input has a last dimension");
-        xs.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
-    }
-}
-
-/// A dense layer: `weight` [out, in] and, where the reference has one, `bias` [out].
-#[derive(Debug)]
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn load(p: &Path, l: &mut Loader, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self, ModelError> {
-        let weight = l.var(p, "weight", &[out_dim, in_dim])?;
-        let bias = if bias { Some(l.var(p, "bias", &[out_dim])?) } else { None };
-        Ok(Self { weight, bias })
-    }
-
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.linear(&self.weight, self.bias.as_ref())
-    }
-}
-
 /// The reference's relative-position bucket table for `len` positions: entry [q, k] is the
 /// embedding row of the offset `q − k`. Offsets below `bucket_size / 2` get their own bucket,
 /// longer ones share logarithmically wider buckets that saturate at `max_position − 1`. Computed
@@ -222,24 +162,25 @@ pub fn bucket_table(len: i64, bucket_size: i64, max_position: i64) -> Tensor {
 struct Embedding {
     word: Tensor,
     relative: Tensor,
-    relative_norm: AffineNorm,
-    eps: f64,
+    relative_norm: LayerNorm,
+    /// Without affine parameters.
+    word_norm: LayerNorm,
     dropout: f64,
 }
 
 impl Embedding {
-    fn load(p: &Path, l: &mut Loader, cfg: &Config, dropout: f64) -> Result<Self, ModelError> {
+    fn load(p: &Path, l: &mut Loader<'_>, cfg: &Config, dropout: f64) -> Result<Self, ModelError> {
         let h = cfg.hidden_size;
-        let word = l.var(&(p / "word_embedding"), "weight", &[cfg.vocab_size, h])?;
-        let relative = l.var(p, "relative_embedding", &[2 * cfg.position_bucket_size - 1, h])?;
-        let relative_norm = AffineNorm::load(&(p / "relative_layer_norm"), l, h, cfg.layer_norm_eps)?;
-        Ok(Self { word, relative, relative_norm, eps: cfg.layer_norm_eps, dropout })
+        let word = l.take(&(p / "word_embedding"), "weight", &[cfg.vocab_size, h])?;
+        let relative = l.take(p, "relative_embedding", &[2 * cfg.position_bucket_size - 1, h])?;
+        let relative_norm = LayerNorm::load(&(p / "relative_layer_norm"), l, h, cfg.layer_norm_eps, true)?;
+        Ok(Self { word, relative, relative_norm, word_norm: LayerNorm::non_affine(cfg.layer_norm_eps), dropout })
     }
 
     /// Returns the word embeddings [B, L, H] and the normalised relative embeddings [2·bucket − 1, H].
     fn forward(&self, input_ids: &Tensor, train: bool) -> (Tensor, Tensor) {
         let words = Tensor::embedding(&self.word, input_ids, -1, false, false);
-        let words = dropout(&plain_norm(&words, self.eps), self.dropout, train);
+        let words = dropout(&self.word_norm.forward(&words), self.dropout, train);
         (words, self.relative_norm.forward(&self.relative))
     }
 }
@@ -251,26 +192,27 @@ struct Attention {
     in_proj_qk: Linear,
     in_proj_v: Linear,
     out_proj: Linear,
-    post_norm: AffineNorm,
+    post_norm: LayerNorm,
+    /// The pre-norm, without affine parameters.
+    pre_norm: LayerNorm,
     heads: i64,
     head_size: i64,
-    eps: f64,
     /// `attention_probs_dropout_prob`: the reference's one attention dropout module serves the
     /// relative embeddings, the probabilities and the output.
     dropout: f64,
 }
 
 impl Attention {
-    fn load(p: &Path, l: &mut Loader, cfg: &Config, attn_dropout: f64) -> Result<Self, ModelError> {
+    fn load(p: &Path, l: &mut Loader<'_>, cfg: &Config, attn_dropout: f64) -> Result<Self, ModelError> {
         let h = cfg.hidden_size;
         Ok(Self {
             in_proj_qk: Linear::load(&(p / "in_proj_qk"), l, h, 2 * h, true)?,
             in_proj_v: Linear::load(&(p / "in_proj_v"), l, h, h, true)?,
             out_proj: Linear::load(&(p / "out_proj"), l, h, h, true)?,
-            post_norm: AffineNorm::load(&(p / "post_layer_norm"), l, h, cfg.layer_norm_eps)?,
+            post_norm: LayerNorm::load(&(p / "post_layer_norm"), l, h, cfg.layer_norm_eps, true)?,
             heads: cfg.num_attention_heads,
+            pre_norm: LayerNorm::non_affine(cfg.layer_norm_eps),
             head_size: cfg.head_size(),
-            eps: cfg.layer_norm_eps,
             dropout: attn_dropout,
         })
     }
@@ -280,7 +222,7 @@ impl Attention {
     fn forward(&self, xs: &Tensor, padding: &Tensor, buckets: &Tensor, relative: &Tensor, train: bool) -> Tensor {
         let (b, l, h) = xs.size3().expect("hidden states are [batch, seq, hidden]");
         let (heads, d) = (self.heads, self.head_size);
-        let normed = plain_norm(xs, self.eps);
+        let normed = self.pre_norm.forward(xs);
         let qk = self.in_proj_qk.forward(&normed).chunk(2, -1);
         let split = |t: &Tensor| t.view([b, l, heads, d]).transpose(1, 2);
         let (q, k) = (split(&qk[0]), split(&qk[1]));
@@ -318,26 +260,27 @@ impl Attention {
 struct FeedForward {
     up: Linear,
     down: Linear,
-    eps: f64,
+    /// Before `up` and before `down`, without affine parameters.
+    norm: LayerNorm,
     dropout: f64,
 }
 
 impl FeedForward {
-    fn load(p: &Path, l: &mut Loader, cfg: &Config, dropout: f64) -> Result<Self, ModelError> {
+    fn load(p: &Path, l: &mut Loader<'_>, cfg: &Config, dropout: f64) -> Result<Self, ModelError> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
             up: Linear::load(&(p / 1), l, h, 2 * i, false)?,
             down: Linear::load(&(p / 4), l, i, h, false)?,
-            eps: cfg.layer_norm_eps,
+            norm: LayerNorm::non_affine(cfg.layer_norm_eps),
             dropout,
         })
     }
 
     fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
-        let up = self.up.forward(&plain_norm(xs, self.eps)).chunk(2, -1);
+        let up = self.up.forward(&self.norm.forward(xs)).chunk(2, -1);
         // GeGLU: the first half is the value, the second the gate.
         let glu = &up[0] * up[1].gelu("tanh");
-        dropout(&self.down.forward(&plain_norm(&glu, self.eps)), self.dropout, train)
+        dropout(&self.down.forward(&self.norm.forward(&glu)), self.dropout, train)
     }
 }
 
@@ -364,21 +307,22 @@ impl Layer {
 struct Classifier {
     dense: Linear,
     bias: Tensor,
-    eps: f64,
+    /// Before and after `dense`, without affine parameters.
+    norm: LayerNorm,
     dropout: f64,
 }
 
 impl Classifier {
-    fn load(p: &Path, l: &mut Loader, cfg: &Config, dropout: f64) -> Result<Self, ModelError> {
+    fn load(p: &Path, l: &mut Loader<'_>, cfg: &Config, dropout: f64) -> Result<Self, ModelError> {
         let h = cfg.hidden_size;
         let dense = Linear::load(&(p / 1), l, h, h, true)?;
-        let bias = l.var(&(p / 5), "bias", &[cfg.vocab_size])?;
-        Ok(Self { dense, bias, eps: cfg.layer_norm_eps, dropout })
+        let bias = l.take(&(p / 5), "bias", &[cfg.vocab_size])?;
+        Ok(Self { dense, bias, norm: LayerNorm::non_affine(cfg.layer_norm_eps), dropout })
     }
 
     fn transform(&self, hidden: &Tensor, train: bool) -> Tensor {
-        let xs = self.dense.forward(&plain_norm(hidden, self.eps)).gelu("none");
-        dropout(&plain_norm(&xs, self.eps), self.dropout, train)
+        let xs = self.dense.forward(&self.norm.forward(hidden)).gelu("none");
+        dropout(&self.norm.forward(&xs), self.dropout, train)
     }
 }
 
@@ -412,8 +356,7 @@ pub fn load(args: LoadArgs<'_>) -> Result<Box<dyn MaskedLm>, ModelError> {
     let hd = args.dropout.unwrap_or(cfg.hidden_dropout_prob);
     let ad = args.dropout.unwrap_or(cfg.attention_probs_dropout_prob);
     let vs = &args.vs;
-    let mut params = Vec::new();
-    let mut l = Loader { w: args.weights, names: &mut params };
+    let mut l = Loader::new(args.weights);
     let embedding = Embedding::load(&(vs / "embedding"), &mut l, &cfg, hd)?;
     let p_max = cfg.max_position_embeddings;
     let formula = bucket_table(p_max, cfg.position_bucket_size, p_max);
@@ -463,7 +406,7 @@ pub fn load(args: LoadArgs<'_>) -> Result<Box<dyn MaskedLm>, ModelError> {
         layers,
         classifier,
         pad_token_id,
-        params,
+        params: l.params,
     }))
 }
 

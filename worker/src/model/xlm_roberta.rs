@@ -1,7 +1,11 @@
 //! XLM-RoBERTa with its masked-language-model head (`XLMRobertaForMaskedLM`, also
 //! `RobertaForMaskedLM`: the same code), in libtorch, reading top to bottom as transformers 5.24's
-//! `modeling_xlm_roberta.py`: config, embeddings (positions counted from the padding id), post-LN
-//! self-attention and feed-forward, the LM head, and the model that strings them together.
+//! `modeling_xlm_roberta.py`: config, position ids (counted from the padding id), the LM head, and
+//! the model that strings them together. The embeddings and the post-LN encoder are BERT's
+//! ([`super::bert::Embeddings`], [`super::bert::Encoder`]): the same math under the `roberta.`
+//! prefix. What differs from BERT: the position ids, the padding row of the word and position
+//! tables gets no gradient, token type ids are ignored (row 0), and the head (`lm_head.dense`,
+//! `lm_head.layer_norm`, exact GELU whatever `hidden_act` says, bias `lm_head.bias`).
 //!
 //! Variable names in the [`tch::nn::VarStore`] are exactly the checkpoint's (`roberta.encoder.layer.0.…`,
 //! `lm_head.…`), so loading and saving are a copy by name. The decoder is tied to the word
@@ -11,37 +15,11 @@ use serde::Deserialize;
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
-use super::dropout::{dropout, keep_mask};
+use super::bert::{Embeddings, Encoder, EncoderConfig};
+use super::encoder::layers::{Activation, LayerNorm, Linear, Loader};
 use super::encoder::{parse_config, Architecture, LoadArgs, MaskedLm};
 use super::tokenize::Batch;
-use super::weights::Weights;
 use super::ModelError;
-
-/// The activations `ACT2FN` maps these `hidden_act` names to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    /// Exact (erf) GELU.
-    Gelu,
-    /// The tanh approximation (transformers' `NewGELUActivation`).
-    GeluNew,
-    /// The tanh approximation, computed by torch.
-    GeluPytorchTanh,
-    Relu,
-    #[serde(alias = "swish")]
-    Silu,
-}
-
-impl Activation {
-    fn apply(self, xs: &Tensor) -> Tensor {
-        match self {
-            Activation::Gelu => xs.gelu("none"),
-            Activation::GeluNew | Activation::GeluPytorchTanh => xs.gelu("tanh"),
-            Activation::Relu => xs.relu(),
-            Activation::Silu => xs.silu(),
-        }
-    }
-}
 
 /// `config.json` of an XLM-RoBERTa checkpoint, with `XLMRobertaConfig`'s defaults for absent keys.
 /// Keys the encoder has no use for are not kept here: [`MaskedLm::config_json`] returns the file's
@@ -157,95 +135,21 @@ impl Config {
             .ok_or_else(|| "pad_token_id is null: XLM-RoBERTa's position ids need it (XLM-R uses 1)".to_string())
     }
 
-    fn head_dim(&self) -> i64 {
-        self.hidden_size / self.num_attention_heads
-    }
-}
-
-/// Creates the checkpoint's tensors as variables under their state-dict names and remembers them
-/// for [`MaskedLm::state_dict`].
-struct Loader<'a> {
-    w: &'a mut Weights,
-    params: Vec<(String, Tensor)>,
-}
-
-impl Loader<'_> {
-    fn take(&mut self, p: &Path, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
-        let full = p.path(name);
-        let t = p.var_copy(name, &self.w.take(&full, shape)?);
-        self.params.push((full, t.shallow_clone()));
-        Ok(t)
-    }
-}
-
-/// A dense layer: `weight` [out, in], `bias` [out].
-#[derive(Debug)]
-struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    fn load(p: &Path, l: &mut Loader<'_>, in_dim: i64, out_dim: i64) -> Result<Self, ModelError> {
-        Ok(Self { weight: l.take(p, "weight", &[out_dim, in_dim])?, bias: l.take(p, "bias", &[out_dim])? })
-    }
-
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.linear(&self.weight, Some(&self.bias))
-    }
-}
-
-#[derive(Debug)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn load(p: &Path, l: &mut Loader<'_>, dim: i64, eps: f64) -> Result<Self, ModelError> {
-        Ok(Self { weight: l.take(p, "weight", &[dim])?, bias: l.take(p, "bias", &[dim])?, eps })
-    }
-
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let dim = *xs.size().last().expect("layer norm input has a last dimension");
-        xs.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
-    }
-}
-
-/// Word + position + token-type embeddings, LayerNorm, dropout. Positions count real tokens from
-/// `padding_idx + 1`; padding tokens sit at position `padding_idx` (fairseq's `make_positions`).
-#[derive(Debug)]
-struct Embeddings {
-    word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
-    norm: LayerNorm,
-    padding_idx: i64,
-    dropout: f64,
-}
-
-impl Embeddings {
-    fn load(p: &Path, l: &mut Loader<'_>, cfg: &Config, padding_idx: i64, dropout: f64) -> Result<Self, ModelError> {
-        let h = cfg.hidden_size;
-        Ok(Self {
-            word: l.take(&(p / "word_embeddings"), "weight", &[cfg.vocab_size, h])?,
-            position: l.take(&(p / "position_embeddings"), "weight", &[cfg.max_position_embeddings, h])?,
-            token_type: l.take(&(p / "token_type_embeddings"), "weight", &[cfg.type_vocab_size, h])?,
-            norm: LayerNorm::load(&(p / "LayerNorm"), l, h, cfg.layer_norm_eps)?,
-            padding_idx,
-            dropout,
-        })
-    }
-
-    fn forward(&self, input_ids: &Tensor, train: bool) -> Tensor {
-        let positions = position_ids(input_ids, self.padding_idx);
-        // XLM-R's tokenizer passes no token_type_ids (model_input_names), so transformers uses its
-        // all-zero buffer: row 0 of the table for every token.
-        let xs = Tensor::embedding(&self.word, input_ids, self.padding_idx, false, false)
-            + Tensor::embedding(&self.position, &positions, self.padding_idx, false, false)
-            + self.token_type.get(0);
-        dropout(&self.norm.forward(&xs), self.dropout, train)
+    /// What BERT's encoder blocks read; `dropout` overrides both dropout rates.
+    fn encoder_config(&self, dropout: Option<f64>) -> EncoderConfig {
+        EncoderConfig {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            hidden_act: self.hidden_act,
+            max_position_embeddings: self.max_position_embeddings,
+            type_vocab_size: self.type_vocab_size,
+            layer_norm_eps: self.layer_norm_eps,
+            hidden_dropout: dropout.unwrap_or(self.hidden_dropout_prob),
+            attention_dropout: dropout.unwrap_or(self.attention_probs_dropout_prob),
+        }
     }
 }
 
@@ -254,99 +158,6 @@ impl Embeddings {
 fn position_ids(input_ids: &Tensor, padding_idx: i64) -> Tensor {
     let real = input_ids.ne(padding_idx).to_kind(Kind::Int64);
     real.cumsum(1, Kind::Int64) * &real + padding_idx
-}
-
-/// Multi-head self-attention plus its output projection and residual LayerNorm (post-LN).
-#[derive(Debug)]
-struct Attention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    output: Linear,
-    norm: LayerNorm,
-    heads: i64,
-    head_dim: i64,
-    attn_dropout: f64,
-    dropout: f64,
-}
-
-impl Attention {
-    fn load(p: &Path, l: &mut Loader<'_>, cfg: &Config, dropout: f64, attn_dropout: f64) -> Result<Self, ModelError> {
-        let h = cfg.hidden_size;
-        let (sp, op) = (p / "self", p / "output");
-        Ok(Self {
-            query: Linear::load(&(&sp / "query"), l, h, h)?,
-            key: Linear::load(&(&sp / "key"), l, h, h)?,
-            value: Linear::load(&(&sp / "value"), l, h, h)?,
-            output: Linear::load(&(&op / "dense"), l, h, h)?,
-            norm: LayerNorm::load(&(&op / "LayerNorm"), l, h, cfg.layer_norm_eps)?,
-            heads: cfg.num_attention_heads,
-            head_dim: cfg.head_dim(),
-            attn_dropout,
-            dropout,
-        })
-    }
-
-    /// `mask` is boolean [B, 1, 1, L], true where a key may be attended to.
-    fn forward(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let (b, l, h) = xs.size3().expect("hidden states are [batch, seq, hidden]");
-        let split = |t: Tensor| t.view([b, l, self.heads, self.head_dim]).transpose(1, 2);
-        let q = split(self.query.forward(xs));
-        let k = split(self.key.forward(xs));
-        let v = split(self.value.forward(xs));
-        let p = if train { self.attn_dropout } else { 0.0 };
-        let ctx = if p > 0.0 && xs.device() == tch::Device::Cpu {
-            attention_with_dropout(&q, &k, &v, mask, p)
-        } else {
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
-        };
-        let ctx = ctx.transpose(1, 2).contiguous().view([b, l, h]);
-        let out = dropout(&self.output.forward(&ctx), self.dropout, train);
-        self.norm.forward(&(out + xs))
-    }
-}
-
-/// Scaled dot-product attention with dropout on the probabilities, for training on the CPU, with
-/// [`keep_mask`]'s fast mask generator (SDPA's CPU math path does the same operations with
-/// libtorch's slow one). `mask` is boolean, true where a key may be attended to; every query row
-/// has at least one such key.
-fn attention_with_dropout(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, p: f64) -> Tensor {
-    let head_dim = *q.size().last().expect("q is [batch, heads, seq, head_dim]");
-    let scores = (q * (1.0 / (head_dim as f64).sqrt())).matmul(&k.transpose(-2, -1));
-    let probs = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY).softmax(-1, scores.kind());
-    (&probs * keep_mask(&probs.size(), 1.0 - p)).matmul(v) * (1.0 / (1.0 - p))
-}
-
-/// One transformer block: attention, then the feed-forward with residual LayerNorm.
-#[derive(Debug)]
-struct Layer {
-    attention: Attention,
-    intermediate: Linear,
-    output: Linear,
-    norm: LayerNorm,
-    act: Activation,
-    dropout: f64,
-}
-
-impl Layer {
-    fn load(p: &Path, l: &mut Loader<'_>, cfg: &Config, dropout: f64, attn_dropout: f64) -> Result<Self, ModelError> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        Ok(Self {
-            attention: Attention::load(&(p / "attention"), l, cfg, dropout, attn_dropout)?,
-            intermediate: Linear::load(&(p / "intermediate" / "dense"), l, h, i)?,
-            output: Linear::load(&(p / "output" / "dense"), l, i, h)?,
-            norm: LayerNorm::load(&(p / "output" / "LayerNorm"), l, h, cfg.layer_norm_eps)?,
-            act: cfg.hidden_act,
-            dropout,
-        })
-    }
-
-    fn forward(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let attn = self.attention.forward(xs, mask, train);
-        let inter = self.act.apply(&self.intermediate.forward(&attn));
-        let out = dropout(&self.output.forward(&inter), self.dropout, train);
-        self.norm.forward(&(out + attn))
-    }
 }
 
 /// `XLMRobertaLMHead`: dense + exact GELU (whatever `hidden_act` says) + LayerNorm, then the
@@ -363,8 +174,8 @@ struct LmHead {
 impl LmHead {
     fn load(p: &Path, l: &mut Loader<'_>, cfg: &Config) -> Result<Self, ModelError> {
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-        let dense = Linear::load(&(p / "dense"), l, h, h)?;
-        let norm = LayerNorm::load(&(p / "layer_norm"), l, h, cfg.layer_norm_eps)?;
+        let dense = Linear::load(&(p / "dense"), l, h, h, true)?;
+        let norm = LayerNorm::load(&(p / "layer_norm"), l, h, cfg.layer_norm_eps, true)?;
         // `lm_head.decoder.bias` is tied to `lm_head.bias`; older checkpoints store only the former.
         let decoder_bias = (p / "decoder").path("bias");
         let bias = match l.w.take_optional(&p.path("bias")) {
@@ -407,7 +218,9 @@ impl LmHead {
 #[derive(Debug)]
 pub struct XlmRobertaForMaskedLm {
     embeddings: Embeddings,
-    layers: Vec<Layer>,
+    encoder: Encoder,
+    /// The tokenizer's pad id: position ids count from it, and its rows get no gradient.
+    padding_idx: i64,
     head: LmHead,
     config: Config,
     config_json: serde_json::Value,
@@ -424,21 +237,18 @@ impl XlmRobertaForMaskedLm {
         let cfg: Config = parse_config(&args)?;
         cfg.validate().map_err(|m| ModelError::file(args.config_path, m))?;
         let pad = cfg.pad_token().map_err(|m| ModelError::file(args.config_path, m))?;
-        let hd = args.dropout.unwrap_or(cfg.hidden_dropout_prob);
-        let ad = args.dropout.unwrap_or(cfg.attention_probs_dropout_prob);
+        let enc = cfg.encoder_config(args.dropout);
         let vs = &args.vs;
-        let mut l = Loader { w: args.weights, params: Vec::new() };
+        let mut l = Loader::new(args.weights);
         let roberta = vs / "roberta";
-        let embeddings = Embeddings::load(&(&roberta / "embeddings"), &mut l, &cfg, pad, hd)?;
-        let enc = &roberta / "encoder" / "layer";
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(&(&enc / i), &mut l, &cfg, hd, ad))
-            .collect::<Result<Vec<_>, _>>()?;
+        let embeddings = Embeddings::load(&(&roberta / "embeddings"), &mut l, &enc, pad)?;
+        let encoder = Encoder::load(&(&roberta / "encoder"), &mut l, &enc)?;
         let hp = vs / "lm_head";
         let head = LmHead::load(&hp, &mut l, &cfg)?;
         Ok(Self {
             embeddings,
-            layers,
+            encoder,
+            padding_idx: pad,
             head,
             config: cfg,
             config_json: args.config.clone(),
@@ -460,12 +270,11 @@ impl MaskedLm for XlmRobertaForMaskedLm {
     }
 
     fn encode(&self, batch: &Batch, train: bool) -> Tensor {
-        let mask = batch.attention_mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1);
-        let mut xs = self.embeddings.forward(&batch.input_ids, train);
-        for layer in &self.layers {
-            xs = layer.forward(&xs, &mask, train);
-        }
-        xs
+        let positions = position_ids(&batch.input_ids, self.padding_idx);
+        // XLM-R's tokenizer passes no token_type_ids (model_input_names), so transformers uses its
+        // all-zero buffer: row 0 of the table for every token.
+        let xs = self.embeddings.forward(&batch.input_ids, &positions, None, train);
+        self.encoder.forward(xs, &batch.attention_mask, train)
     }
 
     fn head_transform(&self, hidden: &Tensor, _train: bool) -> Tensor {
@@ -485,12 +294,12 @@ impl MaskedLm for XlmRobertaForMaskedLm {
     }
 
     fn pad_token_id(&self) -> i64 {
-        self.embeddings.padding_idx
+        self.padding_idx
     }
 
     fn max_positions(&self) -> Option<usize> {
         // Positions run from padding_idx + 1; validate() keeps this positive.
-        Some((self.config.max_position_embeddings - self.embeddings.padding_idx - 1) as usize)
+        Some((self.config.max_position_embeddings - self.padding_idx - 1) as usize)
     }
 
     /// The loaded parameters plus the tied copies `lm_head.decoder.weight` (when tied) and
