@@ -16,7 +16,7 @@ Subcommands (all print or write JSON):
       route SparseStaticEmbedding over the MLM's tokenizer, document route MLMTransformer +
       SpladePooling) and saves it. --random-weights replaces the constructor's all-ones table by
       seeded random weights (some zero), so a loader that ignores the table cannot pass.
-  make-csr --base DIR --out DIR [--hidden-dim N --k K --k-aux KA --normalize --max-length N]
+  make-csr --base DIR --out DIR [--hidden-dim N --k K --k-aux KA --normalize --dead-threshold N --max-length N]
       Builds a CSR SparseEncoder as sentence-transformers documents it: the base folder's own modules
       (Transformer, its Pooling and Normalize) followed by a SparseAutoEncoder whose parameters are
       all seeded random (pre_bias and latent_bias too, so a loader that drops either cannot pass),
@@ -164,7 +164,9 @@ def cmd_make_csr(a):
     dense.max_seq_length = a.max_length
     modules = list(dense._modules.values())
     dim = dense.get_sentence_embedding_dimension()
-    sae = SparseAutoEncoder(input_dim=dim, hidden_dim=a.hidden_dim, k=a.k, k_aux=a.k_aux, normalize=a.normalize)
+    sae = SparseAutoEncoder(
+        input_dim=dim, hidden_dim=a.hidden_dim, k=a.k, k_aux=a.k_aux, normalize=a.normalize, dead_threshold=a.dead_threshold
+    )
     g = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         sae.encoder.weight.copy_(torch.randn(sae.encoder.weight.shape, generator=g) * 0.05)
@@ -201,6 +203,7 @@ def main():
     c.add_argument("--k", type=int, default=32)
     c.add_argument("--k-aux", type=int, default=256)
     c.add_argument("--normalize", action="store_true")
+    c.add_argument("--dead-threshold", type=int, default=30)
     c.add_argument("--max-length", type=int, default=128)
     a = p.parse_args()
     cmds = {"encode": cmd_encode, "make-tied": cmd_make_tied, "make-inference-free": cmd_make_inference_free, "make-csr": cmd_make_csr}

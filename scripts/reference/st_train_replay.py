@@ -4,12 +4,17 @@ weights of every step (SpladeLoss + SparseMultipleNegativesRankingLoss, fp32, CP
 
   st_train_replay.py --model DIR --data train.jsonl[.gz] --plan plan.jsonl --out steps.json
       --batch-size 16 --max-steps 30 --lr 1e-4 --warmup-ratio 0.1 --q-weight 5e-3 --d-weight 3e-3 --max-length 64
-      [--inference-free --q-lr 1e-2]
+      [--inference-free --q-lr 1e-2] [--csr --beta 0.1 --gamma 1.0]
 
 --inference-free builds the documented inference-free model from --model: a Router whose query route
 is a fresh SparseStaticEmbedding (all ones) over the MLM's tokenizer and whose document route is the
 MLM + SpladePooling; router_mapping sends `anchor` to the query route, and learning_rate_mapping
 trains the static table (parameter `0.sub_modules.query.0.weight`) at --q-lr.
+
+--csr trains --model, a CSR SparseEncoder folder (Transformer, Pooling, SparseAutoEncoder), with
+CSRLoss(model, SparseMultipleNegativesRankingLoss(model), beta, gamma) and records its parts
+(base_loss as `ranking`, reconstruction_loss_k / _4k / _aux) and the SparseAutoEncoder's dead-latent
+counters after each step's loss (`dead_latents`: stats_last_nonzero > dead_threshold, `stats_sum`).
 """
 import argparse, gzip, json, os
 
@@ -33,6 +38,9 @@ p.add_argument("--d-weight", type=float, default=3e-3)
 p.add_argument("--max-length", type=int, default=64)
 p.add_argument("--inference-free", action="store_true")
 p.add_argument("--q-lr", type=float, default=None)
+p.add_argument("--csr", action="store_true")
+p.add_argument("--beta", type=float, default=0.1)
+p.add_argument("--gamma", type=float, default=1.0)
 a = p.parse_args()
 
 torch.manual_seed(0)
@@ -80,6 +88,31 @@ class RecordingSpladeLoss(SpladeLoss):
 loss = RecordingSpladeLoss(
     model, SparseMultipleNegativesRankingLoss(model), query_regularizer_weight=a.q_weight, document_regularizer_weight=a.d_weight
 )
+if a.csr:
+    from sentence_transformers.sparse_encoder.losses import CSRLoss
+
+    class RecordingCSRLoss(CSRLoss):
+        def forward(self, sentence_features, labels=None):
+            out = super().forward(sentence_features, labels)
+            sae = next(m for m in self.model.modules() if type(m).__name__ == "SparseAutoEncoder")
+            stats = sae.stats_last_nonzero
+            records.append(
+                {
+                    "ranking": float(out["base_loss"].detach()),
+                    "reconstruction_k": float(out["reconstruction_loss_k"].detach()),
+                    "reconstruction_4k": float(out["reconstruction_loss_4k"].detach()),
+                    "reconstruction_aux": float(out["reconstruction_loss_aux"].detach()),
+                    "dead_latents": int((stats > sae.dead_threshold).sum()),
+                    "stats_sum": int(stats.sum()),
+                    "flops_document": 0.0,
+                    "flops_query": 0.0,
+                    "query_weight": 0.0,
+                    "document_weight": 0.0,
+                }
+            )
+            return out
+
+    loss = RecordingCSRLoss(model, SparseMultipleNegativesRankingLoss(model), beta=a.beta, gamma=a.gamma)
 lrs = []
 
 

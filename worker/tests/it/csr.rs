@@ -104,3 +104,88 @@ fn csr_saved_folder_loads_in_sentence_transformers_with_equal_embeddings() {
     let (c, _) = crate::parity::theirs_on(Stack::St52, &saved, &t, false, 8);
     assert_all_close(&a, &c, &t, "our saved CSR folder in sentence-transformers 5.2");
 }
+
+/// A CSR training config on `base` (a CSR folder or a dense base) over NorQuAD pairs.
+pub fn csr_config(base: &Path, out: &Path, steps: u32, extra_model: &str) -> String {
+    format!(
+        r#"
+model:
+  base_model: {base}
+  architecture: csr
+  dropout: 0.0
+{extra_model}
+training:
+  output_dir: {out}
+  max_steps: {steps}
+  per_device_train_batch_size: 16
+  learning_rate: 1.0e-4
+  warmup_ratio: 0.1
+  max_seq_length: 64
+  logging_steps: 1
+  seed: 42
+  save_strategy: "no"
+  report_to: none
+loss:
+  type: csr_loss
+  inner_loss: sparse_multiple_negatives_ranking_loss
+  aux_loss_weight: 0.1
+datasets:
+  norquad:
+    source: {data}
+hardware:
+  device: cpu
+"#,
+        base = base.display(),
+        out = out.display(),
+        data = repo().join("data/norquad/train.jsonl.gz").display(),
+    )
+}
+
+#[test]
+fn csr_train_loss_parts_and_dead_latents_match_sentence_transformers() {
+    use splade_common::config::Config;
+    use splade_worker::train::{run_training, TrainOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    // dead_threshold 5: latents go dead within the 8 steps, so the auxiliary term is exercised.
+    let dir = st_csr_folder(tmp.path(), &["--dead-threshold", "5", "--max-length", "64"]);
+    let out = tmp.path().join("out");
+    let cfg = Config::from_str(&csr_config(&dir, &out, 8, ""), "csr.yaml").unwrap();
+    let plan = tmp.path().join("plan.jsonl");
+    run_training(cfg, &TrainOptions { dump_batches: Some(plan.clone()), ..Default::default() }).unwrap();
+    let ours = crate::train::train_steps(&out.join("metrics.jsonl"));
+    assert_eq!(ours.len(), 8);
+    let steps = tmp.path().join("st.json");
+    let data = repo().join("data/norquad/train.jsonl.gz");
+    let status = std::process::Command::new(ref_python())
+        .arg(repo().join("scripts/reference/st_train_replay.py"))
+        .args(["--model", dir.to_str().unwrap(), "--data", data.to_str().unwrap(), "--csr", "--beta", "0.1"])
+        .args(["--plan", plan.to_str().unwrap(), "--out", steps.to_str().unwrap(), "--max-steps", "8"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let theirs: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&steps).unwrap()).unwrap();
+    assert_eq!(theirs.len(), 8);
+    let mut worst = 0f64;
+    for (o, t) in ours.iter().zip(&theirs) {
+        let step = o["step"].as_u64().unwrap();
+        for (ok, tk) in [
+            ("train/loss_ranking", "ranking"),
+            ("train/loss_reconstruction_k", "reconstruction_k"),
+            ("train/loss_reconstruction_4k", "reconstruction_4k"),
+            ("train/loss_reconstruction_aux", "reconstruction_aux"),
+            ("train/learning_rate", "learning_rate"),
+        ] {
+            let (a, b) = (o[ok].as_f64().unwrap(), t[tk].as_f64().unwrap());
+            let rel = (a - b).abs() / a.abs().max(b.abs()).max(1e-12);
+            worst = worst.max(rel);
+            assert!(rel <= 1e-4 || (a - b).abs() <= 1e-12, "step {step} {ok}: ours {a} vs sentence-transformers {b}");
+        }
+        for (ok, tk) in [("train/csr_dead_latents", "dead_latents"), ("train/csr_stats_sum", "stats_sum")] {
+            assert_eq!(o[ok].as_f64().unwrap(), t[tk].as_f64().unwrap(), "step {step} {ok}");
+        }
+    }
+    eprintln!("worst relative difference of a CSR loss part: {worst:e}");
+    let last = &theirs[7];
+    assert!(last["dead_latents"].as_f64().unwrap() > 0.0 && last["reconstruction_aux"].as_f64().unwrap() > 0.0,
+        "the auxiliary term must be exercised: {last}");
+}
