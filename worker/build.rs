@@ -1,5 +1,5 @@
 //! Embeds libtorch's library directory as an rpath so binaries and tests run without LD_LIBRARY_PATH,
-//! and compiles the c10d shim (`csrc/dist_shim.cpp`) against libtorch's headers.
+//! and compiles the C++ shims (`csrc/`: c10d, autocast, `torch.save` reading) against libtorch's headers.
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -27,6 +27,7 @@ fn libtorch_include() -> PathBuf {
 fn build_dist_shim() {
     println!("cargo:rerun-if-changed=csrc/dist_shim.cpp");
     println!("cargo:rerun-if-changed=csrc/amp_shim.cpp");
+    println!("cargo:rerun-if-changed=csrc/pickle_shim.cpp");
     let inc = libtorch_include();
     let mut build = cc::Build::new();
     build
@@ -42,7 +43,8 @@ fn build_dist_shim() {
         .flag("-DUSE_C10D_GLOO")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/dist_shim.cpp")
-        .file("csrc/amp_shim.cpp");
+        .file("csrc/amp_shim.cpp")
+        .file("csrc/pickle_shim.cpp");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         build.flag("-DUSE_C10D_NCCL").flag("-DSPLADE_WITH_NCCL").flag("-Wno-interference-size");
         for dir in cuda_include_dirs() {

@@ -15,8 +15,15 @@ trains the static table (parameter `0.sub_modules.query.0.weight`) at --q-lr.
 CSRLoss(model, SparseMultipleNegativesRankingLoss(model), beta, gamma) and records its parts
 (base_loss as `ranking`, reconstruction_loss_k / _4k / _aux) and the SparseAutoEncoder's dead-latent
 counters after each step's loss (`dead_latents`: stats_last_nonzero > dead_threshold, `stats_sum`).
+
+Remote-code models (NorBERT3, GPT-BERT: a config.json with `auto_map`) load with trust_remote_code
+and the transformers-5 shims of shared/reference/remote-code/make_tiny.py (imported, not copied),
+applied before sentence-transformers loads the class. NorBERT3's head sets ids < 107 to -inf and
+SpladePooling multiplies the logits by the mask before its relu, so every padded row would be NaN;
+the MLM's output is clamped to the most negative finite float first, which gives exactly the
+intended values (padding and suppressed ids pool to 0) and leaves every other logit as it is.
 """
-import argparse, gzip, json, os
+import argparse, gzip, json, os, sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
@@ -49,7 +56,37 @@ rows = [json.loads(l) for l in opener(a.data, "rt") if l.strip()]
 ds = Dataset.from_dict({"anchor": [r["anchor"] for r in rows], "positive": [r["positive"] for r in rows]})
 plan = [json.loads(l)["rows"] for l in open(a.plan) if l.strip()][: a.max_steps]
 
-model = SparseEncoder(a.model, device="cpu", config_kwargs={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+def transformer_dir(folder):
+    modules = os.path.join(folder, "modules.json")
+    if os.path.exists(modules):
+        for m in json.load(open(modules)):
+            if m["type"].endswith("MLMTransformer") or m["type"].endswith(".Transformer"):
+                return os.path.join(folder, m["path"])
+    return folder
+
+
+tdir = transformer_dir(a.model)
+remote = "auto_map" in json.load(open(os.path.join(tdir, "config.json")))
+load_kwargs = {}
+if remote:
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.environ.get("SPLADE_REMOTE_CODE_DIR", os.path.join(os.path.dirname(repo), "shared", "reference", "remote-code")))
+    import make_tiny  # the transformers-5 shims
+
+    arch = json.load(open(os.path.join(tdir, "config.json")))["architectures"][0]
+    (make_tiny.load_norbert3 if arch.startswith("Norbert") else make_tiny.load_gptbert)(tdir)
+    load_kwargs = {"trust_remote_code": True}
+config_kwargs = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+model = SparseEncoder(a.model, device="cpu", config_kwargs=config_kwargs, **load_kwargs)
+
+
+def finite_logits(module, inputs, output):
+    te = output["token_embeddings"]
+    output["token_embeddings"] = te.clamp(min=torch.finfo(te.dtype).min)
+    return output
+
+
+model[0].register_forward_hook(finite_logits)
 for m in model.modules():
     if isinstance(m, torch.nn.Dropout):
         m.p = 0.0

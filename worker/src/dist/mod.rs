@@ -53,7 +53,7 @@
 //! connection at once, otherwise after `GroupOptions::timeout`); the caller then ends the
 //! generation, drops the group and forms a new one with the next generation number.
 
-mod ffi;
+pub(crate) mod ffi;
 mod global_batch;
 mod group;
 

@@ -107,14 +107,19 @@ impl Weights {
         Ok(Self { file: index.to_path_buf(), tensors })
     }
 
-    /// A `torch.save` archive (zip) of a state dict, read by libtorch's pickle loader.
+    /// A `torch.save` archive of a state dict, read by libtorch's `torch::pickle_load` (the C++ side
+    /// of `torch.load`; `csrc/pickle_shim.cpp`).
     fn load_torch(file: &Path, arch: Architecture) -> Result<Self, ModelError> {
-        let named = Tensor::loadz_multi(file).map_err(|e| {
+        let named = pickle_load_state_dict(file).map_err(|e| {
             ModelError::file(
                 file,
                 format!(
-                    "cannot read as a torch.save state dict ({e}); convert it with \
-                     `model.save_pretrained(dir, safe_serialization=True)`"
+                    "cannot read as a torch.save state dict ({}); libtorch's C++ loader reads a pickled dict \
+                     of tensors (what transformers 4 and NorBERT4's converter write) but not the OrderedDict \
+                     with `_metadata` that `torch.save(model.state_dict())` pickles: convert it with \
+                     `model.save_pretrained(dir, safe_serialization=True)` or re-save it as \
+                     `torch.save(dict(state_dict), path)`",
+                    e.lines().next().unwrap_or_default()
                 ),
             )
         })?;
@@ -168,9 +173,16 @@ impl Weights {
     /// Removes and returns the tensor `name`, checking its shape.
     pub fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
         let t = self.tensors.remove(name).ok_or_else(|| {
+            let near = match self.nearest(name) {
+                Some(n) => format!(" (the nearest name the checkpoint holds and no component took yet is '{n}')"),
+                None => String::new(),
+            };
             ModelError::file(
                 &self.file,
-                format!("missing tensor '{name}'; the checkpoint does not match its config.json"),
+                format!(
+                    "missing tensor '{name}'{near}; the checkpoint does not match its config.json (another \
+                     architecture or variant, or a converter that renamed its tensors)"
+                ),
             )
         })?;
         if t.size() != shape {
@@ -180,6 +192,23 @@ impl Weights {
             ));
         }
         Ok(t)
+    }
+
+    /// The remaining name closest to `name`: the longest shared suffix of dot-separated parts, then
+    /// the longest shared prefix (a renamed prefix such as `roberta.` vs `bert.` keeps the suffix).
+    fn nearest(&self, name: &str) -> Option<&str> {
+        let parts: Vec<&str> = name.split('.').collect();
+        self.tensors
+            .keys()
+            .map(|k| {
+                let kp: Vec<&str> = k.split('.').collect();
+                let suffix = parts.iter().rev().zip(kp.iter().rev()).take_while(|(a, b)| a == b).count();
+                let prefix = parts.iter().zip(kp.iter()).take_while(|(a, b)| a == b).count();
+                (suffix, prefix, k.as_str())
+            })
+            .filter(|&(suffix, prefix, _)| suffix + prefix > 0)
+            .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| b.2.cmp(a.2)))
+            .map(|(_, _, k)| k)
     }
 
     /// Removes `name` if present.
@@ -196,6 +225,34 @@ impl Weights {
             .cloned()
             .collect()
     }
+}
+
+mod ffi {
+    use std::ffi::{c_char, c_void};
+    extern "C" {
+        pub fn splade_pickle_load_state_dict(
+            path: *const c_char,
+            ctx: *mut c_void,
+            f: extern "C" fn(*mut c_void, *const c_char, *mut c_void),
+        ) -> *mut c_char;
+    }
+}
+
+/// Every (name, tensor) of the dict pickled in `file` by `torch.save`.
+fn pickle_load_state_dict(file: &Path) -> Result<Vec<(String, Tensor)>, String> {
+    use std::ffi::{c_char, c_void, CStr, CString};
+    extern "C" fn push(ctx: *mut c_void, name: *const c_char, tensor: *mut c_void) {
+        // SAFETY: `ctx` is the Vec passed below, alive for the call; `name` is a NUL-terminated
+        // string valid during the callback; `tensor` is a heap at::Tensor whose ownership we take.
+        let out = unsafe { &mut *(ctx as *mut Vec<(String, Tensor)>) };
+        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+        out.push((name, unsafe { Tensor::from_ptr(tensor as *mut torch_sys::C_tensor) }));
+    }
+    let path = CString::new(file.as_os_str().as_encoded_bytes()).map_err(|_| "the path holds a NUL byte".to_string())?;
+    let mut out: Vec<(String, Tensor)> = Vec::new();
+    let err = unsafe { ffi::splade_pickle_load_state_dict(path.as_ptr(), &mut out as *mut _ as *mut c_void, push) };
+    crate::dist::ffi::check(err)?;
+    Ok(out)
 }
 
 /// Writes `tensors` as float32 safetensors with the `{"format": "pt"}` metadata transformers checks.

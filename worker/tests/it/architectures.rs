@@ -170,3 +170,130 @@ fn encode_decode_and_eval_commands_work_on_every_architecture() {
         assert!(text.contains("ndcg_at_10"), "{name}: {text}");
     }
 }
+
+/// 8 steps of `splade train` on the remote-code models, plain and inference-free (the seed's default
+/// is inference-free NorBERT3), equal to sentence-transformers' trainer replaying the same batches
+/// (dropout 0): ranking loss, weighted FLOPS terms, learning rate and regulariser weights at every
+/// step within 1e-4 relative. GPT-BERT trains with the seed's patched head, from a folder whose code
+/// is patched, so both sides run the same head.
+#[test]
+fn remote_code_models_train_like_sentence_transformers_plain_and_inference_free() {
+    use splade_common::config::Config;
+    use splade_worker::train::{run_training, TrainOptions};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let rc = repo().join("../shared/reference/remote-code");
+    let gptbert = tmp.path().join("gptbert-v1-patched");
+    SparseEncoder::load(&rc.join("tiny-gptbert-v1"), Device::Cpu, &LoadOptions { patch_sigmoid: Some(true), ..Default::default() })
+        .unwrap()
+        .save(&gptbert)
+        .unwrap();
+    let data = crate::train::small_pairs(tmp.path(), 64);
+    for (name, base) in [("norbert3", rc.join("tiny-norbert3")), ("gptbert-v1", gptbert)] {
+        for inference_free in [false, true] {
+            let what = format!("{name}{}", if inference_free { " inference-free" } else { "" });
+            let out = tmp.path().join(format!("out-{name}-{inference_free}"));
+            let q_lr = if inference_free { "\n  query_learning_rate: 1.0e-2" } else { "" };
+            let training = format!("  max_steps: 8\n  save_strategy: \"no\"\n  per_device_train_batch_size: 8{q_lr}");
+            let mut text = crate::train::tiny_config(&out, &data, &training, "")
+                .replace(&model("splade-tiny").display().to_string(), &base.display().to_string());
+            if inference_free {
+                text = text.replace("  dropout: 0.0\n", "  dropout: 0.0\n  architecture: inference-free-splade\n");
+            }
+            let plan = tmp.path().join(format!("plan-{name}-{inference_free}.jsonl"));
+            let cfg = Config::from_str(&text, "arch.yaml").unwrap();
+            run_training(cfg, &TrainOptions { dump_batches: Some(plan.clone()), ..Default::default() }).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let ours = crate::train::train_steps(&out.join("metrics.jsonl"));
+            assert_eq!(ours.len(), 8, "{what}");
+            let steps = tmp.path().join(format!("st-{name}-{inference_free}.json"));
+            let mut cmd = Stack::St62.python("st_train_replay.py");
+            cmd.args(["--model", base.to_str().unwrap(), "--data", data.to_str().unwrap()])
+                .args(["--plan", plan.to_str().unwrap(), "--out", steps.to_str().unwrap()])
+                .args(["--max-steps", "8", "--batch-size", "8"]);
+            if inference_free {
+                cmd.args(["--inference-free", "--q-lr", "1e-2"]);
+            }
+            let res = cmd.output().unwrap();
+            assert!(res.status.success(), "{what}: st_train_replay.py failed:\n{}", String::from_utf8_lossy(&res.stderr));
+            let theirs: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&steps).unwrap()).unwrap();
+            assert_eq!(theirs.len(), 8, "{what}: sentence-transformers ran {} steps", theirs.len());
+            eprintln!("{what}: comparing 8 steps with sentence-transformers");
+            crate::train::assert_steps_match_st(&ours, &theirs, 1e-4);
+            let (first, last) = (ours[0]["train/loss_ranking"].as_f64().unwrap(), ours[7]["train/loss_ranking"].as_f64().unwrap());
+            assert!((first - last).abs() > 1e-4, "{what}: training did not change the loss ({first} → {last})");
+        }
+    }
+}
+
+/// The checkpoint formats transformers writes load to the same model: one `model.safetensors`,
+/// sharded safetensors with `model.safetensors.index.json` (`save_pretrained(max_shard_size=…)`), and
+/// a `torch.save` archive of the state dict, `pytorch_model.bin` (what NorBERT4's converter and
+/// transformers 4's `safe_serialization=False` write).
+#[test]
+fn sharded_safetensors_and_pytorch_model_bin_load_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = model("splade-tiny");
+    let script = r#"
+import sys
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+base, out = sys.argv[1], sys.argv[2]
+m = AutoModelForMaskedLM.from_pretrained(base)
+tok = AutoTokenizer.from_pretrained(base)
+m.save_pretrained(out + "/sharded", max_shard_size="5MB")
+# transformers 5 always writes safetensors: the archive is written as NorBERT4's converter does it.
+import os, torch
+os.makedirs(out + "/bin")
+m.config.save_pretrained(out + "/bin")
+torch.save(dict(m.state_dict()), out + "/bin/pytorch_model.bin")
+# What a plain `torch.save(model.state_dict())` writes: an OrderedDict with `_metadata`.
+os.makedirs(out + "/ordered")
+m.config.save_pretrained(out + "/ordered")
+tok.save_pretrained(out + "/ordered")
+torch.save(m.state_dict(), out + "/ordered/pytorch_model.bin")
+for d in ("sharded", "bin"):
+    tok.save_pretrained(out + "/" + d)
+"#;
+    let res = Command::new(ref_python()).args(["-c", script, base.to_str().unwrap(), tmp.path().to_str().unwrap()]).output().unwrap();
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let sharded = tmp.path().join("sharded");
+    let shards = std::fs::read_dir(&sharded).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors")).count();
+    assert!(shards >= 2 && sharded.join("model.safetensors.index.json").exists(), "transformers wrote {shards} shards");
+    assert!(tmp.path().join("bin/pytorch_model.bin").exists() && !tmp.path().join("bin/model.safetensors").exists());
+    let texts = texts();
+    let want = ours(&base, &LoadOptions::default(), &texts);
+    for dir in [sharded, tmp.path().join("bin")] {
+        let got = ours(&dir, &LoadOptions::default(), &texts);
+        assert_all_close(&got, &want, &texts, &dir.display().to_string());
+    }
+    // The OrderedDict archive is refused with the way out, not a crash.
+    let err = SparseEncoder::load(&tmp.path().join("ordered"), Device::Cpu, &LoadOptions::default()).err().expect("must fail").to_string();
+    assert!(err.contains("pytorch_model.bin") && err.contains("torch.save(dict(state_dict), path)"), "{err}");
+    // A shard the index names but that is gone is an error naming the file, not a half-loaded model.
+    let index = tmp.path().join("sharded/model.safetensors.index.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    let first = v["weight_map"].as_object().unwrap().values().next().unwrap().as_str().unwrap().to_string();
+    std::fs::remove_file(tmp.path().join("sharded").join(&first)).unwrap();
+    let err = SparseEncoder::load(&tmp.path().join("sharded"), Device::Cpu, &LoadOptions::default()).err().expect("must fail").to_string();
+    assert!(err.contains(&first), "{err}");
+}
+
+/// A checkpoint of another layout (here BERT weights renamed to RoBERTa's `roberta.` prefix under a
+/// BERT config) names the first tensor it lacks and the nearest one it has.
+#[test]
+fn checkpoint_of_another_layout_names_the_missing_and_the_nearest_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = model("splade-tiny");
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(base.join(f), tmp.path().join(f)).unwrap();
+    }
+    let renamed: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(base.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n.replacen("bert.", "roberta.", 1), t))
+        .collect();
+    tch::Tensor::write_safetensors(&renamed, tmp.path().join("model.safetensors")).unwrap();
+    let err = SparseEncoder::load(tmp.path(), Device::Cpu, &LoadOptions::default()).err().expect("must fail").to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+    assert!(err.contains("missing tensor 'bert.embeddings.word_embeddings.weight'"), "{err}");
+    assert!(err.contains("'roberta.embeddings.word_embeddings.weight'"), "{err}");
+}
