@@ -17,7 +17,7 @@
 //! With `evaluation.tasks` configured, rank 0 evaluates at `eval_strategy` (without one: every
 //! committed checkpoint) and the final model with the code `splade train` evaluates with, writes each task's MTEB
 //! `TaskResult` to `<output_dir>/eval/<checkpoint>/<task>.json` and reports NDCG@10 and MRR@10 to
-//! the coordinator as progress keys `eval/<task>/{ndcg_at_10,mrr_at_10,step}`. A checkpoint is
+//! the coordinator as typed progress ([`EvalScore`]). A checkpoint is
 //! evaluated while the other ranks wait in the next step's collective, so the group's timeout is
 //! raised to [`EVAL_COLLECTIVE_TIMEOUT`] when tasks are configured (the final model's evaluation,
 //! before rank 0 writes `final/`, keeps the others in the last barrier the same way). An evaluation
@@ -51,7 +51,8 @@ use splade_common::obs::{Registry, WorkerMetrics};
 use splade_common::store::checkpoint::{verify_checkpoint, Verify};
 use splade_common::store::{block_on, StoreOptions};
 use splade_proto::domain::{
-    Assignment, CheckpointCommit, CheckpointRef, Directive, JoinRequest, ProgressReport, WorkerId,
+    Assignment, CheckpointCommit, CheckpointRef, Directive, EvalScore, JoinRequest, LossParts, ProgressReport,
+    StepProgress, WorkerId,
 };
 use splade_proto::{CoordinatorClient, WorkerSession};
 use tch::Device;
@@ -424,7 +425,7 @@ struct RankHooks<'g, 'r> {
     last_step: &'r mut u64,
     bytes_reported: u64,
     /// The final model's scores, sent with the last step's report.
-    final_scores: Vec<(String, f64)>,
+    final_scores: Vec<EvalScore>,
     /// `SPLADE_DEBUG_DUMP_GRADS=PATH`: the reduced gradients of step 1 go to `PATH.rank<R>`.
     dump_grads: Option<PathBuf>,
     /// `SPLADE_DEBUG_LEDGER=PATH`: one JSON line per step with the rows this rank consumed.
@@ -432,13 +433,10 @@ struct RankHooks<'g, 'r> {
 }
 
 impl RankHooks<'_, '_> {
-    fn report(&mut self, step: u64, metrics: impl IntoIterator<Item = (String, f64)>, what: &str) {
-        let report = ProgressReport {
-            worker_id: self.gen.session.worker_id().clone(),
-            generation: self.gen.a.generation,
-            step,
-            metrics: metrics.into_iter().collect(),
-        };
+    /// Sends a report of `step` that `fill` completes; a failed report is logged (training goes on).
+    fn report(&mut self, step: u64, what: &str, fill: impl FnOnce(&mut ProgressReport)) {
+        let mut report = ProgressReport::new(self.gen.session.worker_id().clone(), self.gen.a.generation, step);
+        fill(&mut report);
         if let Err(e) = self.gen.rt.block_on(self.client.report_progress(report)) {
             tracing::warn!(error = %e, "{what} report failed");
         }
@@ -492,7 +490,7 @@ impl Hooks for RankHooks<'_, '_> {
         if name == "final" {
             self.final_scores = scores;
         } else if !scores.is_empty() {
-            self.report(step, scores, "evaluation");
+            self.report(step, "evaluation", |r| r.evals = scores);
         }
     }
 
@@ -507,7 +505,7 @@ impl Hooks for RankHooks<'_, '_> {
         };
         // The write time goes with this step's progress before the commit, so the coordinator's exporter has it
         // when it records the checkpoint.
-        self.report(step, [("checkpoint_seconds".to_string(), seconds)], "checkpoint timing");
+        self.report(step, "checkpoint timing", |r| r.checkpoint_seconds = Some(seconds));
         let commit = CheckpointCommit {
             worker_id: self.gen.session.worker_id().clone(),
             generation: self.gen.a.generation,
@@ -528,44 +526,43 @@ impl Hooks for RankHooks<'_, '_> {
             return;
         }
         let stats = &done.stats;
-        // The same numbers `splade train` exports, in the coordinator's progress keys
-        // (`splade_coordinator::metrics` reads them back): weighted FLOPS terms as loss parts,
-        // unweighted FLOPS as the sparsity measure.
+        // The same numbers `splade train` exports: weighted FLOPS terms as loss parts, unweighted FLOPS as the
+        // sparsity measure; tokens over the global batch.
         let o = to_obs_stats(stats);
-        let m = [
-            ("loss", o.loss),
-            ("loss_ranking", o.loss_ranking),
-            ("loss_flops_query", o.loss_flops_query),
-            ("loss_flops_document", o.loss_flops_document),
-            ("flops_query", o.flops_query),
-            ("flops_document", o.flops_document),
-            ("active_dims_query", o.active_dims_query),
-            ("active_dims_document", o.active_dims_document),
-            ("learning_rate", o.learning_rate),
-            ("grad_norm", o.grad_norm),
-            ("epoch", o.epoch),
-            ("samples", o.samples as f64),
-            ("tokens", (stats.tokens * self.world) as f64),
-            ("step_seconds", o.step_seconds),
-            ("samples_per_second", sps),
-            ("allreduce_seconds", done.allreduce_seconds.unwrap_or(0.0)),
-        ];
-        let keys: Vec<(String, f64)> = m
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .chain(stats.loss_scale.map(|s| ("loss_scale".to_string(), s)))
-            .chain(std::mem::take(&mut self.final_scores))
-            .collect();
-        self.report(step, keys, "progress");
+        let train = StepProgress {
+            loss: LossParts {
+                total: o.loss,
+                ranking: o.loss_ranking,
+                flops_query: o.loss_flops_query,
+                flops_document: o.loss_flops_document,
+            },
+            flops_query: o.flops_query,
+            flops_document: o.flops_document,
+            active_dims_query: o.active_dims_query,
+            active_dims_document: o.active_dims_document,
+            learning_rate: o.learning_rate,
+            grad_norm: o.grad_norm,
+            epoch: o.epoch,
+            samples: o.samples,
+            tokens: (stats.tokens * self.world) as u64,
+            step_seconds: o.step_seconds,
+            samples_per_second: sps,
+            allreduce_seconds: done.allreduce_seconds,
+            loss_scale: stats.loss_scale,
+        };
+        let evals = std::mem::take(&mut self.final_scores);
+        self.report(step, "progress", |r| {
+            r.train = Some(train);
+            r.evals = evals;
+        });
     }
 }
 
 /// Writes each task's MTEB `TaskResult` of the round that evaluated `name` (`checkpoint-<step>`, `step-<step>`
-/// or `final`) to `<output_dir>/eval/<name>/<task>.json` and returns the progress keys the coordinator exports:
-/// `eval/<task>/ndcg_at_10`, `eval/<task>/mrr_at_10` and `eval/<task>/step`. A file that cannot be written is
-/// logged: evaluation never stops training.
-fn write_eval_results(trainer: &Trainer, round: &EvalRound, name: &str, step: u64, seconds: f64) -> Vec<(String, f64)> {
-    let mut keys = Vec::new();
+/// or `final`) to `<output_dir>/eval/<name>/<task>.json` and returns the scores the coordinator exports. A file that
+/// cannot be written is logged: evaluation never stops training.
+fn write_eval_results(trainer: &Trainer, round: &EvalRound, name: &str, step: u64, seconds: f64) -> Vec<EvalScore> {
+    let mut scores = Vec::new();
     for (task, s) in &round.tasks {
         let mut extra = serde_json::Map::new();
         extra.insert("model".into(), trainer.output.url_of(name).into());
@@ -584,11 +581,14 @@ fn write_eval_results(trainer: &Trainer, round: &EvalRound, name: &str, step: u6
         }
         let get = |k: &str| s.metrics.get(k).copied().unwrap_or(f64::NAN);
         tracing::info!(checkpoint = name, task, ndcg_at_10 = get("ndcg_at_10"), mrr_at_10 = get("mrr_at_10"), "eval");
-        keys.push((format!("eval/{task}/ndcg_at_10"), get("ndcg_at_10")));
-        keys.push((format!("eval/{task}/mrr_at_10"), get("mrr_at_10")));
-        keys.push((format!("eval/{task}/step"), step as f64));
+        scores.push(EvalScore {
+            task: task.clone(),
+            step,
+            ndcg_at_10: get("ndcg_at_10"),
+            mrr_at_10: s.metrics.get("mrr_at_10").copied(),
+        });
     }
-    keys
+    scores
 }
 
 fn dump_gradients(trainer: &Trainer, path: &std::path::Path) -> Result<(), NodeError> {
