@@ -23,8 +23,8 @@
 //! before rank 0 writes `final/`, keeps the others in the last barrier the same way). An evaluation
 //! that fails is logged and training continues.
 //!
-//! Heartbeats run on a tokio runtime's own threads, so a long step never starves them; the
-//! training loop itself runs on the calling thread.
+//! Heartbeats run on the process's tokio runtime's own threads ([`splade_common::runtime`]), so a long step never
+//! starves them; the training loop itself runs on the calling thread.
 //!
 //! Debug switches (environment, used by the integration tests):
 //! - `SPLADE_DEBUG_DUMP_GRADS=PATH`: after the all-reduce of step 1, write the reduced gradients
@@ -154,12 +154,8 @@ pub fn run_node(opts: NodeOptions) -> Result<(), NodeError> {
 
 /// [`run_node`] with the stop flag given: when it is set the worker finishes its step, leaves and returns `Ok`.
 pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("splade-worker-rpc")
-        .build()
-        .map_err(|e| setup(format!("cannot start the RPC runtime: {e}")))?;
+    // The process's runtime: the coordinator channel, the heartbeat task and the store clients all live on it.
+    let rt = splade_common::runtime::runtime();
     let device = crate::device::parse_device(&opts.device).map_err(setup)?;
     let advertise = opts.advertise.clone().unwrap_or_else(|| "127.0.0.1".into());
     let id = WorkerId::new(opts.worker_id.clone().unwrap_or_else(default_worker_id))
@@ -202,7 +198,7 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                 tracing::info!(%reason, "waiting");
                 metrics.set_rank(None);
                 session.set_position(None, last_step);
-                match wait_change(&rt, &mut rx, &stop) {
+                match wait_change(rt, &mut rx, &stop) {
                     Wake::Changed => {}
                     Wake::Stop => return leave(session),
                     Wake::Closed => return Err(NodeError::JobFailed("the coordinator session ended".into())),
@@ -212,7 +208,7 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                 metrics.set_rank(Some(a.rank));
                 tracing::info!(generation = a.generation, rank = a.rank, world = a.world_size, start = a.start_step, "assigned");
                 let gen = Generation {
-                    rt: &rt,
+                    rt,
                     session: &session,
                     a: &a,
                     device,
@@ -225,7 +221,7 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                     Ok(GenEnd::Finished) => {
                         session.set_position(Some(a.generation), last_step);
                         // Wait for the coordinator to declare completion (or re-form).
-                        match wait_change(&rt, &mut rx, &stop) {
+                        match wait_change(rt, &mut rx, &stop) {
                             Wake::Changed => {}
                             Wake::Stop => return leave(session),
                             Wake::Closed => return Ok(()),
@@ -239,7 +235,7 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                         // A failed peer ends the generation on the coordinator once its heartbeat
                         // times out (or it leaves); the directive then changes.
                         if !rx.has_changed().unwrap_or(false) {
-                            match wait_change(&rt, &mut rx, &stop) {
+                            match wait_change(rt, &mut rx, &stop) {
                                 Wake::Changed => {}
                                 Wake::Stop => return leave(session),
                                 Wake::Closed => return Err(NodeError::JobFailed(e.to_string())),
@@ -253,7 +249,7 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                 return Ok(());
             }
             Directive::Failed { reason } => return Err(NodeError::JobFailed(reason)),
-            Directive::KeepGoing | Directive::Rejoin { .. } => match wait_change(&rt, &mut rx, &stop) {
+            Directive::KeepGoing | Directive::Rejoin { .. } => match wait_change(rt, &mut rx, &stop) {
                 Wake::Changed => {}
                 Wake::Stop => return leave(session),
                 Wake::Closed => return Err(NodeError::JobFailed("the coordinator session ended".into())),
