@@ -11,6 +11,10 @@
 //! announces each commit; the [`Hooks`] here add the coordinator's side (position, progress,
 //! commits, evaluation scores).
 //!
+//! TLS: `--tls-ca` (the CA of the coordinator's certificate), `--tls-cert`/`--tls-key` (this worker's client
+//! certificate, for a coordinator with `cluster.tls_ca`), or `--config` to take them from `cluster.tls_*`
+//! ([`TlsFiles`]).
+//!
 //! SIGTERM (or Ctrl-C) finishes the current step, leaves the job ([`WorkerSession::leave`]: the
 //! coordinator re-forms without counting a restart) and exits 0; a second signal exits at once.
 //!
@@ -54,7 +58,7 @@ use splade_proto::domain::{
     Assignment, CheckpointCommit, CheckpointRef, Directive, EvalScore, JoinRequest, LossParts, ProgressReport,
     StepProgress, WorkerId,
 };
-use splade_proto::{CoordinatorClient, WorkerSession};
+use splade_proto::{ClientTls, CoordinatorClient, WorkerSession};
 use tch::Device;
 use tokio::sync::watch;
 
@@ -95,6 +99,65 @@ pub struct NodeOptions {
     pub token: String,
     /// Write the plan of each assignment as `--dump-batches` JSONL (the format `splade train` writes).
     pub dump_batches: Option<PathBuf>,
+    /// TLS to the coordinator ([`TlsFiles::client_tls`]); `None`: plain HTTP/2.
+    pub tls: Option<ClientTls>,
+}
+
+/// Where `splade-worker`'s TLS settings come from: the flags, else the `cluster.tls_*` keys of a config file
+/// (this process's identity `tls_cert`/`tls_key`, and `tls_ca` to verify the coordinator; relative paths are
+/// relative to the config file, as the coordinator reads them).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// PEM CA that signed the coordinator's certificate (`--tls-ca`).
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain and key, for a coordinator that requires client certificates.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Name to verify the coordinator's certificate against; default the host of `--join`.
+    pub domain: Option<String>,
+    /// A training config whose `cluster.tls_*` fill what the flags leave unset.
+    pub config: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The client's TLS settings, or `None` when neither the flags nor the config name a CA or identity. Errors
+    /// name the flag or config key and the fix.
+    pub fn client_tls(&self) -> Result<Option<ClientTls>, NodeError> {
+        // Each file with where it was named (for errors): the flag, else the config key.
+        let flag = |p: &Option<PathBuf>, name: &str| p.clone().map(|p| (p, name.to_string()));
+        let mut ca = flag(&self.ca, "--tls-ca");
+        let mut cert = flag(&self.cert, "--tls-cert");
+        let mut key = flag(&self.key, "--tls-key");
+        if let Some(path) = &self.config {
+            let cfg = Config::from_path(path).map_err(|e| setup(format!("--config: {e}")))?;
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            let c = &cfg.cluster;
+            for (slot, value, k) in [(&mut ca, &c.tls_ca, "tls_ca"), (&mut cert, &c.tls_cert, "tls_cert"), (&mut key, &c.tls_key, "tls_key")] {
+                if let (None, Some(v)) = (slot.as_ref(), value) {
+                    *slot = Some((dir.join(v), format!("cluster.{k} of {}", path.display())));
+                }
+            }
+        }
+        let read = |(p, what): &(PathBuf, String)| {
+            std::fs::read(p).map_err(|e| setup(format!("{what}: cannot read {}: {e}", p.display())))
+        };
+        let identity = match (&cert, &key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            (Some((_, given)), None) | (None, Some((_, given))) => {
+                return Err(setup(format!(
+                    "{given} is set alone: a client certificate and its key go together (--tls-cert and --tls-key)"
+                )))
+            }
+        };
+        match (&ca, identity) {
+            (Some(ca), identity) => Ok(Some(ClientTls { ca_pem: read(ca)?, identity, domain: self.domain.clone() })),
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(setup(
+                "a client certificate needs --tls-ca (or cluster.tls_ca): the CA that signed the coordinator's certificate",
+            )),
+        }
+    }
 }
 
 /// How long a collective waits for the other ranks when `evaluation.tasks` is configured: rank 0
@@ -167,7 +230,7 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
         None => None,
     };
     let client = rt
-        .block_on(CoordinatorClient::connect(&opts.join, &opts.token, None))
+        .block_on(CoordinatorClient::connect(&opts.join, &opts.token, opts.tls.clone()))
         .map_err(|source| NodeError::Join { addr: opts.join.clone(), source })?;
     let request = JoinRequest {
         worker_id: id.clone(),
