@@ -30,10 +30,10 @@
 //! Heartbeats run on the process's tokio runtime's own threads ([`splade_common::runtime`]), so a long step never
 //! starves them; the training loop itself runs on the calling thread.
 //!
-//! Debug switches (environment, used by the integration tests):
-//! - `SPLADE_DEBUG_DUMP_GRADS=PATH`: after the all-reduce of step 1, write the reduced gradients
-//!   (safetensors, parameter names) to `PATH.rank<R>` and continue.
-//! - `SPLADE_DEBUG_LEDGER=PATH`: append one JSON line per finished step with the generation, rank,
+//! Audit outputs ([`NodeOptions`], `splade-worker` flags):
+//! - `--dump-gradients PATH`: after the all-reduce of step 1, write the reduced gradients
+//!   (safetensors, parameter names) to `PATH.rank<R>` and continue (checks data-parallel equivalence).
+//! - `--ledger PATH`: append one JSON line per finished step with the generation, rank,
 //!   step, dataset, the rows this rank consumed and `bytes_read` (training data fetched from storage
 //!   by this generation so far).
 //!
@@ -101,6 +101,11 @@ pub struct NodeOptions {
     pub dump_batches: Option<PathBuf>,
     /// TLS to the coordinator ([`TlsFiles::client_tls`]); `None`: plain HTTP/2.
     pub tls: Option<ClientTls>,
+    /// Append one JSON line per finished step here: generation, rank, step, dataset, the rows this rank consumed
+    /// and `bytes_read`.
+    pub ledger: Option<PathBuf>,
+    /// Write step 1's all-reduced gradients (safetensors, parameter names) to `<path>.rank<R>`.
+    pub dump_gradients: Option<PathBuf>,
 }
 
 /// Where `splade-worker`'s TLS settings come from: the flags, else the `cluster.tls_*` keys of a config file
@@ -279,6 +284,8 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                     metrics: &metrics,
                     stop: &stop,
                     dump_batches: opts.dump_batches.as_deref(),
+                    ledger: opts.ledger.as_deref(),
+                    dump_gradients: opts.dump_gradients.as_deref(),
                 };
                 match gen.train(&mut rx, &mut last_step) {
                     Ok(GenEnd::Finished) => {
@@ -360,6 +367,8 @@ struct Generation<'a> {
     metrics: &'a WorkerMetrics,
     stop: &'a AtomicBool,
     dump_batches: Option<&'a std::path::Path>,
+    ledger: Option<&'a std::path::Path>,
+    dump_gradients: Option<&'a std::path::Path>,
 }
 
 impl Generation<'_> {
@@ -460,8 +469,8 @@ impl Generation<'_> {
             last_step,
             bytes_reported: 0,
             final_scores: Vec::new(),
-            dump_grads: std::env::var_os("SPLADE_DEBUG_DUMP_GRADS").map(PathBuf::from),
-            ledger: std::env::var_os("SPLADE_DEBUG_LEDGER").map(PathBuf::from),
+            dump_grads: self.dump_gradients.map(std::path::Path::to_path_buf),
+            ledger: self.ledger.map(std::path::Path::to_path_buf),
         };
         let out = schedule::run(&mut trainer, &source, &mut GradSync::AllReduce(&mut pg), lead.as_mut(), &schedule, &mut hooks)
             .map_err(|e| setup(e.to_string()))?;
@@ -485,9 +494,9 @@ struct RankHooks<'g, 'r> {
     bytes_reported: u64,
     /// The final model's scores, sent with the last step's report.
     final_scores: Vec<EvalScore>,
-    /// `SPLADE_DEBUG_DUMP_GRADS=PATH`: the reduced gradients of step 1 go to `PATH.rank<R>`.
+    /// `--dump-gradients PATH`: the reduced gradients of step 1 go to `PATH.rank<R>`.
     dump_grads: Option<PathBuf>,
-    /// `SPLADE_DEBUG_LEDGER=PATH`: one JSON line per step with the rows this rank consumed.
+    /// `--ledger PATH`: one JSON line per step with the rows this rank consumed.
     ledger: Option<PathBuf>,
 }
 

@@ -39,6 +39,12 @@ struct Args {
     /// A training config whose cluster.tls_ca, tls_cert and tls_key fill the TLS flags left unset.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// Append one JSON line per finished step (generation, rank, step, dataset, rows consumed, bytes read).
+    #[arg(long)]
+    ledger: Option<std::path::PathBuf>,
+    /// Write step 1's all-reduced gradients (safetensors) to PATH.rank<R>.
+    #[arg(long)]
+    dump_gradients: Option<std::path::PathBuf>,
     /// The shared join token.
     #[arg(long, env = "SPLADE_CLUSTER_TOKEN", hide_env_values = true)]
     token: String,
@@ -71,6 +77,8 @@ fn main() {
         token: args.token,
         dump_batches: args.dump_batches,
         tls,
+        ledger: args.ledger,
+        dump_gradients: args.dump_gradients,
     };
     if let Err(e) = run_node(opts) {
         eprintln!("splade-worker: {e}");
