@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod obs;
+pub mod runtime;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

@@ -25,6 +25,6 @@ pub use server::{
 pub use settings::{
     ClusterSettings, JobSpec, JoinToken, ServerTls, SettingsError, DEFAULT_TOKEN_ENV,
 };
-pub use snapshot::{JobSnapshot, PhaseKind, WorkerStatus};
+pub use snapshot::{JobSnapshot, PhaseKind, Progress, WorkerStatus};
 pub use state::{ClusterState, InMemoryClusterState};
 pub use verify::{CheckpointVerifier, StoreVerifier, TrustWorkers, VerifyError, VerifyFuture};

@@ -4,7 +4,7 @@
 //! and the async loop in `server.rs` only feeds it. Read top to bottom: inputs (join, heartbeat, progress, commit,
 //! leave), then [`Machine::advance`], which applies time (timeouts, forming a generation, finishing).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use splade_proto::domain::{
@@ -14,7 +14,7 @@ use splade_proto::domain::{
 use tokio::time::Instant;
 
 use crate::settings::{ClusterSettings, JobSpec};
-use crate::snapshot::{JobSnapshot, PhaseKind, WorkerStatus};
+use crate::snapshot::{JobSnapshot, PhaseKind, Progress, WorkerStatus};
 use crate::state::{ClusterState, GenerationRecord, JobPhase, WorkerRecord};
 
 /// How the job ended.
@@ -59,7 +59,7 @@ pub struct Machine<S> {
     quorum_since: Option<Instant>,
     /// Highest step any member of the current generation reported.
     global_step: u64,
-    progress: BTreeMap<String, f64>,
+    progress: Progress,
     progress_step: u64,
     /// Workers already told that the job completed or failed.
     told_final: HashSet<WorkerId>,
@@ -78,7 +78,7 @@ impl<S: ClusterState> Machine<S> {
             rendezvous_since: now,
             quorum_since: None,
             global_step: 0,
-            progress: BTreeMap::new(),
+            progress: Progress::default(),
             progress_step: 0,
             told_final: HashSet::new(),
             finished_at: None,
@@ -222,15 +222,17 @@ impl<S: ClusterState> Machine<S> {
             l.step = l.step.max(report.step);
         }
         self.global_step = self.global_step.max(report.step);
-        if report.step >= self.progress_step {
-            self.progress_step = report.step;
-            self.progress.extend(report.metrics);
+        let step = report.step;
+        let worker = report.worker_id.clone();
+        if step >= self.progress_step {
+            self.progress_step = step;
+            self.progress.merge(report);
         }
-        if report.step >= self.job.total_steps {
-            tracing::info!(worker = %report.worker_id, step = report.step, "final step reported; the job is complete");
+        if step >= self.job.total_steps {
+            tracing::info!(worker = %worker, step, "final step reported; the job is complete");
             self.state.end_generation("training completed".into());
             self.state.set_phase(JobPhase::Completed {
-                final_step: report.step,
+                final_step: step,
             });
             self.finished_at = Some(now);
         }
@@ -661,7 +663,7 @@ mod tests {
     //! The rules, with time injected. The gRPC-level behaviour is tested in `tests/it`.
     use super::*;
     use crate::state::InMemoryClusterState;
-    use splade_proto::domain::CheckpointRef;
+    use splade_proto::domain::{CheckpointRef, LossParts, StepProgress};
 
     const HB: Duration = Duration::from_millis(100);
 
@@ -892,12 +894,8 @@ mod tests {
         join(&mut m, "b", t0);
         assigned(hb(&mut m, "a", None, t0));
         assigned(hb(&mut m, "b", None, t0));
-        let report = ProgressReport {
-            worker_id: id("a"),
-            generation: 1,
-            step: 100,
-            metrics: [("loss".to_owned(), 0.5)].into(),
-        };
+        let mut report = ProgressReport::new(id("a"), 1, 100);
+        report.train = Some(StepProgress { loss: LossParts { total: 0.5, ..Default::default() }, ..Default::default() });
         assert!(m.progress(report, t0).accepted);
         assert_eq!(m.advance(t0), None, "b has not been told yet");
         assert_eq!(
@@ -913,6 +911,6 @@ mod tests {
             m.advance(t0),
             Some(JobOutcome::Completed { final_step: 100 })
         );
-        assert_eq!(m.snapshot(t0).progress.get("loss"), Some(&0.5));
+        assert_eq!(m.snapshot(t0).progress.train.map(|t| t.loss.total), Some(0.5));
     }
 }

@@ -1,8 +1,9 @@
 //! The coordinator's Prometheus series, fed from the state loop's [`JobSnapshot`]s: job health
 //! ([`ClusterMetrics`]) and the training series ([`TrainingMetrics`]) from rank 0's progress reports,
-//! including its retrieval evaluations of committed checkpoints ([`eval_results`]).
+//! including its retrieval evaluations of committed checkpoints.
 
 use splade_common::obs::{ClusterMetrics, ObsError, Registry, StepStats, TrainingMetrics};
+use splade_proto::domain::StepProgress;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -33,22 +34,25 @@ pub fn spawn_exporter(
                     cluster.record_restart();
                     restarts += 1;
                 }
-                if s.progress_step > progress_step && !s.progress.is_empty() {
-                    progress_step = s.progress_step;
-                    training.record_step(&step_stats(s.progress_step, &s.progress));
-                } else if s.global_step > progress_step {
-                    training.set_global_step(s.global_step);
+                match &s.progress.train {
+                    Some(t) if s.progress.train_step > progress_step => {
+                        progress_step = s.progress.train_step;
+                        training.record_step(&step_stats(progress_step, t));
+                    }
+                    _ if s.global_step > progress_step => training.set_global_step(s.global_step),
+                    _ => {}
                 }
                 let ck = s.last_checkpoint.as_ref().map(|c| c.step);
-                if ck.is_some() && ck != checkpoint_step {
+                if let (Some(step), true) = (ck, ck != checkpoint_step) {
                     checkpoint_step = ck;
-                    let secs = s.progress.get("checkpoint_seconds").copied().unwrap_or(0.0);
-                    training.record_checkpoint(ck.unwrap_or(0), secs);
+                    // Rank 0 reports the write time just before the commit; a commit without one records 0 s.
+                    training.record_checkpoint(step, s.progress.checkpoint_seconds.unwrap_or(0.0));
                 }
-                for e in eval_results(&s.progress) {
+                for e in s.progress.evals.values() {
                     if eval_steps.get(&e.task) != Some(&e.step) {
-                        training.record_eval(&e.task, e.step, e.ndcg_at_10, e.mrr_at_10);
-                        eval_steps.insert(e.task, e.step);
+                        // A task without an MRR exports NaN (no value).
+                        training.record_eval(&e.task, e.step, e.ndcg_at_10, e.mrr_at_10.unwrap_or(f64::NAN));
+                        eval_steps.insert(e.task.clone(), e.step);
                     }
                 }
             }
@@ -59,78 +63,24 @@ pub fn spawn_exporter(
     }))
 }
 
-fn step_stats(step: u64, p: &std::collections::BTreeMap<String, f64>) -> StepStats {
-    let g = |k: &str| p.get(k).copied().unwrap_or(0.0);
+/// The exporter's view of one step (the same series `splade train` exports).
+fn step_stats(step: u64, t: &StepProgress) -> StepStats {
     StepStats {
         step,
-        epoch: g("epoch"),
-        samples: g("samples") as u64,
-        tokens: g("tokens") as u64,
-        step_seconds: g("step_seconds"),
-        loss: g("loss"),
-        loss_ranking: g("loss_ranking"),
-        loss_flops_query: g("loss_flops_query"),
-        loss_flops_document: g("loss_flops_document"),
-        flops_query: g("flops_query"),
-        flops_document: g("flops_document"),
-        active_dims_query: g("active_dims_query"),
-        active_dims_document: g("active_dims_document"),
-        learning_rate: g("learning_rate"),
-        grad_norm: g("grad_norm"),
-        allreduce_seconds: p.get("allreduce_seconds").copied(),
-    }
-}
-
-/// One task's scores from rank 0's evaluation of a committed checkpoint.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EvalResult {
-    /// The task's name in `evaluation.tasks` (the `task` label).
-    pub task: String,
-    /// Global step of the evaluated checkpoint.
-    pub step: u64,
-    pub ndcg_at_10: f64,
-    pub mrr_at_10: f64,
-}
-
-/// The evaluations carried in progress metrics: keys `eval/<task>/ndcg_at_10`, `eval/<task>/mrr_at_10`
-/// and `eval/<task>/step`, as the worker reports them. A task without an MRR reads NaN, without a
-/// step 0.
-pub fn eval_results(p: &std::collections::BTreeMap<String, f64>) -> Vec<EvalResult> {
-    p.iter()
-        .filter_map(|(k, v)| {
-            let task = k.strip_prefix("eval/")?.strip_suffix("/ndcg_at_10")?;
-            let get = |m: &str| p.get(&format!("eval/{task}/{m}")).copied();
-            Some(EvalResult {
-                task: task.to_string(),
-                step: get("step").unwrap_or(0.0) as u64,
-                ndcg_at_10: *v,
-                mrr_at_10: get("mrr_at_10").unwrap_or(f64::NAN),
-            })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn eval_keys_become_per_task_results() {
-        let p: std::collections::BTreeMap<String, f64> = [
-            ("loss", 0.5),
-            ("eval/norquad/ndcg_at_10", 0.4),
-            ("eval/norquad/mrr_at_10", 0.3),
-            ("eval/norquad/step", 12.0),
-            ("eval/a/b/ndcg_at_10", 0.9),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let r = eval_results(&p);
-        assert_eq!(r.len(), 2, "{r:?}");
-        assert_eq!(r[0].task, "a/b");
-        assert_eq!((r[0].step, r[0].ndcg_at_10), (0, 0.9));
-        assert!(r[0].mrr_at_10.is_nan());
-        assert_eq!(r[1], EvalResult { task: "norquad".into(), step: 12, ndcg_at_10: 0.4, mrr_at_10: 0.3 });
+        epoch: t.epoch,
+        samples: t.samples,
+        tokens: t.tokens,
+        step_seconds: t.step_seconds,
+        loss: t.loss.total,
+        loss_ranking: t.loss.ranking,
+        loss_flops_query: t.loss.flops_query,
+        loss_flops_document: t.loss.flops_document,
+        flops_query: t.flops_query,
+        flops_document: t.flops_document,
+        active_dims_query: t.active_dims_query,
+        active_dims_document: t.active_dims_document,
+        learning_rate: t.learning_rate,
+        grad_norm: t.grad_norm,
+        allreduce_seconds: t.allreduce_seconds,
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use splade_proto::domain::{CheckpointRef, WorkerId};
+use splade_proto::domain::{CheckpointRef, EvalScore, ProgressReport, StepProgress, WorkerId};
 
 /// Which phase the job is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +50,36 @@ pub struct JobSnapshot {
     pub last_checkpoint: Option<CheckpointRef>,
     /// Step of the newest progress values.
     pub progress_step: u64,
-    /// Latest value of every named progress metric (loss parts, samples/s, ...).
-    pub progress: BTreeMap<String, f64>,
+    /// The latest values of rank 0's reports.
+    pub progress: Progress,
+}
+
+/// The latest progress of the running (or last) generation, merged from its reports: each part keeps its newest
+/// value, so an evaluation-only report does not erase the step's training values.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    /// Step of `train`.
+    pub train_step: u64,
+    /// The newest step's training values (loss parts, active dims, samples/s, step time, lr, ...).
+    pub train: Option<StepProgress>,
+    /// Each task's newest evaluation.
+    pub evals: BTreeMap<String, EvalScore>,
+    /// Write time of the newest checkpoint rank 0 reported.
+    pub checkpoint_seconds: Option<f64>,
+}
+
+impl Progress {
+    /// Takes what `report` carries; its step is not older than any merged before.
+    pub fn merge(&mut self, report: ProgressReport) {
+        if let Some(t) = report.train {
+            self.train_step = report.step;
+            self.train = Some(t);
+        }
+        for e in report.evals {
+            self.evals.insert(e.task.clone(), e);
+        }
+        if let Some(s) = report.checkpoint_seconds {
+            self.checkpoint_seconds = Some(s);
+        }
+    }
 }

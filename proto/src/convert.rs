@@ -3,7 +3,6 @@
 //! Every top-level message's `protocol_version` is checked here, so nothing past this module sees a message from a
 //! peer of another version.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::domain::{self, WorkerId, PROTOCOL_VERSION};
@@ -381,16 +380,66 @@ impl TryFrom<pb::ProgressReport> for domain::ProgressReport {
     fn try_from(m: pb::ProgressReport) -> Result<Self, ProtoError> {
         const M: &str = "ProgressReport";
         check_version(M, m.protocol_version)?;
-        if let Some(k) = m.metrics.keys().find(|k| k.trim().is_empty()) {
-            return Err(invalid(M, "metrics", format!("has an empty name {k:?}")));
+        let train = m.train.map(step_progress).transpose()?;
+        let mut evals: Vec<domain::EvalScore> = Vec::with_capacity(m.evals.len());
+        for e in m.evals {
+            if e.task.trim().is_empty() {
+                return Err(invalid(M, "evals.task", format!("is empty ({:?})", e.task)));
+            }
+            if evals.iter().any(|x| x.task == e.task) {
+                return Err(invalid(M, "evals.task", format!("{:?} appears twice", e.task)));
+            }
+            evals.push(domain::EvalScore { task: e.task, step: e.step, ndcg_at_10: e.ndcg_at_10, mrr_at_10: e.mrr_at_10 });
         }
+        let checkpoint_seconds = m
+            .checkpoint_seconds
+            .map(|v| non_negative(M, "checkpoint_seconds", v))
+            .transpose()?;
         Ok(Self {
             worker_id: worker_id(M, "worker_id", m.worker_id)?,
             generation: generation(M, m.generation)?,
             step: m.step,
-            metrics: m.metrics.into_iter().collect::<BTreeMap<_, _>>(),
+            train,
+            evals,
+            checkpoint_seconds,
         })
     }
+}
+
+/// A finite value ≥ 0, or the error naming `message.field` and the value.
+fn non_negative(message: &'static str, field: &'static str, v: f64) -> Result<f64, ProtoError> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(invalid(message, field, format!("is {v}; it must be a finite number >= 0")))
+    }
+}
+
+fn step_progress(t: pb::StepProgress) -> Result<domain::StepProgress, ProtoError> {
+    const M: &str = "ProgressReport";
+    let loss = t.loss.ok_or_else(|| invalid(M, "train.loss", "is missing"))?;
+    let nn = |field: &'static str, v: f64| non_negative(M, field, v);
+    Ok(domain::StepProgress {
+        loss: domain::LossParts {
+            total: loss.total,
+            ranking: loss.ranking,
+            flops_query: loss.flops_query,
+            flops_document: loss.flops_document,
+        },
+        flops_query: t.flops_query,
+        flops_document: t.flops_document,
+        active_dims_query: nn("train.active_dims_query", t.active_dims_query)?,
+        active_dims_document: nn("train.active_dims_document", t.active_dims_document)?,
+        learning_rate: nn("train.learning_rate", t.learning_rate)?,
+        grad_norm: t.grad_norm,
+        epoch: nn("train.epoch", t.epoch)?,
+        samples: t.samples,
+        tokens: t.tokens,
+        step_seconds: nn("train.step_seconds", t.step_seconds)?,
+        samples_per_second: nn("train.samples_per_second", t.samples_per_second)?,
+        allreduce_seconds: t.allreduce_seconds.map(|v| nn("train.allreduce_seconds", v)).transpose()?,
+        loss_scale: t.loss_scale.map(|v| nn("train.loss_scale", v)).transpose()?,
+    })
 }
 
 impl From<domain::ProgressReport> for pb::ProgressReport {
@@ -400,7 +449,33 @@ impl From<domain::ProgressReport> for pb::ProgressReport {
             worker_id: d.worker_id.as_str().to_owned(),
             generation: d.generation,
             step: d.step,
-            metrics: d.metrics.into_iter().collect(),
+            train: d.train.map(|t| pb::StepProgress {
+                loss: Some(pb::LossParts {
+                    total: t.loss.total,
+                    ranking: t.loss.ranking,
+                    flops_query: t.loss.flops_query,
+                    flops_document: t.loss.flops_document,
+                }),
+                flops_query: t.flops_query,
+                flops_document: t.flops_document,
+                active_dims_query: t.active_dims_query,
+                active_dims_document: t.active_dims_document,
+                learning_rate: t.learning_rate,
+                grad_norm: t.grad_norm,
+                epoch: t.epoch,
+                samples: t.samples,
+                tokens: t.tokens,
+                step_seconds: t.step_seconds,
+                samples_per_second: t.samples_per_second,
+                allreduce_seconds: t.allreduce_seconds,
+                loss_scale: t.loss_scale,
+            }),
+            evals: d
+                .evals
+                .into_iter()
+                .map(|e| pb::EvalScore { task: e.task, step: e.step, ndcg_at_10: e.ndcg_at_10, mrr_at_10: e.mrr_at_10 })
+                .collect(),
+            checkpoint_seconds: d.checkpoint_seconds,
         }
     }
 }
@@ -616,5 +691,71 @@ mod tests {
         };
         let e = domain::Directive::try_from(m).unwrap_err().to_string();
         assert_eq!(e, "HeartbeatResponse.directive: is missing");
+    }
+    fn progress() -> domain::ProgressReport {
+        let mut r = domain::ProgressReport::new(WorkerId::new("w0").unwrap(), 3, 12);
+        r.train = Some(domain::StepProgress {
+            loss: domain::LossParts { total: 1.5, ranking: 1.0, flops_query: 0.2, flops_document: 0.3 },
+            flops_query: 20.0,
+            flops_document: f64::NAN,
+            active_dims_query: 31.5,
+            active_dims_document: 120.25,
+            learning_rate: 2e-5,
+            grad_norm: 0.75,
+            epoch: 0.5,
+            samples: 32,
+            tokens: 4096,
+            step_seconds: 0.4,
+            samples_per_second: 80.0,
+            allreduce_seconds: Some(0.01),
+            loss_scale: None,
+        });
+        r.evals = vec![domain::EvalScore { task: "norquad".into(), step: 12, ndcg_at_10: 0.6, mrr_at_10: None }];
+        r.checkpoint_seconds = Some(1.25);
+        r
+    }
+
+    #[test]
+    fn progress_round_trips_every_typed_field() {
+        let d = progress();
+        let back = domain::ProgressReport::try_from(pb::ProgressReport::from(d.clone())).unwrap();
+        let (t, bt) = (d.train.unwrap(), back.train.unwrap());
+        // NaN FLOPS (a diverged step) cross the wire as NaN; every other field is equal.
+        assert!(bt.flops_document.is_nan());
+        assert_eq!(domain::StepProgress { flops_document: 0.0, ..bt }, domain::StepProgress { flops_document: 0.0, ..t });
+        assert_eq!((back.evals, back.checkpoint_seconds), (d.evals, d.checkpoint_seconds));
+    }
+
+    #[test]
+    fn bad_progress_values_are_refused_naming_message_and_field() {
+        let mut m = pb::ProgressReport::from(progress());
+        m.train.as_mut().unwrap().step_seconds = -1.0;
+        let e = domain::ProgressReport::try_from(m).unwrap_err().to_string();
+        assert_eq!(e, "ProgressReport.train.step_seconds: is -1; it must be a finite number >= 0");
+
+        let mut m = pb::ProgressReport::from(progress());
+        m.train.as_mut().unwrap().learning_rate = f64::NAN;
+        let e = domain::ProgressReport::try_from(m).unwrap_err().to_string();
+        assert!(e.starts_with("ProgressReport.train.learning_rate: is NaN"), "{e}");
+
+        let mut m = pb::ProgressReport::from(progress());
+        m.train.as_mut().unwrap().loss = None;
+        let e = domain::ProgressReport::try_from(m).unwrap_err().to_string();
+        assert_eq!(e, "ProgressReport.train.loss: is missing");
+
+        let mut m = pb::ProgressReport::from(progress());
+        m.evals.push(m.evals[0].clone());
+        let e = domain::ProgressReport::try_from(m).unwrap_err().to_string();
+        assert_eq!(e, "ProgressReport.evals.task: \"norquad\" appears twice");
+
+        let mut m = pb::ProgressReport::from(progress());
+        m.evals[0].task = " ".into();
+        let e = domain::ProgressReport::try_from(m).unwrap_err().to_string();
+        assert!(e.starts_with("ProgressReport.evals.task: is empty"), "{e}");
+
+        let mut m = pb::ProgressReport::from(progress());
+        m.checkpoint_seconds = Some(f64::INFINITY);
+        let e = domain::ProgressReport::try_from(m).unwrap_err().to_string();
+        assert!(e.starts_with("ProgressReport.checkpoint_seconds: is inf"), "{e}");
     }
 }

@@ -4,11 +4,12 @@
 //! passed validation: ids are non-empty and well-formed, ports fit in 16 bits, an [`Assignment`]'s batch arithmetic
 //! adds up and its rank is below its world size, a [`CheckpointRef`]'s digest is 64 hex digits.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// Version of the control-plane protocol this build speaks. Carried in every message; peers must match exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2: progress reports carry typed values ([`StepProgress`], [`EvalScore`]) instead of a string-keyed map.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Name of a worker, unique within a job (a pod name, `host-3`, ...).
 ///
@@ -151,8 +152,69 @@ pub struct ProgressReport {
     pub worker_id: WorkerId,
     pub generation: u64,
     pub step: u64,
-    /// Named values (loss parts, samples/s, ...); names are non-empty.
-    pub metrics: BTreeMap<String, f64>,
+    /// The step's training values (rank 0, every step); `None` in reports that carry only `evals` or
+    /// `checkpoint_seconds`.
+    pub train: Option<StepProgress>,
+    /// Retrieval scores of an evaluated model; task names are non-empty and unique within a report.
+    pub evals: Vec<EvalScore>,
+    /// Seconds rank 0 took to write the checkpoint of `step` it is about to commit (finite, ≥ 0).
+    pub checkpoint_seconds: Option<f64>,
+}
+
+impl ProgressReport {
+    /// A report of `step` with nothing in it yet.
+    pub fn new(worker_id: WorkerId, generation: u64, step: u64) -> Self {
+        Self { worker_id, generation, step, train: None, evals: Vec::new(), checkpoint_seconds: None }
+    }
+}
+
+/// One optimizer step's loss, in parts: `total = ranking + flops_query + flops_document` (the FLOPS terms weighted).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossParts {
+    pub total: f64,
+    pub ranking: f64,
+    pub flops_query: f64,
+    pub flops_document: f64,
+}
+
+/// One optimizer step's values as rank 0 measured them over the global batch.
+///
+/// Guarantees (checked at the edge): `step_seconds`, `samples_per_second`, `epoch`, `learning_rate` and the active
+/// dims are finite and ≥ 0; `allreduce_seconds` and `loss_scale`, when present, too. Loss and FLOPS values may be
+/// NaN (a diverged step is reported, not refused).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepProgress {
+    pub loss: LossParts,
+    /// Unweighted FLOPS of the query / document representations.
+    pub flops_query: f64,
+    pub flops_document: f64,
+    /// Mean non-zero dimensions per query / document vector.
+    pub active_dims_query: f64,
+    pub active_dims_document: f64,
+    pub learning_rate: f64,
+    pub grad_norm: f64,
+    /// Fractional epoch after this step.
+    pub epoch: f64,
+    /// Rows and tokens of the global batch.
+    pub samples: u64,
+    pub tokens: u64,
+    pub step_seconds: f64,
+    pub samples_per_second: f64,
+    /// Seconds in the gradient all-reduce; `None` without one.
+    pub allreduce_seconds: Option<f64>,
+    /// The fp16 loss scale; `None` without `training.fp16`.
+    pub loss_scale: Option<f64>,
+}
+
+/// One task's retrieval scores of an evaluated model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalScore {
+    /// The task's name in `evaluation.tasks` (non-empty).
+    pub task: String,
+    /// Global step of the evaluated model.
+    pub step: u64,
+    pub ndcg_at_10: f64,
+    pub mrr_at_10: Option<f64>,
 }
 
 /// A worker announcing a checkpoint whose manifest it has written.

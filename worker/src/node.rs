@@ -11,25 +11,29 @@
 //! announces each commit; the [`Hooks`] here add the coordinator's side (position, progress,
 //! commits, evaluation scores).
 //!
+//! TLS: `--tls-ca` (the CA of the coordinator's certificate), `--tls-cert`/`--tls-key` (this worker's client
+//! certificate, for a coordinator with `cluster.tls_ca`), or `--config` to take them from `cluster.tls_*`
+//! ([`TlsFiles`]).
+//!
 //! SIGTERM (or Ctrl-C) finishes the current step, leaves the job ([`WorkerSession::leave`]: the
 //! coordinator re-forms without counting a restart) and exits 0; a second signal exits at once.
 //!
 //! With `evaluation.tasks` configured, rank 0 evaluates at `eval_strategy` (without one: every
 //! committed checkpoint) and the final model with the code `splade train` evaluates with, writes each task's MTEB
 //! `TaskResult` to `<output_dir>/eval/<checkpoint>/<task>.json` and reports NDCG@10 and MRR@10 to
-//! the coordinator as progress keys `eval/<task>/{ndcg_at_10,mrr_at_10,step}`. A checkpoint is
+//! the coordinator as typed progress ([`EvalScore`]). A checkpoint is
 //! evaluated while the other ranks wait in the next step's collective, so the group's timeout is
 //! raised to [`EVAL_COLLECTIVE_TIMEOUT`] when tasks are configured (the final model's evaluation,
 //! before rank 0 writes `final/`, keeps the others in the last barrier the same way). An evaluation
 //! that fails is logged and training continues.
 //!
-//! Heartbeats run on a tokio runtime's own threads, so a long step never starves them; the
-//! training loop itself runs on the calling thread.
+//! Heartbeats run on the process's tokio runtime's own threads ([`splade_common::runtime`]), so a long step never
+//! starves them; the training loop itself runs on the calling thread.
 //!
-//! Debug switches (environment, used by the integration tests):
-//! - `SPLADE_DEBUG_DUMP_GRADS=PATH`: after the all-reduce of step 1, write the reduced gradients
-//!   (safetensors, parameter names) to `PATH.rank<R>` and continue.
-//! - `SPLADE_DEBUG_LEDGER=PATH`: append one JSON line per finished step with the generation, rank,
+//! Audit outputs ([`NodeOptions`], `splade-worker` flags):
+//! - `--dump-gradients PATH`: after the all-reduce of step 1, write the reduced gradients
+//!   (safetensors, parameter names) to `PATH.rank<R>` and continue (checks data-parallel equivalence).
+//! - `--ledger PATH`: append one JSON line per finished step with the generation, rank,
 //!   step, dataset, the rows this rank consumed and `bytes_read` (training data fetched from storage
 //!   by this generation so far).
 //!
@@ -51,9 +55,10 @@ use splade_common::obs::{Registry, WorkerMetrics};
 use splade_common::store::checkpoint::{verify_checkpoint, Verify};
 use splade_common::store::{block_on, StoreOptions};
 use splade_proto::domain::{
-    Assignment, CheckpointCommit, CheckpointRef, Directive, JoinRequest, ProgressReport, WorkerId,
+    Assignment, CheckpointCommit, CheckpointRef, Directive, EvalScore, JoinRequest, LossParts, ProgressReport,
+    StepProgress, WorkerId,
 };
-use splade_proto::{CoordinatorClient, WorkerSession};
+use splade_proto::{ClientTls, CoordinatorClient, WorkerSession};
 use tch::Device;
 use tokio::sync::watch;
 
@@ -94,6 +99,70 @@ pub struct NodeOptions {
     pub token: String,
     /// Write the plan of each assignment as `--dump-batches` JSONL (the format `splade train` writes).
     pub dump_batches: Option<PathBuf>,
+    /// TLS to the coordinator ([`TlsFiles::client_tls`]); `None`: plain HTTP/2.
+    pub tls: Option<ClientTls>,
+    /// Append one JSON line per finished step here: generation, rank, step, dataset, the rows this rank consumed
+    /// and `bytes_read`.
+    pub ledger: Option<PathBuf>,
+    /// Write step 1's all-reduced gradients (safetensors, parameter names) to `<path>.rank<R>`.
+    pub dump_gradients: Option<PathBuf>,
+}
+
+/// Where `splade-worker`'s TLS settings come from: the flags, else the `cluster.tls_*` keys of a config file
+/// (this process's identity `tls_cert`/`tls_key`, and `tls_ca` to verify the coordinator; relative paths are
+/// relative to the config file, as the coordinator reads them).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// PEM CA that signed the coordinator's certificate (`--tls-ca`).
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain and key, for a coordinator that requires client certificates.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Name to verify the coordinator's certificate against; default the host of `--join`.
+    pub domain: Option<String>,
+    /// A training config whose `cluster.tls_*` fill what the flags leave unset.
+    pub config: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The client's TLS settings, or `None` when neither the flags nor the config name a CA or identity. Errors
+    /// name the flag or config key and the fix.
+    pub fn client_tls(&self) -> Result<Option<ClientTls>, NodeError> {
+        // Each file with where it was named (for errors): the flag, else the config key.
+        let flag = |p: &Option<PathBuf>, name: &str| p.clone().map(|p| (p, name.to_string()));
+        let mut ca = flag(&self.ca, "--tls-ca");
+        let mut cert = flag(&self.cert, "--tls-cert");
+        let mut key = flag(&self.key, "--tls-key");
+        if let Some(path) = &self.config {
+            let cfg = Config::from_path(path).map_err(|e| setup(format!("--config: {e}")))?;
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            let c = &cfg.cluster;
+            for (slot, value, k) in [(&mut ca, &c.tls_ca, "tls_ca"), (&mut cert, &c.tls_cert, "tls_cert"), (&mut key, &c.tls_key, "tls_key")] {
+                if let (None, Some(v)) = (slot.as_ref(), value) {
+                    *slot = Some((dir.join(v), format!("cluster.{k} of {}", path.display())));
+                }
+            }
+        }
+        let read = |(p, what): &(PathBuf, String)| {
+            std::fs::read(p).map_err(|e| setup(format!("{what}: cannot read {}: {e}", p.display())))
+        };
+        let identity = match (&cert, &key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            (Some((_, given)), None) | (None, Some((_, given))) => {
+                return Err(setup(format!(
+                    "{given} is set alone: a client certificate and its key go together (--tls-cert and --tls-key)"
+                )))
+            }
+        };
+        match (&ca, identity) {
+            (Some(ca), identity) => Ok(Some(ClientTls { ca_pem: read(ca)?, identity, domain: self.domain.clone() })),
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(setup(
+                "a client certificate needs --tls-ca (or cluster.tls_ca): the CA that signed the coordinator's certificate",
+            )),
+        }
+    }
 }
 
 /// How long a collective waits for the other ranks when `evaluation.tasks` is configured: rank 0
@@ -153,12 +222,8 @@ pub fn run_node(opts: NodeOptions) -> Result<(), NodeError> {
 
 /// [`run_node`] with the stop flag given: when it is set the worker finishes its step, leaves and returns `Ok`.
 pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("splade-worker-rpc")
-        .build()
-        .map_err(|e| setup(format!("cannot start the RPC runtime: {e}")))?;
+    // The process's runtime: the coordinator channel, the heartbeat task and the store clients all live on it.
+    let rt = splade_common::runtime::runtime();
     let device = crate::device::parse_device(&opts.device).map_err(setup)?;
     let advertise = opts.advertise.clone().unwrap_or_else(|| "127.0.0.1".into());
     let id = WorkerId::new(opts.worker_id.clone().unwrap_or_else(default_worker_id))
@@ -170,7 +235,7 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
         None => None,
     };
     let client = rt
-        .block_on(CoordinatorClient::connect(&opts.join, &opts.token, None))
+        .block_on(CoordinatorClient::connect(&opts.join, &opts.token, opts.tls.clone()))
         .map_err(|source| NodeError::Join { addr: opts.join.clone(), source })?;
     let request = JoinRequest {
         worker_id: id.clone(),
@@ -201,7 +266,7 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                 tracing::info!(%reason, "waiting");
                 metrics.set_rank(None);
                 session.set_position(None, last_step);
-                match wait_change(&rt, &mut rx, &stop) {
+                match wait_change(rt, &mut rx, &stop) {
                     Wake::Changed => {}
                     Wake::Stop => return leave(session),
                     Wake::Closed => return Err(NodeError::JobFailed("the coordinator session ended".into())),
@@ -211,7 +276,7 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                 metrics.set_rank(Some(a.rank));
                 tracing::info!(generation = a.generation, rank = a.rank, world = a.world_size, start = a.start_step, "assigned");
                 let gen = Generation {
-                    rt: &rt,
+                    rt,
                     session: &session,
                     a: &a,
                     device,
@@ -219,12 +284,14 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                     metrics: &metrics,
                     stop: &stop,
                     dump_batches: opts.dump_batches.as_deref(),
+                    ledger: opts.ledger.as_deref(),
+                    dump_gradients: opts.dump_gradients.as_deref(),
                 };
                 match gen.train(&mut rx, &mut last_step) {
                     Ok(GenEnd::Finished) => {
                         session.set_position(Some(a.generation), last_step);
                         // Wait for the coordinator to declare completion (or re-form).
-                        match wait_change(&rt, &mut rx, &stop) {
+                        match wait_change(rt, &mut rx, &stop) {
                             Wake::Changed => {}
                             Wake::Stop => return leave(session),
                             Wake::Closed => return Ok(()),
@@ -238,7 +305,7 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                         // A failed peer ends the generation on the coordinator once its heartbeat
                         // times out (or it leaves); the directive then changes.
                         if !rx.has_changed().unwrap_or(false) {
-                            match wait_change(&rt, &mut rx, &stop) {
+                            match wait_change(rt, &mut rx, &stop) {
                                 Wake::Changed => {}
                                 Wake::Stop => return leave(session),
                                 Wake::Closed => return Err(NodeError::JobFailed(e.to_string())),
@@ -252,7 +319,7 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                 return Ok(());
             }
             Directive::Failed { reason } => return Err(NodeError::JobFailed(reason)),
-            Directive::KeepGoing | Directive::Rejoin { .. } => match wait_change(&rt, &mut rx, &stop) {
+            Directive::KeepGoing | Directive::Rejoin { .. } => match wait_change(rt, &mut rx, &stop) {
                 Wake::Changed => {}
                 Wake::Stop => return leave(session),
                 Wake::Closed => return Err(NodeError::JobFailed("the coordinator session ended".into())),
@@ -300,6 +367,8 @@ struct Generation<'a> {
     metrics: &'a WorkerMetrics,
     stop: &'a AtomicBool,
     dump_batches: Option<&'a std::path::Path>,
+    ledger: Option<&'a std::path::Path>,
+    dump_gradients: Option<&'a std::path::Path>,
 }
 
 impl Generation<'_> {
@@ -400,8 +469,8 @@ impl Generation<'_> {
             last_step,
             bytes_reported: 0,
             final_scores: Vec::new(),
-            dump_grads: std::env::var_os("SPLADE_DEBUG_DUMP_GRADS").map(PathBuf::from),
-            ledger: std::env::var_os("SPLADE_DEBUG_LEDGER").map(PathBuf::from),
+            dump_grads: self.dump_gradients.map(std::path::Path::to_path_buf),
+            ledger: self.ledger.map(std::path::Path::to_path_buf),
         };
         let out = schedule::run(&mut trainer, &source, &mut GradSync::AllReduce(&mut pg), lead.as_mut(), &schedule, &mut hooks)
             .map_err(|e| setup(e.to_string()))?;
@@ -424,21 +493,18 @@ struct RankHooks<'g, 'r> {
     last_step: &'r mut u64,
     bytes_reported: u64,
     /// The final model's scores, sent with the last step's report.
-    final_scores: Vec<(String, f64)>,
-    /// `SPLADE_DEBUG_DUMP_GRADS=PATH`: the reduced gradients of step 1 go to `PATH.rank<R>`.
+    final_scores: Vec<EvalScore>,
+    /// `--dump-gradients PATH`: the reduced gradients of step 1 go to `PATH.rank<R>`.
     dump_grads: Option<PathBuf>,
-    /// `SPLADE_DEBUG_LEDGER=PATH`: one JSON line per step with the rows this rank consumed.
+    /// `--ledger PATH`: one JSON line per step with the rows this rank consumed.
     ledger: Option<PathBuf>,
 }
 
 impl RankHooks<'_, '_> {
-    fn report(&mut self, step: u64, metrics: impl IntoIterator<Item = (String, f64)>, what: &str) {
-        let report = ProgressReport {
-            worker_id: self.gen.session.worker_id().clone(),
-            generation: self.gen.a.generation,
-            step,
-            metrics: metrics.into_iter().collect(),
-        };
+    /// Sends a report of `step` that `fill` completes; a failed report is logged (training goes on).
+    fn report(&mut self, step: u64, what: &str, fill: impl FnOnce(&mut ProgressReport)) {
+        let mut report = ProgressReport::new(self.gen.session.worker_id().clone(), self.gen.a.generation, step);
+        fill(&mut report);
         if let Err(e) = self.gen.rt.block_on(self.client.report_progress(report)) {
             tracing::warn!(error = %e, "{what} report failed");
         }
@@ -492,7 +558,7 @@ impl Hooks for RankHooks<'_, '_> {
         if name == "final" {
             self.final_scores = scores;
         } else if !scores.is_empty() {
-            self.report(step, scores, "evaluation");
+            self.report(step, "evaluation", |r| r.evals = scores);
         }
     }
 
@@ -507,7 +573,7 @@ impl Hooks for RankHooks<'_, '_> {
         };
         // The write time goes with this step's progress before the commit, so the coordinator's exporter has it
         // when it records the checkpoint.
-        self.report(step, [("checkpoint_seconds".to_string(), seconds)], "checkpoint timing");
+        self.report(step, "checkpoint timing", |r| r.checkpoint_seconds = Some(seconds));
         let commit = CheckpointCommit {
             worker_id: self.gen.session.worker_id().clone(),
             generation: self.gen.a.generation,
@@ -528,44 +594,43 @@ impl Hooks for RankHooks<'_, '_> {
             return;
         }
         let stats = &done.stats;
-        // The same numbers `splade train` exports, in the coordinator's progress keys
-        // (`splade_coordinator::metrics` reads them back): weighted FLOPS terms as loss parts,
-        // unweighted FLOPS as the sparsity measure.
+        // The same numbers `splade train` exports: weighted FLOPS terms as loss parts, unweighted FLOPS as the
+        // sparsity measure; tokens over the global batch.
         let o = to_obs_stats(stats);
-        let m = [
-            ("loss", o.loss),
-            ("loss_ranking", o.loss_ranking),
-            ("loss_flops_query", o.loss_flops_query),
-            ("loss_flops_document", o.loss_flops_document),
-            ("flops_query", o.flops_query),
-            ("flops_document", o.flops_document),
-            ("active_dims_query", o.active_dims_query),
-            ("active_dims_document", o.active_dims_document),
-            ("learning_rate", o.learning_rate),
-            ("grad_norm", o.grad_norm),
-            ("epoch", o.epoch),
-            ("samples", o.samples as f64),
-            ("tokens", (stats.tokens * self.world) as f64),
-            ("step_seconds", o.step_seconds),
-            ("samples_per_second", sps),
-            ("allreduce_seconds", done.allreduce_seconds.unwrap_or(0.0)),
-        ];
-        let keys: Vec<(String, f64)> = m
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .chain(stats.loss_scale.map(|s| ("loss_scale".to_string(), s)))
-            .chain(std::mem::take(&mut self.final_scores))
-            .collect();
-        self.report(step, keys, "progress");
+        let train = StepProgress {
+            loss: LossParts {
+                total: o.loss,
+                ranking: o.loss_ranking,
+                flops_query: o.loss_flops_query,
+                flops_document: o.loss_flops_document,
+            },
+            flops_query: o.flops_query,
+            flops_document: o.flops_document,
+            active_dims_query: o.active_dims_query,
+            active_dims_document: o.active_dims_document,
+            learning_rate: o.learning_rate,
+            grad_norm: o.grad_norm,
+            epoch: o.epoch,
+            samples: o.samples,
+            tokens: (stats.tokens * self.world) as u64,
+            step_seconds: o.step_seconds,
+            samples_per_second: sps,
+            allreduce_seconds: done.allreduce_seconds,
+            loss_scale: stats.loss_scale,
+        };
+        let evals = std::mem::take(&mut self.final_scores);
+        self.report(step, "progress", |r| {
+            r.train = Some(train);
+            r.evals = evals;
+        });
     }
 }
 
 /// Writes each task's MTEB `TaskResult` of the round that evaluated `name` (`checkpoint-<step>`, `step-<step>`
-/// or `final`) to `<output_dir>/eval/<name>/<task>.json` and returns the progress keys the coordinator exports:
-/// `eval/<task>/ndcg_at_10`, `eval/<task>/mrr_at_10` and `eval/<task>/step`. A file that cannot be written is
-/// logged: evaluation never stops training.
-fn write_eval_results(trainer: &Trainer, round: &EvalRound, name: &str, step: u64, seconds: f64) -> Vec<(String, f64)> {
-    let mut keys = Vec::new();
+/// or `final`) to `<output_dir>/eval/<name>/<task>.json` and returns the scores the coordinator exports. A file that
+/// cannot be written is logged: evaluation never stops training.
+fn write_eval_results(trainer: &Trainer, round: &EvalRound, name: &str, step: u64, seconds: f64) -> Vec<EvalScore> {
+    let mut scores = Vec::new();
     for (task, s) in &round.tasks {
         let mut extra = serde_json::Map::new();
         extra.insert("model".into(), trainer.output.url_of(name).into());
@@ -584,11 +649,14 @@ fn write_eval_results(trainer: &Trainer, round: &EvalRound, name: &str, step: u6
         }
         let get = |k: &str| s.metrics.get(k).copied().unwrap_or(f64::NAN);
         tracing::info!(checkpoint = name, task, ndcg_at_10 = get("ndcg_at_10"), mrr_at_10 = get("mrr_at_10"), "eval");
-        keys.push((format!("eval/{task}/ndcg_at_10"), get("ndcg_at_10")));
-        keys.push((format!("eval/{task}/mrr_at_10"), get("mrr_at_10")));
-        keys.push((format!("eval/{task}/step"), step as f64));
+        scores.push(EvalScore {
+            task: task.clone(),
+            step,
+            ndcg_at_10: get("ndcg_at_10"),
+            mrr_at_10: s.metrics.get("mrr_at_10").copied(),
+        });
     }
-    keys
+    scores
 }
 
 fn dump_gradients(trainer: &Trainer, path: &std::path::Path) -> Result<(), NodeError> {

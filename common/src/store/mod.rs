@@ -252,25 +252,8 @@ impl Location {
     }
 }
 
-/// Runs a future to completion from synchronous code (the trainer). Works inside or outside a tokio runtime:
-/// inside one, it runs on a scoped helper thread so it never blocks the caller's runtime workers.
-pub fn block_on<F: std::future::Future + Send>(fut: F) -> F::Output
-where
-    F::Output: Send,
-{
-    let run = |fut: F| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime can be built")
-            .block_on(fut)
-    };
-    if tokio::runtime::Handle::try_current().is_ok() {
-        std::thread::scope(|s| s.spawn(|| run(fut)).join().expect("block_on thread panicked"))
-    } else {
-        run(fut)
-    }
-}
+/// Runs a future on the process's one runtime from synchronous code; see [`crate::runtime::block_on`].
+pub use crate::runtime::block_on;
 
 #[cfg(test)]
 mod checkpoint_tests;

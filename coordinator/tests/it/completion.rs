@@ -15,7 +15,7 @@ async fn final_step_tells_everyone_to_stop_and_the_server_exits() {
 
         assert!(w1.report(6, &[("loss", 2.0)]).await.accepted);
         let s = snapshot_until(&coord, "step 6", |s| s.global_step == 6).await;
-        assert_eq!(s.progress.get("loss"), Some(&2.0));
+        assert_eq!(s.progress.train.map(|t| t.loss.total), Some(2.0));
         assert!(
             w0.report(12, &[("loss", 0.75), ("samples_per_second", 512.0)])
                 .await
@@ -30,7 +30,7 @@ async fn final_step_tells_everyone_to_stop_and_the_server_exits() {
         }
         let s = snapshot_until(&coord, "completed", |s| s.phase == PhaseKind::Completed).await;
         assert_eq!(s.progress_step, 12);
-        assert_eq!(s.progress.get("samples_per_second"), Some(&512.0));
+        assert_eq!(s.progress.train.map(|t| t.samples_per_second), Some(512.0));
         assert_eq!(
             coord.wait().await.unwrap(),
             JobOutcome::Completed { final_step: 12 }
@@ -57,12 +57,7 @@ async fn progress_from_an_ended_generation_is_ignored() {
         w1.kill();
         assert_eq!(w0.assignment().await.generation, 2);
         // w1's process "comes back" and reports the final step of generation 1: it must not complete the job.
-        let report = splade_proto::domain::ProgressReport {
-            worker_id: wid("w1"),
-            generation: 1,
-            step: 10,
-            metrics: Default::default(),
-        };
+        let report = splade_proto::domain::ProgressReport::new(wid("w1"), 1, 10);
         let ack = stale.report_progress(report).await.unwrap();
         assert!(!ack.accepted, "{ack:?}");
         assert_eq!(coord.snapshot().phase, PhaseKind::Running);

@@ -227,12 +227,12 @@ impl SimWorker {
         metrics: &[(&str, f64)],
     ) -> splade_proto::domain::Ack {
         self.set_step(step);
-        let report = ProgressReport {
-            worker_id: self.id.clone(),
-            generation: self.generation().expect("reporting worker is training"),
+        let mut report = ProgressReport::new(
+            self.id.clone(),
+            self.generation().expect("reporting worker is training"),
             step,
-            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        };
+        );
+        report.train = Some(step_progress(metrics));
         self.client
             .report_progress(report)
             .await
@@ -337,4 +337,18 @@ pub fn init_tracing() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// A step's training values with the named fields set (the rest 0): `loss`, `samples`, `samples_per_second`.
+pub fn step_progress(values: &[(&str, f64)]) -> splade_proto::domain::StepProgress {
+    let mut t = splade_proto::domain::StepProgress::default();
+    for (k, v) in values {
+        match *k {
+            "loss" => t.loss.total = *v,
+            "samples" => t.samples = *v as u64,
+            "samples_per_second" => t.samples_per_second = *v,
+            other => panic!("step_progress: no field {other:?} in this helper"),
+        }
+    }
+    t
 }

@@ -185,7 +185,11 @@ async fn another_protocol_version_leaves_a_running_job_unchanged() {
                     worker_id: "w0".into(),
                     generation: a.generation,
                     step: 50,
-                    metrics: [("loss".to_string(), 9.0)].into_iter().collect(),
+                    train: Some(pb::StepProgress {
+                        loss: Some(pb::LossParts { total: 9.0, ..Default::default() }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err();

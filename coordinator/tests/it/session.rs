@@ -54,12 +54,7 @@ async fn sessions_follow_generations_to_completion() {
         let a0 = next_assignment(&mut d0, 1).await;
         assert_eq!((a0.generation, a0.world_size), (2, 1));
         s0.set_position(Some(2), 20);
-        let report = ProgressReport {
-            worker_id: wid("w0"),
-            generation: 2,
-            step: 20,
-            metrics: Default::default(),
-        };
+        let report = ProgressReport::new(wid("w0"), 2, 20);
         assert!(s0.client().report_progress(report).await.unwrap().accepted);
         tokio::time::timeout(
             PATIENCE,

@@ -1,6 +1,6 @@
 //! `splade-worker`: joins a splade-coordinator and trains as one data-parallel replica.
 use clap::Parser;
-use splade_worker::node::{run_node, NodeOptions};
+use splade_worker::node::{run_node, NodeOptions, TlsFiles};
 
 /// A libtorch data-parallel replica of a splade-coordinator job.
 #[derive(Parser, Debug)]
@@ -24,6 +24,27 @@ struct Args {
     /// Write the batch plan this worker trains (dataset and rows per step, as `splade train --dump-batches`).
     #[arg(long)]
     dump_batches: Option<std::path::PathBuf>,
+    /// PEM CA that signed the coordinator's certificate: connect with TLS (`https`).
+    #[arg(long, env = "SPLADE_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a coordinator that requires one (with --tls-key).
+    #[arg(long, env = "SPLADE_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, env = "SPLADE_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Name to verify the coordinator's certificate against (default: the host of --join).
+    #[arg(long)]
+    tls_domain: Option<String>,
+    /// A training config whose cluster.tls_ca, tls_cert and tls_key fill the TLS flags left unset.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Append one JSON line per finished step (generation, rank, step, dataset, rows consumed, bytes read).
+    #[arg(long)]
+    ledger: Option<std::path::PathBuf>,
+    /// Write step 1's all-reduced gradients (safetensors) to PATH.rank<R>.
+    #[arg(long)]
+    dump_gradients: Option<std::path::PathBuf>,
     /// The shared join token.
     #[arg(long, env = "SPLADE_CLUSTER_TOKEN", hide_env_values = true)]
     token: String,
@@ -33,6 +54,20 @@ fn main() {
     splade_worker::cli::init_process();
     splade_worker::cli::init_logging();
     let args = Args::parse();
+    let tls = TlsFiles {
+        ca: args.tls_ca,
+        cert: args.tls_cert,
+        key: args.tls_key,
+        domain: args.tls_domain,
+        config: args.config,
+    };
+    let tls = match tls.client_tls() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("splade-worker: {e}");
+            std::process::exit(1);
+        }
+    };
     let opts = NodeOptions {
         join: args.join,
         device: args.device,
@@ -41,6 +76,9 @@ fn main() {
         worker_id: args.id,
         token: args.token,
         dump_batches: args.dump_batches,
+        tls,
+        ledger: args.ledger,
+        dump_gradients: args.dump_gradients,
     };
     if let Err(e) = run_node(opts) {
         eprintln!("splade-worker: {e}");

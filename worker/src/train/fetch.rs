@@ -42,15 +42,8 @@ impl SliceFetcher {
         let thread = std::thread::Builder::new()
             .name("splade-data-prefetch".into())
             .spawn(move || {
-                // One runtime for the thread's life: the store clients' pooled connections belong to it.
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let err = DataError::Read { file: "prefetch".into(), message: format!("cannot start a runtime: {e}") };
-                        let _ = tx.send((first, Err(err)));
-                        return;
-                    }
-                };
+                // The process's runtime: the store clients' pooled connections belong to it.
+                let rt = splade_common::runtime::runtime();
                 for (step, dataset, rows) in work {
                     let got = rt.block_on(reader.read_rows(&dataset, &rows));
                     let failed = got.is_err();

@@ -124,13 +124,16 @@ async fn start_coordinator(cfg: &Config) -> CoordinatorHandle {
 }
 
 /// Workers `w0` and `w1` reading object storage from `moto`, each appending its step records to
-/// `dir/ledger.jsonl` (`SPLADE_DEBUG_LEDGER`); returns the ledger's path and the workers.
+/// `dir/ledger.jsonl` (`--ledger`); returns the ledger's path and the workers.
 pub(crate) fn spawn_two_with_ledger(addr: SocketAddr, dir: &Path, moto: &splade_common::testkit::MotoServer) -> (PathBuf, Vec<Worker>) {
     let ledger = dir.join("ledger.jsonl");
-    let mut env: Vec<(String, String)> = moto.env();
-    env.push(("SPLADE_DEBUG_LEDGER".into(), ledger.display().to_string()));
+    let env: Vec<(String, String)> = moto.env();
     let env_refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (k.as_str(), Path::new(v.as_str()))).collect();
-    let workers = vec![spawn_worker(addr, "w0", dir, TOKEN, &env_refs, None), spawn_worker(addr, "w1", dir, TOKEN, &env_refs, None)];
+    let flags = [("--ledger", ledger.as_path())];
+    let workers = vec![
+        spawn_worker_with(addr, "w0", dir, TOKEN, &env_refs, None, &flags),
+        spawn_worker_with(addr, "w1", dir, TOKEN, &env_refs, None, &flags),
+    ];
     (ledger, workers)
 }
 
@@ -147,6 +150,19 @@ impl Worker {
 }
 
 pub(crate) fn spawn_worker(addr: SocketAddr, id: &str, dir: &Path, token: &str, env: &[(&str, &Path)], metrics: Option<&str>) -> Worker {
+    spawn_worker_with(addr, id, dir, token, env, metrics, &[])
+}
+
+/// [`spawn_worker`] with extra `(flag, path)` arguments (`--ledger`, `--dump-gradients`).
+pub(crate) fn spawn_worker_with(
+    addr: SocketAddr,
+    id: &str,
+    dir: &Path,
+    token: &str,
+    env: &[(&str, &Path)],
+    metrics: Option<&str>,
+    flags: &[(&str, &Path)],
+) -> Worker {
     let log = dir.join(format!("{id}.log"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_splade-worker"));
     cmd.args(["--join", &addr.to_string(), "--device", "cpu", "--advertise", "127.0.0.1", "--id", id])
@@ -156,6 +172,9 @@ pub(crate) fn spawn_worker(addr: SocketAddr, id: &str, dir: &Path, token: &str, 
         .stderr(std::fs::File::create(&log).unwrap());
     if let Some(m) = metrics {
         cmd.args(["--metrics-listen", m]);
+    }
+    for (flag, path) in flags {
+        cmd.arg(flag).arg(path);
     }
     for (k, v) in env {
         cmd.env(k, v);
@@ -461,8 +480,8 @@ async fn gradient_equals_single_process(per_device: usize) {
     let addr = handle.local_addr();
     let dump = tmp.path().join("grads");
     let mut workers = vec![
-        spawn_worker(addr, "w0", tmp.path(), TOKEN, &[("SPLADE_DEBUG_DUMP_GRADS", &dump)], None),
-        spawn_worker(addr, "w1", tmp.path(), TOKEN, &[("SPLADE_DEBUG_DUMP_GRADS", &dump)], None),
+        spawn_worker_with(addr, "w0", tmp.path(), TOKEN, &[], None, &[("--dump-gradients", &dump)]),
+        spawn_worker_with(addr, "w1", tmp.path(), TOKEN, &[], None, &[("--dump-gradients", &dump)]),
     ];
     let outcome = finish(handle, &mut workers).await;
     assert_eq!(outcome, JobOutcome::Completed { final_step: 2 }, "w0:\n{}", workers[0].log());

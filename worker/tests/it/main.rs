@@ -12,6 +12,7 @@ mod lean_head;
 mod native_archs;
 mod norbert3;
 mod one_loop;
+mod worker_tls;
 mod dist;
 mod inference_free;
 mod parity;

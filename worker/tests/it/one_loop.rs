@@ -15,7 +15,7 @@ use splade_coordinator::{CoordinatorHandle, CoordinatorOptions, JobOutcome, Join
 use splade_worker::train::{build_plan, load_train_datasets, run_training, TrainOptions};
 use tch::Tensor;
 
-use crate::cluster::{exit_ok, finish, pairs_jsonl, spawn_worker, TOKEN};
+use crate::cluster::{exit_ok, finish, pairs_jsonl, spawn_worker, spawn_worker_with, TOKEN};
 use crate::support::*;
 
 fn free_port() -> u16 {
@@ -210,8 +210,11 @@ async fn cluster_sigterm_worker_leaves_and_the_job_goes_on_without_a_restart() {
     let addr = handle.local_addr();
     let mut snaps = handle.subscribe();
     let ledger = tmp.path().join("ledger.jsonl");
-    let env = [("SPLADE_DEBUG_LEDGER", ledger.as_path())];
-    let mut workers = vec![spawn_worker(addr, "w0", tmp.path(), TOKEN, &env, None), spawn_worker(addr, "w1", tmp.path(), TOKEN, &env, None)];
+    let flags = [("--ledger", ledger.as_path())];
+    let mut workers = vec![
+        spawn_worker_with(addr, "w0", tmp.path(), TOKEN, &[], None, &flags),
+        spawn_worker_with(addr, "w1", tmp.path(), TOKEN, &[], None, &flags),
+    ];
     let t = Instant::now();
     let victim = loop {
         {
