@@ -33,7 +33,7 @@ pub struct EncodedTask {
 /// The model's vocabulary as the evaluator sees it (size and token strings for fingerprints/exports).
 pub fn vocab_info(model: &SparseEncoder) -> VocabInfo {
     let tokens: Vec<String> = (0..model.vocab_size() as u32)
-        .map(|i| model.tokenizer.id_to_token(i).unwrap_or_else(|| format!("[unused_{i}]")))
+        .map(|i| model.dimension_name(i))
         .collect();
     VocabInfo::from_tokens(&tokens)
 }

@@ -24,6 +24,10 @@ pub struct ModelArgs {
     /// Max tokens per text (special tokens included); defaults to the model's.
     #[arg(long)]
     pub max_length: Option<usize>,
+    /// Keep at most this many non-zero dimensions per embedding, as sentence-transformers'
+    /// `encode(max_active_dims=…)`: the largest by absolute value (SPLADE), the autoencoder's top-k (CSR).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_active_dims: Option<i64>,
 }
 
 impl ModelArgs {
@@ -37,7 +41,9 @@ impl ModelArgs {
             document_max_length: self.max_length,
             ..Default::default()
         };
-        Ok(SparseEncoder::load(&dir, dev, &opts)?)
+        let mut model = SparseEncoder::load(&dir, dev, &opts)?;
+        model.max_active_dims = self.max_active_dims;
+        Ok(model)
     }
 }
 
@@ -187,13 +193,17 @@ pub fn run_decode(a: DecodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `k` highest-weighted entries as (token, weight), ties broken by token id.
+/// The `k` highest-weighted entries as (token, weight), ties broken by token id. A CSR model's
+/// dimensions are autoencoder latents, not vocabulary tokens: they are named `latent_<id>`.
 pub fn top_tokens(model: &SparseEncoder, idx: &[u32], val: &[f32], k: usize) -> Vec<(String, f32)> {
     let mut pairs: Vec<(u32, f32)> = idx.iter().copied().zip(val.iter().copied()).collect();
     pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     pairs
         .into_iter()
         .take(k)
-        .map(|(i, w)| (model.tokenizer.id_to_token(i).unwrap_or_else(|| format!("#{i}")), w))
+        .map(|(i, w)| match model.csr() {
+            Some(_) => (model.dimension_name(i), w),
+            None => (model.tokenizer.id_to_token(i).unwrap_or_else(|| format!("#{i}")), w),
+        })
         .collect()
 }

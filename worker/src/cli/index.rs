@@ -145,7 +145,7 @@ pub fn run_index(a: IndexArgs) -> anyhow::Result<()> {
         encode_s
     );
     let tokens: Vec<String> = (0..vocab.size as u32)
-        .map(|i| model.tokenizer.id_to_token(i).unwrap_or_else(|| format!("[unused_{i}]")))
+        .map(|i| model.dimension_name(i))
         .collect();
     for fmt in &a.export {
         let path = match fmt {

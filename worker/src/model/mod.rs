@@ -345,6 +345,15 @@ impl SparseEncoder {
         Ok(())
     }
 
+    /// The name of embedding dimension `i`: its vocabulary token for SPLADE (`[unused_i]` when the
+    /// tokenizer has none), `latent_i` for CSR, whose dimensions are autoencoder latents.
+    pub fn dimension_name(&self, i: u32) -> String {
+        match &self.head {
+            SparseHead::Csr(_) => format!("latent_{i}"),
+            SparseHead::Splade => self.tokenizer.id_to_token(i).unwrap_or_else(|| format!("[unused_{i}]")),
+        }
+    }
+
     /// The CSR head, when this is a CSR model.
     pub fn csr(&self) -> Option<&CsrHead> {
         match &self.head {

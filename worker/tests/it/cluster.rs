@@ -113,7 +113,7 @@ pub(crate) fn parse(yaml: &str) -> Config {
     Config::from_str(yaml, "cluster-test.yaml").unwrap()
 }
 
-async fn start_coordinator(cfg: &Config) -> CoordinatorHandle {
+pub(crate) async fn start_coordinator(cfg: &Config) -> CoordinatorHandle {
     let (cluster, mut job) = splade_coordinator::config::from_config(cfg).unwrap();
     // As the binary does: workers read their slices through the published data plan.
     let options = splade_common::store::StoreOptions::default();
