@@ -180,7 +180,7 @@ fn unknown_choice_suggests_nearest() {
     let e = err("model:\n  architecture: inference_free_splade\n");
     assert_eq!(
         e,
-        "cfg.yaml:2: `model.architecture` is `inference_free_splade`, which is not one of: splade, inference-free-splade (did you mean `inference-free-splade`?)"
+        "cfg.yaml:2: `model.architecture` is `inference_free_splade`, which is not one of: splade, inference-free-splade, csr (did you mean `inference-free-splade`?)"
     );
     let e = err("datasets:\n  sampling_strategy: roundrobin\n");
     assert!(e.contains("did you mean `round_robin`?"), "{e}");
