@@ -82,8 +82,8 @@ pub async fn publish_data_plan(
 ) -> Result<(splade_common::data::DataPlan, splade_proto::domain::DataPlanRef), ConfigError> {
     use splade_common::data::{load_training_data, DataPlan};
     let dataset = |source| ConfigError::Dataset { path: cfg.origin.clone(), source };
-    let data = load_training_data(cfg, options).await.map_err(dataset)?;
-    let plan = DataPlan::build(cfg, &data, job.global_batch_size as usize)
+    let data = load_training_data(cfg.datasets.enabled(), cfg.training.seed, options).await.map_err(dataset)?;
+    let plan = DataPlan::build(&cfg.plan_spec(job.global_batch_size as usize), &data)
         .map_err(|source| ConfigError::Plan { path: cfg.origin.clone(), source })?;
     // With `num_train_epochs` the plan decides the step count ([`plan_job`]); `max_steps` must be met.
     if cfg.training.max_steps().is_some() && plan.batches.len() as u64 != job.total_steps {
@@ -151,7 +151,7 @@ pub fn from_config(cfg: &Config) -> Result<(ClusterSettings, JobSpec), ConfigErr
         None => per_device.saturating_mul(accumulation).saturating_mul(cluster.max_workers),
     };
     let job = JobSpec {
-        config_yaml: cfg.to_json(),
+        config_json: cfg.to_json(),
         global_batch_size,
         per_device_batch_size: per_device,
         total_steps,
@@ -188,7 +188,7 @@ cluster:
         assert_eq!(c.heartbeat_interval, Duration::from_millis(50));
         assert_eq!(c.rendezvous_last_call, Duration::from_millis(100));
         assert_eq!((j.global_batch_size, j.per_device_batch_size, j.total_steps), (16, 4, 7));
-        let shipped = Config::from_json(&j.config_yaml, "<assignment>").unwrap();
+        let shipped = Config::from_json(&j.config_json, "<assignment>").unwrap();
         assert_eq!(shipped.training.max_steps, 7);
     }
 

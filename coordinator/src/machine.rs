@@ -527,7 +527,7 @@ impl<S: ClusterState> Machine<S> {
             generation: g.number,
             rank,
             world_size: g.members.len() as u32,
-            config_yaml: self.job.config_yaml.clone(),
+            config_json: self.job.config_json.clone(),
             store_host: g.store_host.clone(),
             store_port: g.store_port,
             restore: g.restore.clone(),
@@ -687,7 +687,7 @@ mod tests {
         t0: Instant,
     ) -> Machine<InMemoryClusterState> {
         let job = JobSpec {
-            config_yaml: "x: 1\n".into(),
+            config_json: r#"{"x": 1}"#.into(),
             global_batch_size: 32,
             per_device_batch_size: 8,
             total_steps: 100,

@@ -151,8 +151,8 @@ impl ClusterSettings {
 /// What the coordinator knows of the training job itself.
 #[derive(Clone, PartialEq)]
 pub struct JobSpec {
-    /// The training config, handed verbatim to every worker.
-    pub config_yaml: String,
+    /// The training config as JSON (`Config::to_json`), handed verbatim to every worker.
+    pub config_json: String,
     /// Samples per optimizer step across the whole world; fixed for the job whatever the world size.
     pub global_batch_size: u32,
     /// Samples one rank processes per forward pass (`training.per_device_train_batch_size`).
@@ -168,8 +168,8 @@ impl fmt::Debug for JobSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobSpec")
             .field(
-                "config_yaml",
-                &format_args!("<{} bytes>", self.config_yaml.len()),
+                "config_json",
+                &format_args!("<{} bytes>", self.config_json.len()),
             )
             .field("global_batch_size", &self.global_batch_size)
             .field("per_device_batch_size", &self.per_device_batch_size)
@@ -343,7 +343,7 @@ mod tests {
 
     fn job(global: u32, per_device: u32) -> JobSpec {
         JobSpec {
-            config_yaml: String::new(),
+            config_json: String::new(),
             global_batch_size: global,
             per_device_batch_size: per_device,
             total_steps: 10,

@@ -328,7 +328,7 @@ impl TryFrom<pb::Assignment> for domain::Assignment {
             generation,
             rank: m.rank,
             world_size: m.world_size,
-            config_yaml: m.config_yaml,
+            config_json: json_object(M, "config_json", m.config_json)?,
             store_host: non_empty(M, "store_host", m.store_host)?,
             store_port: match port(M, "store_port", m.store_port)? {
                 0 => return Err(invalid(M, "store_port", "is 0")),
@@ -352,7 +352,7 @@ impl From<domain::Assignment> for pb::Assignment {
             generation: d.generation,
             rank: d.rank,
             world_size: d.world_size,
-            config_yaml: d.config_yaml,
+            config_json: d.config_json,
             store_host: d.store_host,
             store_port: u32::from(d.store_port),
             restore: d.restore.map(|c| pb::CheckpointRef {
@@ -403,6 +403,17 @@ impl TryFrom<pb::ProgressReport> for domain::ProgressReport {
             evals,
             checkpoint_seconds,
         })
+    }
+}
+
+/// Text that looks like a JSON object (the full parse is the config's, with its own errors).
+fn json_object(message: &'static str, field: &'static str, s: String) -> Result<String, ProtoError> {
+    let t = s.trim();
+    if t.starts_with('{') && t.ends_with('}') {
+        Ok(s)
+    } else {
+        let head: String = t.chars().take(40).collect();
+        Err(invalid(message, field, format!("is not a JSON object (starts {head:?}); coordinator and worker must be the same release")))
     }
 }
 
@@ -558,7 +569,7 @@ mod tests {
             generation: 2,
             rank: 1,
             world_size: 2,
-            config_yaml: "training: {}\n".into(),
+            config_json: r#"{"training": {}}"#.into(),
             store_host: "10.0.0.1".into(),
             store_port: 29500,
             restore: Some(pb::CheckpointRef {
@@ -589,6 +600,14 @@ mod tests {
         let mut m = assignment();
         m.data_plan = None;
         assert_eq!(domain::Assignment::try_from(m).unwrap().data_plan, None);
+    }
+
+    #[test]
+    fn assignment_config_must_be_json() {
+        let mut m = assignment();
+        m.config_json = "training:\n  max_steps: 3\n".into();
+        let e = domain::Assignment::try_from(m).unwrap_err().to_string();
+        assert!(e.starts_with("Assignment.config_json: is not a JSON object (starts \"training:"), "{e}");
     }
 
     #[test]

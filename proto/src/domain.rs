@@ -110,8 +110,8 @@ pub struct Assignment {
     pub generation: u64,
     pub rank: u32,
     pub world_size: u32,
-    /// The training config (YAML), verbatim.
-    pub config_yaml: String,
+    /// The training config the coordinator validated, as JSON (`Config::to_json`); a JSON object.
+    pub config_json: String,
     /// Where rank 0 hosts the c10d TCPStore of this generation.
     pub store_host: String,
     pub store_port: u16,

@@ -197,14 +197,9 @@ fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// The config shipped in an assignment: `Config::to_json` output from the coordinator, or YAML.
-pub fn config_from_assignment(text: &str) -> Result<Config, NodeError> {
-    let c = if text.trim_start().starts_with('{') {
-        Config::from_json(text, "<assignment>")
-    } else {
-        Config::from_str(text, "<assignment>")
-    };
-    c.map_err(|e| setup(format!("the coordinator's config: {e}")))
+/// The config shipped in an assignment: the coordinator's `Config::to_json`.
+pub fn config_from_assignment(json: &str) -> Result<Config, NodeError> {
+    Config::from_json(json, "<assignment>").map_err(|e| setup(format!("the coordinator's config: {e}")))
 }
 
 /// The digest of a checkpoint's manifest that the coordinator checks ([`Manifest::digest`]).
@@ -376,7 +371,7 @@ impl Generation<'_> {
     /// training loop on this rank's slices.
     fn train(&self, rx: &mut watch::Receiver<Directive>, last_step: &mut u64) -> Result<GenEnd, NodeError> {
         let a = self.a;
-        let cfg = config_from_assignment(&a.config_yaml)?;
+        let cfg = config_from_assignment(&a.config_json)?;
         if let Some(n) = cfg.hardware.num_threads {
             tch::set_num_threads(n as i32);
         }

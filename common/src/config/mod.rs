@@ -27,6 +27,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
+pub use crate::data::spec::{BatchSamplerKind, DataFormat, DatasetSpec, OnBadRecord, SamplingStrategy};
 
 /// Keys the project parses but does not act on yet. The trainer reports each one set in the file at start-up
 /// (see [`Config::inactive_keys`]); remove a key from this list when a component starts honouring it.
@@ -308,16 +309,6 @@ impl TrainingConfig {
     }
 }
 
-/// `training.batch_sampler`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BatchSamplerKind {
-    /// Shuffled batches.
-    BatchSampler,
-    /// Shuffled batches with no repeated text (anchor, positive or negative) inside one batch.
-    NoDuplicates,
-}
-
 /// `training.eval_strategy`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -557,74 +548,6 @@ impl<'de> Deserialize<'de> for DatasetsConfig {
     }
 }
 
-/// `datasets.sampling_strategy`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SamplingStrategy {
-    /// One batch from each dataset in turn; the epoch ends when the smallest dataset runs out.
-    RoundRobin,
-    /// Datasets drawn at random in proportion to their batch counts; every sample is used.
-    Proportional,
-}
-
-/// One named block under `datasets:`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetSpec {
-    /// Default true.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// Local path or glob, `file://`, `s3://`, `gs://`, `az://` URL (globs allowed in the key), or
-    /// `hf://datasets/...`. Required.
-    pub source: String,
-    /// Default: from the file extension (`.jsonl`, `.jsonl.gz`, `.parquet`).
-    #[serde(default)]
-    pub format: Option<DataFormat>,
-    /// Maps file columns onto roles `anchor`, `positive`, `negative`, `negative_1`.., `label`: either
-    /// `file_column: role` (like `datasets.rename_columns`) or `role: file_column`. Empty: the file's columns
-    /// already carry the role names.
-    #[serde(default)]
-    pub columns: IndexMap<String, String>,
-    /// Fraction held out (deterministically, from the seed) for evaluation; default 0.
-    #[serde(default)]
-    pub split_ratio: f64,
-    /// Use only the first N records (before the split); default all.
-    #[serde(default)]
-    pub max_samples: Option<usize>,
-    /// `error` (default) or `skip` (skip and count bad records).
-    #[serde(default)]
-    pub on_bad_record: OnBadRecord,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// `datasets.*.format`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DataFormat {
-    /// One JSON object per line.
-    #[serde(rename = "jsonl")]
-    Jsonl,
-    /// Gzip-compressed JSONL.
-    #[serde(rename = "jsonl.gz")]
-    JsonlGz,
-    /// Apache Parquet.
-    #[serde(rename = "parquet")]
-    Parquet,
-}
-
-/// `datasets.*.on_bad_record`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnBadRecord {
-    /// Stop with an error naming the record.
-    #[default]
-    Error,
-    /// Skip it, count it, and report the count.
-    Skip,
-}
-
 /// `evaluation:`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -856,6 +779,24 @@ pub enum WindowTrainingMode {
 }
 
 impl Config {
+    /// The batch-plan spec this config asks for, with `batch_size` rows per planned batch (the caller decides how
+    /// the global batch relates to `per_device_train_batch_size`, world size and accumulation). Stops at
+    /// `training.max_steps` when set, else after `training.num_train_epochs`.
+    pub fn plan_spec(&self, batch_size: usize) -> crate::data::PlanSpec {
+        let t = &self.training;
+        crate::data::PlanSpec {
+            batch_size,
+            sampling: self.datasets.sampling_strategy,
+            batch_sampler: t.batch_sampler,
+            seed: t.seed,
+            group_by_length: t.group_by_length,
+            stop: match t.max_steps() {
+                Some(m) => crate::data::PlanStop::MaxSteps(m),
+                None => crate::data::PlanStop::Epochs(t.num_train_epochs),
+            },
+        }
+    }
+
     /// Reads and parses a YAML config. Errors name the path.
     pub fn from_path(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)

@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 
 use super::plan::{BatchPlan, PlanSpec, PlannedBatch};
 use super::{jsonl, parquet_reader, Collector, ColumnMap, DataError, Example, LoadedDataset, SplitDataset};
-use crate::config::{DataFormat, DatasetSpec, OnBadRecord};
+use super::spec::{DataFormat, DatasetSpec, OnBadRecord};
 use crate::store::{Location, StoreError, StoreOptions};
 
 /// Ranges closer than this are fetched as one request (the gap is read and thrown away): fewer round trips
@@ -137,17 +137,13 @@ pub struct DataPlan {
 }
 
 impl DataPlan {
-    /// Plans `data` (as [`super::load_training_data`] returns it) for `config` at `global_batch_size` rows per
-    /// step. The plan is the one `BatchPlan::build` makes from the same inputs.
-    pub fn build(
-        config: &crate::config::Config,
-        data: &[SplitDataset],
-        global_batch_size: usize,
-    ) -> Result<DataPlan, super::plan::PlanError> {
-        let plan = BatchPlan::build(&super::plan_inputs(data), &PlanSpec::from_config(config, global_batch_size))?;
+    /// Plans `data` (as [`super::load_training_data`] returns it) with `spec`, whose `batch_size` is the global
+    /// batch. The plan is the one `BatchPlan::build` makes from the same inputs.
+    pub fn build(spec: &PlanSpec, data: &[SplitDataset]) -> Result<DataPlan, super::plan::PlanError> {
+        let plan = BatchPlan::build(&super::plan_inputs(data), spec)?;
         Ok(DataPlan {
             version: DATA_PLAN_VERSION,
-            global_batch_size,
+            global_batch_size: spec.batch_size,
             batches: plan.batches,
             datasets: data.iter().map(|d| d.index.clone()).collect(),
         })
@@ -678,9 +674,9 @@ mod tests {
             data.display()
         );
         let config = crate::config::Config::from_str(&yaml, "inline").unwrap();
-        let split = crate::data::load_training_data(&config, &StoreOptions::default()).await.unwrap();
-        let plan = DataPlan::build(&config, &split, 8).unwrap();
-        assert_eq!(plan.plan(), BatchPlan::build(&crate::data::plan_inputs(&split), &PlanSpec::from_config(&config, 8)).unwrap());
+        let split = crate::data::load_training_data(config.datasets.enabled(), config.training.seed, &StoreOptions::default()).await.unwrap();
+        let plan = DataPlan::build(&config.plan_spec(8), &split).unwrap();
+        assert_eq!(plan.plan(), BatchPlan::build(&crate::data::plan_inputs(&split), &config.plan_spec(8)).unwrap());
         assert_eq!(plan.batches.len(), 6);
         let out = Location::parse(&format!("{}/out", dir.path().display())).unwrap();
         let r = plan.publish(&out).await.unwrap();

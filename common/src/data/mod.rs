@@ -16,10 +16,11 @@ mod jsonl;
 mod parquet_reader;
 pub mod plan;
 mod source;
+pub mod spec;
 
 use indexmap::IndexMap;
 
-use crate::config::{DataFormat, DatasetSpec, OnBadRecord};
+pub use spec::{BatchSamplerKind, DataFormat, DatasetSpec, OnBadRecord, SamplingStrategy};
 use crate::store::{StoreError, StoreOptions};
 
 pub use index::{DataPlan, DataPlanRef, IndexedFile, RangedReader, RecordIndex, RecordLoc};
@@ -408,15 +409,17 @@ pub struct SplitDataset {
     pub index: RecordIndex,
 }
 
-/// Loads and splits every enabled dataset of `config`, in config order, with `training.seed`.
-pub async fn load_training_data(
-    config: &crate::config::Config,
+/// Loads and splits `datasets` (name and spec; the config's enabled ones in config order), in the order given,
+/// each split with `seed`.
+pub async fn load_training_data<'a>(
+    datasets: impl IntoIterator<Item = (&'a str, &'a DatasetSpec)>,
+    seed: u64,
     options: &StoreOptions,
 ) -> Result<Vec<SplitDataset>, DataError> {
     let mut out = Vec::new();
-    for (name, spec) in config.datasets.enabled() {
+    for (name, spec) in datasets {
         let loaded = load_dataset(name, spec, options).await?;
-        let (train_ids, eval_ids) = loaded.split_indices(spec.split_ratio, config.training.seed);
+        let (train_ids, eval_ids) = loaded.split_indices(spec.split_ratio, seed);
         let pick = |ids: &[usize]| ids.iter().map(|&i| loaded.examples[i].clone()).collect::<Vec<_>>();
         let (train, eval) = (pick(&train_ids), pick(&eval_ids));
         let index = RecordIndex::new(name, spec, &loaded, &train_ids);

@@ -28,7 +28,7 @@ use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::Example;
-use crate::config::{BatchSamplerKind, SamplingStrategy};
+use super::spec::{BatchSamplerKind, SamplingStrategy};
 
 pub(crate) const PURPOSE_SPLIT: u64 = 1;
 const PURPOSE_SAMPLER: u64 = 2;
@@ -358,24 +358,4 @@ fn group_by_length(perm: &mut [usize], lengths: &[usize], batch_size: usize) {
     // The first chunk with the largest head (`max_by_key` would return the last).
     let longest = perm.chunks(mega).enumerate().fold((0, 0), |best, (c, ch)| if lengths[ch[0]] > best.1 { (c, lengths[ch[0]]) } else { best }).0;
     perm.swap(0, longest * mega);
-}
-
-impl PlanSpec {
-    /// The spec a config asks for, with `batch_size` rows per planned batch (the caller decides how the global
-    /// batch relates to `per_device_train_batch_size`, world size and accumulation). Stops at
-    /// `training.max_steps` when set, else after `training.num_train_epochs`.
-    pub fn from_config(config: &crate::config::Config, batch_size: usize) -> PlanSpec {
-        let t = &config.training;
-        PlanSpec {
-            batch_size,
-            sampling: config.datasets.sampling_strategy,
-            batch_sampler: t.batch_sampler,
-            seed: t.seed,
-            group_by_length: t.group_by_length,
-            stop: match t.max_steps() {
-                Some(m) => PlanStop::MaxSteps(m),
-                None => PlanStop::Epochs(t.num_train_epochs),
-            },
-        }
-    }
 }

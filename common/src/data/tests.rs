@@ -533,12 +533,12 @@ fn config_to_plan_end_to_end_on_bundled_norquad() {
     );
     let config = crate::config::Config::from_str(&text, "inline").unwrap();
     config.validate_for_training().unwrap();
-    let data = crate::store::block_on(load_training_data(&config, &StoreOptions::default())).unwrap();
+    let data = crate::store::block_on(load_training_data(config.datasets.enabled(), config.training.seed, &StoreOptions::default())).unwrap();
     assert_eq!(data[0].train.len() + data[0].eval.len(), 3679);
     assert_eq!(data[0].eval.len(), 184);
     assert_eq!(data[0].train_ids.len(), data[0].train.len());
     assert!(data[0].train_ids.windows(2).all(|w| w[0] < w[1]));
-    let plan = BatchPlan::build(&plan_inputs(&data), &PlanSpec::from_config(&config, 16)).unwrap();
+    let plan = BatchPlan::build(&plan_inputs(&data), &config.plan_spec(16)).unwrap();
     assert_eq!(plan.len(), 25);
     for b in &plan.batches {
         let mut seen = std::collections::HashSet::new();

@@ -101,7 +101,7 @@ async fn the_binary_runs_a_job_to_completion_and_exits_0() {
         assert_eq!(plan.batches.len(), 3);
         assert!(plan.batches.iter().all(|b| b.rows.len() == 4 && b.dataset == "d"));
         assert_eq!(plan.datasets[0].rows.len(), 13);
-        let shipped = splade_common::config::Config::from_json(&a.config_yaml, "<assignment>")
+        let shipped = splade_common::config::Config::from_json(&a.config_json, "<assignment>")
             .expect("workers get the parsed config as JSON");
         assert_eq!(
             (shipped.training.max_steps, shipped.cluster.token_env.as_str()),

@@ -41,7 +41,7 @@ pub fn settings(min: u32, max: u32, max_restarts: u32) -> ClusterSettings {
 /// Global batch 16 at 4 per device: world sizes 1, 2 and 4 split it.
 pub fn job(total_steps: u64) -> JobSpec {
     JobSpec {
-        config_yaml: "training:\n  per_device_train_batch_size: 4\n".into(),
+        config_json: r#"{"training": {"per_device_train_batch_size": 4}}"#.into(),
         global_batch_size: 16,
         per_device_batch_size: 4,
         total_steps,

@@ -37,7 +37,7 @@ async fn two_workers_get_ranks_generation_and_the_store_of_rank_0() {
                 (a.restore.clone(), a.start_step, a.total_steps),
                 (None, 0, 100)
             );
-            assert_eq!(a.config_yaml, job(100).config_yaml);
+            assert_eq!(a.config_json, job(100).config_json);
         }
 
         let s = snapshot_until(&coord, "generation 1 with 2 workers", |s| {

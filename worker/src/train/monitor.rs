@@ -78,22 +78,42 @@ pub fn run_name(cfg: &Config) -> String {
 }
 
 /// Where TensorBoard event files go: `training.logging_dir`, else `output_dir/runs/<run_name>`
-/// (for an object-store `output_dir`, `./runs/<run_name>` on this machine).
+/// (for an object-store `output_dir`, `runs/<run_name>` under its [`local_mirror`]).
 pub fn tensorboard_dir(cfg: &Config, output: &Location, run_name: &str) -> PathBuf {
     match &cfg.training.logging_dir {
         Some(d) => PathBuf::from(d),
-        None => output.local_path().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")).join("runs").join(run_name),
+        None => output.local_path().map(Path::to_path_buf).unwrap_or_else(|| local_mirror(output)).join("runs").join(run_name),
     }
 }
 
-/// Where `metrics.jsonl` goes: `output_dir` when local, else `training.logging_dir`, else `./splade-runs`.
+/// Where `metrics.jsonl` goes: `output_dir` when local, else `training.logging_dir`, else the output's
+/// [`local_mirror`] (never the working directory).
 pub fn jsonl_path(cfg: &Config, output: &Location) -> PathBuf {
     output
         .local_path()
         .map(Path::to_path_buf)
         .or_else(|| cfg.training.logging_dir.clone().map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("splade-runs"))
+        .unwrap_or_else(|| local_mirror(output))
         .join("metrics.jsonl")
+}
+
+/// This machine's folder for the local files of a run whose `output_dir` is object storage:
+/// `$SPLADE_CACHE/runs/<output URL as a file name>-<hash>` (`$SPLADE_CACHE` defaults to `~/.cache/splade`; without a
+/// home, the temp dir). One folder per output URL, so a resumed run appends to its own series.
+pub fn local_mirror(output: &Location) -> PathBuf {
+    let cache = std::env::var_os("SPLADE_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache/splade")))
+        .unwrap_or_else(|| std::env::temp_dir().join("splade"));
+    local_mirror_in(&cache, output.url())
+}
+
+fn local_mirror_in(cache: &Path, url: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let slug: String = url.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).take(80).collect();
+    let hash = hex::encode(&Sha256::digest(url.as_bytes())[..4]);
+    cache.join("runs").join(format!("{slug}-{hash}"))
 }
 
 /// Prometheus series, the `/metrics` server and the reporters of one training run.
@@ -123,7 +143,11 @@ impl Monitor {
             None => None,
         };
         let name = run_name(cfg);
-        let jsonl = JsonlReporter::create(jsonl_path(cfg, output)).map_err(obs_err)?;
+        let jsonl_at = jsonl_path(cfg, output);
+        if output.local_path().is_none() {
+            tracing::info!(metrics_jsonl = %jsonl_at.display(), output_dir = output.url(), "the output is object storage: metrics.jsonl is written on this machine");
+        }
+        let jsonl = JsonlReporter::create(jsonl_at).map_err(obs_err)?;
         let mut reporters = FanOut::new(vec![]);
         if which.tensorboard {
             let dir = tensorboard_dir(cfg, output, &name);
@@ -508,5 +532,24 @@ mod tests {
         assert!(check_best_model_schedule(&c, 3, 2).unwrap_err().to_string().contains("multiple"));
         let c = cfg("training:\n  load_best_model_at_end: true\n  eval_strategy: epoch\n");
         assert!(check_best_model_schedule(&c, 4, 0).unwrap_err().to_string().contains("match"));
+    }
+
+    #[test]
+    fn metrics_jsonl_of_an_object_store_output_goes_to_logging_dir_or_the_local_mirror() {
+        let cfg = |extra: &str| {
+            Config::from_str(&format!("training:\n  output_dir: s3://bucket/run-a\n{extra}"), "cfg.yaml").unwrap()
+        };
+        let s3 = |u: &str| Location::parse_with(u, &splade_common::store::StoreOptions::default()).unwrap();
+        let out = s3("s3://bucket/run-a");
+        assert_eq!(jsonl_path(&cfg("  logging_dir: /var/log/splade\n"), &out), Path::new("/var/log/splade/metrics.jsonl"));
+        let p = jsonl_path(&cfg(""), &out);
+        assert!(p.is_absolute() || std::env::var_os("SPLADE_CACHE").is_some(), "{}", p.display());
+        assert!(!p.starts_with("splade-runs"), "{}", p.display());
+        let m = local_mirror_in(Path::new("/cache"), "s3://bucket/run-a");
+        assert!(m.to_str().unwrap().starts_with("/cache/runs/s3___bucket_run-a-"), "{}", m.display());
+        assert_ne!(m, local_mirror_in(Path::new("/cache"), "s3://bucket/run_a"), "distinct outputs, distinct mirrors");
+        let dir = tempfile::tempdir().unwrap();
+        let local = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(jsonl_path(&cfg(""), &local), dir.path().join("metrics.jsonl"));
     }
 }

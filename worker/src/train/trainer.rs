@@ -64,7 +64,7 @@ fn inner_loss(cfg: &Config) -> InnerLoss {
 /// Loads and splits every enabled dataset, in config order: the code the coordinator plans a cluster job with
 /// (`splade_common::data::load_training_data`).
 pub fn load_train_datasets(cfg: &Config) -> Result<Vec<SplitDataset>, TrainError> {
-    let out = block_on(load_training_data(cfg, &StoreOptions::from_env()))?;
+    let out = block_on(load_training_data(cfg.datasets.enabled(), cfg.training.seed, &StoreOptions::from_env()))?;
     if out.is_empty() {
         return Err(other(format!("{}: no enabled dataset under `datasets:`; enable at least one", cfg.origin)));
     }
@@ -74,7 +74,7 @@ pub fn load_train_datasets(cfg: &Config) -> Result<Vec<SplitDataset>, TrainError
 /// The batch plan for `global_batch` rows per optimizer step: the plan of the [`DataPlan`] a coordinator
 /// publishes for the same config and data, so `splade train` and a cluster train the same batches.
 pub fn build_plan(cfg: &Config, datasets: &[SplitDataset], global_batch: usize) -> Result<BatchPlan, TrainError> {
-    let plan = DataPlan::build(cfg, datasets, global_batch).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))?;
+    let plan = DataPlan::build(&cfg.plan_spec(global_batch), datasets).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))?;
     Ok(BatchPlan { batches: plan.batches })
 }
 
