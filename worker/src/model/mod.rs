@@ -190,6 +190,10 @@ impl SparseEncoder {
         let cfg: serde_json::Value =
             serde_json::from_str(&cfg_text).map_err(|e| ModelError::file(&cfg_path, format!("invalid config: {e}")))?;
         let arch = Architecture::detect(&cfg, &cfg_path)?;
+        // The tokenizer is checked against config.json's vocab_size before the weights are read, so a
+        // mismatched tokenizer is named as such rather than as a weight-shape error.
+        let vocab = cfg.get("vocab_size").and_then(|v| v.as_i64()).unwrap_or(i64::MAX);
+        let mut tokenizer = TextTokenizer::load(&tdir, vocab, 0, &spec.padding_side)?;
         let mut weights = weights::Weights::load_dir(&tdir, arch)?;
         let vs = nn::VarStore::new(Device::Cpu);
         let patch_sigmoid = opts.patch_sigmoid.unwrap_or_else(|| gptbert_code_is_patched(&tdir));
@@ -237,7 +241,7 @@ impl SparseEncoder {
         if !left.is_empty() {
             tracing::warn!(file = %weights.file().display(), "ignoring {} unexpected tensors: {}", left.len(), left.join(", "));
         }
-        let tokenizer = TextTokenizer::load(&tdir, mlm.vocab_size(), mlm.pad_token_id(), &spec.padding_side)?;
+        tokenizer.set_pad_id(mlm.pad_token_id());
         let query_static = match &spec.query_static_dir {
             Some(qdir) => {
                 let st = StaticEmbedding::load(&vs.root(), qdir, mlm.pad_token_id(), &spec.padding_side)?;

@@ -77,6 +77,11 @@ impl TextTokenizer {
         Ok(Self { inner, pad_id: pad_token_id, pad_left: padding_side == "left" })
     }
 
+    /// Pads with `id` from now on (the model's pad id, known once the architecture has read its config).
+    pub(crate) fn set_pad_id(&mut self, id: i64) {
+        self.pad_id = id;
+    }
+
     /// The wrapped `tokenizers` tokenizer.
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
