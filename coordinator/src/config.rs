@@ -31,7 +31,12 @@ pub enum ConfigError {
 /// `training.gradient_accumulation_steps` x `cluster.max_workers`, i.e. what a full world trains per step.
 /// With `training.max_steps: -1` the job's step count comes from the plan (`num_train_epochs`): see [`plan_job`].
 pub fn load(path: &Path) -> Result<(Config, ClusterSettings, JobSpec), ConfigError> {
-    let cfg = Config::from_path(path)?;
+    load_with(path, &[])
+}
+
+/// [`load`] with `--set key=value` overrides applied to the file (see `Config::parse_all`).
+pub fn load_with(path: &Path, sets: &[String]) -> Result<(Config, ClusterSettings, JobSpec), ConfigError> {
+    let cfg = Config::from_path_with(path, sets)?;
     let (cluster, job) = from_config(&cfg)?;
     Ok((cfg, cluster, job))
 }

@@ -79,7 +79,8 @@ pub fn check(path: &Path, sets: &[String], opts: &CheckOptions) -> CheckReport {
             }
             Err(e) => {
                 all_loaded = false;
-                r.problems.push(format!("{}: dataset `{name}`: {e}", cfg.locate(&format!("datasets.{name}.source"))));
+                // The data path's errors name the dataset, its source and the key.
+                r.problems.push(format!("{}: {e}", cfg.locate(&format!("datasets.{name}.source"))));
             }
         }
     }

@@ -21,6 +21,13 @@ struct Args {
     /// Address to serve Prometheus metrics on.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Override a config key: `--set training.max_steps=20` (repeatable; dotted keys; the value read as YAML).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Validate the config, datasets, evaluation tasks, output_dir and schedule for `cluster.max_workers`
+    /// workers without starting the job; print the plan; exit 1 naming every problem.
+    #[arg(long)]
+    check: bool,
 }
 
 #[tokio::main]
@@ -32,7 +39,13 @@ async fn main() -> anyhow::Result<ExitCode> {
         )
         .init();
     let args = Args::parse();
-    let (cfg, cluster, mut job) = config::load(&args.config)?;
+    if args.check {
+        return check(&args);
+    }
+    let (cfg, cluster, mut job) = config::load_with(&args.config, &args.set)?;
+    for note in cfg.startup_notes() {
+        tracing::warn!("{note}");
+    }
     for (dataset, files) in
         config::check_datasets(&cfg, &splade_common::store::StoreOptions::from_env()).await?
     {
@@ -114,4 +127,36 @@ async fn stop_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `--check`: the checks of `splade train --check` for a world of `cluster.max_workers` processes. The model is
+/// not resolved here: each worker resolves it at start-up (the coordinator never loads it).
+fn check(args: &Args) -> anyhow::Result<ExitCode> {
+    use splade_common::config::check::{check, CheckOptions};
+    let world = splade_common::config::Config::from_path_with(&args.config, &args.set)
+        .map(|c| c.cluster.max_workers())
+        .unwrap_or(1);
+    let resolve = |_: &splade_common::config::Config| -> Result<String, String> {
+        Ok("resolved by each worker at start-up; `splade train --check` resolves it on a worker machine".into())
+    };
+    let opts = CheckOptions { world, resolve_model: &resolve, store: splade_common::store::StoreOptions::from_env() };
+    let report = check(&args.config, &args.set, &opts);
+    for line in &report.plan {
+        println!("{line}");
+    }
+    if let Some(cfg) = &report.config {
+        for note in cfg.startup_notes() {
+            println!("note: {note}");
+        }
+    }
+    let origin = args.config.display();
+    if report.problems.is_empty() {
+        println!("{origin}: check passed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &report.problems {
+        eprintln!("problem: {p}");
+    }
+    eprintln!("error: {origin}: {} problem(s) found by --check (listed above)", report.problems.len());
+    Ok(ExitCode::from(1))
 }

@@ -22,6 +22,23 @@ pub mod resolve;
 pub mod static_embedding;
 mod st_format;
 mod tokenize;
+pub use tokenize::set_pin_memory;
+pub use resolve::resolve_model;
+
+/// What a model folder is, read from its metadata without loading weights: the architecture its
+/// `config.json` names and whether it is a sentence-transformers folder. For `--check`: the same reading
+/// of `modules.json` and `config.json` that loading does, so a folder this accepts gets past them.
+pub fn describe_folder(dir: &std::path::Path) -> Result<String, ModelError> {
+    let spec = st_format::read_folder(dir)?;
+    let cfg_path = spec.transformer_dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path)
+        .map_err(|e| ModelError::file(&cfg_path, format!("cannot read ({e}); a model folder needs config.json")))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::file(&cfg_path, format!("not valid JSON ({e})")))?;
+    let arch = Architecture::detect(&json, &cfg_path)?;
+    let st = dir.join("modules.json").exists();
+    Ok(format!("{arch:?} at {}{}", dir.display(), if st { ", a sentence-transformers folder" } else { "" }))
+}
 mod weights;
 pub mod windows;
 

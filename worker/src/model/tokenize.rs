@@ -19,14 +19,26 @@ pub struct Batch {
     pub lengths: Vec<usize>,
 }
 
+/// Whether batches reach CUDA through pinned host memory (`training.dataloader_pin_memory`, default true as
+/// in Hugging Face's `TrainingArguments`). Process-wide, as the transfer policy of a PyTorch process's
+/// `DataLoader` is: set once at start-up by the trainer, read by every [`Batch::to`].
+static PIN_MEMORY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets the process's transfer policy (see [`Batch::to`]).
+pub fn set_pin_memory(pin: bool) {
+    PIN_MEMORY.store(pin, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Batch {
-    /// Moves every tensor to `device`. To CUDA the ids go through pinned host memory with
-    /// non-blocking copies, as a PyTorch `DataLoader(pin_memory=True)` feeds `.to(non_blocking=True)`:
-    /// the copies queue on the current stream ahead of the kernels that read them, and libtorch's
-    /// caching host allocator keeps each pinned buffer until its copy has run.
+    /// Moves every tensor to `device`. To CUDA, unless `training.dataloader_pin_memory: false`, the ids go
+    /// through pinned host memory with non-blocking copies, as a PyTorch `DataLoader(pin_memory=True)` feeds
+    /// `.to(non_blocking=True)`: the copies queue on the current stream ahead of the kernels that read them,
+    /// and libtorch's caching host allocator keeps each pinned buffer until its copy has run. Without pinning
+    /// the copy is a plain blocking one (`pin_memory=False`).
     pub fn to(&self, device: Device) -> Batch {
+        let pin = PIN_MEMORY.load(std::sync::atomic::Ordering::Relaxed);
         let move_to = |t: &Tensor| match device {
-            Device::Cuda(_) => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+            Device::Cuda(_) if pin => t.pin_memory(device).to_device_(device, t.kind(), true, false),
             _ => t.to_device(device),
         };
         Batch {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use splade_common::config::{Config, IntervalStrategy, SaveStrategy};
+use splade_common::config::Config;
 use splade_common::eval::{LocalDir, MetricsConfig, Task, TaskScores};
 use splade_common::obs::{
     self, FanOut, JsonlReporter, MetricsServer, MlflowReporter, MlflowSettings, Registry, Reporter,
@@ -461,26 +461,9 @@ impl DuringEval {
 /// Checks the Hugging Face rule for `load_best_model_at_end`: checkpoints must be written where
 /// evaluations happen (same strategy, `save_steps` a multiple of `eval_steps`), or `save_strategy: best`.
 pub fn check_best_model_schedule(cfg: &Config, save_every: u64, eval_every: u64) -> Result<(), TrainError> {
-    let t = &cfg.training;
-    if !t.load_best_model_at_end {
-        return Ok(());
-    }
-    let fail = |why: String| other(format!("{}: `training.load_best_model_at_end: true` {why}", cfg.origin));
-    match (t.save_strategy, t.eval_strategy) {
-        (SaveStrategy::Best, _) => Ok(()),
-        (SaveStrategy::Steps, IntervalStrategy::Steps) => {
-            if eval_every == 0 || save_every % eval_every != 0 {
-                Err(fail(format!(
-                    "needs save_steps ({save_every}) to be a multiple of eval_steps ({eval_every}) so each saved checkpoint was evaluated; fix save_steps or eval_steps"
-                )))
-            } else {
-                Ok(())
-            }
-        }
-        (SaveStrategy::Epoch, IntervalStrategy::Epoch) => Ok(()),
-        (s, e) => Err(fail(format!(
-            "needs save_strategy to match eval_strategy (save_strategy {s:?}, eval_strategy {e:?}); set both to steps or both to epoch, or save_strategy: best"
-        ))),
+    match cfg.best_model_schedule_problem(save_every, eval_every) {
+        Some(why) => Err(other(why)),
+        None => Ok(()),
     }
 }
 

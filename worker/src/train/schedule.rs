@@ -21,13 +21,7 @@ use super::{other, TrainError, Trainer};
 
 /// Steps between events for an HF-style `*_steps` value (a fraction < 1 means that share of the run).
 pub fn every(v: f64, total: u64) -> u64 {
-    if v <= 0.0 {
-        0
-    } else if v < 1.0 {
-        ((total as f64 * v).ceil() as u64).max(1)
-    } else {
-        v as u64
-    }
+    splade_common::config::interval_steps(v, total)
 }
 
 /// When the callbacks run, resolved once from the config for a run of `total` steps.
@@ -55,18 +49,11 @@ impl Schedule {
     /// The schedule `cfg` asks for over `total` steps; checks the `load_best_model_at_end` rule.
     pub fn new(cfg: &Config, total: u64) -> Result<Self, TrainError> {
         let t = &cfg.training;
-        let save_every = match t.save_strategy {
-            SaveStrategy::Steps => every(t.save_steps, total),
-            _ => 0,
-        };
-        let eval_every = match t.eval_strategy {
-            IntervalStrategy::Steps => every(t.eval_steps.unwrap_or(t.logging_steps), total).max(1),
-            _ => 0,
-        };
+        let splade_common::config::Intervals { log_every, save_every, eval_every } = cfg.intervals(total);
         monitor::check_best_model_schedule(cfg, save_every, eval_every)?;
         Ok(Self {
             total,
-            log_every: every(t.logging_steps, total).max(1),
+            log_every,
             save_every,
             eval_every,
             save_strategy: t.save_strategy,

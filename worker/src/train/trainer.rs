@@ -112,20 +112,72 @@ pub fn load_options(cfg: &Config) -> LoadOptions {
     }
 }
 
-fn param_groups(model: &SparseEncoder, cfg: &Config) -> Vec<ParamGroup> {
-    let mut decay = ParamGroup { names: vec![], params: vec![], weight_decay: cfg.training.weight_decay, lr_scale: 1.0 };
-    let mut plain = ParamGroup { names: vec![], params: vec![], weight_decay: 0.0, lr_scale: 1.0 };
-    for (name, t) in model.named_parameters() {
+/// The name sentence-transformers' trainer gives one of our parameters: the loss module's
+/// `named_parameters()` name (`model.` + the SparseEncoder's module path + the transformers name), which is
+/// what `router.learning_rate_patterns` are matched against. The MLM's attribute is spelled as in
+/// sentence-transformers 6 (`…document.0.model.bert…`; 5.x said `auto_model`); the query route's
+/// `model.0.sub_modules.query.0.weight` is the same in both.
+pub fn st_parameter_name(model: &SparseEncoder, name: &str) -> String {
+    if name == crate::model::STATIC_VAR {
+        "model.0.sub_modules.query.0.weight".into()
+    } else if model.is_inference_free() {
+        format!("model.0.sub_modules.document.0.model.{name}")
+    } else {
+        format!("model.0.model.{name}")
+    }
+}
+
+/// The optimizer's parameter groups, as sentence-transformers' `create_optimizer` builds them: weight decay for
+/// all but biases and LayerNorm weights, the inference-free static table at `query_learning_rate`, then one
+/// group (split by decay) per `router.learning_rate_patterns` entry taking the parameters it matches out of
+/// the earlier groups. Frozen parameters match patterns but are never in a group.
+pub fn param_groups(model: &SparseEncoder, cfg: &Config) -> Result<Vec<ParamGroup>, TrainError> {
+    let named = model.named_parameters();
+    let st_names: Vec<String> = named.iter().map(|(n, _)| st_parameter_name(model, n)).collect();
+    let assigned = cfg.learning_rate_pattern_of(&st_names)?;
+    let pattern_of: std::collections::HashMap<String, (usize, f64)> =
+        named.iter().zip(&assigned).filter_map(|((n, _), a)| a.map(|a| (n.clone(), a))).collect();
+    let lr = cfg.training.learning_rate;
+    let group = |wd: f64, scale: f64| ParamGroup { names: vec![], params: vec![], weight_decay: wd, lr_scale: scale };
+    let mut decay = group(cfg.training.weight_decay, 1.0);
+    let mut plain = group(0.0, 1.0);
+    let n_patterns = cfg.router.learning_rate_patterns.len();
+    let mut by_pattern: Vec<(ParamGroup, ParamGroup)> = cfg
+        .router
+        .learning_rate_patterns
+        .values()
+        .map(|p_lr| (group(cfg.training.weight_decay, p_lr / lr), group(0.0, p_lr / lr)))
+        .collect();
+    let mut static_group = inference_free::static_param_group(model, cfg);
+    for (name, t) in named {
+        let (d, p) = match pattern_of.get(name.as_str()) {
+            Some((i, _)) if *i < n_patterns => {
+                let (d, p) = &mut by_pattern[*i];
+                (d, p)
+            }
+            _ => {
+                if name == crate::model::STATIC_VAR {
+                    continue; // its own group (or none when frozen), below
+                }
+                (&mut decay, &mut plain)
+            }
+        };
         if name == crate::model::STATIC_VAR {
-            continue; // its own group (or none when frozen), below
+            // Taken by a pattern: out of the query_learning_rate group; a frozen table trains in no group.
+            if static_group.take().is_none() {
+                continue;
+            }
         }
-        let g = if no_decay(&name) { &mut plain } else { &mut decay };
+        let g = if no_decay(&name) { p } else { d };
         g.names.push(name);
         g.params.push(t);
     }
     let mut groups = vec![decay, plain];
-    groups.extend(inference_free::static_param_group(model, cfg));
-    groups
+    groups.extend(static_group);
+    for (d, p) in by_pattern {
+        groups.extend([d, p].into_iter().filter(|g| !g.names.is_empty()));
+    }
+    Ok(groups)
 }
 
 impl Trainer {
@@ -159,6 +211,7 @@ impl Trainer {
                 cfg.origin
             )));
         }
+        crate::model::set_pin_memory(cfg.training.dataloader_pin_memory.unwrap_or(true));
         let dir = resolve_model(&cfg.model.base_model)?;
         let mut model = SparseEncoder::load(&dir, device, &load_options(&cfg))?;
         inference_free::prepare_model(&mut model, &cfg)?;
@@ -181,7 +234,7 @@ impl Trainer {
         if let Some(w) = windows::TrainingWindows::from_config(&cfg) {
             w.check(&model, &cfg.origin)?;
         }
-        let opt = AdamW::new(param_groups(&model, &cfg));
+        let opt = AdamW::new(param_groups(&model, &cfg)?);
         let total = plan.len() as u64;
         let loss = SpladeLossConfig {
             inner: inner_loss(&cfg),
