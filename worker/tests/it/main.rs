@@ -21,3 +21,4 @@ mod train;
 mod train_obs;
 mod train_windows;
 mod windows;
+mod seed_schema;
