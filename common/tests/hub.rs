@@ -219,10 +219,15 @@ fn hub_offline_without_the_repo_names_the_id_the_cache_and_hf_hub_offline() {
     assert!(e.contains("model `naver/splade-v3` (revision `v1`)") && e.contains("models--naver--splade-v3"), "{e}");
 }
 
-/// `datasets`' resolution of a local folder holding `files` (empty, README as given) against ours over the
-/// same list, for every config, with datasets 5.2 and the seed's 4.4.2.
-fn compare_with_datasets(tmp: &Path, case: &str, files: &[&str], readme: Option<&str>) {
-    let dir = tmp.join(case);
+/// One layout: a folder holding `files` (empty; README as given) and what we resolve over the same list.
+struct Case {
+    dir: PathBuf,
+    ours: splade_common::hub::DataFilesSpec,
+    readme_configs: bool,
+}
+
+fn case(tmp: &Path, name: &str, files: &[&str], readme: Option<&str>) -> Case {
+    let dir = tmp.join(name);
     for f in files {
         let p = dir.join(f);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -237,26 +242,35 @@ fn compare_with_datasets(tmp: &Path, case: &str, files: &[&str], readme: Option<
     }
     listed.sort();
     let ours = resolve_data_files("o/n", &listed, readme).unwrap().expect("data files");
-    for config in ours.config_names() {
-        let ours_splits = ours.config("o/n", Some(&config)).unwrap();
-        for seed_stack in [false, true] {
-            let mut args = vec!["data-files", dir.to_str().unwrap()];
-            if readme.is_some_and(|r| r.contains("configs:")) {
-                args.push(&config);
-            }
-            let theirs: serde_json::Value = serde_json::from_str(&hub_check(tmp, seed_stack, &args)).unwrap();
-            let theirs: Vec<(String, Vec<String>)> = theirs["splits"]
+    Case { dir, ours, readme_configs: readme.is_some_and(|r| r.contains("configs:")) }
+}
+
+/// Every config of every case against `datasets`' own resolution (`load_dataset_builder` on the folder), with
+/// datasets 5.2 and the seed's 4.4.2: one Python run per stack.
+fn compare_with_datasets(tmp: &Path, cases: &[Case]) {
+    let mut asks = Vec::new();
+    let mut want = Vec::new();
+    for c in cases {
+        for config in c.ours.config_names() {
+            asks.push(serde_json::json!([c.dir, if c.readme_configs { Some(config.clone()) } else { None }]));
+            let mut splits = c.ours.config("o/n", Some(&config)).unwrap();
+            splits.sort();
+            want.push((c.dir.clone(), config, splits));
+        }
+    }
+    let spec = tmp.join("data-files.json");
+    std::fs::write(&spec, serde_json::to_string(&asks).unwrap()).unwrap();
+    for seed_stack in [false, true] {
+        let theirs: Vec<serde_json::Value> = serde_json::from_str(&hub_check(tmp, seed_stack, &["data-files", spec.to_str().unwrap()])).unwrap();
+        for ((dir, config, ours), t) in want.iter().zip(&theirs) {
+            let mut t: Vec<(String, Vec<String>)> = t["splits"]
                 .as_object()
                 .unwrap()
                 .iter()
                 .map(|(s, fs)| (s.clone(), fs.as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect()))
                 .collect();
-            // serde_json's map is sorted by key; compare split sets as datasets orders them by name there.
-            let mut o = ours_splits.clone();
-            o.sort();
-            let mut t = theirs;
             t.sort();
-            assert_eq!(o, t, "case {case}, config {config}, seed stack {seed_stack}");
+            assert_eq!(ours, &t, "{}, config {config}, seed stack {seed_stack}", dir.display());
         }
     }
 }
@@ -265,27 +279,30 @@ fn compare_with_datasets(tmp: &Path, case: &str, files: &[&str], readme: Option<
 fn split_files_resolve_as_datasets_resolves_them() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    compare_with_datasets(
-        t,
-        "sharded",
-        &["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet", "data/test-00000-of-00001.parquet", "data/custom-00000-of-00001.parquet"],
-        None,
-    );
-    compare_with_datasets(t, "names", &["train.jsonl", "dev.jsonl", "test.jsonl", "notes.txt.md"], Some("# readme\n"));
-    compare_with_datasets(t, "folders", &["train/a.parquet", "train/b.parquet", "validation/c.parquet", "other/d.parquet"], None);
-    compare_with_datasets(t, "nokeyword", &["x.jsonl", "docs/z.jsonl", ".hidden.jsonl", "__pycache__/w.jsonl", "y.jsonl"], None);
-    compare_with_datasets(t, "mixed", &["a/train-1.parquet", "a/train-2.parquet", "a/train.json", "a/my_test.json", "a/my_test.parquet"], None);
-    compare_with_datasets(t, "keywords", &["my_train.jsonl", "evaluation-1.jsonl", "x.valid.jsonl", "trainer.jsonl"], None);
-    compare_with_datasets(
-        t,
-        "readme",
-        &["data/train-a.parquet", "data/train-b.parquet", "data/dev.parquet", "data/dev.jsonl", "extra/one.jsonl", "extra/two.jsonl", "sub/train.jsonl", "sub/test.jsonl"],
-        Some(
-            "---\nconfigs:\n- config_name: pairs\n  default: true\n  data_files:\n  - split: train\n    path: data/train-*.parquet\n  \
-             - split: validation\n    path: [data/dev.parquet]\n- config_name: extra\n  data_files: extra/*.jsonl\n- config_name: sub\n  \
-             data_dir: sub\n---\n",
+    let cases = [
+        case(
+            t,
+            "sharded",
+            &["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet", "data/test-00000-of-00001.parquet", "data/custom-00000-of-00001.parquet"],
+            None,
         ),
-    );
+        case(t, "names", &["train.jsonl", "dev.jsonl", "test.jsonl", "notes.txt.md"], Some("# readme\n")),
+        case(t, "folders", &["train/a.parquet", "train/b.parquet", "validation/c.parquet", "other/d.parquet"], None),
+        case(t, "nokeyword", &["x.jsonl", "docs/z.jsonl", ".hidden.jsonl", "__pycache__/w.jsonl", "y.jsonl"], None),
+        case(t, "mixed", &["a/train-1.parquet", "a/train-2.parquet", "a/train.json", "a/my_test.json", "a/my_test.parquet"], None),
+        case(t, "keywords", &["my_train.jsonl", "evaluation-1.jsonl", "x.valid.jsonl", "trainer.jsonl"], None),
+        case(
+            t,
+            "readme",
+            &["data/train-a.parquet", "data/train-b.parquet", "data/dev.parquet", "data/dev.jsonl", "extra/one.jsonl", "extra/two.jsonl", "sub/train.jsonl", "sub/test.jsonl"],
+            Some(
+                "---\nconfigs:\n- config_name: pairs\n  default: true\n  data_files:\n  - split: train\n    path: data/train-*.parquet\n  \
+                 - split: validation\n    path: [data/dev.parquet]\n- config_name: extra\n  data_files: extra/*.jsonl\n- config_name: sub\n  \
+                 data_dir: sub\n---\n",
+            ),
+        ),
+    ];
+    compare_with_datasets(t, &cases);
 }
 
 /// A Hub on loopback speaking the HTTP API `huggingface_hub` uses (revision info, `resolve` with
@@ -457,7 +474,14 @@ fn hub_downloads_write_the_cache_huggingface_hub_writes_from_the_same_server() {
         .output()
         .unwrap();
     assert!(out.status.success(), "snapshot_download failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(tree(&ours), tree(&theirs));
+    // huggingface_hub 1.x+ also writes `CACHEDIR.TAG` and a `trees/<commit>.json` listing, which older clients and
+    // ours neither need nor read; blobs, snapshots and refs must be identical.
+    let core = |d: &Path| -> Vec<(String, String)> {
+        tree(d).into_iter().filter(|(p, _)| p.contains("/blobs/") || p.contains("/snapshots/") || p.contains("/refs/")).collect()
+    };
+    let (o, t) = (core(&ours), core(&theirs));
+    assert_eq!(o.len(), 7, "{o:?}");
+    assert!(o == t, "our cache {:?}\ndiffers from huggingface_hub's {:?}", o.iter().map(|e| &e.0).collect::<Vec<_>>(), t.iter().map(|e| &e.0).collect::<Vec<_>>());
 
     // Offline, ours reads that cache back without the server.
     drop(hub_server);

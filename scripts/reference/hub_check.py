@@ -9,8 +9,9 @@ Subcommands (each prints JSON on stdout, exits non-zero with the reason on stder
                                   (its blob naming, _create_symlink and refs helpers); prints {"commit": ...}
   load-parquet FILE...            rows of datasets.load_dataset("parquet", data_files=[...], split="train")
   make-parquet OUT ROWS.json      writes ROWS (a list of objects) as a Parquet file with pyarrow
-  data-files DIR [CONFIG]         datasets' own resolution of the local folder DIR (README configs or default
-                                  patterns): {config, splits: {split: [paths relative to DIR]}}
+  data-files SPEC.json            datasets' own resolution (load_dataset_builder) of each [DIR, CONFIG or null] in
+                                  SPEC, local folders with README configs or default patterns: a list of
+                                  {config, splits: {split: [paths relative to DIR]}}
 """
 
 import hashlib
@@ -95,14 +96,17 @@ def make_parquet(out, rows_path):
     pq.write_table(pa.Table.from_pylist(rows), out)
 
 
-def data_files(folder, config=None):
+def data_files(spec_path):
     import datasets
 
-    builder = datasets.load_dataset_builder(folder, name=config)
-    splits = {}
-    for split, files in builder.config.data_files.items():
-        splits[str(split)] = [os.path.relpath(f, folder).replace(os.sep, "/") for f in files]
-    print(json.dumps({"config": builder.config.name, "splits": splits}))
+    out = []
+    for folder, config in json.load(open(spec_path)):
+        builder = datasets.load_dataset_builder(folder, name=config)
+        splits = {}
+        for split, files in builder.config.data_files.items():
+            splits[str(split)] = [os.path.relpath(f, folder).replace(os.sep, "/") for f in files]
+        out.append({"config": builder.config.name, "splits": splits})
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
