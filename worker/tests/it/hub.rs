@@ -101,6 +101,7 @@ fn train_offline_with_an_empty_hub_cache_names_the_id_the_cache_and_hf_hub_offli
     for want in ["Fremtind/all-nli-norwegian", searched.to_str().unwrap(), "HF_HUB_OFFLINE"] {
         assert!(err.contains(want), "{want} missing from:\n{err}");
     }
+    assert!(err.contains("is no local path"), "a bare owner/name also says it is no local folder:\n{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 
