@@ -14,6 +14,8 @@ pub(crate) fn spec(source: &str) -> DatasetSpec {
     DatasetSpec {
         enabled: true,
         source: source.into(),
+        config: None,
+        split: None,
         format: None,
         columns: IndexMap::new(),
         split_ratio: 0.0,
@@ -184,8 +186,13 @@ fn missing_empty_unknown_format_and_hf() {
     let f = write(dir.path(), "data.txt", "x");
     let e = load(&spec(&f)).unwrap_err().to_string();
     assert!(e.starts_with(&format!("{f}: cannot tell the format")) && e.contains("datasets.d.format"), "{e}");
+    // A Hub source resolves through the Hub; offline with an empty cache that is an error naming the id, the
+    // cache and HF_HUB_OFFLINE (nextest runs each test in its own process, so the environment is this test's).
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    std::env::set_var("HF_HUB_CACHE", dir.path());
     let e = load(&spec("hf://datasets/ltg/norquad")).unwrap_err().to_string();
-    assert!(e.contains("not supported yet") && e.contains("huggingface-cli download"), "{e}");
+    assert!(e.starts_with("dataset `d`: dataset `ltg/norquad` (revision `main`) is not in the Hugging Face cache"), "{e}");
+    assert!(e.contains(&dir.path().join("datasets--ltg--norquad").display().to_string()) && e.contains("HF_HUB_OFFLINE"), "{e}");
 }
 
 #[test]
@@ -221,7 +228,7 @@ fn split_is_deterministic_disjoint_and_sized() {
     let examples: Vec<Example> = (0..100)
         .map(|i| Example { anchor: format!("q{i}"), positive: format!("p{i}"), negatives: vec![], label: None })
         .collect();
-    let d = LoadedDataset { name: "d".into(), files: vec![], examples, bad_records: 0, locations: vec![], file_info: vec![] };
+    let d = LoadedDataset { name: "d".into(), files: vec![], examples, bad_records: 0, locations: vec![], file_info: vec![], hub: None };
     let (train, eval) = d.split(0.1, 42);
     assert_eq!((train.len(), eval.len()), (90, 10));
     let (train2, eval2) = d.split(0.1, 42);
