@@ -652,6 +652,19 @@ fn write_split(stage: &mut Stage, ids: &[u64], path: &Path, first_row_decides_ne
     Ok(n)
 }
 
+/// Every file seed loader block `name` reads (Hub split files and PAWS-X files), found without reading them:
+/// what a start-up check lists. Errors as [`materialize`]'s for a missing dataset, split or folder.
+pub fn input_files(name: &str, loader: &SeedLoader, files: &dyn SplitFiles) -> Result<Vec<PathBuf>, DataError> {
+    let mut inputs = Inputs { files: Vec::new() };
+    match loader {
+        SeedLoader::Nli(l) => drop(nli(name, l, files, &mut inputs)?),
+        SeedLoader::ScandiQa(l) => drop(scandi_qa(name, l, files, &mut inputs)?),
+        SeedLoader::Ddsc(l) => drop(ddsc(name, l, files, &mut inputs)?),
+        SeedLoader::Eti(l) => drop(eti(name, l, files, &mut inputs)?),
+    }
+    Ok(inputs.files)
+}
+
 /// Materialises seed loader block `name` into `<cache_root>/seed-data/<sha256>/`, or finds it there already.
 pub fn materialize(name: &str, loader: &SeedLoader, files: &dyn SplitFiles, cache_root: &Path) -> Result<Materialized, DataError> {
     let mut inputs = Inputs { files: Vec::new() };
