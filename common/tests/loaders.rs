@@ -303,3 +303,39 @@ fn seed_configs_datasets_sections_parse_with_the_seeds_defaults_in_script_order(
     }
     assert_eq!(n, 8, "the eight seed configs");
 }
+
+#[test]
+fn seed_loader_block_reads_its_hub_dataset_from_the_hub_cache_offline() {
+    use splade_common::hub::{Hub, RepoKind};
+    use splade_common::testkit::hub::{files_of_dir, write_hub_repo};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("fx");
+    let script = repo().join("scripts/seed_loaders_ref.py");
+    python(&[script.to_str().unwrap(), "fixtures", root.to_str().unwrap()], &tmp.path().join("hf"));
+    // The NLI fixture as a Hub dataset repo whose README names its splits (`dev` is not a split name
+    // `datasets` infers from folders: it would call it `validation`).
+    let mut files = files_of_dir(&root.join("hub/Fremtind/all-nli-norwegian"));
+    let readme = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: default/train/*.parquet\n  - split: dev\n    path: default/dev/*.parquet\n  - split: test\n    path: default/test/*.parquet\n---\n";
+    files.push(("README.md".into(), readme.as_bytes().to_vec()));
+    let hub_cache = tmp.path().join("hub-cache");
+    write_hub_repo(&hub_cache, RepoKind::Dataset, "Fremtind/all-nli-norwegian", &files);
+    let hub = Hub::from_env().with_cache_dir(hub_cache).with_offline(true);
+
+    let config = datasets_section("  nli: {enabled: true}\n");
+    let (name, spec) = config.datasets.enabled().next().unwrap();
+    let loader = spec.loader.as_ref().unwrap();
+    let from_hub = loaders::materialize(name, loader, &hub, &tmp.path().join("cache-a")).unwrap();
+    let from_dir = loaders::materialize(name, loader, &DirSplitFiles { root: root.join("hub") }, &tmp.path().join("cache-b")).unwrap();
+    assert!(from_hub.rows[0] > 0 && from_hub.rows[1] > 0 && from_hub.rows[2] > 0, "{:?}", from_hub.rows);
+    assert_eq!(from_hub.rows, from_dir.rows);
+    for (a, b) in [(&from_hub.train, &from_dir.train), (&from_hub.dev, &from_dir.dev), (&from_hub.test, &from_dir.test)] {
+        assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), "{} vs {}", a.display(), b.display());
+    }
+    // A second run finds the materialised folder instead of writing it again.
+    let again = loaders::materialize(name, loader, &hub, &tmp.path().join("cache-a")).unwrap();
+    assert_eq!(again, from_hub);
+    // Missing from the cache while offline: the error names the Hub id.
+    let empty = Hub::from_env().with_cache_dir(tmp.path().join("empty")).with_offline(true);
+    let e = loaders::materialize(name, loader, &empty, &tmp.path().join("cache-c")).unwrap_err().to_string();
+    assert!(e.contains("Fremtind/all-nli-norwegian") && e.contains("HF_HUB_OFFLINE"), "{e}");
+}

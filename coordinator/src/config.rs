@@ -73,7 +73,7 @@ pub async fn check_datasets(
                 let files = hub.as_deref().expect("set above");
                 splade_common::data::loaders::input_files(name, loader, files).map_err(dataset)?.len()
             }
-            None => splade_common::data::list_source_files(name, &spec.source, options).await.map_err(dataset)?.len(),
+            None => splade_common::data::list_dataset_files(name, spec, options).await.map_err(dataset)?.len(),
         };
         found.push((name.to_string(), n));
     }

@@ -1,24 +1,13 @@
 //! Turning `model.base_model` into a local folder: a path, a `file://` URL, an object-store URL
-//! (`s3://`, `gs://`, `az://`; copied into a local cache), or a Hugging Face Hub id resolved through
-//! the standard HF cache (`HF_HOME`, `HF_HUB_CACHE`, `HF_HUB_OFFLINE`).
+//! (`s3://`, `gs://`, `az://`; copied into a local cache), or a Hugging Face Hub id (`owner/name[@revision]`)
+//! resolved through [`splade_common::hub::Hub`] and the standard HF cache (`HF_HOME`, `HF_HUB_CACHE`,
+//! `HF_HUB_OFFLINE`, `HF_TOKEN`, `HF_ENDPOINT`).
 
 use std::path::{Path, PathBuf};
 
-use super::ModelError;
+use splade_common::hub::{Hub, HubError, HubRepo};
 
-/// Files a SPLADE folder may hold; downloaded from the Hub when present there.
-const HUB_FILES: &[&str] = &[
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "modules.json",
-    "config_sentence_transformers.json",
-    "sentence_bert_config.json",
-    "1_SpladePooling/config.json",
-];
+use super::ModelError;
 
 /// Resolves `spec` to a local model folder, downloading when it is a Hub id that is not cached
 /// and the Hub may be reached.
@@ -63,63 +52,109 @@ fn local(p: &Path, spec: &str) -> Result<PathBuf, ModelError> {
     }
 }
 
-fn hub_cache_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("HF_HUB_CACHE") {
-        return PathBuf::from(d);
-    }
-    if let Ok(d) = std::env::var("HF_HOME") {
-        return PathBuf::from(d).join("hub");
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    PathBuf::from(home).join(".cache/huggingface/hub")
-}
-
-fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").map(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes")).unwrap_or(false)
-}
-
-/// The snapshot folder of `repo_id` in the HF cache (layout shared with huggingface_hub), if any.
+/// The snapshot folder of `repo_id` (at `main`) in the HF cache, if it is cached with a `config.json`.
 pub fn cached_snapshot(repo_id: &str) -> Option<PathBuf> {
-    let repo_dir = hub_cache_dir().join(format!("models--{}", repo_id.replace('/', "--")));
-    let rev = std::fs::read_to_string(repo_dir.join("refs/main")).ok()?;
-    let snap = repo_dir.join("snapshots").join(rev.trim());
+    let repo = Hub::from_env().with_offline(true).model(repo_id, None).ok()?;
+    let snap = repo.snapshot_dir();
     snap.join("config.json").exists().then_some(snap)
 }
 
-fn hub(repo_id: &str) -> Result<PathBuf, ModelError> {
-    if let Some(snap) = cached_snapshot(repo_id) {
-        return Ok(snap);
+/// Downloads (or, offline, finds in the cache) every file a model folder needs and returns the snapshot folder.
+fn hub(spec: &str) -> Result<PathBuf, ModelError> {
+    let (repo_id, revision) = match spec.split_once('@') {
+        Some((id, rev)) => (id, Some(rev)),
+        None => (spec, None),
+    };
+    let err = |e: HubError| ModelError::Resolve(format!("model '{spec}': {e}"));
+    let repo = Hub::from_env().model(repo_id, revision).map_err(err)?;
+    let needed = needed_files(&repo).map_err(err)?;
+    for f in &needed {
+        repo.get(f).map_err(err)?;
     }
-    if offline() {
-        return Err(ModelError::Resolve(format!(
-            "model '{repo_id}' is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set; download it once \
-             with network access (unset HF_HUB_OFFLINE, or `huggingface-cli download {repo_id}`), or point \
-             base_model at a local folder",
-            hub_cache_dir().display()
-        )));
-    }
-    let api = hf_hub::api::sync::ApiBuilder::new()
-        .with_cache_dir(hub_cache_dir())
-        .with_progress(false)
-        .build()
-        .map_err(|e| ModelError::Resolve(format!("model '{repo_id}': cannot set up the Hub client: {e}")))?;
-    let repo = api.model(repo_id.to_string());
-    let mut dir = None;
-    for f in HUB_FILES {
-        match repo.get(f) {
-            Ok(p) => {
-                if *f == "config.json" {
-                    dir = p.parent().map(Path::to_path_buf);
-                }
+    tracing::info!(repo_id, commit = repo.commit, files = needed.len(), "Hub model resolved");
+    Ok(repo.snapshot_dir())
+}
+
+/// Files of other frameworks or exports that a libtorch folder never reads.
+fn unneeded(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let lower = name.to_ascii_lowercase();
+    path.starts_with("onnx/")
+        || path.contains("/onnx/")
+        || path.starts_with("openvino/")
+        || path.contains("/openvino/")
+        || [".h5", ".msgpack", ".onnx", ".ot", ".tflite", ".mlmodel", ".gguf"].iter().any(|e| lower.ends_with(e))
+        || lower == ".gitattributes"
+}
+
+/// What a model folder needs from the repo: the root's config, tokenizer, weights (safetensors preferred, a
+/// sharded index with its shards, else `pytorch_model.bin`) and `*.py` remote code, plus every file of each folder
+/// `modules.json` names and of each sub-folder a Router's `router_config.json` names (the inference-free
+/// layout's `query_0_*` / `document_1_*`). A file named there but missing is an error, never skipped.
+fn needed_files(repo: &HubRepo) -> Result<Vec<String>, HubError> {
+    let files = repo.files();
+    let has = |f: &str| files.iter().any(|x| x == f);
+    let mut folders: Vec<String> = vec![String::new()];
+    if has("modules.json") {
+        let p = repo.get("modules.json")?;
+        let modules: serde_json::Value = read_json(&p)?;
+        for m in modules.as_array().into_iter().flatten() {
+            if let Some(path) = m["path"].as_str() {
+                folders.push(path.trim_matches('/').to_string());
             }
-            Err(e) if matches!(*f, "config.json" | "model.safetensors" | "tokenizer.json") => {
-                return Err(ModelError::Resolve(format!(
-                    "model '{repo_id}': cannot download {f} from the Hugging Face Hub ({e}); check the id and your \
-                     network, or set HF_TOKEN for a private model"
-                )))
-            }
-            Err(_) => {}
         }
     }
-    dir.ok_or_else(|| ModelError::Resolve(format!("model '{repo_id}': the Hub returned no config.json")))
+    let mut routers = Vec::new();
+    for f in folders.iter() {
+        let rc = if f.is_empty() { "router_config.json".to_string() } else { format!("{f}/router_config.json") };
+        if has(&rc) {
+            let v = read_json(&repo.get(&rc)?)?;
+            for sub in v["types"].as_object().into_iter().flat_map(|o| o.keys()) {
+                routers.push(if f.is_empty() { sub.clone() } else { format!("{f}/{sub}") });
+            }
+        }
+    }
+    folders.extend(routers);
+    folders.sort();
+    folders.dedup();
+    let mut out: Vec<String> = Vec::new();
+    for folder in &folders {
+        let prefix = if folder.is_empty() { String::new() } else { format!("{folder}/") };
+        let direct: Vec<&String> = files
+            .iter()
+            .filter(|f| f.starts_with(&prefix) && (!folder.is_empty() || !f.contains('/')) && !unneeded(f))
+            .collect();
+        if !folder.is_empty() && direct.is_empty() {
+            return Err(HubError::FileNotFound {
+                kind: "model",
+                repo_id: repo.repo_id.clone(),
+                commit: repo.commit.clone(),
+                path: format!("{folder}/ (named in modules.json / router_config.json)"),
+                listing: files.iter().take(8).cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+        // Each folder's weights: safetensors when there are any, else the torch pickle.
+        let has_st = direct.iter().any(|f| f[prefix.len()..].ends_with(".safetensors"));
+        for f in direct {
+            let rel = &f[prefix.len()..];
+            if has_st && (rel.ends_with(".bin") && rel.starts_with("pytorch_model")) {
+                continue;
+            }
+            if rel.starts_with("pytorch_model") && rel.ends_with(".bin.index.json") && has_st {
+                continue;
+            }
+            out.push(f.clone());
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn read_json(p: &Path) -> Result<serde_json::Value, HubError> {
+    let text = std::fs::read_to_string(p).map_err(|e| HubError::Io { path: p.to_path_buf(), source: e })?;
+    serde_json::from_str(&text).map_err(|e| HubError::Io {
+        path: p.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not JSON: {e}")),
+    })
 }

@@ -46,8 +46,9 @@ pub fn dump_batches(plan: &splade_common::data::plan::BatchPlan, path: &std::pat
 }
 
 /// Runs `splade train`: the whole single-process job, from config to `output_dir/final`.
-pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
+pub fn run_training(mut cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
     cfg.validate_for_training()?;
+    super::trainer::pin_hub_datasets_for_resume(&mut cfg)?;
     for key in cfg.inactive_keys() {
         tracing::warn!("{}: `{key}` is parsed but not acted on yet", cfg.origin);
     }

@@ -32,4 +32,8 @@ pub struct TrainerState {
     /// schedule stands at `global_step - skipped_steps`. Absent (0) in checkpoints written before.
     #[serde(default)]
     pub skipped_steps: u64,
+    /// The commit each Hugging Face Hub dataset (by config name) was read from; a resume reads the same
+    /// commits ([`super::trainer::pin_hub_datasets_for_resume`]). Empty for local and object-store data.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub hub_datasets: std::collections::BTreeMap<String, splade_common::data::HubPin>,
 }

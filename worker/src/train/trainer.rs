@@ -291,7 +291,12 @@ impl Trainer {
             let text = serde_json::to_string_pretty(&s.state()).expect("scaler state serialises");
             std::fs::write(dir.join(SCALER_STATE), text).map_err(|e| other(format!("{}: {e}", dir.display())))?;
         }
-        let state = TrainerState { plan_fingerprint: fingerprint(&self.plan, self.state.global_step), ..self.state.clone() };
+        let hub_datasets = self.datasets.iter().filter_map(|d| Some((d.name.clone(), d.hub.clone()?))).collect();
+        let state = TrainerState {
+            plan_fingerprint: fingerprint(&self.plan, self.state.global_step),
+            hub_datasets,
+            ..self.state.clone()
+        };
         let st = serde_json::to_string_pretty(&state).expect("state serialises");
         std::fs::write(dir.join(TRAINER_STATE), st).map_err(|e| other(format!("{}: {e}", dir.display())))?;
         Ok(())
@@ -361,6 +366,43 @@ impl Trainer {
         self.state = TrainerState { total_steps: self.state.total_steps, ..state };
         Ok(Some(name))
     }
+}
+
+/// Before a resume loads the data: pins every Hub dataset of `cfg` to the commit the checkpoint to resume
+/// from recorded (its `trainer_state.json`), so the resumed run reads the data the checkpoint was trained on
+/// even if the dataset's branch has moved. Nothing to do without `resume_from_checkpoint`, without a committed
+/// checkpoint, or for checkpoints that recorded no Hub dataset.
+pub fn pin_hub_datasets_for_resume(cfg: &mut Config) -> Result<(), TrainError> {
+    use splade_common::config::ResumeFrom;
+    use splade_common::store::checkpoint::{list_checkpoints_with, Verify};
+    let Some(resume) = cfg.training.resume_from_checkpoint.clone() else { return Ok(()) };
+    let output = Location::parse(&cfg.training.output_dir)?;
+    let name = match resume {
+        ResumeFrom::Path(p) => p.trim_end_matches('/').rsplit('/').next().unwrap_or(&p).to_string(),
+        ResumeFrom::Latest => {
+            let list = block_on(list_checkpoints_with(&output, Verify::Sizes)).unwrap_or_default();
+            match list.into_iter().rev().find(|c| c.name.starts_with("checkpoint-")) {
+                Some(c) => c.name,
+                None => return Ok(()),
+            }
+        }
+    };
+    let key = output.child(&format!("{name}/{TRAINER_STATE}"));
+    let bytes = match block_on(async { output.store().get(&key).await?.bytes().await }) {
+        Ok(b) => b,
+        // No state file: resume itself reports the broken checkpoint.
+        Err(_) => return Ok(()),
+    };
+    let state: TrainerState =
+        serde_json::from_slice(&bytes).map_err(|e| other(format!("{}: {e}", output.url_of(&format!("{name}/{TRAINER_STATE}")))))?;
+    for (dataset, pin) in &state.hub_datasets {
+        if let Some((_, spec)) = cfg.datasets.datasets.iter_mut().find(|(n, _)| n == dataset) {
+            if spec.pin_hub_commit(&pin.commit) {
+                tracing::info!(dataset, repo_id = pin.repo_id, commit = pin.commit, checkpoint = name, "resume: Hub dataset pinned to the checkpoint's commit");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What [`Trainer::apply_gradients`] did.

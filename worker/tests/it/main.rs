@@ -8,6 +8,7 @@ mod cluster;
 mod csr;
 mod eval_parity;
 mod gptbert;
+mod hub;
 mod lean_head;
 mod native_archs;
 mod norbert3;

@@ -108,6 +108,8 @@ impl Materialized {
         DatasetSpec {
             enabled: true,
             source: path.display().to_string(),
+            config: None,
+            split: None,
             format: Some(DataFormat::Jsonl),
             columns: indexmap::IndexMap::new(),
             split_ratio: 0.0,
@@ -746,11 +748,21 @@ fn read_meta(dir: &Path) -> Result<Option<Materialized>, DataError> {
     }))
 }
 
-/// The Hub datasets of seed loader blocks, from the standard Hugging Face hub cache (`HF_HOME`,
-/// `HF_HUB_CACHE`, `HF_HUB_OFFLINE`).
+/// The Hub datasets of seed loader blocks: [`crate::hub::Hub::from_env`] (the standard Hugging Face hub
+/// cache, `HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
 pub fn hub_split_files() -> Result<Box<dyn SplitFiles>, DataError> {
-    Err(DataError::Columns {
-        dataset: "(seed loader blocks)".into(),
-        problem: "reading Hub datasets is not built yet (issue #15 item 3); export the splits as <root>/<owner>/<name>/<config>/<split>/*.parquet".into(),
-    })
+    Ok(Box::new(crate::hub::Hub::from_env()))
+}
+
+/// A dataset's splits as `datasets.load_dataset(repo, config)` resolves them (data files, else the
+/// `refs/convert/parquet` conversion), downloaded into the hub cache unless offline.
+impl SplitFiles for crate::hub::Hub {
+    fn split_files(&self, repo: &str, config: Option<&str>, split: &str) -> Result<Option<Vec<PathBuf>>, DataError> {
+        let hub_err = |source| DataError::Hub { dataset: repo.to_string(), source };
+        let r = self.dataset(repo, None).map_err(hub_err)?;
+        if !r.splits(config).map_err(hub_err)?.iter().any(|s| s == split) {
+            return Ok(None);
+        }
+        r.split_files(config, split).map(Some).map_err(hub_err)
+    }
 }
