@@ -8,7 +8,7 @@ use std::process::Command;
 use splade_common::data::{load_dataset_blocking, DatasetSpec, OnBadRecord};
 use splade_common::hub::{resolve_data_files, Hub, HubError, RepoKind};
 use splade_common::store::StoreOptions;
-use splade_common::testkit::hub::{files_of_dir, write_hub_repo};
+use splade_common::testkit::hub::{files_of_dir, write_hub_repo, HostedRepo, LoopbackHub};
 use splade_common::testkit::tools::repo_root;
 
 fn ref_py() -> PathBuf {
@@ -306,121 +306,6 @@ fn split_files_resolve_as_datasets_resolves_them() {
     compare_with_datasets(t, &cases);
 }
 
-/// A Hub on loopback speaking the HTTP API `huggingface_hub` uses (revision info, `resolve` with
-/// `X-Repo-Commit`/`ETag`, LFS files behind `X-Linked-Etag` and a redirect to a CDN path), holding one dataset
-/// repo at one commit, and refusing `gated-org/*` without `Authorization: Bearer good-token`. It lets the real
-/// Python client and ours download the same repo so their caches can be compared.
-struct LoopbackHub {
-    server: std::sync::Arc<tiny_http::Server>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    url: String,
-}
-
-impl LoopbackHub {
-    fn start(repo_id: &str, commit: &str, files: Vec<(String, Vec<u8>)>) -> LoopbackHub {
-        let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
-        let (srv, base, repo_id, commit) = (server.clone(), url.clone(), repo_id.to_string(), commit.to_string());
-        let thread = std::thread::spawn(move || {
-            for req in srv.incoming_requests() {
-                let resp = Self::answer(&base, &repo_id, &commit, &files, &req);
-                let _ = req.respond(resp);
-            }
-        });
-        LoopbackHub { server, thread: Some(thread), url }
-    }
-
-    fn answer(
-        base: &str,
-        repo_id: &str,
-        commit: &str,
-        files: &[(String, Vec<u8>)],
-        req: &tiny_http::Request,
-    ) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-        use splade_common::testkit::hub::hub_etag;
-        let h = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap();
-        let path = req.url().split('?').next().unwrap().to_string();
-        let head = *req.method() == tiny_http::Method::Head;
-        let body = |b: Vec<u8>| if head { Vec::new() } else { b };
-        let authorized = req.headers().iter().any(|x| x.field.equiv("authorization") && x.value.as_str() == "Bearer good-token");
-        let status = |code: u16, error_code: &str| {
-            tiny_http::Response::from_data(Vec::new()).with_status_code(code).with_header(h("X-Error-Code", error_code))
-        };
-        if path.starts_with("/api/datasets/gated-org/") || path.starts_with("/datasets/gated-org/") {
-            if !authorized {
-                return status(401, "GatedRepo");
-            }
-        }
-        let api = format!("/api/datasets/{repo_id}/revision/");
-        let gated_api = "/api/datasets/gated-org/data/revision/";
-        if let Some(rev) = path.strip_prefix(&api).or_else(|| path.strip_prefix(gated_api)) {
-            if rev != "main" && rev != commit {
-                return status(404, "RevisionNotFound");
-            }
-            let id = if path.starts_with(gated_api) { "gated-org/data" } else { repo_id };
-            let siblings: Vec<serde_json::Value> = files.iter().map(|(p, _)| serde_json::json!({"rfilename": p})).collect();
-            let info = serde_json::json!({"id": id, "sha": commit, "siblings": siblings});
-            return tiny_http::Response::from_data(body(info.to_string().into_bytes())).with_header(h("Content-Type", "application/json"));
-        }
-        // huggingface_hub 1.x+ lists a snapshot through the tree API.
-        if path.starts_with(&format!("/api/datasets/{repo_id}/tree/")) {
-            let entries: Vec<serde_json::Value> = files
-                .iter()
-                .map(|(p, c)| {
-                    let etag = hub_etag(p, c);
-                    let mut e = serde_json::json!({"type": "file", "path": p, "size": c.len(), "oid": etag});
-                    if etag.len() == 64 {
-                        e["oid"] = "0000000000000000000000000000000000000000".into();
-                        e["lfs"] = serde_json::json!({"oid": etag, "size": c.len(), "pointerSize": 130});
-                    }
-                    e
-                })
-                .collect();
-            return tiny_http::Response::from_data(body(serde_json::to_vec(&entries).unwrap())).with_header(h("Content-Type", "application/json"));
-        }
-        if let Some(hash) = path.strip_prefix("/cdn/") {
-            let (_, c) = files.iter().find(|(p, c)| hub_etag(p, c) == hash).unwrap();
-            let n = c.len();
-            return tiny_http::Response::from_data(body(c.clone())).with_header(h("Content-Length", &n.to_string()));
-        }
-        for id in [repo_id, "gated-org/data"] {
-            if let Some(rest) = path.strip_prefix(&format!("/datasets/{id}/resolve/")) {
-                let (rev, file) = rest.split_once('/').unwrap();
-                if rev != "main" && rev != commit {
-                    return status(404, "RevisionNotFound");
-                }
-                let Some((p, c)) = files.iter().find(|(p, _)| p == file) else { return status(404, "EntryNotFound") };
-                let etag = hub_etag(p, c);
-                let resp = tiny_http::Response::from_data(Vec::new()).with_header(h("X-Repo-Commit", commit));
-                if etag.len() == 64 {
-                    // LFS: the pointer's etag differs; the file's is X-Linked-Etag, its bytes on the CDN.
-                    return resp
-                        .with_status_code(302)
-                        .with_header(h("ETag", "\"0000000000000000000000000000000000000000\""))
-                        .with_header(h("X-Linked-Etag", &format!("\"{etag}\"")))
-                        .with_header(h("X-Linked-Size", &c.len().to_string()))
-                        .with_header(h("Location", &format!("{}/cdn/{etag}", base.replace("127.0.0.1", "localhost"))));
-                }
-                let n = c.len();
-                return tiny_http::Response::from_data(body(c.clone()))
-                    .with_header(h("X-Repo-Commit", commit))
-                    .with_header(h("ETag", &format!("\"{etag}\"")))
-                    .with_header(h("Content-Length", &n.to_string()));
-            }
-        }
-        status(404, "RepoNotFound")
-    }
-}
-
-impl Drop for LoopbackHub {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Every entry under `dir`: relative path, and for a symlink its target, for a file its bytes.
 fn tree(dir: &Path) -> Vec<(String, String)> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
@@ -452,7 +337,7 @@ fn hub_downloads_write_the_cache_huggingface_hub_writes_from_the_same_server() {
         ("data/test-00000-of-00001.parquet".into(), parquet(tmp.path(), "s", &rows(4..6))),
     ];
     let commit = "0123456789abcdef0123456789abcdef01234567";
-    let hub_server = LoopbackHub::start("test-org/remote", commit, files.clone());
+    let hub_server = LoopbackHub::start(vec![HostedRepo::new(RepoKind::Dataset, "test-org/remote", commit, files.clone())]);
 
     // Ours, online against the loopback endpoint: a repo pinned to the commit, the split's files downloaded.
     let ours = tmp.path().join("ours");
@@ -494,7 +379,7 @@ fn hub_downloads_write_the_cache_huggingface_hub_writes_from_the_same_server() {
 fn hub_gated_repo_without_a_token_says_to_set_hf_token() {
     let tmp = tempfile::tempdir().unwrap();
     let files = vec![("data/train.jsonl".to_string(), jsonl(&rows(0..2)))];
-    let server = LoopbackHub::start("test-org/open", "89abcdef0123456789abcdef0123456789abcdef", files);
+    let server = LoopbackHub::start(vec![HostedRepo::new(RepoKind::Dataset, "gated-org/data", "89abcdef0123456789abcdef0123456789abcdef", files)]);
     let hub = Hub::from_env().with_cache_dir(tmp.path().to_path_buf()).with_offline(false).with_endpoint(&server.url);
     std::env::remove_var("HF_TOKEN");
     let e = hub.clone().dataset("gated-org/data", None).unwrap_err();

@@ -129,6 +129,19 @@ pub enum DataError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A bare `owner/name` source that is neither a local path nor a Hub dataset that could be had.
+    #[error("dataset `{dataset}`: `{source_path}` is no local path (from {cwd}), and as a Hugging Face Hub id: {source}")]
+    HubOrPath {
+        /// Dataset name.
+        dataset: String,
+        /// As configured.
+        source_path: String,
+        /// The working directory relative paths are read from.
+        cwd: String,
+        /// Why the Hub could not serve it.
+        #[source]
+        source: crate::hub::HubError,
+    },
     /// A Hugging Face Hub dataset could not be resolved or downloaded.
     #[error("dataset `{dataset}`: {source}")]
     Hub {

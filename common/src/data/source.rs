@@ -8,6 +8,7 @@ use futures::StreamExt;
 use object_store::path::Path as ObjPath;
 
 use super::{DataError, HubPin};
+use crate::hub::HubError;
 use crate::store::{is_url, Location, StoreError, StoreOptions};
 
 /// One file of a dataset.
@@ -122,7 +123,16 @@ pub(crate) async fn resolve(
     options: &StoreOptions,
 ) -> Result<Resolved, DataError> {
     if let Some(hub) = hub_source(source) {
-        return resolve_hub(dataset, hub, config, split);
+        return resolve_hub(dataset, hub, config, split).map_err(|e| match e {
+            // A bare `owner/name` may have been meant as a local folder: say that it is not one.
+            DataError::Hub { dataset, source: hub_err @ (HubError::NotCached { .. } | HubError::RepoNotFound { .. }) }
+                if !source.starts_with("hf://") =>
+            {
+                let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| ".".into());
+                DataError::HubOrPath { dataset, source_path: source.into(), cwd, source: hub_err }
+            }
+            e => e,
+        });
     }
     Ok(Resolved { files: resolve_files(dataset, source, options).await?, hub: None })
 }

@@ -187,8 +187,13 @@ fn missing_empty_unknown_format_and_hf() {
     let f = write(dir.path(), "data.txt", "x");
     let e = load(&spec(&f)).unwrap_err().to_string();
     assert!(e.starts_with(&format!("{f}: cannot tell the format")) && e.contains("datasets.d.format"), "{e}");
+    // A Hub source resolves through the Hub; offline with an empty cache that is an error naming the id, the
+    // cache and HF_HUB_OFFLINE (nextest runs each test in its own process, so the environment is this test's).
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    std::env::set_var("HF_HUB_CACHE", dir.path());
     let e = load(&spec("hf://datasets/ltg/norquad")).unwrap_err().to_string();
-    assert!(e.contains("not supported yet") && e.contains("huggingface-cli download"), "{e}");
+    assert!(e.starts_with("dataset `d`: dataset `ltg/norquad` (revision `main`) is not in the Hugging Face cache"), "{e}");
+    assert!(e.contains(&dir.path().join("datasets--ltg--norquad").display().to_string()) && e.contains("HF_HUB_OFFLINE"), "{e}");
 }
 
 #[test]

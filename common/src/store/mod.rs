@@ -177,8 +177,8 @@ impl Location {
             }
             "hf" => {
                 return Err(bad(
-                    "hf:// locations are not supported yet".into(),
-                    "download the files (e.g. `huggingface-cli download --repo-type dataset NAME --local-dir DIR`) and use the local path, or copy them to s3://",
+                    "hf:// is read-only here: the Hugging Face Hub serves dataset sources and models, not output or checkpoint locations".into(),
+                    "use an hf:// or owner/name id as a `datasets.<name>.source` (or `model.base_model`), and a local path or s3://, gs://, az:// for outputs",
                 ))
             }
             other => {
@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn unsupported_schemes_name_the_fix() {
         let e = Location::parse("hf://datasets/ltg/norquad").unwrap_err().to_string();
-        assert!(e.contains("not supported yet") && e.contains("huggingface-cli download"), "{e}");
+        assert!(e.contains("hf:// is read-only here") && e.contains("datasets.<name>.source"), "{e}");
         let e = Location::parse("ftp://host/x").unwrap_err().to_string();
         assert!(e.contains("unsupported scheme `ftp`") && e.contains("s3://"), "{e}");
         let e = Location::parse_with("s3://b/x", &StoreOptions { overrides: vec![("nonsense".into(), "1".into())] })

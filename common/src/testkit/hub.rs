@@ -84,3 +84,153 @@ pub fn files_of_dir(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// One repository a [`LoopbackHub`] serves at one commit (`main` resolves to it).
+#[derive(Debug, Clone)]
+pub struct HostedRepo {
+    /// Model or dataset.
+    pub kind: RepoKind,
+    /// `owner/name`; under `gated-org/` it is refused without `Authorization: Bearer good-token`.
+    pub repo_id: String,
+    /// The commit `main` resolves to.
+    pub commit: String,
+    /// Repo-relative path and content.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Files listed by the API whose download answers HTTP 500 (a broken download).
+    pub failing: Vec<String>,
+}
+
+impl HostedRepo {
+    /// A repo with these files and no failing download.
+    pub fn new(kind: RepoKind, repo_id: &str, commit: &str, files: Vec<(String, Vec<u8>)>) -> HostedRepo {
+        HostedRepo { kind, repo_id: repo_id.into(), commit: commit.into(), files, failing: Vec::new() }
+    }
+}
+
+/// A Hub on 127.0.0.1 speaking the HTTP API `huggingface_hub` uses: revision info
+/// (`/api/{models,datasets}/<id>/revision/<rev>`), the tree listing newer clients use, and
+/// `…/resolve/<rev>/<path>` with `X-Repo-Commit` and `ETag`; LFS files (see [`hub_etag`]) answer with
+/// `X-Linked-Etag` and a redirect to a "CDN" on another host name (`localhost`). Errors carry the Hub's
+/// `X-Error-Code` (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`, `GatedRepo`). The real Hub cannot be
+/// reached from tests; the real Python client accepts this one (common/tests/hub.rs), so ours is tested
+/// against the protocol the real client speaks. Stops when dropped.
+pub struct LoopbackHub {
+    server: std::sync::Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// `http://127.0.0.1:<port>`: the `HF_ENDPOINT`.
+    pub url: String,
+}
+
+impl LoopbackHub {
+    /// Serves `repos` until dropped.
+    pub fn start(repos: Vec<HostedRepo>) -> LoopbackHub {
+        let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind loopback"));
+        let url = format!("http://{}", server.server_addr().to_ip().expect("ip listener"));
+        let (srv, base) = (server.clone(), url.clone());
+        let thread = std::thread::spawn(move || {
+            for req in srv.incoming_requests() {
+                let resp = answer(&base, &repos, &req);
+                let _ = req.respond(resp);
+            }
+        });
+        LoopbackHub { server, thread: Some(thread), url }
+    }
+}
+
+impl Drop for LoopbackHub {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn answer(base: &str, repos: &[HostedRepo], req: &tiny_http::Request) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let h = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("header");
+    let path = req.url().split('?').next().unwrap_or("").to_string();
+    // tiny_http sends no body to a HEAD request but keeps the Content-Length of the data, as the Hub does.
+    let body = |b: Vec<u8>| b;
+    let authorized = req.headers().iter().any(|x| x.field.equiv("authorization") && x.value.as_str() == "Bearer good-token");
+    let status = |code: u16, error_code: &str| {
+        tiny_http::Response::from_data(Vec::new()).with_status_code(code).with_header(h("X-Error-Code", error_code))
+    };
+    let json = |v: serde_json::Value| {
+        tiny_http::Response::from_data(body(v.to_string().into_bytes())).with_header(h("Content-Type", "application/json"))
+    };
+    if let Some(hash) = path.strip_prefix("/cdn/") {
+        for r in repos {
+            if let Some((_, c)) = r.files.iter().find(|(p, c)| hub_etag(p, c) == hash) {
+                return tiny_http::Response::from_data(body(c.clone()));
+            }
+        }
+        return status(404, "EntryNotFound");
+    }
+    for r in repos {
+        let (api, files_prefix) = match r.kind {
+            RepoKind::Model => (format!("/api/models/{}/", r.repo_id), format!("/{}/resolve/", r.repo_id)),
+            RepoKind::Dataset => (format!("/api/datasets/{}/", r.repo_id), format!("/datasets/{}/resolve/", r.repo_id)),
+        };
+        let rev_ok = |rev: &str| rev == "main" || rev == r.commit;
+        let mine = path.starts_with(&api) || path.starts_with(&files_prefix);
+        if !mine {
+            continue;
+        }
+        if r.repo_id.starts_with("gated-org/") && !authorized {
+            return status(401, "GatedRepo");
+        }
+        if let Some(rest) = path.strip_prefix(&api) {
+            if let Some(rev) = rest.strip_prefix("revision/") {
+                if !rev_ok(rev) {
+                    return status(404, "RevisionNotFound");
+                }
+                let siblings: Vec<serde_json::Value> = r.files.iter().map(|(p, _)| serde_json::json!({"rfilename": p})).collect();
+                return json(serde_json::json!({"id": r.repo_id, "sha": r.commit, "siblings": siblings}));
+            }
+            if let Some(rev) = rest.strip_prefix("tree/") {
+                if !rev_ok(rev) {
+                    return status(404, "RevisionNotFound");
+                }
+                let entries: Vec<serde_json::Value> = r
+                    .files
+                    .iter()
+                    .map(|(p, c)| {
+                        let etag = hub_etag(p, c);
+                        let mut e = serde_json::json!({"type": "file", "path": p, "size": c.len(), "oid": etag});
+                        if etag.len() == 64 {
+                            e["oid"] = "0000000000000000000000000000000000000000".into();
+                            e["lfs"] = serde_json::json!({"oid": etag, "size": c.len(), "pointerSize": 130});
+                        }
+                        e
+                    })
+                    .collect();
+                return json(serde_json::Value::Array(entries));
+            }
+        }
+        if let Some(rest) = path.strip_prefix(&files_prefix) {
+            let Some((rev, file)) = rest.split_once('/') else { return status(404, "EntryNotFound") };
+            if !rev_ok(rev) {
+                return status(404, "RevisionNotFound");
+            }
+            if r.failing.iter().any(|f| f == file) {
+                return tiny_http::Response::from_data(b"internal error".to_vec()).with_status_code(500);
+            }
+            let Some((p, c)) = r.files.iter().find(|(p, _)| p == file) else { return status(404, "EntryNotFound") };
+            let etag = hub_etag(p, c);
+            if etag.len() == 64 {
+                // LFS: the file's etag is X-Linked-Etag, its bytes on the CDN (another host name).
+                return tiny_http::Response::from_data(Vec::new())
+                    .with_status_code(302)
+                    .with_header(h("X-Repo-Commit", &r.commit))
+                    .with_header(h("ETag", "\"0000000000000000000000000000000000000000\""))
+                    .with_header(h("X-Linked-Etag", &format!("\"{etag}\"")))
+                    .with_header(h("X-Linked-Size", &c.len().to_string()))
+                    .with_header(h("Location", &format!("{}/cdn/{etag}", base.replace("127.0.0.1", "localhost"))));
+            }
+            return tiny_http::Response::from_data(body(c.clone()))
+                .with_header(h("X-Repo-Commit", &r.commit))
+                .with_header(h("ETag", &format!("\"{etag}\"")));
+        }
+    }
+    status(404, "RepoNotFound")
+}

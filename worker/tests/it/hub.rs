@@ -4,7 +4,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use splade_common::testkit::hub::{files_of_dir, write_hub_repo, RepoKind};
+use splade_common::testkit::hub::{files_of_dir, write_hub_repo, HostedRepo, LoopbackHub, RepoKind};
+use splade_worker::model::resolve::resolve_model;
+use splade_worker::model::{LoadOptions, SparseEncoder};
+use tch::Device;
 
 use crate::support::*;
 use crate::train::{small_pairs, tiny_config};
@@ -98,5 +101,41 @@ fn train_offline_with_an_empty_hub_cache_names_the_id_the_cache_and_hf_hub_offli
     for want in ["Fremtind/all-nli-norwegian", searched.to_str().unwrap(), "HF_HUB_OFFLINE"] {
         assert!(err.contains(want), "{want} missing from:\n{err}");
     }
+    assert!(err.contains("is no local path"), "a bare owner/name also says it is no local folder:\n{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn hub_model_download_fetches_every_router_module_file_and_a_failed_one_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    // sentence-transformers' inference-free Router layout: query_0_* / document_*_* folders named only in
+    // router_config.json, plus exports a libtorch folder never reads.
+    let folder = crate::inference_free::st_folder(tmp.path());
+    let needed = files_of_dir(&folder);
+    assert!(needed.iter().any(|(p, _)| p.starts_with("query_0_SparseStaticEmbedding/")), "{:?}", needed.iter().map(|f| &f.0).collect::<Vec<_>>());
+    let mut hosted = needed.clone();
+    hosted.push(("onnx/model.onnx".into(), b"an export".to_vec()));
+    hosted.push(("tf_model.h5".into(), b"another framework".to_vec()));
+    let broken = HostedRepo {
+        failing: vec!["query_0_SparseStaticEmbedding/model.safetensors".into()],
+        ..HostedRepo::new(RepoKind::Model, "test-org/broken", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", hosted.clone())
+    };
+    let server = LoopbackHub::start(vec![
+        HostedRepo::new(RepoKind::Model, "test-org/inference-free", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", hosted),
+        broken,
+    ]);
+    std::env::set_var("HF_ENDPOINT", &server.url);
+    std::env::set_var("HF_HUB_CACHE", tmp.path().join("cache"));
+    std::env::remove_var("HF_HUB_OFFLINE");
+
+    let dir = resolve_model("test-org/inference-free").unwrap();
+    for (p, content) in &needed {
+        assert_eq!(&std::fs::read(dir.join(p)).unwrap_or_else(|e| panic!("{p}: {e}")), content, "{p}");
+    }
+    assert!(!dir.join("onnx/model.onnx").exists() && !dir.join("tf_model.h5").exists(), "exports are not downloaded");
+    let model = SparseEncoder::load(&dir, Device::Cpu, &LoadOptions::default()).unwrap();
+    assert!(model.is_inference_free());
+
+    let e = resolve_model("test-org/broken").unwrap_err().to_string();
+    assert!(e.contains("query_0_SparseStaticEmbedding/model.safetensors") && e.contains("HTTP 500"), "{e}");
 }

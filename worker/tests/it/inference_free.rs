@@ -18,7 +18,7 @@ use crate::train::{small_pairs, tiny_config, train_steps};
 
 /// An inference-free SparseEncoder built and saved by sentence-transformers 6.2 from SPLADE-tiny,
 /// with a random (not all-ones) static table so that a loader ignoring it cannot pass.
-fn st_folder(tmp: &Path) -> PathBuf {
+pub fn st_folder(tmp: &Path) -> PathBuf {
     st_folder_on(Stack::St62, tmp)
 }
 
