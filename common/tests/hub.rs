@@ -54,6 +54,7 @@ fn spec(source: &str, config: Option<&str>, split: Option<&str>) -> DatasetSpec 
         split_ratio: 0.0,
         max_samples: None,
         on_bad_record: OnBadRecord::Error,
+        loader: None,
     }
 }
 

@@ -66,11 +66,21 @@ pub async fn check_datasets(
     options: &splade_common::store::StoreOptions,
 ) -> Result<Vec<(String, usize)>, ConfigError> {
     let mut found = Vec::new();
+    let dataset = |source| ConfigError::Dataset { path: cfg.origin.clone(), source };
+    let mut hub = None;
     for (name, spec) in cfg.datasets.enabled() {
-        let files = splade_common::data::list_dataset_files(name, spec, options)
-            .await
-            .map_err(|source| ConfigError::Dataset { path: cfg.origin.clone(), source })?;
-        found.push((name.to_string(), files.len()));
+        let n = match &spec.loader {
+            // A seed loader block: its Hub datasets' files (and PAWS-X folder), read at planning.
+            Some(loader) => {
+                if hub.is_none() {
+                    hub = Some(splade_common::data::loaders::hub_split_files().map_err(dataset)?);
+                }
+                let files = hub.as_deref().expect("set above");
+                splade_common::data::loaders::input_files(name, loader, files).map_err(dataset)?.len()
+            }
+            None => splade_common::data::list_dataset_files(name, spec, options).await.map_err(dataset)?.len(),
+        };
+        found.push((name.to_string(), n));
     }
     Ok(found)
 }

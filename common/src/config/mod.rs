@@ -29,7 +29,10 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
-pub use crate::data::spec::{BatchSamplerKind, DataFormat, DatasetSpec, OnBadRecord, SamplingStrategy};
+pub use crate::data::spec::{
+    BatchSamplerKind, DataFormat, DatasetSpec, DdscLoader, EtiLoader, NliLoader, OnBadRecord, SamplingStrategy,
+    ScandiQaLoader, SeedLoader, SplitRatio, SEED_LOADER_NAMES,
+};
 
 /// Keys the project parses but does not act on, each with the reason. The trainer reports each one set in the
 /// file at start-up (see [`Config::inactive_keys`]); remove a key from this list when a component starts
@@ -502,7 +505,9 @@ pub enum InnerLoss {
     SparseDistillKldiv,
 }
 
-/// `datasets:` — `sampling_strategy` plus one named block per dataset, in the order written.
+/// `datasets:` — `sampling_strategy` plus one named block per dataset, in the order written. Blocks named
+/// `nli`, `scandi_qa`, `ddsc` and `eti` are the seed project's loader blocks ([`SeedLoader`], with the seed's
+/// keys and defaults); every other name is a file block ([`DatasetSpec`] with a `source`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatasetsConfig {
     /// How batches alternate between datasets; default `proportional` (sentence-transformers' default).
@@ -530,7 +535,13 @@ impl Serialize for DatasetsConfig {
         let mut m = s.serialize_map(Some(self.datasets.len() + 1))?;
         m.serialize_entry("sampling_strategy", &self.sampling_strategy)?;
         for (name, spec) in &self.datasets {
-            m.serialize_entry(name, spec)?;
+            match &spec.loader {
+                Some(SeedLoader::Nli(l)) => m.serialize_entry(name, l)?,
+                Some(SeedLoader::ScandiQa(l)) => m.serialize_entry(name, l)?,
+                Some(SeedLoader::Ddsc(l)) => m.serialize_entry(name, l)?,
+                Some(SeedLoader::Eti(l)) => m.serialize_entry(name, l)?,
+                None => m.serialize_entry(name, spec)?,
+            }
         }
         m.end()
     }
@@ -569,7 +580,14 @@ impl<'de> Deserialize<'de> for DatasetsConfig {
                         if out.datasets.iter().any(|(n, _)| *n == key) {
                             return Err(serde::de::Error::custom(format!("dataset `{key}` is defined twice")));
                         }
-                        let spec: DatasetSpec = map.next_value()?;
+                        // The seed's loader blocks go by name, as in its script (`dataset_config['nli']`, ...).
+                        let spec = match key.as_str() {
+                            "nli" => DatasetSpec::for_loader(SeedLoader::Nli(map.next_value()?)),
+                            "scandi_qa" => DatasetSpec::for_loader(SeedLoader::ScandiQa(map.next_value()?)),
+                            "ddsc" => DatasetSpec::for_loader(SeedLoader::Ddsc(map.next_value()?)),
+                            "eti" => DatasetSpec::for_loader(SeedLoader::Eti(map.next_value()?)),
+                            _ => map.next_value::<DatasetSpec>()?,
+                        };
                         out.datasets.push((key, spec));
                     }
                 }
@@ -1174,6 +1192,47 @@ impl Config {
         Ok(())
     }
 
+    /// A seed loader block's rules: `split_ratio` splits, the lists it filters by are not empty where that
+    /// would drop everything, and the Hub ids are set.
+    fn validate_loader(&self, name: &str, loader: &SeedLoader) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("datasets.{name}.{k}");
+        let ratio = |r: &SplitRatio| -> Result<(), ConfigError> {
+            match r.problem() {
+                Some(fix) => Err(self.invalid(&key("split_ratio"), format!("{:?}", r.0), &fix)),
+                None => Ok(()),
+            }
+        };
+        let id = |id: &str| -> Result<(), ConfigError> {
+            if id.trim().is_empty() {
+                Err(self.invalid(&key("source"), "", "set it to a Hugging Face dataset id (owner/name), or leave it out for the seed's default"))
+            } else {
+                Ok(())
+            }
+        };
+        match loader {
+            SeedLoader::Nli(l) => {
+                id(&l.source)?;
+                ratio(&l.split_ratio)
+            }
+            SeedLoader::Eti(l) => {
+                id(&l.source)?;
+                ratio(&l.split_ratio)
+            }
+            SeedLoader::Ddsc(l) => ratio(&l.split_ratio),
+            SeedLoader::ScandiQa(l) => {
+                if l.enabled && !(l.use_norquad || l.use_openbookqa || l.use_scandiqa || l.use_supervised_da || l.use_paws) {
+                    return Err(self.invalid(&key("use_norquad"), "false",
+                        "every `use_*` source is off; turn one on (use_norquad, use_openbookqa, use_scandiqa, use_supervised_da, use_paws) or set `enabled: false`"));
+                }
+                if l.use_scandiqa && l.scandiqa_languages.is_empty() {
+                    return Err(self.invalid(&key("scandiqa_languages"), "[]",
+                        "list the ScandiQA configs to read (no, da, sv), or set `use_scandiqa: false`"));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Checks the rules serde cannot express. Returns every broken rule ([`ConfigError::Many`] when there are
     /// several), each naming key, value and fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -1272,6 +1331,12 @@ impl Config {
 
         for (name, d) in &self.datasets.datasets {
             let key = |k: &str| format!("datasets.{name}.{k}");
+            if let Some(loader) = &d.loader {
+                if let Err(e) = self.validate_loader(name, loader) {
+                    found.borrow_mut().push(e);
+                }
+                continue;
+            }
             check(!d.source.trim().is_empty(), &key("source"), "".into(), "set it to a path, glob or URL");
             check((0.0..1.0).contains(&d.split_ratio), &key("split_ratio"), d.split_ratio.to_string(),
                 "must be in [0, 1): the fraction held out for evaluation");

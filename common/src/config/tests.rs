@@ -486,4 +486,44 @@ fn seed_only_keys_parse_and_say_what_they_do() {
     // world_size 1 and distributed false say nothing.
     let quiet = parse("model:\n  base_model: x\nhardware:\n  distributed: false\n  world_size: 1\n").unwrap();
     assert!(quiet.startup_notes().is_empty(), "{:?}", quiet.startup_notes());
+
+#[test]
+fn seed_loader_blocks_parse_with_the_seeds_defaults_and_round_trip() {
+    let base = "model:\n  base_model: x\n";
+    // A disabled block needs nothing else; a missing `enabled` follows the seed's script (true, eti false).
+    let c = parse(&format!("{base}datasets:\n  nli: {{enabled: false}}\n  ddsc: {{}}\n  eti:\n    source: me/eti\n")).unwrap();
+    c.validate().unwrap();
+    let names: Vec<_> = c.datasets.enabled().map(|(n, _)| n).collect();
+    assert_eq!(names, ["ddsc"]);
+    let Some(SeedLoader::Ddsc(d)) = &c.datasets.datasets[1].1.loader else { panic!("ddsc loader") };
+    assert_eq!(d.languages, ["norwegian", "danish", "swedish"]);
+    assert_eq!(d.split_ratio, SplitRatio([0.98, 0.01, 0.01]));
+    assert_eq!(d.tasks, None);
+    let Some(SeedLoader::Eti(e)) = &c.datasets.datasets[2].1.loader else { panic!("eti loader") };
+    assert!(!e.enabled);
+    assert_eq!(e.source, "me/eti");
+    let c = parse(&format!("{base}datasets:\n  scandi_qa:\n    use_paws: false\n    scandiqa_languages: [da]\n")).unwrap();
+    let Some(SeedLoader::ScandiQa(q)) = &c.datasets.datasets[0].1.loader else { panic!("scandi_qa loader") };
+    assert!(q.use_norquad && q.use_openbookqa && q.use_scandiqa && q.use_supervised_da && !q.use_paws);
+    assert_eq!(q.paws_data_dir, "data/paws-x/x-final");
+    // The JSON a coordinator sends its workers reads back the same.
+    let back = Config::from_json(&c.to_json(), "json").unwrap();
+    assert_eq!(back.datasets, c.datasets);
+}
+
+#[test]
+fn seed_loader_block_errors_name_file_line_key_and_fix() {
+    let base = "model:\n  base_model: x\ndatasets:\n";
+    let e = err(&format!("{base}  ddsc:\n    split_ratio: 0.98\n"));
+    assert!(e.starts_with("cfg.yaml:5: `datasets.ddsc.split_ratio` is `0.98`"), "{e}");
+    let e = parse(&format!("{base}  ddsc:\n    split_ratio: [0.9, 0.2, 0.0]\n")).unwrap().validate().unwrap_err().to_string();
+    assert!(e.starts_with("cfg.yaml:5: `datasets.ddsc.split_ratio` is `[0.9, 0.2, 0.0]`") && e.contains("train + dev"), "{e}");
+    let e = err(&format!("{base}  nli:\n    enabled: true\n    sorce: x/y\n"));
+    assert!(e.starts_with("cfg.yaml:6: unknown key `datasets.nli.sorce`") && e.contains("datasets.nli.source"), "{e}");
+    let e = parse(&format!("{base}  scandi_qa:\n    use_norquad: false\n    use_openbookqa: false\n    use_scandiqa: false\n    use_supervised_da: false\n    use_paws: false\n"))
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`datasets.scandi_qa.use_norquad`") && e.contains("turn one on"), "{e}");
 }

@@ -13,6 +13,7 @@
 
 pub mod index;
 mod jsonl;
+pub mod loaders;
 mod parquet_reader;
 pub mod plan;
 mod source;
@@ -20,7 +21,7 @@ pub mod spec;
 
 use indexmap::IndexMap;
 
-pub use spec::{BatchSamplerKind, DataFormat, DatasetSpec, OnBadRecord, SamplingStrategy};
+pub use spec::{BatchSamplerKind, DataFormat, DatasetSpec, OnBadRecord, SamplingStrategy, SeedLoader};
 use crate::store::{StoreError, StoreOptions};
 
 pub use index::{DataPlan, DataPlanRef, IndexedFile, RangedReader, RecordIndex, RecordLoc};
@@ -456,19 +457,53 @@ pub struct SplitDataset {
 }
 
 /// Loads and splits `datasets` (name and spec; the config's enabled ones in config order), in the order given,
-/// each split with `seed`.
+/// each split with `seed`. Seed loader blocks ([`DatasetSpec::loader`]) are materialised first
+/// ([`loaders::materialize`], Hub datasets from [`loaders::hub_split_files`], cache under
+/// [`loaders::cache_root`]): their training rows are the seed's train split and [`SplitDataset::eval`] its dev
+/// split.
 pub async fn load_training_data<'a>(
     datasets: impl IntoIterator<Item = (&'a str, &'a DatasetSpec)>,
     seed: u64,
     options: &StoreOptions,
 ) -> Result<Vec<SplitDataset>, DataError> {
+    let datasets: Vec<(&str, &DatasetSpec)> = datasets.into_iter().collect();
+    let hub = if datasets.iter().any(|(_, s)| s.loader.is_some()) { Some(loaders::hub_split_files()?) } else { None };
+    let files = hub.as_deref().map(|h| (h, loaders::cache_root()));
+    load_training_data_from(datasets, seed, options, files.as_ref().map(|(h, c)| (*h, c.as_path()))).await
+}
+
+/// [`load_training_data`] with the Hub files and cache root of seed loader blocks given (`None`: a seed
+/// loader block is an error).
+pub async fn load_training_data_from<'a>(
+    datasets: impl IntoIterator<Item = (&'a str, &'a DatasetSpec)>,
+    seed: u64,
+    options: &StoreOptions,
+    seed_files: Option<(&dyn loaders::SplitFiles, &std::path::Path)>,
+) -> Result<Vec<SplitDataset>, DataError> {
     let mut out = Vec::new();
     for (name, spec) in datasets {
-        let loaded = load_dataset(name, spec, options).await?;
+        let (loaded, spec, eval) = match &spec.loader {
+            Some(loader) => {
+                let (files, cache) = seed_files.ok_or_else(|| DataError::Columns {
+                    dataset: name.into(),
+                    problem: "a seed loader block needs the Hugging Face hub; this command reads file blocks only".into(),
+                })?;
+                let m = loaders::materialize(name, loader, files, cache)?;
+                let train_spec = loaders::Materialized::file_spec(&m.train);
+                let loaded = load_dataset(name, &train_spec, options).await?;
+                let eval = if m.rows[1] == 0 {
+                    Vec::new()
+                } else {
+                    load_dataset(name, &loaders::Materialized::file_spec(&m.dev), options).await?.examples
+                };
+                (loaded, train_spec, Some(eval))
+            }
+            None => (load_dataset(name, spec, options).await?, spec.clone(), None),
+        };
         let (train_ids, eval_ids) = loaded.split_indices(spec.split_ratio, seed);
         let pick = |ids: &[usize]| ids.iter().map(|&i| loaded.examples[i].clone()).collect::<Vec<_>>();
-        let (train, eval) = (pick(&train_ids), pick(&eval_ids));
-        let index = RecordIndex::new(name, spec, &loaded, &train_ids);
+        let (train, eval) = (pick(&train_ids), eval.unwrap_or_else(|| pick(&eval_ids)));
+        let index = RecordIndex::new(name, &spec, &loaded, &train_ids);
         out.push(SplitDataset {
             name: name.to_string(),
             train,
@@ -478,6 +513,23 @@ pub async fn load_training_data<'a>(
             index,
             hub: loaded.hub.clone(),
         });
+    }
+    Ok(out)
+}
+
+/// The dev split files of the config's enabled seed loader blocks, in config order (materialising them if
+/// needed): what evaluation reads for `eval_loss`. File blocks hold their evaluation rows out with
+/// `split_ratio` instead ([`SplitDataset::eval`]).
+pub fn dev_split_files<'a>(
+    datasets: impl IntoIterator<Item = (&'a str, &'a DatasetSpec)>,
+    files: &dyn loaders::SplitFiles,
+    cache_root: &std::path::Path,
+) -> Result<Vec<(String, std::path::PathBuf)>, DataError> {
+    let mut out = Vec::new();
+    for (name, spec) in datasets {
+        if let Some(loader) = &spec.loader {
+            out.push((name.to_string(), loaders::materialize(name, loader, files, cache_root)?.dev));
+        }
     }
     Ok(out)
 }

@@ -21,6 +21,7 @@ pub(crate) fn spec(source: &str) -> DatasetSpec {
         split_ratio: 0.0,
         max_samples: None,
         on_bad_record: OnBadRecord::Error,
+        loader: None,
     }
 }
 
