@@ -232,6 +232,11 @@ pub struct TrainingConfig {
     pub metric_for_best_model: Option<String>,
     /// Default: true unless the metric is a loss (HF).
     pub greater_is_better: Option<bool>,
+    /// Stop after this many evaluations in a row without an improvement of `metric_for_best_model`
+    /// (transformers' `EarlyStoppingCallback`); unset: never stop early.
+    pub early_stopping_patience: Option<usize>,
+    /// How much `metric_for_best_model` must beat the best so far to count as an improvement; default 0.
+    pub early_stopping_threshold: f64,
     /// Default: `YYYYmmdd-HHMMSS-<host>` (UTC).
     pub run_name: Option<String>,
     /// Integrations (`mlflow`, `tensorboard`, `none`, ...); a single string or a list. Default none.
@@ -288,6 +293,8 @@ impl Default for TrainingConfig {
             load_best_model_at_end: false,
             metric_for_best_model: None,
             greater_is_better: None,
+            early_stopping_patience: None,
+            early_stopping_threshold: 0.0,
             run_name: None,
             report_to: Vec::new(),
             seed: 42,
@@ -954,6 +961,15 @@ impl Config {
         if let Some(n) = t.save_total_limit {
             check(n >= 1, "training.save_total_limit", n.to_string(), "must be at least 1, or left out")?;
         }
+        if let Some(p) = t.early_stopping_patience {
+            check(p >= 1, "training.early_stopping_patience", p.to_string(), "must be at least 1 evaluation, or left out")?;
+            check(t.eval_strategy != IntervalStrategy::No, "training.early_stopping_patience", p.to_string(),
+                "needs evaluation during training: set eval_strategy to steps or epoch (and metric_for_best_model)")?;
+            check(t.metric_for_best_model.is_some(), "training.early_stopping_patience", p.to_string(),
+                "needs training.metric_for_best_model (e.g. eval_loss or eval_NanoBEIR_mean_dot_ndcg@10)")?;
+        }
+        check(t.early_stopping_threshold.is_finite() && t.early_stopping_threshold >= 0.0,
+            "training.early_stopping_threshold", t.early_stopping_threshold.to_string(), "must be ≥ 0")?;
         check(!t.load_best_model_at_end || t.eval_strategy != IntervalStrategy::No,
             "training.load_best_model_at_end", "true".into(),
             "needs evaluation during training: set eval_strategy to steps or epoch (and metric_for_best_model)")?;

@@ -25,6 +25,7 @@ mod export;
 mod fusion;
 mod index;
 mod metrics;
+mod mteb_tasks;
 mod results;
 mod run;
 mod sparse;
@@ -42,6 +43,7 @@ pub use export::{
     opensearch_mapping, quantize, write_anserini, write_opensearch_bulk, write_qdrant_points,
 };
 pub use fusion::{fuse, Fusion};
+pub use mteb_tasks::{mteb_task, resolve_mteb_task, task_languages, MtebTask, MTEB_TASKS};
 pub use index::{vocab_fingerprint, Hit, InvertedIndex, VocabInfo};
 pub use metrics::{
     avg_flops, compute_metrics, count_vector, most_active, ActiveDims, Metrics, MetricsConfig,

@@ -32,4 +32,8 @@ pub struct TrainerState {
     /// schedule stands at `global_step - skipped_steps`. Absent (0) in checkpoints written before.
     #[serde(default)]
     pub skipped_steps: u64,
+    /// Evaluations in a row without an improvement beyond `early_stopping_threshold` (transformers'
+    /// `EarlyStoppingCallback.early_stopping_patience_counter`), so a resumed run keeps counting.
+    #[serde(default)]
+    pub early_stopping_patience_counter: usize,
 }

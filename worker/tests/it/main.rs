@@ -6,6 +6,7 @@ mod architectures;
 mod cli_errors;
 mod cluster;
 mod csr;
+mod dev_eval;
 mod eval_parity;
 mod gptbert;
 mod lean_head;
