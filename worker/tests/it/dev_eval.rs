@@ -130,16 +130,31 @@ fn ours(es: EarlyStopping, greater: bool, values: &[Option<f64>]) -> (Vec<usize>
     (counters, None)
 }
 
-fn reference(metric: &str, greater: bool, es: EarlyStopping, values: &[Option<f64>]) -> (Vec<usize>, Option<usize>) {
+/// One early-stopping case: metric name, greater_is_better, the rule, the values of each evaluation.
+type Case<'a> = (&'a str, bool, EarlyStopping, &'a [Option<f64>]);
+
+/// transformers' callback over each case (one Python process): the counters and the stopping evaluation.
+fn reference(cases: &[Case]) -> Vec<(Vec<usize>, Option<usize>)> {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("es.json");
-    let body = serde_json::json!({
-        "metric": metric, "greater_is_better": greater, "patience": es.patience, "threshold": es.threshold, "values": values,
-    });
-    std::fs::write(&spec, body.to_string()).unwrap();
+    let body: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|(metric, greater, es, values)| {
+            serde_json::json!({
+                "metric": metric, "greater_is_better": greater, "patience": es.patience, "threshold": es.threshold, "values": values,
+            })
+        })
+        .collect();
+    std::fs::write(&spec, serde_json::Value::from(body).to_string()).unwrap();
     let r = python_json("early_stopping_reference.py", &[spec.to_str().unwrap()]);
-    let counters = r["counters"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap() as usize).collect();
-    (counters, r["stop_at"].as_u64().map(|s| s as usize))
+    r.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let counters = r["counters"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap() as usize).collect();
+            (counters, r["stop_at"].as_u64().map(|s| s as usize))
+        })
+        .collect()
 }
 
 #[test]
@@ -147,16 +162,16 @@ fn early_stopping_counts_as_transformers_callback() {
     // Improvements below and above the threshold, ties, a missing metric, both directions.
     let losses = [Some(1.0), Some(0.995), Some(0.98), Some(0.98), None, Some(0.99), Some(0.5), Some(0.7)];
     let scores = [Some(0.30), Some(0.31), Some(0.35), Some(0.3501), Some(0.36), Some(0.20), Some(0.40), Some(0.39), Some(0.38)];
-    let cases: Vec<(&str, bool, EarlyStopping, &[Option<f64>])> = vec![
+    let cases: Vec<Case> = vec![
         ("eval_loss", false, EarlyStopping { patience: 2, threshold: 0.01 }, &losses),
         ("eval_loss", false, EarlyStopping { patience: 3, threshold: 0.0 }, &losses),
         ("eval_NanoBEIR_mean_dot_ndcg@10", true, EarlyStopping { patience: 2, threshold: 0.001 }, &scores),
         ("eval_NanoBEIR_mean_dot_ndcg@10", true, EarlyStopping { patience: 1, threshold: 0.0 }, &scores),
         ("loss", false, EarlyStopping { patience: 1, threshold: 0.0 }, &losses),
     ];
-    for (metric, greater, es, values) in cases {
-        let want = reference(metric, greater, es, values);
-        assert_eq!(ours(es, greater, values), want, "{metric} greater={greater} {es:?} over {values:?}");
+    let want = reference(&cases);
+    for ((metric, greater, es, values), want) in cases.iter().zip(want) {
+        assert_eq!(ours(*es, *greater, values), want, "{metric} greater={greater} {es:?} over {values:?}");
     }
 }
 
@@ -246,7 +261,7 @@ fn train_early_stopping_stops_where_transformers_callback_does() {
     let err = String::from_utf8_lossy(&out.stderr);
     let losses: Vec<(u64, f64)> = fx.jsonl()["eval_loss"].clone();
     let values: Vec<Option<f64>> = losses.iter().map(|p| Some(p.1)).collect();
-    let (_, want) = reference("eval_loss", false, EarlyStopping { patience: 2, threshold: 0.05 }, &values);
+    let (_, want) = reference(&[("eval_loss", false, EarlyStopping { patience: 2, threshold: 0.05 }, &values)]).remove(0);
     let stop_index = want.expect("transformers stops within the evaluations we logged");
     let stop_step = losses[stop_index].0;
     assert_eq!(losses.last().unwrap().0, stop_step, "our last evaluation is where transformers stops: {losses:?}");
