@@ -6,6 +6,7 @@
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod hub;
 pub mod obs;
 pub mod runtime;
 pub mod store;

@@ -62,7 +62,7 @@ pub async fn check_datasets(
 ) -> Result<Vec<(String, usize)>, ConfigError> {
     let mut found = Vec::new();
     for (name, spec) in cfg.datasets.enabled() {
-        let files = splade_common::data::list_source_files(name, &spec.source, options)
+        let files = splade_common::data::list_dataset_files(name, spec, options)
             .await
             .map_err(|source| ConfigError::Dataset { path: cfg.origin.clone(), source })?;
         found.push((name.to_string(), files.len()));

@@ -26,6 +26,18 @@ use crate::store::{StoreError, StoreOptions};
 pub use index::{DataPlan, DataPlanRef, IndexedFile, RangedReader, RecordIndex, RecordLoc};
 pub use plan::{slice_for_rank, BatchPlan, PlanDataset, PlanSpec, PlanStop, PlannedBatch};
 
+/// The commit a Hub dataset source resolved to: recorded in checkpoints so a resume reads the same data
+/// ([`DatasetSpec::pin_hub_commit`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HubPin {
+    /// `owner/name`.
+    pub repo_id: String,
+    /// The revision the source asked for (`main` by default; `refs/convert/parquet` for a converted dataset).
+    pub revision: String,
+    /// The commit the files were read from.
+    pub commit: String,
+}
+
 /// One training record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
@@ -116,6 +128,15 @@ pub enum DataError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A Hugging Face Hub dataset could not be resolved or downloaded.
+    #[error("dataset `{dataset}`: {source}")]
+    Hub {
+        /// Dataset name.
+        dataset: String,
+        /// What failed, with the fix.
+        #[source]
+        source: crate::hub::HubError,
+    },
     /// A data-plan artifact (see [`index::DataPlan`]) that cannot be used.
     #[error("data plan `{location}`: {problem}")]
     PlanArtifact {
@@ -249,6 +270,8 @@ pub struct LoadedDataset {
     pub locations: Vec<RecordLoc>,
     /// The files read, with their formats and sizes; [`RecordLoc::file`] indexes this.
     pub file_info: Vec<IndexedFile>,
+    /// For a Hub dataset: the commit its files come from.
+    pub hub: Option<HubPin>,
 }
 
 impl LoadedDataset {
@@ -345,7 +368,13 @@ fn format_of(dataset: &str, file: &str, configured: Option<DataFormat>) -> Resul
 /// Errors: [`DataError::NotFound`] naming the dataset, its source and the config key when it matches no
 /// file; a store error naming the location when the store cannot be listed (missing bucket, credentials).
 pub async fn list_source_files(name: &str, source: &str, options: &StoreOptions) -> Result<Vec<String>, DataError> {
-    Ok(source::resolve(name, source, options).await?.iter().map(|f| f.display()).collect())
+    Ok(source::resolve(name, source, None, None, options).await?.files.iter().map(|f| f.display()).collect())
+}
+
+/// [`list_source_files`] for a dataset block: a Hub source lists the files of its `config` / `split`.
+pub async fn list_dataset_files(name: &str, spec: &DatasetSpec, options: &StoreOptions) -> Result<Vec<String>, DataError> {
+    let r = source::resolve(name, &spec.source, spec.config.as_deref(), spec.split.as_deref(), options).await?;
+    Ok(r.files.iter().map(|f| f.display()).collect())
 }
 
 /// Reads dataset `name` as `spec` describes (sources, format, columns, `max_samples`, `on_bad_record`).
@@ -353,7 +382,8 @@ pub async fn list_source_files(name: &str, source: &str, options: &StoreOptions)
 pub async fn load_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions) -> Result<LoadedDataset, DataError> {
     let columns =
         ColumnMap::from_config(&spec.columns).map_err(|problem| DataError::Columns { dataset: name.into(), problem })?;
-    let files = source::resolve(name, &spec.source, options).await?;
+    let resolved = source::resolve(name, &spec.source, spec.config.as_deref(), spec.split.as_deref(), options).await?;
+    let files = resolved.files;
     let mut sink = Collector::new(name, spec.on_bad_record, spec.max_samples);
     let mut names = Vec::new();
     let mut file_info = Vec::new();
@@ -388,6 +418,7 @@ pub async fn load_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions
         bad_records: sink.bad,
         locations: sink.locs,
         file_info,
+        hub: resolved.hub,
     })
 }
 
@@ -407,6 +438,8 @@ pub struct SplitDataset {
     pub bad_records: usize,
     /// Where each training row lives, in [`SplitDataset::train`] order (see [`RecordIndex`]).
     pub index: RecordIndex,
+    /// For a Hub dataset: the commit its files come from.
+    pub hub: Option<HubPin>,
 }
 
 /// Loads and splits `datasets` (name and spec; the config's enabled ones in config order), in the order given,
@@ -423,7 +456,15 @@ pub async fn load_training_data<'a>(
         let pick = |ids: &[usize]| ids.iter().map(|&i| loaded.examples[i].clone()).collect::<Vec<_>>();
         let (train, eval) = (pick(&train_ids), pick(&eval_ids));
         let index = RecordIndex::new(name, spec, &loaded, &train_ids);
-        out.push(SplitDataset { name: name.to_string(), train, eval, train_ids, bad_records: loaded.bad_records, index });
+        out.push(SplitDataset {
+            name: name.to_string(),
+            train,
+            eval,
+            train_ids,
+            bad_records: loaded.bad_records,
+            index,
+            hub: loaded.hub.clone(),
+        });
     }
     Ok(out)
 }

@@ -1,4 +1,5 @@
-//! Turns a dataset `source` (path, glob, directory, URL, URL with a glob in its key) into a sorted list of files.
+//! Turns a dataset `source` (path, glob, directory, URL, URL with a glob in its key, Hugging Face Hub dataset) into a
+//! sorted list of files.
 
 use std::path::PathBuf;
 
@@ -6,7 +7,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path as ObjPath;
 
-use super::DataError;
+use super::{DataError, HubPin};
 use crate::store::{is_url, Location, StoreError, StoreOptions};
 
 /// One file of a dataset.
@@ -49,9 +50,84 @@ fn is_data_file(name: &str) -> bool {
     [".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".parquet", ".pq"].iter().any(|e| l.ends_with(e))
 }
 
+/// What a source resolved to: its files and, for a Hub dataset, the commit they come from.
+pub(crate) struct Resolved {
+    pub files: Vec<SourceFile>,
+    pub hub: Option<HubPin>,
+}
+
+/// The Hub dataset a source names, if it names one: `hf://datasets/...` always, a bare `owner/name[@rev]` only
+/// when no local path of that name exists.
+fn hub_source(source: &str) -> Option<(String, Option<String>, Option<String>)> {
+    if !source.starts_with("hf://") && std::path::Path::new(source).exists() {
+        return None;
+    }
+    crate::hub::parse_dataset_source_path(source)
+}
+
+/// The files of a Hub dataset source: `path` inside the repo (a file, folder or glob) when given, else the files
+/// of (`config`, `split`) as `datasets` resolves them ([`crate::hub::HubRepo::split_files`]).
+fn resolve_hub(
+    dataset: &str,
+    (repo_id, revision, path): (String, Option<String>, Option<String>),
+    config: Option<&str>,
+    split: Option<&str>,
+) -> Result<Resolved, DataError> {
+    let hub_err = |source| DataError::Hub { dataset: dataset.into(), source };
+    let repo = crate::hub::Hub::from_env().dataset(&repo_id, revision.as_deref()).map_err(hub_err)?;
+    let (repo, names) = match path {
+        Some(p) => {
+            let p = p.trim_end_matches('/');
+            let pattern = glob::Pattern::new(p).map_err(|e| DataError::Columns {
+                dataset: dataset.into(),
+                problem: format!("the path `{p}` in the source is not a valid glob ({e}); fix `datasets.{dataset}.source`"),
+            })?;
+            let opts = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: true };
+            let under = format!("{p}/");
+            let names: Vec<String> = repo
+                .files()
+                .iter()
+                .filter(|f| pattern.matches_with(f, opts) || (f.starts_with(&under) && is_data_file(f)))
+                .cloned()
+                .collect();
+            if names.is_empty() {
+                return Err(DataError::Hub {
+                    dataset: dataset.into(),
+                    source: crate::hub::HubError::NoDataFiles {
+                        repo_id: repo_id.clone(),
+                        commit: repo.commit.clone(),
+                        problem: format!("no file matches `{p}`; fix the path in `datasets.{dataset}.source`"),
+                    },
+                });
+            }
+            (repo, names)
+        }
+        None => repo.resolved_split(config, split.unwrap_or("train")).map_err(hub_err)?,
+    };
+    let mut files = Vec::new();
+    for n in &names {
+        files.push(SourceFile::Local(repo.get(n).map_err(hub_err)?));
+    }
+    tracing::info!(dataset, repo_id = repo.repo_id, revision = repo.revision, commit = repo.commit, files = names.len(), "Hub dataset resolved");
+    Ok(Resolved { files, hub: Some(HubPin { repo_id: repo.repo_id.clone(), revision: repo.revision.clone(), commit: repo.commit.clone() }) })
+}
+
 /// The files of `source`, sorted by path. A directory (or key prefix) means its data files; a glob may appear in
-/// a local path or in an object key.
-pub(crate) async fn resolve(dataset: &str, source: &str, options: &StoreOptions) -> Result<Vec<SourceFile>, DataError> {
+/// a local path or in an object key; a Hub dataset means the files of (`config`, `split`).
+pub(crate) async fn resolve(
+    dataset: &str,
+    source: &str,
+    config: Option<&str>,
+    split: Option<&str>,
+    options: &StoreOptions,
+) -> Result<Resolved, DataError> {
+    if let Some(hub) = hub_source(source) {
+        return resolve_hub(dataset, hub, config, split);
+    }
+    Ok(Resolved { files: resolve_files(dataset, source, options).await?, hub: None })
+}
+
+async fn resolve_files(dataset: &str, source: &str, options: &StoreOptions) -> Result<Vec<SourceFile>, DataError> {
     let not_found = || DataError::NotFound { dataset: dataset.into(), source_path: source.into() };
     let local_path = if let Some(rest) = source.strip_prefix("file://") {
         Some(rest.to_string())

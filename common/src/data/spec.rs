@@ -32,9 +32,16 @@ pub struct DatasetSpec {
     /// Default true.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Local path or glob, `file://`, `s3://`, `gs://`, `az://` URL (globs allowed in the key), or
-    /// `hf://datasets/...`. Required.
+    /// Local path or glob, `file://`, `s3://`, `gs://`, `az://` URL (globs allowed in the key), or a Hugging
+    /// Face Hub dataset: `owner/name[@revision]` or `hf://datasets/owner/name[@revision][/path]` (a local path of
+    /// that name wins). Required.
     pub source: String,
+    /// Hub datasets: the config (`datasets.load_dataset`'s `name`); default: the repo's default config.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// Hub datasets: the split whose files are read; default `train`.
+    #[serde(default)]
+    pub split: Option<String>,
     /// Default: from the file extension (`.jsonl`, `.jsonl.gz`, `.parquet`).
     #[serde(default)]
     pub format: Option<DataFormat>,
@@ -52,6 +59,27 @@ pub struct DatasetSpec {
     /// `error` (default) or `skip` (skip and count bad records).
     #[serde(default)]
     pub on_bad_record: OnBadRecord,
+}
+
+impl DatasetSpec {
+    /// Pins a Hub source to `commit` (what a resume does with the commit a checkpoint recorded):
+    /// `hf://datasets/owner/name@<commit>[/path]`. Returns false (and changes nothing) for a source that does not
+    /// name the Hub.
+    pub fn pin_hub_commit(&mut self, commit: &str) -> bool {
+        if !self.source.starts_with("hf://") && std::path::Path::new(&self.source).exists() {
+            return false;
+        }
+        match crate::hub::parse_dataset_source_path(&self.source) {
+            Some((repo, _, path)) => {
+                self.source = match path {
+                    Some(p) => format!("hf://datasets/{repo}@{commit}/{p}"),
+                    None => format!("hf://datasets/{repo}@{commit}"),
+                };
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 fn yes() -> bool {

@@ -14,6 +14,8 @@ pub(crate) fn spec(source: &str) -> DatasetSpec {
     DatasetSpec {
         enabled: true,
         source: source.into(),
+        config: None,
+        split: None,
         format: None,
         columns: IndexMap::new(),
         split_ratio: 0.0,
@@ -221,7 +223,7 @@ fn split_is_deterministic_disjoint_and_sized() {
     let examples: Vec<Example> = (0..100)
         .map(|i| Example { anchor: format!("q{i}"), positive: format!("p{i}"), negatives: vec![], label: None })
         .collect();
-    let d = LoadedDataset { name: "d".into(), files: vec![], examples, bad_records: 0, locations: vec![], file_info: vec![] };
+    let d = LoadedDataset { name: "d".into(), files: vec![], examples, bad_records: 0, locations: vec![], file_info: vec![], hub: None };
     let (train, eval) = d.split(0.1, 42);
     assert_eq!((train.len(), eval.len()), (90, 10));
     let (train2, eval2) = d.split(0.1, 42);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::store::StoreOptions;
 
+pub mod hub;
 pub mod promql;
 pub mod tools;
 
