@@ -18,6 +18,8 @@
 #![allow(clippy::result_large_err)]
 
 mod error;
+pub mod check;
+pub mod mteb;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -29,20 +31,29 @@ use serde::{Deserialize, Serialize};
 pub use error::ConfigError;
 pub use crate::data::spec::{BatchSamplerKind, DataFormat, DatasetSpec, OnBadRecord, SamplingStrategy};
 
-/// Keys the project parses but does not act on yet. The trainer reports each one set in the file at start-up
-/// (see [`Config::inactive_keys`]); remove a key from this list when a component starts honouring it.
-pub const INACTIVE_KEYS: &[&str] = &[
-    "training.dataloader_num_workers",
-    "training.push_to_hub",
-    "training.hub_model_id",
-    "training.hub_strategy",
-    "training.hub_private_repo",
-    "training.torch_compile",
-    "hardware.gradient_checkpointing",
-    "hardware.tf32",
-    "evaluation.nanobeir_datasets",
-    "evaluation.mteb_tasks",
+/// Keys the project parses but does not act on, each with the reason. The trainer reports each one set in the
+/// file at start-up (see [`Config::inactive_keys`]); remove a key from this list when a component starts
+/// honouring it.
+pub const INACTIVE_KEYS: &[(&str, &str)] = &[
+    ("training.dataloader_num_workers", "rows are read by the data path and the next step is tokenized on one background thread; there are no loader worker processes to size"),
+    ("training.dataloader_prefetch_factor", "the tokenizer thread works one step ahead of training; the depth is not configurable"),
+    ("training.push_to_hub", HUB_REASON),
+    ("training.hub_model_id", HUB_REASON),
+    ("training.hub_strategy", HUB_REASON),
+    ("training.hub_private_repo", HUB_REASON),
+    ("training.torch_compile", "libtorch runs eager kernels from Rust; torch.compile is a Python-side graph compiler"),
+    ("training.early_stopping_patience", "early stopping is not wired into the training loop yet"),
+    ("training.early_stopping_threshold", "early stopping is not wired into the training loop yet"),
+    ("hardware.gradient_checkpointing", "not needed here: the lean max-pooled head never builds the [batch, length, vocabulary] logits, and `document_windows` bounds the sequence length; those are this project's answer to activation memory"),
+    ("hardware.tf32", "libtorch's TF32 defaults apply (cuDNN convolutions on, cuBLAS matmuls off); NVIDIA_TF32_OVERRIDE=0 turns it off everywhere"),
+    ("evaluation.evaluator", "evaluation by name (NanoBEIR from the Hub) is not wired in yet; use evaluation.tasks"),
+    ("evaluation.nanobeir_datasets", "evaluation by name (NanoBEIR from the Hub) is not wired in yet; use evaluation.tasks"),
+    ("evaluation.mteb_tasks", "the names are checked and mapped to MTEB task names, but evaluation by name is not wired in yet; use evaluation.tasks"),
 ];
+
+const HUB_REASON: &str =
+    "no Hub uploads from the trainer: upload `output_dir/final` (a sentence-transformers folder) with `huggingface-cli upload`";
+
 
 /// A parsed, not yet validated config. Call [`Config::validate`] before acting on it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -68,12 +79,19 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Splitting long documents into overlapping windows; absent means no windowing.
     pub document_windows: Option<DocumentWindowsConfig>,
+    /// sentence-transformers' Router settings (inference-free SPLADE): column routes and per-parameter
+    /// learning rates.
+    pub router: RouterConfig,
     /// Where the config came from (a path, or the name given to [`Config::from_str`]); used in errors.
     #[serde(skip)]
     pub origin: String,
     /// Every dotted key written in the file, with its line and whether its value is "off".
     #[serde(skip)]
     written: BTreeMap<String, Written>,
+    /// The `--set key=value` arguments applied on top of the file, in order; errors about their values name
+    /// them instead of a line.
+    #[serde(skip)]
+    sets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -247,8 +265,18 @@ pub struct TrainingConfig {
     /// `true` (latest checkpoint in `output_dir`), a checkpoint path, or unset/false.
     #[serde(deserialize_with = "resume_opt")]
     pub resume_from_checkpoint: Option<ResumeFrom>,
-    /// Inactive. Default 0.
+    /// Inactive (see [`INACTIVE_KEYS`]). Default 0.
     pub dataloader_num_workers: usize,
+    /// Batches reach CUDA through pinned (page-locked) host memory with non-blocking copies; default true
+    /// (Hugging Face `TrainingArguments`). No effect on CPU and MPS.
+    pub dataloader_pin_memory: Option<bool>,
+    /// Inactive (see [`INACTIVE_KEYS`]).
+    pub dataloader_prefetch_factor: Option<usize>,
+    /// Stop after this many evaluations without improvement of `metric_for_best_model`
+    /// (transformers' `EarlyStoppingCallback`); unset: no early stopping.
+    pub early_stopping_patience: Option<u64>,
+    /// The improvement that counts (`EarlyStoppingCallback`'s `early_stopping_threshold`); default 0.
+    pub early_stopping_threshold: f64,
     /// Inactive. Default false.
     pub push_to_hub: bool,
     /// Inactive.
@@ -300,6 +328,10 @@ impl Default for TrainingConfig {
             seed: 42,
             resume_from_checkpoint: None,
             dataloader_num_workers: 0,
+            dataloader_pin_memory: None,
+            dataloader_prefetch_factor: None,
+            early_stopping_patience: None,
+            early_stopping_threshold: 0.0,
             push_to_hub: false,
             hub_model_id: None,
             hub_strategy: "every_save".into(),
@@ -566,10 +598,22 @@ pub struct EvaluationConfig {
     /// How many decoded query/document expansions to log per evaluation (`true` = 3); default 0.
     #[serde(deserialize_with = "count_or_bool")]
     pub log_decoded_samples: usize,
-    /// Inactive.
+    /// `sparse_nanobeir`: evaluate on NanoBEIR (`nanobeir_datasets`) as sentence-transformers'
+    /// `SparseNanoBEIREvaluator`. Inactive (see [`INACTIVE_KEYS`]).
+    pub evaluator: Option<EvaluatorKind>,
+    /// NanoBEIR dataset names (`msmarco`, `nfcorpus`, ...). Inactive.
     pub nanobeir_datasets: Vec<String>,
-    /// Inactive.
+    /// MTEB retrieval tasks by MTEB name or the seed's short name (`NorQuAD` → `NorQuadRetrieval`; see
+    /// [`mteb::resolve_task`]); an unknown name is an error listing the close ones.
     pub mteb_tasks: Vec<String>,
+}
+
+/// `evaluation.evaluator`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvaluatorKind {
+    /// sentence-transformers' `SparseNanoBEIREvaluator`.
+    SparseNanobeir,
 }
 
 impl Default for EvaluationConfig {
@@ -578,6 +622,7 @@ impl Default for EvaluationConfig {
             tasks: Vec::new(),
             track_sparsity: true,
             log_decoded_samples: 0,
+            evaluator: None,
             nanobeir_datasets: Vec::new(),
             mteb_tasks: Vec::new(),
         }
@@ -648,6 +693,8 @@ pub struct ModelCardConfig {
     pub model_name: Option<String>,
     /// Dataset ids or names shown on the card.
     pub datasets_used: Vec<String>,
+    /// The card's `library_name`; default `sentence-transformers` (the only library that loads the folder).
+    pub library_name: Option<String>,
 }
 
 /// `hardware:`
@@ -660,8 +707,40 @@ pub struct HardwareConfig {
     pub num_threads: Option<usize>,
     /// Recompute activations in the backward pass; default false.
     pub gradient_checkpointing: bool,
-    /// Allow TF32 matmuls on Ampere+; default: libtorch's choice.
+    /// Allow TF32 matmuls on Ampere+; default: libtorch's choice. Inactive (see [`INACTIVE_KEYS`]).
     pub tf32: Option<bool>,
+    /// The seed's `torchrun` switch. Here multi-process training is the cluster commands
+    /// (`splade-coordinator --config F` and one `splade-worker --join` per process); `splade train` says so
+    /// at start-up when this is true or `world_size` is above 1, and trains on one process.
+    pub distributed: bool,
+    /// Processes of a `torchrun` job; see `distributed`.
+    pub world_size: Option<usize>,
+}
+
+/// `router:` — sentence-transformers' Router settings, used with `model.use_router: true` (as the seed's
+/// script does; otherwise ignored with a notice).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Dataset column → route (`query` or `document`), sentence-transformers' `router_mapping`. The data path
+    /// sends `anchor` through the query route and every other text column through the document route; a
+    /// mapping that says otherwise is refused. Default that same mapping.
+    pub mapping: IndexMap<String, Route>,
+    /// Regex over sentence-transformers' parameter names (`0.sub_modules.query.0.weight`) → learning rate,
+    /// as `learning_rate_mapping`: a parameter takes the rate of the last pattern (in file order) that
+    /// `re.search`es its name; the others keep `training.learning_rate` (see
+    /// [`Config::learning_rate_pattern_of`]).
+    pub learning_rate_patterns: IndexMap<String, f64>,
+}
+
+/// A Router route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// The query route (the static embedding in inference-free SPLADE).
+    Query,
+    /// The document route (the MLM encoder).
+    Document,
 }
 
 /// `hardware.device`
@@ -804,54 +883,250 @@ impl Config {
         }
     }
 
-    /// Reads and parses a YAML config. Errors name the path.
+    /// The step intervals of a run of `total` steps, as Hugging Face's Trainer resolves them: a value below 1 is
+    /// a fraction of `total` (rounded up), `eval_steps` defaults to `logging_steps`; 0 means "never" for saves
+    /// and evaluations by step.
+    pub fn intervals(&self, total: u64) -> Intervals {
+        let t = &self.training;
+        Intervals {
+            log_every: interval_steps(t.logging_steps, total).max(1),
+            save_every: match t.save_strategy {
+                SaveStrategy::Steps => interval_steps(t.save_steps, total),
+                _ => 0,
+            },
+            eval_every: match t.eval_strategy {
+                IntervalStrategy::Steps => interval_steps(t.eval_steps.unwrap_or(t.logging_steps), total).max(1),
+                _ => 0,
+            },
+        }
+    }
+
+    /// Why `load_best_model_at_end` cannot work with these intervals (transformers' rule: every saved checkpoint
+    /// must have been evaluated), or `None`.
+    pub fn best_model_schedule_problem(&self, save_every: u64, eval_every: u64) -> Option<String> {
+        let t = &self.training;
+        if !t.load_best_model_at_end {
+            return None;
+        }
+        let why = match (t.save_strategy, t.eval_strategy) {
+            (SaveStrategy::Best, _) | (SaveStrategy::Epoch, IntervalStrategy::Epoch) => return None,
+            (SaveStrategy::Steps, IntervalStrategy::Steps) => {
+                if eval_every != 0 && save_every % eval_every == 0 {
+                    return None;
+                }
+                format!(
+                    "needs save_steps ({save_every}) to be a multiple of eval_steps ({eval_every}) so each saved checkpoint was evaluated; fix save_steps or eval_steps"
+                )
+            }
+            (s, e) => format!(
+                "needs save_strategy to match eval_strategy (save_strategy {s:?}, eval_strategy {e:?}); set both to steps or both to epoch, or save_strategy: best"
+            ),
+        };
+        Some(format!("{}: `training.load_best_model_at_end: true` {why}", self.locate("training.load_best_model_at_end")))
+    }
+
+    /// Reads and parses a YAML config. Errors name the path; every problem of the file is reported at once
+    /// ([`ConfigError::Many`] when there are several).
     pub fn from_path(path: &Path) -> Result<Config, ConfigError> {
+        Self::from_path_with(path, &[])
+    }
+
+    /// [`Config::from_path`] with `--set key=value` overrides applied to the YAML tree before it is read (see
+    /// [`Config::parse_all`]).
+    pub fn from_path_with(path: &Path, sets: &[String]) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Self::from_str(&text, &path.display().to_string())
+        Self::from_str_with(&text, &path.display().to_string(), sets)
     }
 
     /// Parses YAML text; `origin` names it in errors (a path, or e.g. `<inline>`).
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let root = yaml::parse(text, origin)?;
+        Self::from_str_with(text, origin, &[])
+    }
+
+    /// [`Config::from_str`] with `--set` overrides.
+    pub fn from_str_with(text: &str, origin: &str, sets: &[String]) -> Result<Config, ConfigError> {
+        let (config, errors) = Self::parse_all(text, origin, sets);
+        match ConfigError::from_list(origin, errors) {
+            Some(e) => Err(e),
+            None => Ok(config.expect("a config when there is no error")),
+        }
+    }
+
+    /// Parses YAML text and reports every problem: syntax, unknown keys, wrong types and values, in document
+    /// order. `sets` are `--set key=value` arguments (dotted keys; the value read as YAML, so typed as the
+    /// same text in the file would be) applied to the tree before it is read, so they meet the same checks;
+    /// errors about them name the argument instead of a line. Returns the config read from what was valid
+    /// (a bad key's default applies; `None` when the text is no YAML mapping) and the problems.
+    pub fn parse_all(text: &str, origin: &str, sets: &[String]) -> (Option<Config>, Vec<ConfigError>) {
+        let mut root = match yaml::parse(text, origin) {
+            Ok(root) => root,
+            Err(e) => return (None, vec![e]),
+        };
         if !matches!(root.kind, yaml::NodeKind::Map(_)) && !root.is_null() {
-            return Err(ConfigError::Other {
+            let e = ConfigError::Other {
                 file: origin.to_string(),
                 line: root.line,
                 key: "(top level)".into(),
                 message: format!("the config is `{}` but must be a mapping of sections (model:, training:, ...)", root.describe()),
-            });
+            };
+            return (None, vec![e]);
         }
-        let mut config: Config = yaml::from_node(&root, origin)?;
-        config.origin = origin.to_string();
-        collect_written(&root, "", 0, &mut config.written);
-        Ok(config)
+        let mut errors = Vec::new();
+        for (i, arg) in sets.iter().enumerate() {
+            if let Err(message) = yaml::apply_set(&mut root, i, arg) {
+                let key = arg.split('=').next().unwrap_or_default().trim().to_string();
+                errors.push(ConfigError::Other { file: format!("--set {arg}"), line: 0, key, message });
+            }
+        }
+        let (config, more) = yaml::from_node_all::<Config>(&root, origin, 200);
+        errors.extend(more);
+        for e in &mut errors {
+            relocate_set(e, sets);
+        }
+        let config = config.map(|mut c| {
+            c.origin = origin.to_string();
+            c.sets = sets.to_vec();
+            collect_written(&root, "", 0, &mut c.written);
+            c
+        });
+        (config, errors)
     }
 
-    /// Keys written in the file that are parsed but not acted on yet (see [`INACTIVE_KEYS`]), skipping those
-    /// set to "off" (false, null, empty). Dotted names, in [`INACTIVE_KEYS`] order.
-    pub fn inactive_keys(&self) -> Vec<String> {
+    /// Keys written in the file that are parsed but not acted on (see [`INACTIVE_KEYS`]), skipping those
+    /// set to "off" (false, null, empty): dotted names with the reason, in [`INACTIVE_KEYS`] order.
+    pub fn inactive_keys(&self) -> Vec<(String, &'static str)> {
         INACTIVE_KEYS
             .iter()
-            .filter(|k| self.written.get(**k).is_some_and(|w| !w.off))
-            .map(|k| k.to_string())
+            .filter(|(k, _)| self.written.get(*k).is_some_and(|w| !w.off))
+            .map(|(k, why)| (k.to_string(), *why))
             .collect()
     }
 
+    /// What a run of this config says at start-up, one line each, located: every key set but not acted on
+    /// with the reason ([`INACTIVE_KEYS`]), how the cluster commands do what `hardware.distributed` /
+    /// `world_size` asked `torchrun` for, a `router:` section ignored without `model.use_router: true` (as the
+    /// seed's script ignores it), and each seed short name in `evaluation.mteb_tasks` with its MTEB name.
+    pub fn startup_notes(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .inactive_keys()
+            .into_iter()
+            .map(|(k, why)| format!("{}: `{k}` is parsed but not acted on: {why}", self.locate(&k)))
+            .collect();
+        let h = &self.hardware;
+        let world = h.world_size.unwrap_or(1);
+        if h.distributed || world > 1 {
+            let key = if h.distributed { "hardware.distributed" } else { "hardware.world_size" };
+            out.push(format!(
+                "{}: `{key}`: this command trains on one process; for {} data-parallel processes run \
+                 `splade-coordinator --config {}` (cluster.min_workers/max_workers: {world}) and one \
+                 `splade-worker --join HOST:PORT` per process (per GPU)",
+                self.locate(key),
+                if world > 1 { world.to_string() } else { "N".into() },
+                self.origin,
+            ));
+        }
+        if !self.model.use_router
+            && (!self.router.mapping.is_empty() || !self.router.learning_rate_patterns.is_empty())
+        {
+            out.push(format!(
+                "{}: `router` is ignored because model.use_router is not true (as the seed's script does); \
+                 every parameter trains at training.learning_rate",
+                self.locate("router")
+            ));
+        }
+        for name in &self.evaluation.mteb_tasks {
+            if let Ok(r) = mteb::resolve_task(name) {
+                if r.from_short_name {
+                    out.push(format!(
+                        "{}: evaluation.mteb_tasks: `{name}` is the MTEB task `{}`",
+                        self.locate("evaluation.mteb_tasks"),
+                        r.task.name
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Which `router.learning_rate_patterns` entry sets the learning rate of each parameter, given the
+    /// parameters' names as sentence-transformers' trainer sees them (the loss module's `named_parameters()`,
+    /// e.g. `model.0.sub_modules.query.0.weight`), as its `create_optimizer` applies `learning_rate_mapping`:
+    /// patterns are applied in file order, each taking every parameter it `re.search`es out of the groups made
+    /// so far, so the last matching pattern wins; `None` keeps `training.learning_rate`. Only with
+    /// `model.use_router: true` (the seed's script passes the patterns only then; otherwise all `None`). A
+    /// pattern that matches no parameter is an error, as in sentence-transformers.
+    pub fn learning_rate_pattern_of(&self, st_names: &[String]) -> Result<Vec<Option<(usize, f64)>>, ConfigError> {
+        let mut out = vec![None; st_names.len()];
+        if !self.model.use_router {
+            return Ok(out);
+        }
+        let mut problems = Vec::new();
+        for (i, (pattern, lr)) in self.router.learning_rate_patterns.iter().enumerate() {
+            let Ok(re) = regex::Regex::new(pattern) else { continue }; // reported by validate()
+            let mut any = false;
+            for (slot, name) in out.iter_mut().zip(st_names) {
+                if re.is_match(name) {
+                    *slot = Some((i, *lr));
+                    any = true;
+                }
+            }
+            if !any {
+                let mut sample: Vec<&str> = st_names.iter().map(String::as_str).take(3).collect();
+                if let Some(q) = st_names.iter().find(|n| n.contains("query")) {
+                    sample.insert(0, q);
+                }
+                problems.push(self.invalid("router.learning_rate_patterns", pattern, &format!(
+                    "matches no parameter of the model (sentence-transformers refuses such a pattern too); parameter names look like {}",
+                    sample.join(", ")
+                )));
+            }
+        }
+        match ConfigError::from_list(&self.origin, problems) {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Whether a dotted key was written in the file (or given by `--set`).
+    pub fn is_written(&self, key: &str) -> bool {
+        self.written.contains_key(key)
+    }
+
+    /// Where a dotted key was written, for messages: `file:line`, `--set ARG` or the file alone.
+    pub fn locate(&self, key: &str) -> String {
+        match self.raw_line(key) {
+            Some(l) if l >= yaml::SET_LINE_BASE => match self.sets.get(l - yaml::SET_LINE_BASE) {
+                Some(arg) => format!("--set {arg}"),
+                None => self.origin.clone(),
+            },
+            Some(l) => format!("{}:{l}", self.origin),
+            None => self.origin.clone(),
+        }
+    }
+
     /// The line a dotted key was written on, if it was written in the file.
+    /// (`None` for keys given by `--set`: see [`Config::locate`].)
     pub fn line_of(&self, key: &str) -> Option<usize> {
+        self.raw_line(key).filter(|l| *l < yaml::SET_LINE_BASE)
+    }
+
+    fn raw_line(&self, key: &str) -> Option<usize> {
         self.written.get(key).map(|w| w.line)
     }
 
-    fn invalid(&self, key: &str, value: impl std::fmt::Display, fix: &str) -> ConfigError {
-        ConfigError::Invalid {
+    /// A broken rule about `key`, located where the key was written (file line or `--set`).
+    pub fn invalid(&self, key: &str, value: impl std::fmt::Display, fix: &str) -> ConfigError {
+        let mut e = ConfigError::Invalid {
             file: self.origin.clone(),
-            line: self.line_of(key),
+            line: self.raw_line(key),
             key: key.to_string(),
             value: value.to_string(),
             fix: fix.to_string(),
-        }
+        };
+        relocate_set(&mut e, &self.sets);
+        e
     }
 
     /// The CSR rules: `csr_loss` and `architecture: csr` go together, and the autoencoder sizes fit.
@@ -906,47 +1181,55 @@ impl Config {
         Ok(())
     }
 
-    /// Checks the rules serde cannot express. Returns the first broken rule, naming key, value and fix.
+    /// Checks the rules serde cannot express. Returns every broken rule ([`ConfigError::Many`] when there are
+    /// several), each naming key, value and fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match ConfigError::from_list(&self.origin, self.rule_problems()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every rule serde cannot express that this config breaks, in schema order.
+    pub fn rule_problems(&self) -> Vec<ConfigError> {
         let t = &self.training;
         let l = &self.loss;
-        let check = |ok: bool, key: &str, value: String, fix: &str| -> Result<(), ConfigError> {
-            if ok {
-                Ok(())
-            } else {
-                Err(self.invalid(key, value, fix))
+        let found = std::cell::RefCell::new(Vec::new());
+        let check = |ok: bool, key: &str, value: String, fix: &str| {
+            if !ok {
+                found.borrow_mut().push(self.invalid(key, value, fix));
             }
         };
         check(!self.model.base_model.trim().is_empty(), "model.base_model", "".into(),
-            "set it to a Hugging Face model id or a local model folder")?;
+            "set it to a Hugging Face model id or a local model folder");
         check(t.per_device_train_batch_size >= 1, "training.per_device_train_batch_size",
-            t.per_device_train_batch_size.to_string(), "must be at least 1")?;
+            t.per_device_train_batch_size.to_string(), "must be at least 1");
         check(t.per_device_eval_batch_size >= 1, "training.per_device_eval_batch_size",
-            t.per_device_eval_batch_size.to_string(), "must be at least 1")?;
+            t.per_device_eval_batch_size.to_string(), "must be at least 1");
         check(t.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps",
-            t.gradient_accumulation_steps.to_string(), "must be at least 1")?;
+            t.gradient_accumulation_steps.to_string(), "must be at least 1");
         check(t.max_steps == -1 || t.max_steps > 0, "training.max_steps", t.max_steps.to_string(),
-            "must be a positive step count, or -1 to train for num_train_epochs")?;
+            "must be a positive step count, or -1 to train for num_train_epochs");
         check(t.max_steps > 0 || (t.num_train_epochs.is_finite() && t.num_train_epochs > 0.0),
             "training.num_train_epochs", t.num_train_epochs.to_string(),
-            "must be positive when max_steps is not set")?;
+            "must be positive when max_steps is not set");
         check(t.learning_rate.is_finite() && t.learning_rate > 0.0, "training.learning_rate",
-            t.learning_rate.to_string(), "must be a positive number such as 2e-5")?;
+            t.learning_rate.to_string(), "must be a positive number such as 2e-5");
         if let Some(q) = t.query_learning_rate {
             check(q.is_finite() && q > 0.0, "training.query_learning_rate", q.to_string(),
-                "must be a positive number such as 1e-3")?;
+                "must be a positive number such as 1e-3");
         }
         check((0.0..=1.0).contains(&t.warmup_ratio), "training.warmup_ratio", t.warmup_ratio.to_string(),
-            "must be between 0 and 1")?;
-        check(t.weight_decay >= 0.0, "training.weight_decay", t.weight_decay.to_string(), "must be ≥ 0")?;
+            "must be between 0 and 1");
+        check(t.weight_decay >= 0.0, "training.weight_decay", t.weight_decay.to_string(), "must be ≥ 0");
         check(t.max_grad_norm >= 0.0, "training.max_grad_norm", t.max_grad_norm.to_string(),
-            "must be ≥ 0 (0 disables clipping)")?;
+            "must be ≥ 0 (0 disables clipping)");
         check(!(t.fp16 && t.bf16), "training.bf16", "true".into(),
-            "`training.fp16` is true as well; fp16 and bf16 autocast exclude each other, set one of them to false")?;
-        check(t.logging_steps > 0.0, "training.logging_steps", t.logging_steps.to_string(), "must be positive")?;
-        check(t.save_steps > 0.0, "training.save_steps", t.save_steps.to_string(), "must be positive")?;
+            "`training.fp16` is true as well; fp16 and bf16 autocast exclude each other, set one of them to false");
+        check(t.logging_steps > 0.0, "training.logging_steps", t.logging_steps.to_string(), "must be positive");
+        check(t.save_steps > 0.0, "training.save_steps", t.save_steps.to_string(), "must be positive");
         if let Some(e) = t.eval_steps {
-            check(e > 0.0, "training.eval_steps", e.to_string(), "must be positive")?;
+            check(e > 0.0, "training.eval_steps", e.to_string(), "must be positive");
         }
         for key in ["max_seq_length", "query_max_length", "document_max_length"] {
             let v = match key {
@@ -955,11 +1238,11 @@ impl Config {
                 _ => t.document_max_length,
             };
             if let Some(v) = v {
-                check(v >= 1, &format!("training.{key}"), v.to_string(), "must be at least 1 token")?;
+                check(v >= 1, &format!("training.{key}"), v.to_string(), "must be at least 1 token");
             }
         }
         if let Some(n) = t.save_total_limit {
-            check(n >= 1, "training.save_total_limit", n.to_string(), "must be at least 1, or left out")?;
+            check(n >= 1, "training.save_total_limit", n.to_string(), "must be at least 1, or left out");
         }
         if let Some(p) = t.early_stopping_patience {
             check(p >= 1, "training.early_stopping_patience", p.to_string(), "must be at least 1 evaluation, or left out")?;
@@ -972,73 +1255,122 @@ impl Config {
             "training.early_stopping_threshold", t.early_stopping_threshold.to_string(), "must be ≥ 0")?;
         check(!t.load_best_model_at_end || t.eval_strategy != IntervalStrategy::No,
             "training.load_best_model_at_end", "true".into(),
-            "needs evaluation during training: set eval_strategy to steps or epoch (and metric_for_best_model)")?;
+            "needs evaluation during training: set eval_strategy to steps or epoch (and metric_for_best_model)");
 
         check(l.query_regularizer_weight >= 0.0, "loss.query_regularizer_weight",
-            l.query_regularizer_weight.to_string(), "must be ≥ 0")?;
+            l.query_regularizer_weight.to_string(), "must be ≥ 0");
         check(l.document_regularizer_weight >= 0.0, "loss.document_regularizer_weight",
-            l.document_regularizer_weight.to_string(), "must be ≥ 0")?;
+            l.document_regularizer_weight.to_string(), "must be ≥ 0");
         check((0.0..=1.0).contains(&l.regularizer_warmup_ratio), "loss.regularizer_warmup_ratio",
-            l.regularizer_warmup_ratio.to_string(), "must be between 0 and 1")?;
-        check(l.scale > 0.0, "loss.scale", l.scale.to_string(), "must be positive")?;
-        check(l.temperature > 0.0, "loss.temperature", l.temperature.to_string(), "must be positive")?;
-        self.validate_csr()?;
+            l.regularizer_warmup_ratio.to_string(), "must be between 0 and 1");
+        check(l.scale > 0.0, "loss.scale", l.scale.to_string(), "must be positive");
+        check(l.temperature > 0.0, "loss.temperature", l.temperature.to_string(), "must be positive");
+        if let Err(e) = self.validate_csr() {
+            found.borrow_mut().push(e);
+        }
+        if let Some(p) = t.early_stopping_patience {
+            check(p >= 1, "training.early_stopping_patience", p.to_string(), "must be at least 1 evaluation, or left out")
+        }
+        check(t.early_stopping_threshold >= 0.0, "training.early_stopping_threshold",
+            t.early_stopping_threshold.to_string(), "must be ≥ 0");
+        if let Some(f) = t.dataloader_prefetch_factor {
+            check(f >= 1, "training.dataloader_prefetch_factor", f.to_string(), "must be at least 1, or left out");
+        }
+        if let Some(w) = self.hardware.world_size {
+            check(w >= 1, "hardware.world_size", w.to_string(), "must be at least 1");
+        }
+        for name in &self.evaluation.mteb_tasks {
+            if let Err(e) = mteb::resolve_task(name) {
+                found.borrow_mut().push(self.invalid("evaluation.mteb_tasks", name, &e));
+            }
+        }
+        found.borrow_mut().extend(self.router_problems());
 
         for (name, d) in &self.datasets.datasets {
             let key = |k: &str| format!("datasets.{name}.{k}");
-            check(!d.source.trim().is_empty(), &key("source"), "".into(), "set it to a path, glob or URL")?;
+            check(!d.source.trim().is_empty(), &key("source"), "".into(), "set it to a path, glob or URL");
             check((0.0..1.0).contains(&d.split_ratio), &key("split_ratio"), d.split_ratio.to_string(),
-                "must be in [0, 1): the fraction held out for evaluation")?;
+                "must be in [0, 1): the fraction held out for evaluation");
             if let Some(m) = d.max_samples {
-                check(m >= 1, &key("max_samples"), m.to_string(), "must be at least 1, or left out")?;
+                check(m >= 1, &key("max_samples"), m.to_string(), "must be at least 1, or left out");
             }
             if let Err(e) = crate::data::ColumnMap::from_config(&d.columns) {
-                return Err(self.invalid(&key("columns"), format!("{:?}", d.columns), &e));
+                found.borrow_mut().push(self.invalid(&key("columns"), format!("{:?}", d.columns), &e));
             }
         }
         let mut names = std::collections::HashSet::new();
         for (i, task) in self.evaluation.tasks.iter().enumerate() {
             check(names.insert(task.name.as_str()), &format!("evaluation.tasks[{i}].name"), task.name.clone(),
-                "task names must be unique")?;
+                "task names must be unique");
         }
 
         let c = &self.cluster;
-        check(c.min_workers >= 1, "cluster.min_workers", c.min_workers.to_string(), "must be at least 1")?;
+        check(c.min_workers >= 1, "cluster.min_workers", c.min_workers.to_string(), "must be at least 1");
         check(c.max_workers() >= c.min_workers, "cluster.max_workers", c.max_workers().to_string(),
-            "must be ≥ min_workers")?;
+            "must be ≥ min_workers");
         check(c.rendezvous_timeout > 0.0, "cluster.rendezvous_timeout", c.rendezvous_timeout.to_string(),
-            "must be positive (seconds)")?;
+            "must be positive (seconds)");
         check(c.heartbeat_interval > 0.0, "cluster.heartbeat_interval", c.heartbeat_interval.to_string(),
-            "must be positive (seconds)")?;
+            "must be positive (seconds)");
         check(c.heartbeat_timeout > c.heartbeat_interval, "cluster.heartbeat_timeout",
-            c.heartbeat_timeout.to_string(), "must be longer than heartbeat_interval")?;
+            c.heartbeat_timeout.to_string(), "must be longer than heartbeat_interval");
         check(c.rendezvous_last_call >= 0.0, "cluster.rendezvous_last_call", c.rendezvous_last_call.to_string(),
-            "must be ≥ 0 (seconds)")?;
-        check(c.store_port >= 1, "cluster.store_port", c.store_port.to_string(), "use a fixed port such as 29500")?;
+            "must be ≥ 0 (seconds)");
+        check(c.store_port >= 1, "cluster.store_port", c.store_port.to_string(), "use a fixed port such as 29500");
         if let Some(g) = c.global_batch_size {
-            check(g >= 1, "cluster.global_batch_size", g.to_string(), "must be at least 1, or left out")?;
+            check(g >= 1, "cluster.global_batch_size", g.to_string(), "must be at least 1, or left out");
         }
         check(c.tls_cert.is_some() == c.tls_key.is_some(), "cluster.tls_cert",
-            c.tls_cert.clone().unwrap_or_default(), "tls_cert and tls_key go together; set both or neither")?;
+            c.tls_cert.clone().unwrap_or_default(), "tls_cert and tls_key go together; set both or neither");
 
         if let Some(w) = &self.document_windows {
-            check(w.size >= 1, "document_windows.size", w.size.to_string(), "must be at least 1 token")?;
+            check(w.size >= 1, "document_windows.size", w.size.to_string(), "must be at least 1 token");
             check(w.stride >= 1 && w.stride <= w.size, "document_windows.stride", w.stride.to_string(),
-                "must be between 1 and document_windows.size")?;
+                "must be between 1 and document_windows.size");
             check(w.max_windows >= 1, "document_windows.max_windows", w.max_windows.to_string(),
-                "must be at least 1")?;
+                "must be at least 1");
         }
-        Ok(())
+        found.into_inner()
+    }
+
+    /// `router:` rules: each learning-rate pattern is a valid regex with a positive rate, and the mapping
+    /// routes `anchor` to the query route and every other column to the document route (what the data path
+    /// does).
+    fn router_problems(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        for (pattern, lr) in &self.router.learning_rate_patterns {
+            let key = "router.learning_rate_patterns";
+            if let Err(e) = regex::Regex::new(pattern) {
+                let first = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+                out.push(self.invalid(key, pattern, &format!("not a valid regex ({first}); write a Python `re` pattern such as `.*\\\\.query\\\\..*` (YAML double quotes need the backslashes doubled)")));
+            }
+            if !(lr.is_finite() && *lr > 0.0) {
+                out.push(self.invalid(key, format!("{pattern}: {lr}"), "the learning rate must be a positive number such as 1e-3"));
+            }
+        }
+        for (column, route) in &self.router.mapping {
+            let expected = if column == "anchor" { Route::Query } else { Route::Document };
+            if *route != expected {
+                out.push(self.invalid(&format!("router.mapping.{column}"), format!("{route:?}").to_lowercase(),
+                    &format!("the data path sends `anchor` through the query route and every other column through the document route; \
+                     map `{column}` to `{}` or rename the dataset's columns (datasets.<name>.columns)",
+                     format!("{expected:?}").to_lowercase())));
+            }
+        }
+        out
     }
 
     /// Like [`Config::validate`], plus what `splade train` needs: at least one enabled dataset.
     pub fn validate_for_training(&self) -> Result<(), ConfigError> {
-        self.validate()?;
+        let mut problems = self.rule_problems();
         if self.datasets.enabled().next().is_none() {
-            return Err(self.invalid("datasets", "no enabled dataset",
+            problems.push(self.invalid("datasets", "no enabled dataset",
                 "add a dataset block with a `source` (and `enabled: true`)"));
         }
-        Ok(())
+        match ConfigError::from_list(&self.origin, problems) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// The config as JSON (what the coordinator sends to workers); [`Config::from_json`] reads it back.
@@ -1056,6 +1388,41 @@ impl Config {
         })?;
         c.origin = origin.to_string();
         Ok(c)
+    }
+}
+
+/// Steps between events for a `*_steps` value: below 1 a fraction of `total` (rounded up, at least 1), else the
+/// value itself; 0 or less is "never" (0).
+pub fn interval_steps(v: f64, total: u64) -> u64 {
+    if v <= 0.0 {
+        0
+    } else if v < 1.0 {
+        ((total as f64 * v).ceil() as u64).max(1)
+    } else {
+        v as u64
+    }
+}
+
+/// Log/save/evaluate intervals of a run ([`Config::intervals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intervals {
+    /// Steps between log lines (at least 1).
+    pub log_every: u64,
+    /// Steps between checkpoints with `save_strategy: steps`, else 0.
+    pub save_every: u64,
+    /// Steps between evaluations with `eval_strategy: steps`, else 0.
+    pub eval_every: u64,
+}
+
+/// Errors about values from `--set` name the argument instead of a line past the file's end.
+fn relocate_set(e: &mut ConfigError, sets: &[String]) {
+    if let Some((file, line)) = e.location_mut() {
+        if *line >= yaml::SET_LINE_BASE {
+            if let Some(arg) = sets.get(*line - yaml::SET_LINE_BASE) {
+                *file = format!("--set {arg}");
+            }
+            *line = 0;
+        }
     }
 }
 

@@ -124,15 +124,15 @@ fn empty_and_defaults() {
 #[test]
 fn inactive_keys_lists_only_those_set_and_on() {
     let c = parse(FULL).unwrap();
-    assert_eq!(
-        c.inactive_keys(),
-        vec!["training.push_to_hub", "training.hub_model_id", "evaluation.mteb_tasks"]
-    );
+    let keys: Vec<String> = c.inactive_keys().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec!["training.push_to_hub", "training.hub_model_id", "evaluation.mteb_tasks"]);
+    // Each comes with its reason.
+    assert!(c.inactive_keys()[0].1.contains("huggingface-cli upload"), "{:?}", c.inactive_keys());
     // torch_compile: false is set but off.
-    assert!(!c.inactive_keys().contains(&"training.torch_compile".to_string()));
+    assert!(!keys.contains(&"training.torch_compile".to_string()));
     assert!(parse("model:\n  base_model: x\n").unwrap().inactive_keys().is_empty());
     // Every listed key is a real key of the schema.
-    for key in INACTIVE_KEYS {
+    for (key, _) in INACTIVE_KEYS {
         let (section, name) = key.split_once('.').unwrap();
         let text = format!("{section}:\n  {name}: null\n");
         if let Err(e @ ConfigError::UnknownKey { .. }) = parse(&text) {
@@ -296,4 +296,194 @@ fn every_file_in_configs_parses_and_validates() {
 fn missing_file_names_path() {
     let e = Config::from_path(std::path::Path::new("/nonexistent/cfg.yaml")).unwrap_err().to_string();
     assert!(e.starts_with("/nonexistent/cfg.yaml: cannot read the config"), "{e}");
+}
+
+#[test]
+fn every_error_of_a_file_is_reported_in_one_run_with_its_line() {
+    let text = "model:\n  base_model: x\n  architecure: splade\ntraining:\n  learning_rate: fast\n  max_steps: 10\n  \
+                fp16: maybe\n  learnign_rate: 1e-4\nloss:\n  type: splade\nhardware:\n  device: tpu\n";
+    let e = parse(text).unwrap_err();
+    let problems: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        problems,
+        vec![
+            "cfg.yaml:3: unknown key `model.architecure`; did you mean `model.architecture`?",
+            "cfg.yaml:5: `training.learning_rate` is `fast` but must be a number (e.g. 0.5 or 5e-5); fix the value",
+            "cfg.yaml:7: `training.fp16` is `maybe` but must be true or false; fix the value",
+            "cfg.yaml:8: unknown key `training.learnign_rate`; did you mean `training.learning_rate`?",
+            "cfg.yaml:10: `loss.type` is `splade`, which is not one of: splade_loss, csr_loss (did you mean `splade_loss`?)",
+            "cfg.yaml:12: `hardware.device` is `tpu`, which is not one of: auto, cpu, cuda, mps (did you mean `cpu`?)",
+        ]
+    );
+    // The whole error says how many and lists each on its own line.
+    let whole = e.to_string();
+    assert!(whole.starts_with("6 problems in cfg.yaml:\n  cfg.yaml:3: unknown key"), "{whole}");
+    assert_eq!(whole.lines().count(), 7, "{whole}");
+    // A block missing its required key is reported once, not again as a consequence of an earlier drop.
+    let e = parse("datasets:\n  d:\n    source: [x]\n  e:\n    enabled: true\n").unwrap_err();
+    let problems: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        problems,
+        vec![
+            "cfg.yaml:3: `datasets.d.source` is `a list` but must be a string; fix the value",
+            "cfg.yaml:5: missing key `datasets.e.source`; add it",
+        ]
+    );
+    // Broken rules are all reported too, each at its line.
+    let c = parse("model:\n  base_model: x\ntraining:\n  warmup_ratio: 2\n  weight_decay: -1\nloss:\n  scale: 0\n").unwrap();
+    let e = c.validate().unwrap_err();
+    let lines: Vec<Option<usize>> = e
+        .problems()
+        .iter()
+        .map(|p| match p {
+            ConfigError::Invalid { line, .. } => *line,
+            other => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(lines, vec![Some(4), Some(5), Some(7)], "{e}");
+}
+
+#[test]
+fn set_overrides_are_typed_like_the_file_and_checked_like_it() {
+    let sets = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let text = "model:\n  base_model: x\ntraining:\n  max_steps: 100\n  output_dir: out\n";
+    let c = Config::from_str_with(
+        text,
+        "cfg.yaml",
+        &sets(&[
+            "training.max_steps=20",
+            "training.output_dir=/tmp/x",
+            "training.report_to=[mlflow, tensorboard]",
+            "training.learning_rate=5e-5",
+            "mlflow.tags.team=nlp",
+            "router.learning_rate_patterns={'.*\\.query\\..*': 1e-3}",
+            "training.run_name='007'",
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.training.max_steps, 20);
+    assert_eq!(c.training.output_dir, "/tmp/x");
+    assert_eq!(c.training.report_to, vec!["mlflow", "tensorboard"]);
+    assert_eq!(c.training.learning_rate, 5e-5);
+    // Nested keys create the mappings on the way.
+    assert_eq!(c.mlflow.tags.get("team").map(String::as_str), Some("nlp"));
+    assert_eq!(c.router.learning_rate_patterns.get(".*\\.query\\..*"), Some(&1e-3));
+    // Quoted stays a string, as in the file.
+    assert_eq!(c.training.run_name.as_deref(), Some("007"));
+    assert_eq!(c.locate("training.max_steps"), "--set training.max_steps=20");
+    assert_eq!(c.locate("training.seed"), "cfg.yaml");
+    assert_eq!(c.line_of("training.max_steps"), None);
+
+    // A bad value, an unknown key and a broken rule given by --set are named by their argument, with the
+    // file's own errors in the same run.
+    let e = Config::from_str_with(
+        "model:\n  base_model: x\ntraining:\n  seed: many\n",
+        "cfg.yaml",
+        &sets(&["training.max_steps=twenty", "training.max_step=20", "trainin.seed=1"]),
+    )
+    .unwrap_err();
+    let problems: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        problems,
+        vec![
+            "cfg.yaml:4: `training.seed` is `many` but must be a non-negative integer; fix the value",
+            "--set training.max_steps=twenty: `training.max_steps` is `twenty` but must be an integer; fix the value",
+            "--set training.max_step=20: unknown key `training.max_step`; did you mean `training.max_steps`?",
+            "--set trainin.seed=1: unknown key `trainin`; did you mean `training`?",
+        ]
+    );
+    let c = Config::from_str_with("model:\n  base_model: x\n", "cfg.yaml", &sets(&["training.warmup_ratio=3"])).unwrap();
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "--set training.warmup_ratio=3: `training.warmup_ratio` is `3`: must be between 0 and 1"
+    );
+    // Malformed arguments say what a --set looks like.
+    let e = Config::from_str_with("", "cfg.yaml", &sets(&["training.max_steps"])).unwrap_err().to_string();
+    assert!(e.contains("expected key=value") && e.contains("--set training.max_steps=20"), "{e}");
+    let e = Config::from_str_with("model:\n  base_model: x\n", "cfg.yaml", &sets(&["model.base_model.x=1"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`model.base_model` is x in the config, not a mapping"), "{e}");
+}
+
+#[test]
+fn mteb_task_short_names_resolve_and_unknown_ones_are_errors() {
+    let c = parse("model:\n  base_model: x\nevaluation:\n  mteb_tasks: [NorQuAD, SNL, SNLRetrieval]\n").unwrap();
+    c.validate().unwrap();
+    let notes = c.startup_notes();
+    assert!(notes.iter().any(|n| n == "cfg.yaml:4: evaluation.mteb_tasks: `NorQuAD` is the MTEB task `NorQuadRetrieval`"), "{notes:?}");
+    assert!(notes.iter().any(|n| n.ends_with("`SNL` is the MTEB task `SNLRetrieval`")), "{notes:?}");
+    // The full name needs no notice.
+    assert!(!notes.iter().any(|n| n.contains("`SNLRetrieval` is")), "{notes:?}");
+    let e = parse("model:\n  base_model: x\nevaluation:\n  mteb_tasks: [NorQuADD]\n").unwrap().validate().unwrap_err().to_string();
+    assert!(e.starts_with("cfg.yaml:4: `evaluation.mteb_tasks` is `NorQuADD`:") && e.contains("did you mean NorQuadRetrieval"), "{e}");
+}
+
+#[test]
+fn router_section_rules_and_notes() {
+    let base = "model:\n  base_model: x\n  architecture: inference-free-splade\n  use_router: true\n";
+    let c = parse(&format!(
+        "{base}router:\n  mapping:\n    anchor: query\n    positive: document\n    negative: document\n  \
+         learning_rate_patterns:\n    \".*\\\\.query\\\\..*\": 0.001\n"
+    ))
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.router.learning_rate_patterns.get(".*\\.query\\..*"), Some(&0.001));
+    let names: Vec<String> = ["model.0.sub_modules.query.0.weight", "model.0.sub_modules.document.0.auto_model.bert.x.weight"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(c.learning_rate_pattern_of(&names).unwrap(), vec![Some((0, 0.001)), None]);
+    // The last matching pattern wins, as sentence-transformers' create_optimizer moves parameters group to group.
+    let c2 = parse(&format!("{base}router:\n  learning_rate_patterns:\n    query: 0.001\n    \"sub_modules\": 0.002\n")).unwrap();
+    assert_eq!(c2.learning_rate_pattern_of(&names).unwrap(), vec![Some((1, 0.002)), Some((1, 0.002))]);
+    // A pattern that matches nothing is refused, naming what names look like.
+    let c3 = parse(&format!("{base}router:\n  learning_rate_patterns:\n    \"^query\": 0.001\n")).unwrap();
+    let e = c3.learning_rate_pattern_of(&names).unwrap_err().to_string();
+    assert!(e.starts_with("cfg.yaml:6: `router.learning_rate_patterns` is `^query`: matches no parameter") && e.contains("model.0.sub_modules.query.0.weight"), "{e}");
+    // Without use_router the section is ignored, as in the seed's script, with a note.
+    let plain = parse("model:\n  base_model: x\nrouter:\n  learning_rate_patterns:\n    query: 0.001\n").unwrap();
+    assert_eq!(plain.learning_rate_pattern_of(&names).unwrap(), vec![None, None]);
+    assert!(plain.startup_notes().iter().any(|n| n.starts_with("cfg.yaml:3: `router` is ignored")), "{:?}", plain.startup_notes());
+    // A bad regex, a non-positive rate, a route the data path does not take: all named at once.
+    let bad = parse(&format!(
+        "{base}router:\n  mapping:\n    anchor: document\n  learning_rate_patterns:\n    \"(unclosed\": 0.001\n    ok: -1\n"
+    ))
+    .unwrap();
+    let e = bad.validate().unwrap_err();
+    let problems: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(problems[0].contains("`(unclosed`: not a valid regex"), "{problems:#?}");
+    assert!(problems[1].contains("`ok: -1`: the learning rate must be a positive number"), "{problems:#?}");
+    assert!(problems[2].starts_with("cfg.yaml:7: `router.mapping.anchor` is `document`"), "{problems:#?}");
+}
+
+#[test]
+fn seed_only_keys_parse_and_say_what_they_do() {
+    let c = parse(
+        "model:\n  base_model: x\ntraining:\n  dataloader_num_workers: 8\n  dataloader_pin_memory: false\n  \
+         dataloader_prefetch_factor: 4\n  early_stopping_patience: 5\n  early_stopping_threshold: 0.001\n  torch_compile: true\n\
+         hardware:\n  tf32: true\n  distributed: true\n  world_size: 4\n  gradient_checkpointing: true\n\
+         model_card:\n  library_name: sentence-transformers\nevaluation:\n  evaluator: sparse_nanobeir\n  track_sparsity: true\n",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.training.dataloader_pin_memory, Some(false));
+    assert_eq!(c.training.early_stopping_patience, Some(5));
+    assert_eq!(c.training.early_stopping_threshold, 0.001);
+    assert_eq!(c.hardware.world_size, Some(4));
+    assert_eq!(c.evaluation.evaluator, Some(EvaluatorKind::SparseNanobeir));
+    let notes = c.startup_notes();
+    // pin_memory is acted on (no note); the others are listed with their reason.
+    assert!(!notes.iter().any(|n| n.contains("dataloader_pin_memory")), "{notes:#?}");
+    for key in ["dataloader_num_workers", "torch_compile", "gradient_checkpointing", "tf32"] {
+        assert!(notes.iter().any(|n| n.contains(&format!("{key}` is parsed but not acted on: "))), "{key}: {notes:#?}");
+    }
+    let gc = notes.iter().find(|n| n.contains("gradient_checkpointing")).unwrap();
+    assert!(gc.starts_with("cfg.yaml:14:") && gc.contains("lean max-pooled head") && gc.contains("document_windows"), "{gc}");
+    let dist = notes.iter().find(|n| n.contains("hardware.distributed")).unwrap();
+    assert!(dist.starts_with("cfg.yaml:12:") && dist.contains("splade-coordinator --config cfg.yaml") && dist.contains("splade-worker --join") && dist.contains("4 data-parallel"), "{dist}");
+    // world_size 1 and distributed false say nothing.
+    let quiet = parse("model:\n  base_model: x\nhardware:\n  distributed: false\n  world_size: 1\n").unwrap();
+    assert!(quiet.startup_notes().is_empty(), "{:?}", quiet.startup_notes());
 }

@@ -221,7 +221,9 @@ pub(crate) enum DeError {
     UnknownField { field: String, expected: &'static [&'static str] },
     UnknownVariant { variant: String, expected: &'static [&'static str] },
     MissingField(&'static str),
-    Located(Box<ConfigError>),
+    /// An error pinned to its node; the `Vec` is the node's position in the tree (entry/item indices from
+    /// the root), so that [`from_node_all`] can drop the node and read on.
+    Located(Box<ConfigError>, Vec<usize>),
 }
 
 impl std::fmt::Display for DeError {
@@ -232,7 +234,7 @@ impl std::fmt::Display for DeError {
             DeError::UnknownField { field, .. } => write!(f, "unknown key `{field}`"),
             DeError::UnknownVariant { variant, .. } => write!(f, "unknown value `{variant}`"),
             DeError::MissingField(k) => write!(f, "missing key `{k}`"),
-            DeError::Located(e) => write!(f, "{e}"),
+            DeError::Located(e, _) => write!(f, "{e}"),
         }
     }
 }
@@ -283,6 +285,8 @@ pub(crate) struct NodeDe<'a> {
     pub node: &'a Node,
     pub path: String,
     pub file: &'a str,
+    /// The node's position in the tree: entry/item indices from the root.
+    pub idx: Vec<usize>,
 }
 
 impl<'a> NodeDe<'a> {
@@ -292,7 +296,7 @@ impl<'a> NodeDe<'a> {
         let line = self.node.line;
         let key = self.path.clone();
         let located = match e {
-            DeError::Located(_) => return e,
+            DeError::Located(..) => return e,
             DeError::InvalidType { expected } => {
                 ConfigError::WrongType { file, line, key, value: self.node.describe(), expected: friendly(&expected) }
             }
@@ -313,19 +317,22 @@ impl<'a> NodeDe<'a> {
             },
             DeError::Custom(message) => ConfigError::Other { file, line, key, message },
         };
-        DeError::Located(Box::new(located))
+        DeError::Located(Box::new(located), self.idx.clone())
     }
 
     fn scalar(&self, expected: &str) -> Result<(String, bool), DeError> {
         match &self.node.kind {
             NodeKind::Scalar { value, plain } => match expand_env(value) {
                 Ok(v) => Ok((v, *plain)),
-                Err(var) => Err(DeError::Located(Box::new(ConfigError::EnvVar {
-                    file: self.file.to_string(),
-                    line: self.node.line,
-                    key: self.path.clone(),
-                    var,
-                }))),
+                Err(var) => Err(DeError::Located(
+                    Box::new(ConfigError::EnvVar {
+                        file: self.file.to_string(),
+                        line: self.node.line,
+                        key: self.path.clone(),
+                        var,
+                    }),
+                    self.idx.clone(),
+                )),
             },
             _ => Err(self.locate(DeError::InvalidType { expected: expected.to_string() })),
         }
@@ -334,13 +341,16 @@ impl<'a> NodeDe<'a> {
     fn parsed<T: std::str::FromStr>(&self, expected: &str) -> Result<T, DeError> {
         let (text, _) = self.scalar(expected)?;
         text.trim().parse::<T>().map_err(|_| {
-            DeError::Located(Box::new(ConfigError::WrongType {
-                file: self.file.to_string(),
-                line: self.node.line,
-                key: self.path.clone(),
-                value: text.clone(),
-                expected: expected.to_string(),
-            }))
+            DeError::Located(
+                Box::new(ConfigError::WrongType {
+                    file: self.file.to_string(),
+                    line: self.node.line,
+                    key: self.path.clone(),
+                    value: text.clone(),
+                    expected: expected.to_string(),
+                }),
+                self.idx.clone(),
+            )
         })
     }
 
@@ -443,7 +453,7 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
         if self.node.is_null() {
             self.with(visitor.visit_none())
         } else {
-            let located = NodeDe { node: self.node, path: self.path.clone(), file: self.file };
+            let located = NodeDe { node: self.node, path: self.path.clone(), file: self.file, idx: self.idx.clone() };
             visitor.visit_some(located).map_err(|e| self.locate(e))
         }
     }
@@ -465,18 +475,18 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
         _name: &'static str,
         visitor: V,
     ) -> Result<V::Value, DeError> {
-        let inner = NodeDe { node: self.node, path: self.path.clone(), file: self.file };
+        let inner = NodeDe { node: self.node, path: self.path.clone(), file: self.file, idx: self.idx.clone() };
         visitor.visit_newtype_struct(inner).map_err(|e| self.locate(e))
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.kind {
             NodeKind::Seq(items) => {
-                let access = SeqAccess { items: items.iter(), index: 0, path: &self.path, file: self.file };
+                let access = SeqAccess { items: items.iter(), index: 0, path: &self.path, file: self.file, idx: &self.idx };
                 self.with(visitor.visit_seq(access))
             }
             _ if self.node.is_null() => {
-                let access = SeqAccess { items: [].iter(), index: 0, path: &self.path, file: self.file };
+                let access = SeqAccess { items: [].iter(), index: 0, path: &self.path, file: self.file, idx: &self.idx };
                 self.with(visitor.visit_seq(access))
             }
             _ => Err(self.locate(DeError::InvalidType { expected: "a list".into() })),
@@ -499,13 +509,24 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.kind {
             NodeKind::Map(entries) => {
-                let access =
-                    MapAccess { entries: entries.iter(), value: None, path: &self.path, file: self.file };
+                let access = MapAccess {
+                    entries: entries.iter().enumerate(),
+                    value: None,
+                    path: &self.path,
+                    file: self.file,
+                    idx: &self.idx,
+                };
                 self.with(visitor.visit_map(access))
             }
             // An empty section (`mlflow:` with nothing under it) means "all defaults".
             _ if self.node.is_null() => {
-                let access = MapAccess { entries: [].iter(), value: None, path: &self.path, file: self.file };
+                let access = MapAccess {
+                    entries: [].iter().enumerate(),
+                    value: None,
+                    path: &self.path,
+                    file: self.file,
+                    idx: &self.idx,
+                };
                 self.with(visitor.visit_map(access))
             }
             _ => Err(self.locate(DeError::InvalidType { expected: "a mapping of keys (`key: value` lines)".into() })),
@@ -559,6 +580,13 @@ struct SeqAccess<'a> {
     index: usize,
     path: &'a str,
     file: &'a str,
+    idx: &'a [usize],
+}
+
+fn child(idx: &[usize], i: usize) -> Vec<usize> {
+    let mut v = idx.to_vec();
+    v.push(i);
+    v
 }
 
 impl<'de> de::SeqAccess<'de> for SeqAccess<'_> {
@@ -567,10 +595,11 @@ impl<'de> de::SeqAccess<'de> for SeqAccess<'_> {
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
         let Some(node) = self.items.next() else { return Ok(None) };
         let path = format!("{}[{}]", self.path, self.index);
+        let idx = child(self.idx, self.index);
         self.index += 1;
-        let de = NodeDe { node, path, file: self.file };
+        let de = NodeDe { node, path, file: self.file, idx: idx.clone() };
         let located_path = de.path.clone();
-        seed.deserialize(de).map(Some).map_err(|e| NodeDe { node, path: located_path, file: self.file }.locate(e))
+        seed.deserialize(de).map(Some).map_err(|e| NodeDe { node, path: located_path, file: self.file, idx }.locate(e))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -579,30 +608,32 @@ impl<'de> de::SeqAccess<'de> for SeqAccess<'_> {
 }
 
 struct MapAccess<'a> {
-    entries: std::slice::Iter<'a, (String, usize, Node)>,
-    value: Option<(&'a str, &'a Node)>,
+    entries: std::iter::Enumerate<std::slice::Iter<'a, (String, usize, Node)>>,
+    value: Option<(&'a str, &'a Node, usize)>,
     path: &'a str,
     file: &'a str,
+    idx: &'a [usize],
 }
 
 impl<'de> de::MapAccess<'de> for MapAccess<'_> {
     type Error = DeError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
-        let Some((key, line, value)) = self.entries.next() else { return Ok(None) };
-        self.value = Some((key, value));
+        let Some((i, (key, line, value))) = self.entries.next() else { return Ok(None) };
+        self.value = Some((key, value, i));
         // The key is located on its own line: an unknown key error points at the key, not the section.
         let key_node = Node { line: *line, kind: NodeKind::Scalar { value: key.clone(), plain: false } };
-        let de = NodeDe { node: &key_node, path: self.path.to_string(), file: self.file };
+        let de = NodeDe { node: &key_node, path: self.path.to_string(), file: self.file, idx: child(self.idx, i) };
         let r = seed.deserialize(KeyDe(key.clone()));
         r.map(Some).map_err(|e| de.locate(e))
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
-        let (key, node) = self.value.take().expect("next_value_seed before next_key_seed");
-        let de = NodeDe { node, path: join(self.path, key), file: self.file };
+        let (key, node, i) = self.value.take().expect("next_value_seed before next_key_seed");
+        let idx = child(self.idx, i);
+        let de = NodeDe { node, path: join(self.path, key), file: self.file, idx: idx.clone() };
         let path = de.path.clone();
-        seed.deserialize(de).map_err(|e| NodeDe { node, path, file: self.file }.locate(e))
+        seed.deserialize(de).map_err(|e| NodeDe { node, path, file: self.file, idx }.locate(e))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -627,16 +658,159 @@ impl<'de> de::Deserializer<'de> for KeyDe {
     }
 }
 
-/// Deserializes `T` from a node tree, every error carrying file, line and key.
-pub(crate) fn from_node<'de, T: serde::Deserialize<'de>>(node: &Node, file: &str) -> Result<T, ConfigError> {
-    let de = NodeDe { node, path: String::new(), file };
-    T::deserialize(de).map_err(|e| match e {
-        DeError::Located(e) => *e,
-        other => ConfigError::Other {
-            file: file.to_string(),
-            line: node.line,
-            key: String::new(),
-            message: other.to_string(),
-        },
-    })
+/// Deserializes `T` from a node tree, every error carrying file, line and key. Stops at the first error.
+#[allow(dead_code)]
+pub(crate) fn from_node<T: serde::de::DeserializeOwned>(node: &Node, file: &str) -> Result<T, ConfigError> {
+    let (value, mut errors) = from_node_all::<T>(node, file, 1);
+    match value {
+        Some(v) if errors.is_empty() => Ok(v),
+        _ => Err(errors.remove(0)),
+    }
+}
+
+/// Deserializes `T` from a node tree and collects every error, up to `limit`: after each error the node it
+/// names is dropped from a copy of the tree (so the key's default applies) and reading starts over, until
+/// the rest reads cleanly. Returns the value read from what was left (`None` when an error could not be
+/// pinned to a node below the root) and the errors in document order. A key missing only because its bad
+/// value was dropped is not reported twice.
+pub(crate) fn from_node_all<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    file: &str,
+    limit: usize,
+) -> (Option<T>, Vec<ConfigError>) {
+    let mut tree = node.clone();
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut dropped: Vec<String> = Vec::new();
+    loop {
+        let de = NodeDe { node: &tree, path: String::new(), file, idx: Vec::new() };
+        match T::deserialize(de) {
+            Ok(v) => return (Some(v), errors),
+            Err(DeError::Located(e, idx)) => {
+                let derivative = matches!(&*e, ConfigError::MissingKey { key, .. } if dropped.contains(key));
+                if let Some(key) = e.key() {
+                    dropped.push(key.to_string());
+                }
+                // A misspelt required key: the "missing" error for the key it was meant to be says nothing new.
+                if let ConfigError::UnknownKey { suggestion: Some(s), .. } = &*e {
+                    dropped.push(s.clone());
+                }
+                if !derivative {
+                    errors.push(*e);
+                }
+                if idx.is_empty() || errors.len() >= limit || !remove_at(&mut tree, &idx) {
+                    return (None, errors);
+                }
+            }
+            Err(other) => {
+                errors.push(ConfigError::Other {
+                    file: file.to_string(),
+                    line: node.line,
+                    key: String::new(),
+                    message: other.to_string(),
+                });
+                return (None, errors);
+            }
+        }
+    }
+}
+
+/// Removes the node at `idx` (entry/item indices from `node`); false when there is none.
+fn remove_at(node: &mut Node, idx: &[usize]) -> bool {
+    let Some((&last, parents)) = idx.split_last() else { return false };
+    let mut cur = node;
+    for &i in parents {
+        cur = match &mut cur.kind {
+            NodeKind::Map(entries) => match entries.get_mut(i) {
+                Some(e) => &mut e.2,
+                None => return false,
+            },
+            NodeKind::Seq(items) => match items.get_mut(i) {
+                Some(n) => n,
+                None => return false,
+            },
+            NodeKind::Scalar { .. } => return false,
+        };
+    }
+    match &mut cur.kind {
+        NodeKind::Map(entries) if last < entries.len() => {
+            entries.remove(last);
+            true
+        }
+        NodeKind::Seq(items) if last < items.len() => {
+            items.remove(last);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Lines of nodes that came from the `i`-th `--set` are `SET_LINE_BASE + i`: far past any file's end, so
+/// errors about them can be told apart and named after the `--set` argument.
+pub(crate) const SET_LINE_BASE: usize = 1 << 40;
+
+/// Applies one `--set key=value` (the `index`-th) to the tree: `key` is dotted (`training.max_steps`), missing
+/// mappings on the way are created, and `value` is read as YAML (`20` is a number where a number is
+/// expected, `[a, b]` a list, `''` an empty string, nothing at all null), so the schema judges it as it
+/// would judge the same text in the file.
+pub(crate) fn apply_set(root: &mut Node, index: usize, arg: &str) -> Result<(), String> {
+    let line = SET_LINE_BASE + index;
+    let Some((key, value)) = arg.split_once('=') else {
+        return Err("expected key=value with a dotted key, e.g. --set training.max_steps=20".into());
+    };
+    let key = key.trim();
+    let parts: Vec<&str> = key.split('.').collect();
+    if key.is_empty() || parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("`{key}` is not a dotted key such as training.max_steps"));
+    }
+    let mut value_node = if value.trim().is_empty() {
+        Node { line, kind: NodeKind::Scalar { value: String::new(), plain: true } }
+    } else {
+        parse(value, &format!("--set {arg}")).map_err(|e| e.to_string())?
+    };
+    relabel(&mut value_node, line);
+    if root.is_null() {
+        *root = Node { line: 1, kind: NodeKind::Map(Vec::new()) };
+    }
+    let mut cur = root;
+    for (depth, part) in parts.iter().enumerate() {
+        let last = depth + 1 == parts.len();
+        let here = parts[..depth].join(".");
+        if cur.is_null() {
+            cur.kind = NodeKind::Map(Vec::new());
+        }
+        if !matches!(cur.kind, NodeKind::Map(_)) {
+            return Err(format!(
+                "`{here}` is {} in the config, not a mapping of keys; set `{here}` itself",
+                cur.describe()
+            ));
+        }
+        let NodeKind::Map(entries) = &mut cur.kind else { unreachable!("checked above") };
+        let pos = match entries.iter().position(|(k, _, _)| k == part) {
+            Some(p) => p,
+            None => {
+                entries.push((part.to_string(), line, Node { line, kind: NodeKind::Map(Vec::new()) }));
+                entries.len() - 1
+            }
+        };
+        let entry = &mut entries[pos];
+        if last {
+            entry.1 = line;
+            entry.2 = value_node;
+            return Ok(());
+        }
+        cur = &mut entry.2;
+    }
+    Ok(())
+}
+
+fn relabel(node: &mut Node, line: usize) {
+    node.line = line;
+    match &mut node.kind {
+        NodeKind::Scalar { .. } => {}
+        NodeKind::Seq(items) => items.iter_mut().for_each(|n| relabel(n, line)),
+        NodeKind::Map(entries) => entries.iter_mut().for_each(|e| {
+            e.1 = line;
+            relabel(&mut e.2, line)
+        }),
+    }
 }
