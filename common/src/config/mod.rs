@@ -42,8 +42,6 @@ pub const INACTIVE_KEYS: &[(&str, &str)] = &[
     ("training.hub_strategy", HUB_REASON),
     ("training.hub_private_repo", HUB_REASON),
     ("training.torch_compile", "libtorch runs eager kernels from Rust; torch.compile is a Python-side graph compiler"),
-    ("training.early_stopping_patience", "early stopping is not wired into the training loop yet"),
-    ("training.early_stopping_threshold", "early stopping is not wired into the training loop yet"),
     ("hardware.gradient_checkpointing", "not needed here: the lean max-pooled head never builds the [batch, length, vocabulary] logits, and `document_windows` bounds the sequence length; those are this project's answer to activation memory"),
     ("hardware.tf32", "libtorch's TF32 defaults apply (cuDNN convolutions on, cuBLAS matmuls off); NVIDIA_TF32_OVERRIDE=0 turns it off everywhere"),
     ("evaluation.evaluator", "evaluation by name (NanoBEIR from the Hub) is not wired in yet; use evaluation.tasks"),
@@ -250,11 +248,6 @@ pub struct TrainingConfig {
     pub metric_for_best_model: Option<String>,
     /// Default: true unless the metric is a loss (HF).
     pub greater_is_better: Option<bool>,
-    /// Stop after this many evaluations in a row without an improvement of `metric_for_best_model`
-    /// (transformers' `EarlyStoppingCallback`); unset: never stop early.
-    pub early_stopping_patience: Option<usize>,
-    /// How much `metric_for_best_model` must beat the best so far to count as an improvement; default 0.
-    pub early_stopping_threshold: f64,
     /// Default: `YYYYmmdd-HHMMSS-<host>` (UTC).
     pub run_name: Option<String>,
     /// Integrations (`mlflow`, `tensorboard`, `none`, ...); a single string or a list. Default none.
@@ -321,8 +314,6 @@ impl Default for TrainingConfig {
             load_best_model_at_end: false,
             metric_for_best_model: None,
             greater_is_better: None,
-            early_stopping_patience: None,
-            early_stopping_threshold: 0.0,
             run_name: None,
             report_to: Vec::new(),
             seed: 42,
@@ -1244,15 +1235,6 @@ impl Config {
         if let Some(n) = t.save_total_limit {
             check(n >= 1, "training.save_total_limit", n.to_string(), "must be at least 1, or left out");
         }
-        if let Some(p) = t.early_stopping_patience {
-            check(p >= 1, "training.early_stopping_patience", p.to_string(), "must be at least 1 evaluation, or left out")?;
-            check(t.eval_strategy != IntervalStrategy::No, "training.early_stopping_patience", p.to_string(),
-                "needs evaluation during training: set eval_strategy to steps or epoch (and metric_for_best_model)")?;
-            check(t.metric_for_best_model.is_some(), "training.early_stopping_patience", p.to_string(),
-                "needs training.metric_for_best_model (e.g. eval_loss or eval_NanoBEIR_mean_dot_ndcg@10)")?;
-        }
-        check(t.early_stopping_threshold.is_finite() && t.early_stopping_threshold >= 0.0,
-            "training.early_stopping_threshold", t.early_stopping_threshold.to_string(), "must be ≥ 0")?;
         check(!t.load_best_model_at_end || t.eval_strategy != IntervalStrategy::No,
             "training.load_best_model_at_end", "true".into(),
             "needs evaluation during training: set eval_strategy to steps or epoch (and metric_for_best_model)");
@@ -1269,9 +1251,14 @@ impl Config {
             found.borrow_mut().push(e);
         }
         if let Some(p) = t.early_stopping_patience {
-            check(p >= 1, "training.early_stopping_patience", p.to_string(), "must be at least 1 evaluation, or left out")
+            check(p >= 1, "training.early_stopping_patience", p.to_string(), "must be at least 1 evaluation, or left out");
+            // transformers' EarlyStoppingCallback asserts both in on_train_begin.
+            check(t.eval_strategy != IntervalStrategy::No, "training.early_stopping_patience", p.to_string(),
+                "needs evaluation during training: set eval_strategy to steps or epoch (and metric_for_best_model)");
+            check(t.metric_for_best_model.is_some(), "training.early_stopping_patience", p.to_string(),
+                "needs training.metric_for_best_model (e.g. eval_loss or eval_NanoBEIR_mean_dot_ndcg@10)");
         }
-        check(t.early_stopping_threshold >= 0.0, "training.early_stopping_threshold",
+        check(t.early_stopping_threshold.is_finite() && t.early_stopping_threshold >= 0.0, "training.early_stopping_threshold",
             t.early_stopping_threshold.to_string(), "must be ≥ 0");
         if let Some(f) = t.dataloader_prefetch_factor {
             check(f >= 1, "training.dataloader_prefetch_factor", f.to_string(), "must be at least 1, or left out");

@@ -48,8 +48,8 @@ pub fn dump_batches(plan: &splade_common::data::plan::BatchPlan, path: &std::pat
 /// Runs `splade train`: the whole single-process job, from config to `output_dir/final`.
 pub fn run_training(cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
     cfg.validate_for_training()?;
-    for key in cfg.inactive_keys() {
-        tracing::warn!("{}: `{key}` is parsed but not acted on yet", cfg.origin);
+    for note in cfg.startup_notes() {
+        tracing::warn!("{note}");
     }
     if let Some(n) = cfg.hardware.num_threads {
         tch::set_num_threads(n as i32);

@@ -125,7 +125,7 @@ impl EarlyStopping {
     pub fn from_config(cfg: &Config) -> Option<Self> {
         cfg.training
             .early_stopping_patience
-            .map(|patience| Self { patience, threshold: cfg.training.early_stopping_threshold })
+            .map(|patience| Self { patience: patience as usize, threshold: cfg.training.early_stopping_threshold })
     }
 
     /// `on_evaluate`: updates `counter` for `value` against `best` and says whether training should stop.
