@@ -640,7 +640,7 @@ fn write_eval_results(trainer: &Trainer, round: &EvalRound, name: &str, step: u6
         extra.insert("model".into(), trainer.output.url_of(name).into());
         extra.insert("global_step".into(), step.into());
         // One round covers every task; its time is each task's `evaluation_time` (exact for one task).
-        let result = s.to_task_result(vec!["nob-Latn".into()], "local", seconds, extra);
+        let result = s.to_task_result(splade_common::eval::task_languages(task, &[]), "local", seconds, extra);
         let rel = format!("eval/{name}/{task}.json");
         let output = &trainer.output;
         let put = async {

@@ -44,9 +44,7 @@ pub const INACTIVE_KEYS: &[(&str, &str)] = &[
     ("training.torch_compile", "libtorch runs eager kernels from Rust; torch.compile is a Python-side graph compiler"),
     ("hardware.gradient_checkpointing", "not needed here: the lean max-pooled head never builds the [batch, length, vocabulary] logits, and `document_windows` bounds the sequence length; those are this project's answer to activation memory"),
     ("hardware.tf32", "libtorch's TF32 defaults apply (cuDNN convolutions on, cuBLAS matmuls off); NVIDIA_TF32_OVERRIDE=0 turns it off everywhere"),
-    ("evaluation.evaluator", "evaluation by name (NanoBEIR from the Hub) is not wired in yet; use evaluation.tasks"),
-    ("evaluation.nanobeir_datasets", "evaluation by name (NanoBEIR from the Hub) is not wired in yet; use evaluation.tasks"),
-    ("evaluation.mteb_tasks", "the names are checked and mapped to MTEB task names, but evaluation by name is not wired in yet; use evaluation.tasks"),
+    ("evaluation.mteb_tasks", "the names are checked and mapped to MTEB task names; like the seed's training script, training does not evaluate them: run `splade eval --model OUT/final --task NorQuadRetrieval` (MTEB names resolve from the Hub)"),
 ];
 
 const HUB_REASON: &str =
@@ -590,9 +588,9 @@ pub struct EvaluationConfig {
     #[serde(deserialize_with = "count_or_bool")]
     pub log_decoded_samples: usize,
     /// `sparse_nanobeir`: evaluate on NanoBEIR (`nanobeir_datasets`) as sentence-transformers'
-    /// `SparseNanoBEIREvaluator`. Inactive (see [`INACTIVE_KEYS`]).
+    /// `SparseNanoBEIREvaluator`, from the Hub dataset it reads, logged under its metric names.
     pub evaluator: Option<EvaluatorKind>,
-    /// NanoBEIR dataset names (`msmarco`, `nfcorpus`, ...). Inactive.
+    /// NanoBEIR dataset names (`msmarco`, `nfcorpus`, ...); default (the seed's) msmarco and nfcorpus.
     pub nanobeir_datasets: Vec<String>,
     /// MTEB retrieval tasks by MTEB name or the seed's short name (`NorQuAD` → `NorQuadRetrieval`; see
     /// [`mteb::resolve_task`]); an unknown name is an error listing the close ones.

@@ -439,6 +439,9 @@ pub struct DuringEval {
     pub track_sparsity: bool,
     /// `evaluation.log_decoded_samples`.
     pub decode: usize,
+    /// How many of `tasks` (the last ones) are NanoBEIR datasets (`evaluator: sparse_nanobeir`), logged under
+    /// sentence-transformers' `SparseNanoBEIREvaluator` names.
+    pub nanobeir: usize,
 }
 
 /// The outcome of evaluating every task once.
@@ -474,6 +477,23 @@ impl DuringEval {
             }
             tasks.push(task);
         }
+        let mut nanobeir = 0;
+        if cfg.evaluation.evaluator == Some(splade_common::config::EvaluatorKind::SparseNanobeir) {
+            // The seed's default when `nanobeir_datasets` is unset.
+            let names = if cfg.evaluation.nanobeir_datasets.is_empty() {
+                vec!["msmarco".to_string(), "nfcorpus".to_string()]
+            } else {
+                cfg.evaluation.nanobeir_datasets.clone()
+            };
+            let hub = splade_common::hub::Hub::from_env();
+            for name in &names {
+                let task = splade_common::eval::nanobeir_task(&hub, name).map_err(|e| {
+                    other(format!("{}: `evaluation.nanobeir_datasets` ({name}): {e}", cfg.origin))
+                })?;
+                tasks.push(task);
+                nanobeir += 1;
+            }
+        }
         if selector.needs_dev_rows() {
             let missing = match &selector.task {
                 None => dev.is_empty(),
@@ -499,6 +519,7 @@ impl DuringEval {
             batch_size: cfg.training.per_device_eval_batch_size,
             track_sparsity: cfg.evaluation.track_sparsity,
             decode: cfg.evaluation.log_decoded_samples,
+            nanobeir,
         })
     }
 
@@ -513,7 +534,11 @@ impl DuringEval {
         let mut tasks = Vec::new();
         let mut scalars = Vec::new();
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-        for task in &self.tasks {
+        let mut nano_sums: BTreeMap<String, f64> = BTreeMap::new();
+        // (Σ value × count, Σ count) of the active dims, weighted as SparseNanoBEIREvaluator weights them.
+        let mut nano_dims: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+        let first_nano = self.tasks.len() - self.nanobeir;
+        for (i, task) in self.tasks.iter().enumerate() {
             let (scores, _) = crate::evaluate::evaluate_model(model, task, self.batch_size)
                 .map_err(|e| other(format!("evaluating task {} during training: {e}", task.name)))?;
             let mut per_task: Vec<(String, f64)> = scores.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -523,7 +548,20 @@ impl DuringEval {
                 per_task.push(("avg_flops".into(), sp.avg_flops));
             }
             for (k, v) in per_task {
-                scalars.push((format!("eval_{}_{}", task.name, k.replace("_at_", "@")), v));
+                if i >= first_nano {
+                    let st = st_metric_name(&k);
+                    scalars.push((format!("eval_{}_{st}", task.name), v));
+                    match k.as_str() {
+                        "query_active_dims" => add_weighted(&mut nano_dims, "query_active_dims", v, scores.n_queries),
+                        "corpus_active_dims" => add_weighted(&mut nano_dims, "corpus_active_dims", v, scores.n_docs),
+                        // Its aggregate pools the per-dimension counts of all datasets, which a round does not
+                        // keep: not logged rather than logged differently.
+                        "avg_flops" => {}
+                        _ => *nano_sums.entry(st).or_default() += v,
+                    }
+                } else {
+                    scalars.push((format!("eval_{}_{}", task.name, k.replace("_at_", "@")), v));
+                }
                 *sums.entry(k).or_default() += v;
             }
             tasks.push((task.name.clone(), scores));
@@ -535,9 +573,31 @@ impl DuringEval {
                 scalars.push((format!("eval_mean_{}", k.replace("_at_", "@")), *v));
             }
         }
+        // sentence-transformers' NanoBEIR aggregate: the mean over the NanoBEIR datasets (`np.mean`).
+        for (k, v) in &nano_sums {
+            scalars.push((format!("eval_NanoBEIR_mean_{k}"), v / self.nanobeir as f64));
+        }
+        for (k, (sum, n)) in &nano_dims {
+            scalars.push((format!("eval_NanoBEIR_mean_{k}"), sum / n));
+        }
         let dev = trainer.dev_round(&self.dev, self.batch_size, self.track_sparsity, self.decode)?;
         scalars.extend(dev.scalars());
         Ok(EvalRound { tasks, mean, dev, scalars })
+    }
+}
+
+fn add_weighted(acc: &mut BTreeMap<&'static str, (f64, f64)>, key: &'static str, v: f64, n: usize) {
+    let e = acc.entry(key).or_default();
+    e.0 += v * n as f64;
+    e.1 += n as f64;
+}
+
+/// sentence-transformers' name of one of our metric keys in a sparse IR evaluator's output: retrieval metrics
+/// carry the score function (`dot_ndcg@10`), sparsity keys keep their names (`query_active_dims`).
+fn st_metric_name(key: &str) -> String {
+    match key {
+        "query_active_dims" | "corpus_active_dims" | "avg_flops" => key.to_string(),
+        _ => format!("dot_{}", key.replace("_at_", "@")),
     }
 }
 

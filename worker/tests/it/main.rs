@@ -7,6 +7,7 @@ mod cli_errors;
 mod cluster;
 mod csr;
 mod dev_eval;
+mod eval_by_name;
 mod eval_parity;
 mod gptbert;
 mod lean_head;
