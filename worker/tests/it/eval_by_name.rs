@@ -117,3 +117,51 @@ fn train_nanobeir_metrics_equal_sentence_transformers_evaluator() {
     }
     eprintln!("{} metrics equal ST's within 1e-4", compared.len());
 }
+
+/// `splade eval --task NorQuadRetrieval` reads MTEB's dataset at MTEB's revision from the hub cache. The `mteb`
+/// package cannot read that offline (it loads with `datasets.load_dataset(path, revision)`, which offline reads
+/// only datasets' Arrow cache, not the hub cache), so the reference is our BEIR path on the same rows, whose
+/// metrics `pytrec_eval` and ST's evaluator check (`eval_parity.rs`, `common` eval tests).
+#[test]
+fn mteb_task_by_name_reads_the_hub_cache_and_carries_its_languages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stand_in, beir) = (dir.path().join("repo"), dir.path().join("NorQuAD-beir"));
+    python_json(
+        "mteb_fixture.py",
+        &["--norquad", repo().join("data/norquad").to_str().unwrap(), "--repo", stand_in.to_str().unwrap(), "--beir", beir.to_str().unwrap()],
+    );
+    let task = splade_common::config::mteb::resolve_task("NorQuadRetrieval").unwrap().task;
+    let cache = dir.path().join("hub");
+    splade_common::testkit::hub::write_hub_repo_at(&cache, RepoKind::Dataset, task.dataset, task.revision, &files_of_dir(&stand_in));
+    let bin = std::env::var_os("SPLADE_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_splade")));
+    let eval = |task_arg: &str, out: &str| {
+        let o = Command::new(&bin)
+            .args(["eval", "--device", "cpu", "--max-length", "64", "--model"])
+            .arg(model("splade-tiny"))
+            .args(["--task", task_arg, "--output"])
+            .arg(dir.path().join(out))
+            .env("HF_HUB_CACHE", &cache)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "splade eval --task {task_arg}:\n{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = eval("NorQuAD", "by-name");
+    assert!(err.contains("the seed's short name for MTEB's NorQuadRetrieval"), "{err}");
+    eval(beir.to_str().unwrap(), "beir");
+    let read = |p: PathBuf| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let named = read(dir.path().join("by-name/NorQuadRetrieval.json"));
+    let local = read(dir.path().join("beir/NorQuAD-beir.json"));
+    let (n, l) = (&named["scores"]["test"][0], &local["scores"]["test"][0]);
+    assert_eq!(n["languages"], serde_json::json!(["nob-Latn"]), "{named}");
+    assert_eq!(l["languages"], serde_json::json!(["und"]), "a local folder with no known name: {local}");
+    let mut compared = 0;
+    for (k, v) in l.as_object().unwrap() {
+        if k.contains("_at_") || k == "main_score" {
+            assert_eq!(n[k], *v, "{k}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 20, "{compared} metrics compared");
+}
