@@ -160,6 +160,8 @@ impl Lead {
     pub fn start(trainer: &Trainer, metrics_listen: Option<&str>) -> Result<Self, TrainError> {
         let (cfg, output) = (&trainer.cfg, &trainer.output);
         let strategy = cfg.training.eval_strategy;
+        // TODO(merge `loaders`): seed loader blocks bring their own dev split (in `SplitDataset::eval`, which
+        // `dev_sets` reads); add `|| s.loader.is_some()` here so a cluster's rank 0 loads them too.
         let holds_out = cfg.datasets.enabled().any(|(_, s)| s.split_ratio > 0.0);
         let dev = if trainer.datasets.is_empty() && holds_out && strategy != IntervalStrategy::No {
             dev_sets(&super::load_train_datasets(cfg)?)
