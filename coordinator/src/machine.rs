@@ -224,12 +224,14 @@ impl<S: ClusterState> Machine<S> {
         self.global_step = self.global_step.max(report.step);
         let step = report.step;
         let worker = report.worker_id.clone();
+        let stopped_early = report.stopped_early;
         if step >= self.progress_step {
             self.progress_step = step;
             self.progress.merge(report);
         }
-        if step >= self.job.total_steps {
-            tracing::info!(worker = %worker, step, "final step reported; the job is complete");
+        if step >= self.job.total_steps || stopped_early {
+            let why = if stopped_early { "early stopping ended the run" } else { "final step reported" };
+            tracing::info!(worker = %worker, step, "{why}; the job is complete");
             self.state.end_generation("training completed".into());
             self.state.set_phase(JobPhase::Completed {
                 final_step: step,

@@ -402,6 +402,7 @@ impl TryFrom<pb::ProgressReport> for domain::ProgressReport {
             train,
             evals,
             checkpoint_seconds,
+            stopped_early: m.stopped_early,
         })
     }
 }
@@ -487,6 +488,7 @@ impl From<domain::ProgressReport> for pb::ProgressReport {
                 .map(|e| pb::EvalScore { task: e.task, step: e.step, ndcg_at_10: e.ndcg_at_10, mrr_at_10: e.mrr_at_10 })
                 .collect(),
             checkpoint_seconds: d.checkpoint_seconds,
+            stopped_early: d.stopped_early,
         }
     }
 }
@@ -731,6 +733,7 @@ mod tests {
         });
         r.evals = vec![domain::EvalScore { task: "norquad".into(), step: 12, ndcg_at_10: 0.6, mrr_at_10: None }];
         r.checkpoint_seconds = Some(1.25);
+        r.stopped_early = true;
         r
     }
 
@@ -742,7 +745,7 @@ mod tests {
         // NaN FLOPS (a diverged step) cross the wire as NaN; every other field is equal.
         assert!(bt.flops_document.is_nan());
         assert_eq!(domain::StepProgress { flops_document: 0.0, ..bt }, domain::StepProgress { flops_document: 0.0, ..t });
-        assert_eq!((back.evals, back.checkpoint_seconds), (d.evals, d.checkpoint_seconds));
+        assert_eq!((back.evals, back.checkpoint_seconds, back.stopped_early), (d.evals, d.checkpoint_seconds, true));
     }
 
     #[test]

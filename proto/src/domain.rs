@@ -159,12 +159,14 @@ pub struct ProgressReport {
     pub evals: Vec<EvalScore>,
     /// Seconds rank 0 took to write the checkpoint of `step` it is about to commit (finite, ≥ 0).
     pub checkpoint_seconds: Option<f64>,
+    /// Early stopping ended the run at `step`, before the plan's last step: the job is complete.
+    pub stopped_early: bool,
 }
 
 impl ProgressReport {
     /// A report of `step` with nothing in it yet.
     pub fn new(worker_id: WorkerId, generation: u64, step: u64) -> Self {
-        Self { worker_id, generation, step, train: None, evals: Vec::new(), checkpoint_seconds: None }
+        Self { worker_id, generation, step, train: None, evals: Vec::new(), checkpoint_seconds: None, stopped_early: false }
     }
 }
 

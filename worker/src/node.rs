@@ -426,7 +426,7 @@ impl Generation<'_> {
         let world = a.world_size as usize;
         let schedule = Schedule::new(&trainer.cfg, trainer.state.total_steps).map_err(|e| setup(e.to_string()))?.for_cluster();
         let mut lead = match rank {
-            0 => Some(Lead::start(&trainer.cfg, &trainer.output, None).map_err(|e| setup(e.to_string()))?),
+            0 => Some(Lead::start(&trainer, None).map_err(|e| setup(e.to_string()))?),
             _ => None,
         };
         // Rank 0 evaluates while its peers wait in the next step's collective.
@@ -466,6 +466,7 @@ impl Generation<'_> {
             final_scores: Vec::new(),
             dump_grads: self.dump_gradients.map(std::path::Path::to_path_buf),
             ledger: self.ledger.map(std::path::Path::to_path_buf),
+            stopped_early: false,
         };
         let out = schedule::run(&mut trainer, &source, &mut GradSync::AllReduce(&mut pg), lead.as_mut(), &schedule, &mut hooks)
             .map_err(|e| setup(e.to_string()))?;
@@ -493,6 +494,8 @@ struct RankHooks<'g, 'r> {
     dump_grads: Option<PathBuf>,
     /// `--ledger PATH`: one JSON line per step with the rows this rank consumed.
     ledger: Option<PathBuf>,
+    /// Early stopping ended the run: the last step's report tells the coordinator the job is complete.
+    stopped_early: bool,
 }
 
 impl RankHooks<'_, '_> {
@@ -581,6 +584,10 @@ impl Hooks for RankHooks<'_, '_> {
         }
     }
 
+    fn stopped_early(&mut self, _step: u64) {
+        self.stopped_early = true;
+    }
+
     fn step_done(&mut self, _trainer: &Trainer, done: &StepDone, sps: f64) {
         let step = done.stats.step;
         *self.last_step = step;
@@ -614,9 +621,11 @@ impl Hooks for RankHooks<'_, '_> {
             loss_scale: stats.loss_scale,
         };
         let evals = std::mem::take(&mut self.final_scores);
+        let stopped_early = self.stopped_early;
         self.report(step, "progress", |r| {
             r.train = Some(train);
             r.evals = evals;
+            r.stopped_early = stopped_early;
         });
     }
 }
@@ -631,7 +640,7 @@ fn write_eval_results(trainer: &Trainer, round: &EvalRound, name: &str, step: u6
         extra.insert("model".into(), trainer.output.url_of(name).into());
         extra.insert("global_step".into(), step.into());
         // One round covers every task; its time is each task's `evaluation_time` (exact for one task).
-        let result = s.to_task_result(vec!["nob-Latn".into()], "local", seconds, extra);
+        let result = s.to_task_result(splade_common::eval::task_languages(task, &[]), "local", seconds, extra);
         let rel = format!("eval/{name}/{task}.json");
         let output = &trainer.output;
         let put = async {

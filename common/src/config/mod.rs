@@ -45,13 +45,9 @@ pub const INACTIVE_KEYS: &[(&str, &str)] = &[
     ("training.hub_strategy", HUB_REASON),
     ("training.hub_private_repo", HUB_REASON),
     ("training.torch_compile", "libtorch runs eager kernels from Rust; torch.compile is a Python-side graph compiler"),
-    ("training.early_stopping_patience", "early stopping is not wired into the training loop yet"),
-    ("training.early_stopping_threshold", "early stopping is not wired into the training loop yet"),
     ("hardware.gradient_checkpointing", "not needed here: the lean max-pooled head never builds the [batch, length, vocabulary] logits, and `document_windows` bounds the sequence length; those are this project's answer to activation memory"),
     ("hardware.tf32", "libtorch's TF32 defaults apply (cuDNN convolutions on, cuBLAS matmuls off); NVIDIA_TF32_OVERRIDE=0 turns it off everywhere"),
-    ("evaluation.evaluator", "evaluation by name (NanoBEIR from the Hub) is not wired in yet; use evaluation.tasks"),
-    ("evaluation.nanobeir_datasets", "evaluation by name (NanoBEIR from the Hub) is not wired in yet; use evaluation.tasks"),
-    ("evaluation.mteb_tasks", "the names are checked and mapped to MTEB task names, but evaluation by name is not wired in yet; use evaluation.tasks"),
+    ("evaluation.mteb_tasks", "the names are checked and mapped to MTEB task names; like the seed's training script, training does not evaluate them: run `splade eval --model OUT/final --task NorQuadRetrieval` (MTEB names resolve from the Hub)"),
 ];
 
 const HUB_REASON: &str =
@@ -610,9 +606,9 @@ pub struct EvaluationConfig {
     #[serde(deserialize_with = "count_or_bool")]
     pub log_decoded_samples: usize,
     /// `sparse_nanobeir`: evaluate on NanoBEIR (`nanobeir_datasets`) as sentence-transformers'
-    /// `SparseNanoBEIREvaluator`. Inactive (see [`INACTIVE_KEYS`]).
+    /// `SparseNanoBEIREvaluator`, from the Hub dataset it reads, logged under its metric names.
     pub evaluator: Option<EvaluatorKind>,
-    /// NanoBEIR dataset names (`msmarco`, `nfcorpus`, ...). Inactive.
+    /// NanoBEIR dataset names (`msmarco`, `nfcorpus`, ...); default (the seed's) msmarco and nfcorpus.
     pub nanobeir_datasets: Vec<String>,
     /// MTEB retrieval tasks by MTEB name or the seed's short name (`NorQuAD` → `NorQuadRetrieval`; see
     /// [`mteb::resolve_task`]); an unknown name is an error listing the close ones.
@@ -1312,9 +1308,14 @@ impl Config {
             found.borrow_mut().push(e);
         }
         if let Some(p) = t.early_stopping_patience {
-            check(p >= 1, "training.early_stopping_patience", p.to_string(), "must be at least 1 evaluation, or left out")
+            check(p >= 1, "training.early_stopping_patience", p.to_string(), "must be at least 1 evaluation, or left out");
+            // transformers' EarlyStoppingCallback asserts both in on_train_begin.
+            check(t.eval_strategy != IntervalStrategy::No, "training.early_stopping_patience", p.to_string(),
+                "needs evaluation during training: set eval_strategy to steps or epoch (and metric_for_best_model)");
+            check(t.metric_for_best_model.is_some(), "training.early_stopping_patience", p.to_string(),
+                "needs training.metric_for_best_model (e.g. eval_loss or eval_NanoBEIR_mean_dot_ndcg@10)");
         }
-        check(t.early_stopping_threshold >= 0.0, "training.early_stopping_threshold",
+        check(t.early_stopping_threshold.is_finite() && t.early_stopping_threshold >= 0.0, "training.early_stopping_threshold",
             t.early_stopping_threshold.to_string(), "must be ≥ 0");
         if let Some(f) = t.dataloader_prefetch_factor {
             check(f >= 1, "training.dataloader_prefetch_factor", f.to_string(), "must be at least 1, or left out");

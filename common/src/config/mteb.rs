@@ -5,6 +5,11 @@
 //! [`resolve_task`] maps either spelling to MTEB's name: an MTEB name matches itself (any letter case), a short
 //! name matches the task whose name is the short name followed by `Retrieval` (`NorQuAD` → `NorQuadRetrieval`,
 //! `SNL` → `SNLRetrieval`, `TV2Nord` → `TV2Nordretrieval`). Anything else is an error listing the close names.
+//!
+//! Each task also carries the metadata evaluation needs (Hub dataset id, revision, eval split, subsets and their
+//! languages), copied from `mteb==2.26.24`: a table in our code because the trainer has no Python;
+//! `scripts/reference/mteb_task_table.py` prints the same from the `mteb` package and the test
+//! `mteb_table_equals_the_mteb_package` (worker, `eval_by_name.rs`) compares them.
 
 /// An MTEB retrieval task the seed's evaluation script knows, with the language group it lists it under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,20 +18,114 @@ pub struct MtebTask {
     pub name: &'static str,
     /// The seed's group: `norwegian`, `danish`, `swedish` or `multilingual`.
     pub group: &'static str,
+    /// Hub dataset id (`metadata.dataset["path"]`).
+    pub dataset: &'static str,
+    /// The dataset commit MTEB pins (`metadata.dataset["revision"]`).
+    pub revision: &'static str,
+    /// The split MTEB evaluates (`metadata.eval_splits[0]`).
+    pub eval_split: &'static str,
+    /// (hf_subset, languages as ISO 639-3 + script) evaluated: `metadata.eval_langs`, for a task with more than
+    /// five subsets only its Norwegian ones (keys among `nob nno nor no nb nn`), as the seed's script filters.
+    pub subsets: &'static [(&'static str, &'static [&'static str])],
+}
+
+impl MtebTask {
+    /// Every language of the evaluated subsets, in order, without repeats.
+    pub fn languages(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (_, langs) in self.subsets {
+            for l in *langs {
+                if !out.iter().any(|o| o == l) {
+                    out.push(l.to_string());
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The seed's `SCANDINAVIAN_TASKS`, in its order.
 pub const MTEB_TASKS: &[MtebTask] = &[
-    MtebTask { name: "NorQuadRetrieval", group: "norwegian" },
-    MtebTask { name: "SNLRetrieval", group: "norwegian" },
-    MtebTask { name: "WebFAQRetrieval", group: "norwegian" },
-    MtebTask { name: "WikipediaRetrievalMultilingual", group: "norwegian" },
-    MtebTask { name: "DanFeverRetrieval", group: "danish" },
-    MtebTask { name: "TV2Nordretrieval", group: "danish" },
-    MtebTask { name: "TwitterHjerneRetrieval", group: "danish" },
-    MtebTask { name: "SweFaqRetrieval", group: "swedish" },
-    MtebTask { name: "SwednRetrieval", group: "swedish" },
-    MtebTask { name: "MKQARetrieval", group: "multilingual" },
+    MtebTask {
+        name: "NorQuadRetrieval",
+        group: "norwegian",
+        dataset: "mteb/norquad_retrieval",
+        revision: "9dcfcdb2aa578dd178330d49bf564248935f7fbe",
+        eval_split: "test",
+        subsets: &[("default", &["nob-Latn"])],
+    },
+    MtebTask {
+        name: "SNLRetrieval",
+        group: "norwegian",
+        dataset: "adrlau/navjordj-SNL_summarization_copy",
+        revision: "22c474c88fb4678052f9099bb917ad8f9e155f9f",
+        eval_split: "test",
+        subsets: &[("default", &["nob-Latn"])],
+    },
+    MtebTask {
+        name: "WebFAQRetrieval",
+        group: "norwegian",
+        dataset: "mteb/WebFAQRetrieval",
+        revision: "f64f483ad0f31d2e78209d524c14a4a867965959",
+        eval_split: "test",
+        subsets: &[("nor", &["nor-Latn", "nob-Latn", "nno-Latn"])],
+    },
+    MtebTask {
+        name: "WikipediaRetrievalMultilingual",
+        group: "norwegian",
+        dataset: "mteb/WikipediaRetrievalMultilingual",
+        revision: "5f6c91d21f2f5b9afb663858d19848fbd223c775",
+        eval_split: "test",
+        subsets: &[("no", &["nor-Latn"])],
+    },
+    MtebTask {
+        name: "DanFeverRetrieval",
+        group: "danish",
+        dataset: "strombergnlp/danfever",
+        revision: "3b17b754ed5bf356582b93ec11d1c72469f7bb9c",
+        eval_split: "train",
+        subsets: &[("default", &["dan-Latn"])],
+    },
+    MtebTask {
+        name: "TV2Nordretrieval",
+        group: "danish",
+        dataset: "alexandrainst/nordjylland-news-summarization",
+        revision: "80cdb115ec2ef46d4e926b252f2b59af62d6c070",
+        eval_split: "test",
+        subsets: &[("default", &["dan-Latn"])],
+    },
+    MtebTask {
+        name: "TwitterHjerneRetrieval",
+        group: "danish",
+        dataset: "mteb/TwitterHjerneRetrieval",
+        revision: "97ad55673cf9746f8e4b3aaa92b1bb92d82e52db",
+        eval_split: "train",
+        subsets: &[("default", &["dan-Latn"])],
+    },
+    MtebTask {
+        name: "SweFaqRetrieval",
+        group: "swedish",
+        dataset: "mteb/SweFaqRetrieval",
+        revision: "208cb812631068a4bd8b93c8b9291370b47f282c",
+        eval_split: "test",
+        subsets: &[("default", &["swe-Latn"])],
+    },
+    MtebTask {
+        name: "SwednRetrieval",
+        group: "swedish",
+        dataset: "mteb/SwednRetrieval",
+        revision: "3920fa0e9ae78f6af3d8a20b33b39e1f9acdfdf9",
+        eval_split: "test",
+        subsets: &[("default", &["swe-Latn"])],
+    },
+    MtebTask {
+        name: "MKQARetrieval",
+        group: "multilingual",
+        dataset: "mteb/MKQARetrieval",
+        revision: "3e069e7a30079d214a859741f5a0de75cf878867",
+        eval_split: "train",
+        subsets: &[("no", &["nor-Latn", "nno-Latn", "nob-Latn"])],
+    },
 ];
 
 /// How a configured name was resolved.

@@ -463,6 +463,7 @@ fn seed_only_keys_parse_and_say_what_they_do() {
     let c = parse(
         "model:\n  base_model: x\ntraining:\n  dataloader_num_workers: 8\n  dataloader_pin_memory: false\n  \
          dataloader_prefetch_factor: 4\n  early_stopping_patience: 5\n  early_stopping_threshold: 0.001\n  torch_compile: true\n\
+         \x20 eval_strategy: steps\n  metric_for_best_model: eval_loss\n\
          hardware:\n  tf32: true\n  distributed: true\n  world_size: 4\n  gradient_checkpointing: true\n\
          model_card:\n  library_name: sentence-transformers\nevaluation:\n  evaluator: sparse_nanobeir\n  track_sparsity: true\n",
     )
@@ -480,9 +481,9 @@ fn seed_only_keys_parse_and_say_what_they_do() {
         assert!(notes.iter().any(|n| n.contains(&format!("{key}` is parsed but not acted on: "))), "{key}: {notes:#?}");
     }
     let gc = notes.iter().find(|n| n.contains("gradient_checkpointing")).unwrap();
-    assert!(gc.starts_with("cfg.yaml:14:") && gc.contains("lean max-pooled head") && gc.contains("document_windows"), "{gc}");
+    assert!(gc.starts_with("cfg.yaml:16:") && gc.contains("lean max-pooled head") && gc.contains("document_windows"), "{gc}");
     let dist = notes.iter().find(|n| n.contains("hardware.distributed")).unwrap();
-    assert!(dist.starts_with("cfg.yaml:12:") && dist.contains("splade-coordinator --config cfg.yaml") && dist.contains("splade-worker --join") && dist.contains("4 data-parallel"), "{dist}");
+    assert!(dist.starts_with("cfg.yaml:14:") && dist.contains("splade-coordinator --config cfg.yaml") && dist.contains("splade-worker --join") && dist.contains("4 data-parallel"), "{dist}");
     // world_size 1 and distributed false say nothing.
     let quiet = parse("model:\n  base_model: x\nhardware:\n  distributed: false\n  world_size: 1\n").unwrap();
     assert!(quiet.startup_notes().is_empty(), "{:?}", quiet.startup_notes());

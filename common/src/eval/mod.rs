@@ -23,8 +23,10 @@
 mod bm25;
 mod export;
 mod fusion;
+mod hub_tasks;
 mod index;
 mod metrics;
+mod mteb_tasks;
 mod results;
 mod run;
 mod sparse;
@@ -42,6 +44,8 @@ pub use export::{
     opensearch_mapping, quantize, write_anserini, write_opensearch_bulk, write_qdrant_points,
 };
 pub use fusion::{fuse, Fusion};
+pub use hub_tasks::{mteb_hub_task, nanobeir_task, NANOBEIR_DATASET, NANOBEIR_NAMES};
+pub use mteb_tasks::task_languages;
 pub use index::{vocab_fingerprint, Hit, InvertedIndex, VocabInfo};
 pub use metrics::{
     avg_flops, compute_metrics, count_vector, most_active, ActiveDims, Metrics, MetricsConfig,

@@ -20,9 +20,14 @@ pub struct EvalArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub windows: WindowArgs,
-    /// Task directories (BEIR layout or MTEB Parquet layout).
+    /// Task directories (BEIR layout or MTEB Parquet layout), or MTEB retrieval task names
+    /// (`NorQuadRetrieval`, the seed's `NorQuAD`), read from their Hub datasets through the HF cache.
     #[arg(long = "task", required = true)]
     pub tasks: Vec<PathBuf>,
+    /// Languages the results carry (ISO 639-3 + script, e.g. nob-Latn; repeatable). Default: the MTEB task's
+    /// languages when the task name is an MTEB task, else `und`.
+    #[arg(long = "language")]
+    pub languages: Vec<String>,
     /// Split to evaluate; defaults to the only split present.
     #[arg(long)]
     pub split: Option<String>,
@@ -98,8 +103,22 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for dir in &a.tasks {
         let t0 = Instant::now();
-        let name = task_name(dir);
-        let task = Task::load(&LocalDir::new(dir), a.split.as_deref(), Some(&name))?;
+        let (name, task) = match splade_common::config::mteb::resolve_task(&dir.to_string_lossy()) {
+            Ok(r) if !dir.exists() => {
+                if r.from_short_name {
+                    eprintln!("{}: the seed's short name for MTEB's {}", dir.display(), r.task.name);
+                }
+                let hub = splade_common::hub::Hub::from_env();
+                let task = splade_common::eval::mteb_hub_task(&hub, &r.task)
+                    .with_context(|| format!("--task {}", dir.display()))?;
+                (r.task.name.to_string(), task)
+            }
+            _ => {
+                let name = task_name(dir);
+                let task = Task::load(&LocalDir::new(dir), a.split.as_deref(), Some(&name))?;
+                (name, task)
+            }
+        };
         for w in &task.warnings {
             tracing::warn!(task = name, "{w}");
         }
@@ -139,7 +158,7 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         if let Some(p) = &a.save_run {
             scores.run.save_trec(p, "splade")?;
         }
-        let languages = vec!["nob-Latn".to_string()];
+        let languages = splade_common::eval::task_languages(&name, &a.languages);
         let result = scores.to_task_result(languages.clone(), "local", elapsed, extra.clone());
         if let Some(out) = &a.output {
             let p = result.write_to_dir(out)?;

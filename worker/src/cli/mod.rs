@@ -1,7 +1,7 @@
 //! The `splade` command line: `train`, `eval`, `encode`, `decode`, `index`, `search`. Each subcommand is a function
 //! over parsed arguments so tests can call it without a process.
 
-mod encode;
+pub mod encode;
 mod eval;
 mod index;
 mod search;

@@ -10,9 +10,13 @@
 //! | [`schedule`] | when to log, evaluate, save; the run loop and its end (best model, `final/`) |
 //! | [`run`] | `splade train`: loaded rows, no sync |
 //! | [`monitor`] | Prometheus, `metrics.jsonl`, TensorBoard, MLflow, evaluation during training |
+//! | [`card`] | the model card (`README.md`) of saved folders |
+//! | [`dev`] | the dev rows at each evaluation: `eval_loss`, sparsity, decoded samples |
 //! | [`fetch`] | a cluster rank's slices of the published data plan |
 
+pub mod card;
 pub mod csr;
+pub mod dev;
 pub mod distributed;
 pub mod fetch;
 pub mod inference_free;

@@ -17,6 +17,7 @@ use splade_common::obs::{
 };
 use splade_common::store::Location;
 
+use super::dev::{DevRound, DevSet};
 use super::{other, StepStats, TrainError};
 
 /// The `report_to` values this trainer knows (Hugging Face spellings).
@@ -234,6 +235,15 @@ impl Monitor {
         let scalars: Vec<(&str, f64)> = round.scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         self.jsonl.log_scalars(step, &scalars);
         self.reporters.log_scalars(step, &scalars);
+        if !round.dev.decoded.is_empty() {
+            let text = round.dev.decoded.join("\n");
+            let tag = format!("decoded_samples/step_{step}");
+            self.jsonl.log_text(&tag, &text);
+            self.reporters.log_text(&tag, &text);
+            for line in &round.dev.decoded {
+                tracing::info!(step, "decoded {line}");
+            }
+        }
     }
 
     /// Records a committed checkpoint.
@@ -307,8 +317,9 @@ impl BestSelector {
     /// Maps `training.metric_for_best_model` onto a logged number. Accepts this trainer's names
     /// (`eval_<task>_ndcg@10`, `eval_mean_mrr@10`) and sentence-transformers' (`eval_NanoBEIR_mean_dot_ndcg@10`,
     /// `eval_<task>_dot_ndcg@10`): a name that starts with a configured task maps onto that task, one naming
-    /// `mean`/`NanoBEIR` or no task onto the mean over tasks. `loss` (any name ending in `loss`) is the training
-    /// loss at the evaluation step, smaller is better. Default: the mean NDCG@10.
+    /// `mean`/`NanoBEIR` or no task onto the mean over tasks. `loss` or `eval_loss` is the loss on the dev rows
+    /// (as transformers prefixes `eval_`), `eval_<dataset>_loss` one dataset's; `train_loss` is the training
+    /// loss of the evaluation step. Losses default to smaller is better. Default: the mean NDCG@10.
     pub fn from_config(cfg: &Config) -> Result<Self, TrainError> {
         let t = &cfg.training;
         let raw = t.metric_for_best_model.clone().unwrap_or_else(|| "eval_mean_ndcg@10".into());
@@ -319,14 +330,27 @@ impl BestSelector {
                 cfg.line_of("training.metric_for_best_model").map(|l| format!(":{l}")).unwrap_or_default()
             ))
         };
+        let loss = |task: Option<String>, metric: &str, logged_as: String| Self {
+            task,
+            metric: metric.into(),
+            greater_is_better: t.greater_is_better.unwrap_or(false),
+            logged_as,
+        };
+        if raw == "train_loss" || raw == "train/loss" {
+            return Ok(loss(None, "train_loss", "train/loss".into()));
+        }
         let name = raw.strip_prefix("eval_").unwrap_or(&raw).replace("_at_", "@");
-        if name == "loss" || name.ends_with("_loss") || name.ends_with("/loss") {
-            return Ok(Self {
-                task: None,
-                metric: "loss".into(),
-                greater_is_better: t.greater_is_better.unwrap_or(false),
-                logged_as: "train/loss".into(),
-            });
+        if name == "loss" {
+            return Ok(loss(None, "eval_loss", "eval_loss".into()));
+        }
+        if let Some(ds) = name.strip_suffix("_loss") {
+            let names: Vec<&str> = cfg.datasets.datasets.iter().map(|(n, _)| n.as_str()).collect();
+            if !names.contains(&ds) {
+                return Err(bad(format!(
+                    "`{ds}` is no dataset (datasets: {names:?}); use eval_loss (all dev rows), eval_<dataset>_loss or train_loss"
+                )));
+            }
+            return Ok(loss(Some(ds.to_string()), "eval_loss", format!("eval_{ds}_loss")));
         }
         let (prefix, last) = match name.rsplit_once('_') {
             Some((p, l)) => (p, l),
@@ -367,10 +391,26 @@ impl BestSelector {
         Ok(Self { task, metric: format!("{kind}_at_{k}"), greater_is_better: t.greater_is_better.unwrap_or(true), logged_as })
     }
 
+    /// Whether the metric is a dev-row loss (which needs `split_ratio`).
+    pub fn needs_dev_rows(&self) -> bool {
+        self.metric == "eval_loss"
+    }
+
+    /// Whether the metric is a retrieval metric of the evaluation tasks.
+    pub fn needs_tasks(&self) -> bool {
+        !matches!(self.metric.as_str(), "eval_loss" | "train_loss")
+    }
+
     /// The selected value of an evaluation round (`train_loss`: the step's training loss).
     pub fn value(&self, round: &EvalRound, train_loss: f64) -> Option<f64> {
-        if self.metric == "loss" {
+        if self.metric == "train_loss" {
             return Some(train_loss);
+        }
+        if self.metric == "eval_loss" {
+            return match &self.task {
+                None => round.dev.eval_loss,
+                Some(ds) => round.dev.losses.iter().find(|(n, _)| n == ds).map(|(_, l)| *l),
+            };
         }
         match &self.task {
             Some(t) => round.tasks.iter().find(|(n, _)| n == t).and_then(|(_, s)| s.metrics.get(&self.metric).copied()),
@@ -388,11 +428,20 @@ impl BestSelector {
     }
 }
 
-/// The evaluation tasks (loaded once) and the selection rule.
+/// The evaluation tasks (loaded once), the dev rows and the selection rule.
 pub struct DuringEval {
     pub tasks: Vec<Task>,
+    /// The datasets' held-out rows (`eval_loss`, dev sparsity, decoded samples).
+    pub dev: Vec<DevSet>,
     pub selector: BestSelector,
     pub batch_size: usize,
+    /// `evaluation.track_sparsity`.
+    pub track_sparsity: bool,
+    /// `evaluation.log_decoded_samples`.
+    pub decode: usize,
+    /// How many of `tasks` (the last ones) are NanoBEIR datasets (`evaluator: sparse_nanobeir`), logged under
+    /// sentence-transformers' `SparseNanoBEIREvaluator` names.
+    pub nanobeir: usize,
 }
 
 /// The outcome of evaluating every task once.
@@ -401,13 +450,17 @@ pub struct EvalRound {
     pub tasks: Vec<(String, TaskScores)>,
     /// Mean of each metric over the tasks.
     pub mean: BTreeMap<String, f64>,
-    /// Everything logged: `eval_<task>_<metric>` (MTEB `_at_` written as `@`), sparsity, and `eval_mean_<metric>`.
+    /// What the dev rows measured (empty without dev rows).
+    pub dev: DevRound,
+    /// Everything logged: `eval_<task>_<metric>` (MTEB `_at_` written as `@`), sparsity, `eval_mean_<metric>`,
+    /// and the dev rows' `eval_loss` (see [`DevRound::scalars`]).
     pub scalars: Vec<(String, f64)>,
 }
 
 impl DuringEval {
-    /// Loads `evaluation.tasks` (local BEIR/MTEB folders) and checks `metric_for_best_model`.
-    pub fn load(cfg: &Config) -> Result<Self, TrainError> {
+    /// Loads `evaluation.tasks` (local BEIR/MTEB folders) and checks `metric_for_best_model` against them and
+    /// the `dev` rows.
+    pub fn load(cfg: &Config, dev: Vec<DevSet>) -> Result<Self, TrainError> {
         let selector = BestSelector::from_config(cfg)?;
         let mut tasks = Vec::new();
         for (i, spec) in cfg.evaluation.tasks.iter().enumerate() {
@@ -424,15 +477,68 @@ impl DuringEval {
             }
             tasks.push(task);
         }
-        Ok(Self { tasks, selector, batch_size: cfg.training.per_device_eval_batch_size })
+        let mut nanobeir = 0;
+        if cfg.evaluation.evaluator == Some(splade_common::config::EvaluatorKind::SparseNanobeir) {
+            // The seed's default when `nanobeir_datasets` is unset.
+            let names = if cfg.evaluation.nanobeir_datasets.is_empty() {
+                vec!["msmarco".to_string(), "nfcorpus".to_string()]
+            } else {
+                cfg.evaluation.nanobeir_datasets.clone()
+            };
+            let hub = splade_common::hub::Hub::from_env();
+            for name in &names {
+                let task = splade_common::eval::nanobeir_task(&hub, name).map_err(|e| {
+                    other(format!("{}: `evaluation.nanobeir_datasets` ({name}): {e}", cfg.origin))
+                })?;
+                tasks.push(task);
+                nanobeir += 1;
+            }
+        }
+        if selector.needs_dev_rows() {
+            let missing = match &selector.task {
+                None => dev.is_empty(),
+                Some(ds) => !dev.iter().any(|d| &d.name == ds),
+            };
+            if missing {
+                return Err(other(format!(
+                    "{}{}: `training.metric_for_best_model` is `{}`, a loss on held-out rows, but {} no dev rows; set `datasets.<name>.split_ratio` (e.g. 0.01), or use train_loss",
+                    cfg.origin,
+                    cfg.line_of("training.metric_for_best_model").map(|l| format!(":{l}")).unwrap_or_default(),
+                    cfg.training.metric_for_best_model.as_deref().unwrap_or_default(),
+                    selector.task.as_deref().map(|d| format!("dataset `{d}` has")).unwrap_or_else(|| "no dataset has".into()),
+                )));
+            }
+        }
+        if cfg.evaluation.log_decoded_samples > 0 && dev.is_empty() {
+            tracing::warn!("evaluation.log_decoded_samples: no dataset has dev rows (split_ratio), so no samples are decoded");
+        }
+        Ok(Self {
+            tasks,
+            dev,
+            selector,
+            batch_size: cfg.training.per_device_eval_batch_size,
+            track_sparsity: cfg.evaluation.track_sparsity,
+            decode: cfg.evaluation.log_decoded_samples,
+            nanobeir,
+        })
     }
 
-    /// Encodes and scores every task with `model`.
-    pub fn run(&self, model: &crate::model::SparseEncoder) -> Result<EvalRound, TrainError> {
+    /// Whether an evaluation measures anything (tasks or dev rows).
+    pub fn has_work(&self) -> bool {
+        !self.tasks.is_empty() || !self.dev.is_empty()
+    }
+
+    /// Encodes and scores every task with `trainer`'s model, and evaluates the dev rows.
+    pub fn run(&self, trainer: &super::Trainer) -> Result<EvalRound, TrainError> {
+        let model = &trainer.model;
         let mut tasks = Vec::new();
         let mut scalars = Vec::new();
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-        for task in &self.tasks {
+        let mut nano_sums: BTreeMap<String, f64> = BTreeMap::new();
+        // (Σ value × count, Σ count) of the active dims, weighted as SparseNanoBEIREvaluator weights them.
+        let mut nano_dims: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+        let first_nano = self.tasks.len() - self.nanobeir;
+        for (i, task) in self.tasks.iter().enumerate() {
             let (scores, _) = crate::evaluate::evaluate_model(model, task, self.batch_size)
                 .map_err(|e| other(format!("evaluating task {} during training: {e}", task.name)))?;
             let mut per_task: Vec<(String, f64)> = scores.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -442,7 +548,20 @@ impl DuringEval {
                 per_task.push(("avg_flops".into(), sp.avg_flops));
             }
             for (k, v) in per_task {
-                scalars.push((format!("eval_{}_{}", task.name, k.replace("_at_", "@")), v));
+                if i >= first_nano {
+                    let st = st_metric_name(&k);
+                    scalars.push((format!("eval_{}_{st}", task.name), v));
+                    match k.as_str() {
+                        "query_active_dims" => add_weighted(&mut nano_dims, "query_active_dims", v, scores.n_queries),
+                        "corpus_active_dims" => add_weighted(&mut nano_dims, "corpus_active_dims", v, scores.n_docs),
+                        // Its aggregate pools the per-dimension counts of all datasets, which a round does not
+                        // keep: not logged rather than logged differently.
+                        "avg_flops" => {}
+                        _ => *nano_sums.entry(st).or_default() += v,
+                    }
+                } else {
+                    scalars.push((format!("eval_{}_{}", task.name, k.replace("_at_", "@")), v));
+                }
                 *sums.entry(k).or_default() += v;
             }
             tasks.push((task.name.clone(), scores));
@@ -454,7 +573,31 @@ impl DuringEval {
                 scalars.push((format!("eval_mean_{}", k.replace("_at_", "@")), *v));
             }
         }
-        Ok(EvalRound { tasks, mean, scalars })
+        // sentence-transformers' NanoBEIR aggregate: the mean over the NanoBEIR datasets (`np.mean`).
+        for (k, v) in &nano_sums {
+            scalars.push((format!("eval_NanoBEIR_mean_{k}"), v / self.nanobeir as f64));
+        }
+        for (k, (sum, n)) in &nano_dims {
+            scalars.push((format!("eval_NanoBEIR_mean_{k}"), sum / n));
+        }
+        let dev = trainer.dev_round(&self.dev, self.batch_size, self.track_sparsity, self.decode)?;
+        scalars.extend(dev.scalars());
+        Ok(EvalRound { tasks, mean, dev, scalars })
+    }
+}
+
+fn add_weighted(acc: &mut BTreeMap<&'static str, (f64, f64)>, key: &'static str, v: f64, n: usize) {
+    let e = acc.entry(key).or_default();
+    e.0 += v * n as f64;
+    e.1 += n as f64;
+}
+
+/// sentence-transformers' name of one of our metric keys in a sparse IR evaluator's output: retrieval metrics
+/// carry the score function (`dot_ndcg@10`), sparsity keys keep their names (`query_active_dims`).
+fn st_metric_name(key: &str) -> String {
+    match key {
+        "query_active_dims" | "corpus_active_dims" | "avg_flops" => key.to_string(),
+        _ => format!("dot_{}", key.replace("_at_", "@")),
     }
 }
 
@@ -490,7 +633,19 @@ mod tests {
         assert_eq!(s.task.as_deref(), Some("nor_quad2"));
         assert_eq!(s.logged_as, "eval_nor_quad2_ndcg@10");
         let s = sel("eval_loss").unwrap();
-        assert_eq!((s.metric.as_str(), s.greater_is_better), ("loss", false));
+        assert_eq!((s.task.as_deref(), s.metric.as_str(), s.greater_is_better, s.logged_as.as_str()), (None, "eval_loss", false, "eval_loss"));
+        assert_eq!(sel("loss").unwrap().metric, "eval_loss", "transformers reads `loss` as eval_loss");
+        let s = sel("train_loss").unwrap();
+        assert_eq!((s.metric.as_str(), s.greater_is_better), ("train_loss", false));
+        let with_ds = |m: &str| {
+            BestSelector::from_config(&cfg(&format!(
+                "{TASKS}datasets:\n  nli:\n    source: x.jsonl\ntraining:\n  metric_for_best_model: {m}\n"
+            )))
+        };
+        let s = with_ds("eval_nli_loss").unwrap();
+        assert_eq!((s.task.as_deref(), s.metric.as_str(), s.logged_as.as_str()), (Some("nli"), "eval_loss", "eval_nli_loss"));
+        let e = with_ds("eval_qa_loss").unwrap_err().to_string();
+        assert!(e.contains("`qa` is no dataset") && e.contains("nli"), "{e}");
         let e = sel("eval_other_ndcg@10").unwrap_err().to_string();
         assert!(e.contains("names no configured task") && e.contains("norquad"), "{e}");
         let e = sel("eval_mean_ndcg@7").unwrap_err().to_string();

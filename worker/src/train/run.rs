@@ -96,7 +96,7 @@ pub fn run_training(mut cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome
         }
     }
     let schedule = Schedule::new(&trainer.cfg, trainer.state.total_steps)?;
-    let mut lead = Lead::start(&trainer.cfg, &trainer.output, opts.metrics_listen.as_deref())?;
+    let mut lead = Lead::start(&trainer, opts.metrics_listen.as_deref())?;
     let result = schedule::run(&mut trainer, &BatchSource::Loaded, &mut GradSync::None, Some(&mut lead), &schedule, &mut Local { opts });
     // On an error, dropping the monitor marks the MLflow run FAILED; jsonl and TensorBoard are already flushed.
     let out = result?;

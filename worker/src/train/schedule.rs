@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use splade_common::config::{Config, IntervalStrategy, SaveStrategy};
 use splade_common::store::checkpoint::{commit_checkpoint, delete_checkpoint, verify_checkpoint, Verify};
-use splade_common::store::{block_on, Location};
+use splade_common::store::block_on;
 
+use super::dev::dev_sets;
 use super::monitor::{self, DuringEval, EvalRound, Monitor};
 use super::step::{BatchSource, GradSync, StepDone};
 use super::trainer::load_checkpoint_weights;
@@ -96,6 +97,43 @@ impl Schedule {
     }
 }
 
+/// transformers' `EarlyStoppingCallback`: after each evaluation, the metric counts as an improvement when there
+/// is no best yet, or it beats the best so far (before this evaluation updates it) by more than `threshold`;
+/// otherwise the counter (kept in `TrainerState`, so a resume continues it) goes up, and the run stops once it
+/// reaches `patience`. An evaluation without the metric changes nothing (transformers warns and goes on).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EarlyStopping {
+    pub patience: usize,
+    pub threshold: f64,
+}
+
+impl EarlyStopping {
+    /// `training.early_stopping_patience` / `early_stopping_threshold`; `None` without a patience.
+    pub fn from_config(cfg: &Config) -> Option<Self> {
+        cfg.training
+            .early_stopping_patience
+            .map(|patience| Self { patience: patience as usize, threshold: cfg.training.early_stopping_threshold })
+    }
+
+    /// `on_evaluate`: updates `counter` for `value` against `best` and says whether training should stop.
+    pub fn on_evaluate(&self, counter: &mut usize, value: Option<f64>, best: Option<f64>, greater_is_better: bool) -> bool {
+        let Some(v) = value else { return false };
+        let improved = match best {
+            None => true,
+            Some(b) => {
+                let better = if greater_is_better { v > b } else { v < b };
+                better && (v - b).abs() > self.threshold
+            }
+        };
+        if improved {
+            *counter = 0;
+        } else {
+            *counter += 1;
+        }
+        *counter >= self.patience
+    }
+}
+
 /// What the writing process (`splade train`, a cluster's rank 0) runs besides the steps.
 pub struct Lead {
     pub mon: Monitor,
@@ -103,13 +141,24 @@ pub struct Lead {
 }
 
 impl Lead {
-    /// Loads the evaluation tasks and starts the monitor (reporters, `/metrics` on `metrics_listen`).
-    pub fn start(cfg: &Config, output: &Location, metrics_listen: Option<&str>) -> Result<Self, TrainError> {
-        let evals = DuringEval::load(cfg)?;
+    /// Loads the evaluation tasks and the dev rows and starts the monitor (reporters, `/metrics` on
+    /// `metrics_listen`). The dev rows are the trainer's held-out rows; a trainer that follows a published plan
+    /// holds no rows, so a cluster's rank 0 loads the datasets for them (only when some `split_ratio` is set).
+    pub fn start(trainer: &Trainer, metrics_listen: Option<&str>) -> Result<Self, TrainError> {
+        let (cfg, output) = (&trainer.cfg, &trainer.output);
         let strategy = cfg.training.eval_strategy;
-        if strategy != IntervalStrategy::No && evals.tasks.is_empty() && evals.selector.metric != "loss" {
+        // TODO(merge `loaders`): seed loader blocks bring their own dev split (in `SplitDataset::eval`, which
+        // `dev_sets` reads); add `|| s.loader.is_some()` here so a cluster's rank 0 loads them too.
+        let holds_out = cfg.datasets.enabled().any(|(_, s)| s.split_ratio > 0.0);
+        let dev = if trainer.datasets.is_empty() && holds_out && strategy != IntervalStrategy::No {
+            dev_sets(&super::load_train_datasets(cfg)?)
+        } else {
+            dev_sets(&trainer.datasets)
+        };
+        let evals = DuringEval::load(cfg, dev)?;
+        if strategy != IntervalStrategy::No && !evals.has_work() && evals.selector.metric != "train_loss" {
             return Err(other(format!(
-                "{}: `training.eval_strategy` is {strategy:?} but `evaluation.tasks` is empty; add a task (name, source, split) or set eval_strategy: no",
+                "{}: `training.eval_strategy` is {strategy:?} but `evaluation.tasks` is empty and no dataset holds rows out; add a task (name, source, split), set a dataset's split_ratio, or set eval_strategy: no",
                 cfg.origin
             )));
         }
@@ -122,7 +171,7 @@ impl Lead {
     /// on (monitoring never stops training once it started).
     fn evaluate(&mut self, trainer: &Trainer, step: u64) -> Option<(EvalRound, f64)> {
         let t0 = Instant::now();
-        let round = match self.evals.run(&trainer.model) {
+        let round = match self.evals.run(trainer) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(step, error = %e, "evaluation failed; training continues");
@@ -131,11 +180,12 @@ impl Lead {
         };
         let seconds = t0.elapsed().as_secs_f64();
         self.mon.record_eval(step, &round);
-        let shown: Vec<String> = round
+        let mut shown: Vec<String> = round
             .tasks
             .iter()
             .map(|(n, s)| format!("{n} ndcg@10 {:.4}", s.metrics.get("ndcg_at_10").copied().unwrap_or(f64::NAN)))
             .collect();
+        shown.extend(round.dev.scalars().iter().map(|(k, v)| format!("{k} {v:.4}")));
         tracing::info!(step, seconds = format!("{seconds:.1}"), "eval: {}", shown.join(", "));
         Some((round, seconds))
     }
@@ -170,6 +220,9 @@ pub trait Hooks {
     fn evaluated(&mut self, _trainer: &Trainer, _name: &str, _step: u64, _round: &EvalRound, _seconds: f64) {}
     /// The lead committed `checkpoint-<step>` at `url` in `seconds`.
     fn checkpoint_written(&mut self, _trainer: &Trainer, _step: u64, _url: &str, _seconds: f64) {}
+    /// Early stopping ended the run after `step`, before the plan's end; on every process, before the end of
+    /// the run is written.
+    fn stopped_early(&mut self, _step: u64) {}
     /// A step and its callbacks are done, on every process; for the last step, once `final/` is written.
     fn step_done(&mut self, _trainer: &Trainer, _done: &StepDone, _samples_per_second: f64) {}
 }
@@ -191,6 +244,8 @@ pub struct RunOutcome {
     pub end: RunEnd,
     pub final_step: u64,
     pub last_checkpoint: Option<String>,
+    /// Early stopping ended the run before the plan's last step.
+    pub stopped_early: bool,
 }
 
 /// Runs `trainer` from its position to the end of its plan: [`Trainer::step`] with `source` and `sync`, the
@@ -226,11 +281,13 @@ pub fn run(
     let mut last_eval: Option<(u64, EvalRound)> = None;
     let mut last_loss = f64::NAN;
     let mut last_done: Option<(StepDone, f64)> = None;
+    let early = EarlyStopping::from_config(&trainer.cfg);
+    let mut stopped_early = false;
     while trainer.state.global_step < total {
         match hooks.control() {
             Control::Continue => {}
             Control::Superseded => {
-                return Ok(RunOutcome { end: RunEnd::Superseded, final_step: trainer.state.global_step, last_checkpoint })
+                return Ok(RunOutcome { end: RunEnd::Superseded, final_step: trainer.state.global_step, last_checkpoint, stopped_early: false })
             }
             Control::Stop { checkpoint } => {
                 let step = trainer.state.global_step;
@@ -244,7 +301,7 @@ pub fn run(
                     l.mon.finish(None);
                 }
                 bar.abandon_with_message("interrupted");
-                return Ok(RunOutcome { end: RunEnd::Interrupted, final_step: step, last_checkpoint });
+                return Ok(RunOutcome { end: RunEnd::Interrupted, final_step: step, last_checkpoint, stopped_early: false });
             }
         }
         let done = trainer.step(source, sync, &mut |t| hooks.after_sync(t))?;
@@ -254,6 +311,10 @@ pub fn run(
         samples += stats.samples;
         last_loss = stats.loss;
         let sps = samples as f64 / t_start.elapsed().as_secs_f64().max(1e-9);
+        let epoch_end = step == total || trainer.plan.step(step + 1).map(|b| b.epoch) != Some(stats.epoch);
+        let saving = schedule.save_due(step, epoch_end, false);
+        let evaluating = schedule.eval_due(step, epoch_end, saving);
+        let mut stop_now = false;
         if let Some(l) = lead.as_deref_mut() {
             bar.set_position(step);
             bar.set_message(format!("loss {:.4} lr {:.2e} {:.1} samples/s", stats.loss, stats.learning_rate, sps));
@@ -262,13 +323,26 @@ pub fn run(
             if log_now {
                 bar.suspend(|| log_step(stats, sps));
             }
-            let epoch_end = step == total || trainer.plan.step(step + 1).map(|b| b.epoch) != Some(stats.epoch);
-            let saving = schedule.save_due(step, epoch_end, false);
             let mut improved = false;
-            if schedule.eval_due(step, epoch_end, saving) {
+            if evaluating {
                 if let Some((round, seconds)) = bar.suspend(|| l.evaluate(trainer, step)) {
+                    record_for_card(trainer, &round, step, stats.epoch, stats.loss);
                     if schedule.eval_strategy != IntervalStrategy::No {
-                        if let Some(v) = l.evals.selector.value(&round, stats.loss) {
+                        let value = l.evals.selector.value(&round, stats.loss);
+                        // The callback sees the best from before this evaluation, as transformers calls
+                        // `on_evaluate` before `_determine_best_metric`.
+                        if let Some(es) = &early {
+                            let greater = l.evals.selector.greater_is_better;
+                            let counter = &mut trainer.state.early_stopping_patience_counter;
+                            if es.on_evaluate(counter, value, best.map(|b| b.0), greater) && step < total {
+                                stop_now = true;
+                                let (name, n) = (&l.evals.selector.logged_as, *counter);
+                                bar.suspend(|| {
+                                    tracing::info!(step, "early stopping: {name} did not improve by more than {} for {n} evaluations", es.threshold)
+                                });
+                            }
+                        }
+                        if let Some(v) = value {
                             if l.evals.selector.improves(v, best.map(|b| b.0)) {
                                 best = Some((v, step));
                                 improved = true;
@@ -294,6 +368,20 @@ pub fn run(
                 last_checkpoint = Some(url);
             }
         }
+        // Rank 0 decides; every rank of a cluster learns the decision at each evaluation step.
+        if early.is_some() && evaluating && step < total {
+            if let GradSync::AllReduce(pg) = sync {
+                let mut flag = tch::Tensor::from_slice(&[stop_now as i64]).to_device(trainer.model.device());
+                pg.broadcast(&mut flag, 0).map_err(|e| other(format!("the early-stopping decision after step {step}: {e}")))?;
+                stop_now = flag.int64_value(&[0]) != 0;
+            }
+        }
+        if stop_now {
+            stopped_early = true;
+            hooks.stopped_early(step);
+            last_done = Some((done, sps));
+            break;
+        }
         if step < total {
             hooks.step_done(trainer, &done, sps);
         }
@@ -303,13 +391,14 @@ pub fn run(
     let step = trainer.state.global_step;
     let mut final_model = None;
     if let Some(l) = lead.as_deref_mut() {
-        // The end of the run is evaluated when tasks are configured (unless the last step just was).
-        if !l.evals.tasks.is_empty() {
+        // The end of the run is evaluated when there are tasks or dev rows (unless the last step just was).
+        if l.evals.has_work() {
             let round = match last_eval.take() {
                 Some((s, r)) if s == step => Some((r, 0.0)),
                 _ => {
                     let got = l.evaluate(trainer, step);
                     if let Some((round, _)) = &got {
+                        record_for_card(trainer, round, step, trainer.state.epoch, last_loss);
                         if schedule.eval_strategy != IntervalStrategy::No {
                             if let Some(v) = l.evals.selector.value(round, last_loss) {
                                 if l.evals.selector.improves(v, best.map(|b| b.0)) {
@@ -330,10 +419,14 @@ pub fn run(
                     let mean = round.mean.get("ndcg_at_10").copied().unwrap_or(f64::NAN);
                     eprintln!("eval mean over {} tasks: NDCG@10 {mean:.4}", round.tasks.len());
                 }
+                if let Some(loss) = round.dev.eval_loss {
+                    eprintln!("eval_loss at step {step}: {loss:.5}");
+                }
                 hooks.evaluated(trainer, "final", step, &round, seconds);
             }
         }
-        if schedule.checkpoint_at_end && (schedule.save_every > 0 || schedule.save_strategy != SaveStrategy::No) {
+        // An early stop writes no extra checkpoint: transformers saves only where one is due.
+        if schedule.checkpoint_at_end && !stopped_early && (schedule.save_every > 0 || schedule.save_strategy != SaveStrategy::No) {
             let (url, seconds) = save_and_record(trainer, &l.mon, best)?;
             hooks.checkpoint_written(trainer, step, &url, seconds);
             last_checkpoint = Some(url);
@@ -357,6 +450,7 @@ pub fn run(
         }
         let staging = tempfile::tempdir().map_err(|e| other(format!("cannot create a staging dir: {e}")))?;
         trainer.model.save(staging.path())?;
+        trainer.write_model_card(staging.path())?;
         // A resumed or repeated run replaces an earlier final model (manifest removed first).
         if block_on(verify_checkpoint(&trainer.output, "final", Verify::Sizes)).is_ok() {
             block_on(delete_checkpoint(&trainer.output, "final"))?;
@@ -373,7 +467,14 @@ pub fn run(
     if let Some((done, sps)) = &last_done {
         hooks.step_done(trainer, done, *sps);
     }
-    Ok(RunOutcome { end: RunEnd::Finished { final_model }, final_step: step, last_checkpoint })
+    Ok(RunOutcome { end: RunEnd::Finished { final_model }, final_step: step, last_checkpoint, stopped_early })
+}
+
+/// Keeps an evaluation for the model card: the tasks' metrics and a training-logs line.
+fn record_for_card(trainer: &mut Trainer, round: &EvalRound, step: u64, epoch: u64, train_loss: f64) {
+    trainer.card_evaluation =
+        round.tasks.iter().map(|(n, s)| (n.clone(), s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect())).collect();
+    trainer.card_logs.push(super::card::EvalLine { step, epoch, train_loss, scalars: round.scalars.clone() });
 }
 
 fn log_step(stats: &super::StepStats, sps: f64) {

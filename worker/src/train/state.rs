@@ -36,4 +36,8 @@ pub struct TrainerState {
     /// commits ([`super::trainer::pin_hub_datasets_for_resume`]). Empty for local and object-store data.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub hub_datasets: std::collections::BTreeMap<String, splade_common::data::HubPin>,
+    /// Evaluations in a row without an improvement beyond `early_stopping_threshold` (transformers'
+    /// `EarlyStoppingCallback.early_stopping_patience_counter`), so a resumed run keeps counting.
+    #[serde(default)]
+    pub early_stopping_patience_counter: usize,
 }

@@ -101,7 +101,7 @@ impl Trainer {
         }
         let tw = self.windows;
         let docs = windows::embed_documents(&self.model, &cands, tw.as_ref(), self.seed, self.state.global_step, train)?;
-        if tw.is_some() {
+        if tw.is_some() && train {
             self.window_cost.add(cands.len(), &docs);
         }
         let tokens = qb.lengths.iter().sum::<usize>() + docs.tokens;

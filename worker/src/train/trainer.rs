@@ -51,6 +51,10 @@ pub struct Trainer {
     pub(crate) amp: Option<Kind>,
     /// `document_windows`, when training documents are windowed.
     pub(crate) windows: Option<windows::TrainingWindows>,
+    /// For the model card: each task's metrics of the last evaluation.
+    pub(crate) card_evaluation: Vec<(String, Vec<(String, f64)>)>,
+    /// For the model card: one line per evaluation so far.
+    pub(crate) card_logs: Vec<super::card::EvalLine>,
 }
 
 fn inner_loss(cfg: &Config) -> InnerLoss {
@@ -271,6 +275,8 @@ impl Trainer {
             gradient_cache,
             amp,
             windows,
+            card_evaluation: Vec::new(),
+            card_logs: Vec::new(),
         })
     }
 
@@ -339,6 +345,7 @@ impl Trainer {
     /// Writes model + optimizer + trainer state into `dir` (a local staging folder).
     pub fn write_checkpoint_files(&self, dir: &Path) -> Result<(), TrainError> {
         self.model.save(dir)?;
+        self.write_model_card(dir)?;
         self.opt.save(&dir.join(OPTIMIZER_STATE)).map_err(|e| other(format!("{}: {e}", dir.display())))?;
         if let Some(s) = &self.scaler {
             let text = serde_json::to_string_pretty(&s.state()).expect("scaler state serialises");

@@ -6,6 +6,8 @@ mod architectures;
 mod cli_errors;
 mod cluster;
 mod csr;
+mod dev_eval;
+mod eval_by_name;
 mod eval_parity;
 mod gptbert;
 mod hub;

@@ -381,3 +381,30 @@ async fn coordinator_with_max_steps(cfg: &Config) -> CoordinatorHandle {
     opts.verifier = Arc::new(StoreVerifier::new(Location::parse(&cfg.training.output_dir).unwrap()));
     splade_coordinator::start(opts).await.unwrap()
 }
+
+/// Early stopping in a cluster: rank 0 decides at each evaluation, every rank leaves the loop after the same step,
+/// rank 0 writes `final/`, and the coordinator completes the job at that step. A threshold no NDCG change can beat
+/// makes the decision known in advance: evaluation 1 sets the best, evaluation 2 (step 2) exhausts patience 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_two_workers_stop_early_at_the_same_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = crate::cluster::write_data(tmp.path(), 64);
+    let out = tmp.path().join("out");
+    let task = crate::cluster::write_tiny_task(tmp.path());
+    let training = "  report_to: none\n  eval_strategy: steps\n  eval_steps: 1\n  metric_for_best_model: eval_norquad-tiny_ndcg@10\n  \
+                    early_stopping_patience: 1\n  early_stopping_threshold: 10.0\n";
+    let yaml = crate::cluster::job_yaml(&out, &data, 4, 8, 8, 4, (2, 2)).replace("  report_to: none\n", training)
+        + &format!("evaluation:\n  tasks:\n    - name: norquad-tiny\n      source: {}\n      split: dev\n", task.display());
+    let cfg = Config::from_str(&yaml, "cluster-early.yaml").unwrap();
+    let handle = coordinator_with_max_steps(&cfg).await;
+    let addr = handle.local_addr();
+    let mut workers = vec![spawn_worker(addr, "w0", tmp.path(), TOKEN, &[], None), spawn_worker(addr, "w1", tmp.path(), TOKEN, &[], None)];
+    let outcome = finish(handle, &mut workers).await;
+    assert_eq!(outcome, JobOutcome::Completed { final_step: 2 }, "w0:\n{}\nw1:\n{}", workers[0].log(), workers[1].log());
+    for w in &mut workers {
+        assert!(exit_ok(w, Duration::from_secs(60)), "{}:\n{}", w.id, w.log());
+    }
+    let series = scalar_series(&out.join("metrics.jsonl"));
+    assert_eq!(series.keys().copied().collect::<Vec<_>>(), vec![1, 2], "no step after the stop");
+    assert!(out.join("final/model.safetensors").exists() && out.join("final/README.md").exists());
+}
