@@ -9,5 +9,3 @@ pub mod eval;
 pub mod obs;
 pub mod runtime;
 pub mod store;
-#[cfg(any(test, feature = "testkit"))]
-pub mod testkit;
