@@ -10,5 +10,3 @@ pub mod hub;
 pub mod obs;
 pub mod runtime;
 pub mod store;
-#[cfg(any(test, feature = "testkit"))]
-pub mod testkit;

@@ -8,8 +8,8 @@ use std::process::Command;
 use splade_common::data::{load_dataset_blocking, DatasetSpec, OnBadRecord};
 use splade_common::hub::{resolve_data_files, Hub, HubError, RepoKind};
 use splade_common::store::StoreOptions;
-use splade_common::testkit::hub::{files_of_dir, write_hub_repo, HostedRepo, LoopbackHub};
-use splade_common::testkit::tools::repo_root;
+use splade_tests::hub::{files_of_dir, write_hub_repo, HostedRepo, LoopbackHub};
+use splade_tests::tools::repo_root;
 
 fn ref_py() -> PathBuf {
     let p = std::env::var("SPLADE_REF_PY").map(PathBuf::from).unwrap_or_else(|_| {

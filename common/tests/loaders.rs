@@ -25,7 +25,7 @@ fn ref_py() -> PathBuf {
     p
 }
 
-/// The workspace root, from the run-time `CARGO_MANIFEST_DIR` (see `testkit::tools::repo_root`).
+/// The workspace root, from the run-time `CARGO_MANIFEST_DIR` (see `splade_tests::tools::repo_root`).
 fn repo() -> PathBuf {
     let dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     dir.parent().unwrap().to_path_buf()
@@ -307,7 +307,7 @@ fn seed_configs_datasets_sections_parse_with_the_seeds_defaults_in_script_order(
 #[test]
 fn seed_loader_block_reads_its_hub_dataset_from_the_hub_cache_offline() {
     use splade_common::hub::{Hub, RepoKind};
-    use splade_common::testkit::hub::{files_of_dir, write_hub_repo};
+    use splade_tests::hub::{files_of_dir, write_hub_repo};
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("fx");
     let script = repo().join("scripts/seed_loaders_ref.py");

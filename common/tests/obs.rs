@@ -9,14 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-// Shared with the worker crate's cluster test (which gets it as `splade_common::testkit::promql`).
-#[path = "../src/testkit/promql.rs"]
-mod promql;
-use promql::{exposed_names, promql_metric_names};
+use splade_tests::promql::{exposed_names, promql_metric_names};
+use splade_tests::tools::{
+    debian_tool, free_port, http_get, obs_check, promtool_check_metrics, repo_root, spawn_group, tools_py, wait_until,
+};
 
 use splade_common::obs::{
     self, ClusterMetrics, MlflowReporter, MlflowSettings, Registry, Reporter, StepStats,
@@ -25,130 +25,6 @@ use splade_common::obs::{
 
 // ---------------------------------------------------------------------------------------------
 // Harness
-
-/// From `CARGO_MANIFEST_DIR` at run time, as `testkit::tools::repo_root` (not reachable here without the
-/// `testkit` feature): a reused build may carry another checkout's path in `env!`.
-fn repo_root() -> PathBuf {
-    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    crate_dir.parent().unwrap().to_path_buf()
-}
-
-fn tools_py() -> PathBuf {
-    let py = std::env::var("SPLADE_TOOLS_PY").unwrap_or_else(|_| {
-        let cache = std::env::var("SPLADE_CACHE").unwrap_or_else(|_| {
-            format!(
-                "{}/.cache/splade",
-                std::env::var("HOME").unwrap_or_default()
-            )
-        });
-        format!("{cache}/tools-venv/bin/python")
-    });
-    assert!(
-        Path::new(&py).is_file(),
-        "Python tools venv not found at {py}: run scripts/setup.sh (and `source scripts/env.sh`)"
-    );
-    PathBuf::from(py)
-}
-
-fn debian_tool(name: &str) -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!("`{name}` not found on PATH: run scripts/setup.sh (Debian package prometheus)")
-    })
-}
-
-/// Runs `scripts/obs_check.py ARGS` and parses its JSON stdout; panics with stderr on failure.
-fn obs_check(args: &[&str], envs: &[(&str, &str)]) -> serde_json::Value {
-    let out = Command::new(tools_py())
-        .arg(repo_root().join("scripts/obs_check.py"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .expect("run obs_check.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "obs_check.py {args:?} failed ({}):\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills and reaps a child process when dropped, so a failing test leaves no server behind.
-/// Kills and reaps a server started with [`spawn_group`] when dropped (also when a test panics),
-/// together with every process it started: `mlflow server` runs uvicorn and job-runner children
-/// that would outlive a plain kill of the parent.
-struct ChildGuard(Child);
-
-/// Spawns `cmd` as the leader of a new process group, so [`ChildGuard`] can end the whole tree.
-fn spawn_group(cmd: &mut Command) -> ChildGuard {
-    use std::os::unix::process::CommandExt;
-    ChildGuard(cmd.process_group(0).spawn().expect("spawn server"))
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let signal = |sig: &str| {
-            let _ = Command::new("kill")
-                .args([sig, "--", &group])
-                .stderr(Stdio::null())
-                .status();
-        };
-        signal("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // Whatever is left of the group (the leader or its children) goes now.
-        signal("-KILL");
-        let _ = self.0.wait();
-    }
-}
-
-fn http_get(url: &str) -> Result<(u16, String), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent.get(url).call().map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    Ok((
-        status,
-        resp.body_mut()
-            .read_to_string()
-            .map_err(|e| e.to_string())?,
-    ))
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 fn step(i: u64) -> StepStats {
     let x = i as f64;
@@ -200,29 +76,6 @@ fn exposed_families(text: &str) -> BTreeSet<String> {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .map(|rest| rest.split_whitespace().next().unwrap().to_string())
         .collect()
-}
-
-fn promtool_check_metrics(text: &str) -> (bool, String) {
-    let mut child = Command::new(debian_tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let msg = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), msg)
 }
 
 // ---------------------------------------------------------------------------------------------

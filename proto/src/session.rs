@@ -81,6 +81,12 @@ impl WorkerSession {
         *self.position.lock().unwrap_or_else(|e| e.into_inner()) = Position { generation, step };
     }
 
+    /// A handle that sets this session's position from another task or thread (same effect as
+    /// [`WorkerSession::set_position`]).
+    pub fn position_setter(&self) -> PositionSetter {
+        PositionSetter(self.position.clone())
+    }
+
     /// A client on the same connection, for progress reports and checkpoint commits.
     pub fn client(&self) -> CoordinatorClient {
         self.client.clone()
@@ -105,6 +111,17 @@ impl WorkerSession {
 impl Drop for WorkerSession {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Sets the position a [`WorkerSession`] sends with its next heartbeat; cloneable, usable from any task.
+#[derive(Clone)]
+pub struct PositionSetter(Arc<Mutex<Position>>);
+
+impl PositionSetter {
+    /// See [`WorkerSession::set_position`].
+    pub fn set(&self, generation: Option<u64>, step: u64) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Position { generation, step };
     }
 }
 

@@ -1,1 +1,7 @@
-//! Cross-crate integration tests (one binary: libtorch links are slow).
+//! Cross-crate integration tests: real `splade-worker` processes (c10d Gloo on CPU) against a real coordinator,
+//! real servers on loopback (moto S3, Prometheus, MLflow). One binary: libtorch links are slow.
+mod cluster;
+mod csr_cluster;
+mod one_loop;
+mod ranged;
+mod worker_tls;

@@ -279,7 +279,7 @@ fn json_round_trip_keeps_everything() {
 
 #[test]
 fn every_file_in_configs_parses_and_validates() {
-    let dir = crate::testkit::tools::repo_root().join("configs");
+    let dir = splade_tests::tools::repo_root().join("configs");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

@@ -619,9 +619,9 @@ mod tests {
 
     #[tokio::test]
     async fn ranged_reads_match_the_whole_load_from_s3_and_read_less() {
-        let moto = crate::testkit::MotoServer::start();
+        let moto = splade_tests::MotoServer::start();
         moto.create_bucket("data");
-        let opts = moto.store_options();
+        let opts = crate::store::StoreOptions { overrides: moto.store_overrides() };
         let loc = Location::parse_with("s3://data", &opts).unwrap();
         let mut sizes = BTreeMap::new();
         for (name, bytes) in files() {

@@ -218,7 +218,7 @@ fn globs_directories_gzip_and_max_samples() {
 
 #[test]
 fn bundled_norquad_train_loads() {
-    let path = crate::testkit::tools::repo_root().join("data/norquad/train.jsonl.gz");
+    let path = splade_tests::tools::repo_root().join("data/norquad/train.jsonl.gz");
     let d = load(&spec(path.to_str().unwrap())).unwrap();
     assert_eq!(d.examples.len(), 3679);
     assert!(d.examples.iter().all(|e| !e.anchor.is_empty() && !e.positive.is_empty()));
@@ -496,9 +496,9 @@ fn jsonl_dump_round_trips_and_rank_slices_cover_the_batch() {
 #[tokio::test]
 async fn reads_jsonl_gz_and_parquet_from_s3_with_globs() {
     use object_store::PutPayload;
-    let moto = crate::testkit::MotoServer::start();
+    let moto = splade_tests::MotoServer::start();
     moto.create_bucket("data");
-    let opts = moto.store_options();
+    let opts = crate::store::StoreOptions { overrides: moto.store_overrides() };
     let loc = crate::store::Location::parse_with("s3://data", &opts).unwrap();
     let put = |key: &str, bytes: Vec<u8>| {
         let store = loc.store().clone();
@@ -534,7 +534,7 @@ async fn reads_jsonl_gz_and_parquet_from_s3_with_globs() {
 
 #[test]
 fn config_to_plan_end_to_end_on_bundled_norquad() {
-    let root = crate::testkit::tools::repo_root();
+    let root = splade_tests::tools::repo_root();
     let root = root.display();
     let text = format!(
         "model:\n  base_model: x\ntraining:\n  max_steps: 25\n  per_device_train_batch_size: 16\n  batch_sampler: no_duplicates\ndatasets:\n  norquad:\n    source: {root}/data/norquad/train.jsonl.gz\n    split_ratio: 0.05\n"

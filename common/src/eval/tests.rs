@@ -400,7 +400,7 @@ print(json.dumps({"task_name": r.task_name, "main_score": e["main_score"], "ndcg
 
 #[test]
 fn loads_repository_norquad() {
-    let dir = crate::testkit::tools::repo_root().join("data/norquad");
+    let dir = splade_tests::tools::repo_root().join("data/norquad");
     let task = Task::load(&LocalDir::new(&dir), None, None).unwrap();
     assert_eq!(task.name, "norquad");
     assert_eq!(task.split, "dev");
@@ -431,7 +431,7 @@ fn loads_repository_norquad() {
 /// an encoder's output: real ids, real sparsity patterns, many exact and near ties.
 #[test]
 fn norquad_bm25_vectors_equal_sentence_transformers_evaluator() {
-    let dir = crate::testkit::tools::repo_root().join("data/norquad");
+    let dir = splade_tests::tools::repo_root().join("data/norquad");
     let task = Task::load(&LocalDir::new(&dir), None, None).unwrap();
     let texts: Vec<String> = task.corpus.iter().map(Doc::text).collect();
     let bm = Bm25::build(

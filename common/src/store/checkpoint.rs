@@ -221,20 +221,6 @@ pub async fn commit_checkpoint(
     Ok(info(location, manifest))
 }
 
-/// Test hook, off unless the variable is set: with `SPLADE_TEST_HOOK_PAUSE_BEFORE_MANIFEST=FLAG_FILE:SECS`, the
-/// first commit (in any process) that removes `FLAG_FILE` logs `test hook: checkpoint NAME files written; pausing
-/// SECS s before its manifest` to stderr and sleeps, so a test can kill the writer between the files and the
-/// manifest deterministically. Removing the file claims the pause, so one pause happens per flag file.
-fn test_hook_pause_before_manifest(name: &str) {
-    let Ok(spec) = std::env::var("SPLADE_TEST_HOOK_PAUSE_BEFORE_MANIFEST") else { return };
-    let Some((flag, secs)) = spec.rsplit_once(':') else { return };
-    let Ok(secs) = secs.parse::<u64>() else { return };
-    if std::fs::remove_file(flag).is_ok() {
-        eprintln!("test hook: checkpoint {name} files written; pausing {secs} s before its manifest");
-        std::thread::sleep(std::time::Duration::from_secs(secs));
-    }
-}
-
 fn commit_local(
     root: &Path,
     name: &str,
@@ -275,7 +261,6 @@ fn commit_local(
         std::fs::File::open(&target).and_then(|f| f.sync_all()).map_err(|e| io_err(&target, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
-    test_hook_pause_before_manifest(name);
     write_durable(&tmp.join(MANIFEST_NAME), manifest)?;
     let mut dirs: Vec<PathBuf> = files.iter().filter_map(|(rel, _)| tmp.join(rel).parent().map(Path::to_path_buf)).collect();
     dirs.sort();
@@ -311,7 +296,6 @@ async fn commit_remote(
         }
         writer.shutdown().await.map_err(|e| StoreError::Io { path: location.url_of(&key), source: e })?;
     }
-    test_hook_pause_before_manifest(name);
     let key = format!("{name}/{MANIFEST_NAME}");
     let obj = location.child(&key);
     let payload = PutPayload::from(manifest.clone());

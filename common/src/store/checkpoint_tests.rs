@@ -5,7 +5,7 @@ use std::path::Path;
 use object_store::PutPayload;
 
 use super::*;
-use crate::testkit::MotoServer;
+use splade_tests::MotoServer;
 
 /// A fake checkpoint folder: weights, trainer state and a nested module folder.
 fn make_files(dir: &Path, seed: u8) {
@@ -123,7 +123,7 @@ async fn protocol_on_local_disk() {
 async fn protocol_on_s3() {
     let moto = MotoServer::start();
     moto.create_bucket("ckpt");
-    let loc = Location::parse_with("s3://ckpt/runs/exp1", &moto.store_options()).unwrap();
+    let loc = Location::parse_with("s3://ckpt/runs/exp1", &crate::store::StoreOptions { overrides: moto.store_overrides() }).unwrap();
     protocol_scenarios(&loc).await;
     // The manifest is written with a create-only put: a second create of the same key is refused by the store.
     let manifest = loc.child("checkpoint-40/manifest.json");
@@ -132,7 +132,7 @@ async fn protocol_on_s3() {
     assert!(matches!(e, object_store::Error::AlreadyExists { .. }), "{e}");
 
     // A store without create-only puts: the manifest falls back to a plain put (with a logged note).
-    let mut opts = moto.store_options();
+    let mut opts = crate::store::StoreOptions { overrides: moto.store_overrides() };
     opts.overrides.push(("aws_conditional_put".into(), "disabled".into()));
     let plain = Location::parse_with("s3://ckpt/runs/plain", &opts).unwrap();
     let src = tempfile::tempdir().unwrap();

@@ -4,8 +4,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::*;
-use splade_common::testkit::tools::{http_get, promtool_check_metrics, wait_until};
-use splade_common::testkit::MotoServer;
+use splade_tests::tools::{http_get, promtool_check_metrics, wait_until};
+use splade_tests::MotoServer;
 use splade_proto::domain::Directive;
 use splade_proto::{CoordinatorClient, RetryPolicy};
 
@@ -206,7 +206,7 @@ async fn multi_process_the_binary_refuses_datasets_missing_in_the_bucket() {
     let moto = tokio::task::spawn_blocking(MotoServer::start).await.unwrap();
     moto.create_bucket("splade-data");
     let present = "s3://splade-data/train/part-0.jsonl";
-    let loc = splade_common::store::Location::parse_with("s3://splade-data/train", &moto.store_options()).unwrap();
+    let loc = splade_common::store::Location::parse_with("s3://splade-data/train", &splade_common::store::StoreOptions { overrides: moto.store_overrides() }).unwrap();
     loc.store()
         // One global batch (4) of records: the coordinator plans from them at start-up.
         .put(

@@ -137,9 +137,7 @@ async fn a_leave_reforms_from_the_checkpoint_without_counting_a_restart() {
         snapshot_until(&coord, "checkpoint 4 recorded", |s| s.last_checkpoint == Some(checkpoint(4))).await;
 
         // max_restarts 0: a failure would end the job; a planned departure re-forms it.
-        let ack = w1.client.leave(splade_proto::domain::LeaveRequest { worker_id: wid("w1"), reason: "SIGTERM".into() });
-        assert!(ack.await.unwrap().accepted);
-        w1.kill(); // the process exits after its leave
+        w1.leave("SIGTERM").await.unwrap(); // what splade-worker's session does on SIGTERM
         let reason = w0.wait_reason().await.unwrap();
         assert!(reason.starts_with("rendezvous (generation 1 ended: worker w1 left (SIGTERM))"), "{reason}");
         let a = w0.assignment().await;

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use splade_common::config::mteb::MTEB_TASKS;
 use splade_common::hub::RepoKind;
-use splade_common::testkit::hub::{files_of_dir, write_hub_repo};
+use splade_tests::hub::{files_of_dir, write_hub_repo};
 
 use crate::support::{model, ref_python, repo};
 
@@ -132,7 +132,7 @@ fn mteb_task_by_name_reads_the_hub_cache_and_carries_its_languages() {
     );
     let task = splade_common::config::mteb::resolve_task("NorQuadRetrieval").unwrap().task;
     let cache = dir.path().join("hub");
-    splade_common::testkit::hub::write_hub_repo_at(&cache, RepoKind::Dataset, task.dataset, task.revision, &files_of_dir(&stand_in));
+    splade_tests::hub::write_hub_repo_at(&cache, RepoKind::Dataset, task.dataset, task.revision, &files_of_dir(&stand_in));
     let bin = std::env::var_os("SPLADE_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_splade")));
     let eval = |task_arg: &str, out: &str| {
         let o = Command::new(&bin)

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use splade_common::testkit::hub::{files_of_dir, write_hub_repo, HostedRepo, LoopbackHub, RepoKind};
+use splade_tests::hub::{files_of_dir, write_hub_repo, HostedRepo, LoopbackHub, RepoKind};
 use splade_worker::model::resolve::resolve_model;
 use splade_worker::model::{LoadOptions, SparseEncoder};
 use tch::Device;

@@ -338,11 +338,11 @@ fn train_s3_datasets_and_checkpoints() {
     use object_store::{path::Path as ObjPath, ObjectStore, PutPayload};
     use splade_common::store::checkpoint::{latest_checkpoint, list_checkpoints};
     use splade_common::store::{block_on, Location};
-    use splade_common::testkit::MotoServer;
+    use splade_tests::MotoServer;
 
     let s3 = MotoServer::start();
     s3.create_bucket("splade");
-    let opts = s3.store_options();
+    let opts = splade_common::store::StoreOptions { overrides: s3.store_overrides() };
     let data_loc = Location::parse_with("s3://splade/data", &opts).unwrap();
     let mut lines = String::new();
     for l in std::fs::read_to_string(repo().join("data/norquad/queries.jsonl")).unwrap().lines().take(40) {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use splade_common::testkit::tools::{
+use splade_tests::tools::{
     free_port, http_get, obs_check, promtool_check_metrics, wait_until, MlflowServer, PrometheusServer,
 };
 

@@ -1,5 +1,5 @@
-//! In-process harness: a coordinator on 127.0.0.1 port 0, and simulated workers that speak real gRPC through
-//! `splade_proto::CoordinatorClient` and heartbeat in the background like `splade-worker` does.
+//! In-process cluster harness: a coordinator on 127.0.0.1 port 0, and workers that join and heartbeat through the
+//! real `splade_proto::WorkerSession` (as `splade-worker` does) without training.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,11 +11,11 @@ use splade_coordinator::{
     PhaseKind,
 };
 use splade_proto::domain::{
-    Assignment, CheckpointCommit, CheckpointRef, Directive, Heartbeat, JoinRequest, ProgressReport,
-    WorkerId,
+    Assignment, CheckpointCommit, CheckpointRef, Directive, JoinRequest, ProgressReport, WorkerId,
 };
-use splade_proto::{ClientTls, CoordinatorClient, RetryPolicy};
-use tokio::sync::mpsc;
+use splade_proto::session::PositionSetter;
+use splade_proto::{ClientTls, CoordinatorClient, RetryPolicy, WorkerSession};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub const TOKEN: &str = "test-join-token-4f9c";
@@ -133,14 +133,18 @@ struct Shared {
     step: u64,
 }
 
-/// A worker process stand-in: joined, heartbeating every 50 ms in the background, adopting assignments, and
-/// passing every directive except "keep going" to the test.
+/// A well-behaved worker process stand-in built on the real [`WorkerSession`] (join, background heartbeat,
+/// re-join when forgotten): it adopts each assignment as `splade-worker` does and passes every directive other
+/// than "keep going" to the test, in order. Tests that send malformed or out-of-turn messages use a raw
+/// [`CoordinatorClient`] ([`client`], or [`SimWorker::client`]).
 pub struct SimWorker {
     pub id: WorkerId,
+    /// The session's connection, for progress reports, commits and deliberately raw calls.
     pub client: CoordinatorClient,
+    session: WorkerSession,
     shared: Arc<Mutex<Shared>>,
     directives: mpsc::UnboundedReceiver<Directive>,
-    task: JoinHandle<()>,
+    forward: JoinHandle<()>,
 }
 
 impl SimWorker {
@@ -149,29 +153,24 @@ impl SimWorker {
     }
 
     pub async fn join_with(
-        mut client: CoordinatorClient,
+        client: CoordinatorClient,
         id: &str,
         store_port: Option<u16>,
     ) -> anyhow::Result<Self> {
-        let ack = client
-            .join(join_request(id, store_port))
+        let session = WorkerSession::join(client, join_request(id, store_port), PATIENCE)
             .await
             .with_context(|| format!("{id} joins"))?;
-        assert_eq!(ack.heartbeat_interval, HEARTBEAT_INTERVAL);
+        assert_eq!(session.ack().heartbeat_interval, HEARTBEAT_INTERVAL);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (tx, directives) = mpsc::unbounded_channel();
-        let task = tokio::spawn(heartbeat_loop(
-            client.clone(),
-            ack.worker_id.clone(),
-            shared.clone(),
-            tx,
-        ));
+        let forward = tokio::spawn(forward_directives(session.directive(), session.position_setter(), shared.clone(), tx));
         Ok(Self {
-            id: ack.worker_id,
-            client,
+            id: session.worker_id().clone(),
+            client: session.client(),
+            session,
             shared,
             directives,
-            task,
+            forward,
         })
     }
 
@@ -179,7 +178,7 @@ impl SimWorker {
     pub async fn next(&mut self) -> Directive {
         match tokio::time::timeout(PATIENCE, self.directives.recv()).await {
             Ok(Some(d)) => d,
-            Ok(None) => panic!("{}: heartbeat loop ended", self.id),
+            Ok(None) => panic!("{}: the session ended", self.id),
             Err(_) => panic!("{}: no directive within {PATIENCE:?}", self.id),
         }
     }
@@ -213,8 +212,14 @@ impl SimWorker {
         }
     }
 
+    /// Reports `step` as finished with the next heartbeat.
     pub fn set_step(&self, step: u64) {
-        self.shared.lock().unwrap().step = step;
+        let generation = {
+            let mut s = self.shared.lock().unwrap();
+            s.step = step;
+            s.generation
+        };
+        self.session.set_position(generation, step);
     }
 
     pub fn generation(&self) -> Option<u64> {
@@ -251,68 +256,52 @@ impl SimWorker {
         self.client.commit_checkpoint(commit).await
     }
 
+    /// Leaves the job the way `splade-worker` does on SIGTERM ([`WorkerSession::leave`]).
+    pub async fn leave(self, reason: &str) -> Result<(), splade_proto::ClientError> {
+        self.forward.abort();
+        self.session.leave(reason).await
+    }
+
     /// Stops heartbeating at once, like a process killed with SIGKILL.
     pub fn kill(self) {
-        self.task.abort();
+        self.forward.abort();
+        drop(self.session);
     }
 }
 
-async fn heartbeat_loop(
-    mut client: CoordinatorClient,
-    id: WorkerId,
+/// Hands each directive the session publishes to the test, adopting assignments (generation and start step
+/// go into the next heartbeat) and dropping the generation on a wait, as the worker's loop does.
+async fn forward_directives(
+    mut rx: watch::Receiver<Directive>,
+    position: PositionSetter,
     shared: Arc<Mutex<Shared>>,
     tx: mpsc::UnboundedSender<Directive>,
 ) {
-    let mut last_wait: Option<String> = None;
+    // The session's first value is its own placeholder ("joined; waiting for the first heartbeat"), not
+    // something the coordinator said.
+    rx.borrow_and_update();
     loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        let d = rx.borrow_and_update().clone();
         let (generation, step) = {
-            let s = shared.lock().unwrap();
-            (s.generation, s.step)
-        };
-        let directive = match client
-            .heartbeat(Heartbeat {
-                worker_id: id.clone(),
-                generation,
-                step,
-            })
-            .await
-        {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::info!(worker = %id, error = %e, "heartbeat failed; stopping");
-                return;
-            }
-        };
-        let done = matches!(
-            directive,
-            Directive::Complete { .. } | Directive::Failed { .. } | Directive::Rejoin { .. }
-        );
-        match &directive {
-            Directive::KeepGoing => {}
-            Directive::Wait { reason } => {
-                shared.lock().unwrap().generation = None;
-                if last_wait.as_deref() != Some(reason) {
-                    last_wait = Some(reason.clone());
-                    let _ = tx.send(directive.clone());
-                }
-            }
-            Directive::Assign(a) => {
-                {
-                    let mut s = shared.lock().unwrap();
+            let mut s = shared.lock().unwrap();
+            match &d {
+                Directive::Assign(a) => {
                     s.generation = Some(a.generation);
                     s.step = a.start_step;
                 }
-                last_wait = None;
-                let _ = tx.send(directive.clone());
+                Directive::Wait { .. } => s.generation = None,
+                _ => {}
             }
-            _ => {
-                let _ = tx.send(directive.clone());
-            }
-        }
-        if done {
+            (s.generation, s.step)
+        };
+        position.set(generation, step);
+        let end = matches!(d, Directive::Complete { .. } | Directive::Failed { .. });
+        if tx.send(d).is_err() || end {
             return;
         }
-        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
     }
 }
 

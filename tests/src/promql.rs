@@ -1,10 +1,7 @@
 //! Which metric names a PromQL expression selects, and which sample names a text exposition
 //! carries: the dashboard/alert-rule check compares the two against live `/metrics` scrapes (the
-//! in-process registry in `common/tests/obs.rs`, the real coordinator and worker in the worker
-//! crate's cluster test).
-//!
-//! No dependencies beyond `std`, so `common/tests/obs.rs` includes this file with `#[path]`
-//! (integration tests of this crate do not see the `testkit` feature).
+//! in-process registry in `common/tests/obs.rs`, the real coordinator and worker in the cross-crate
+//! cluster test `tests/it/cluster.rs`).
 
 use std::collections::BTreeSet;
 

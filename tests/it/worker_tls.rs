@@ -11,6 +11,7 @@ use splade_common::store::Location;
 use splade_coordinator::{CoordinatorOptions, JobOutcome, JoinToken, ServerTls, StoreVerifier};
 
 use crate::cluster::{exit_ok, finish, job_yaml, parse, write_data, Worker, TOKEN};
+use splade_tests::fixtures::bin;
 
 /// A CA and, signed by it, the coordinator's certificate for `localhost` and a worker's client certificate.
 struct Pki {
@@ -34,7 +35,7 @@ fn pki() -> Pki {
 
 fn spawn(join: &str, id: &str, dir: &Path, tls_args: &[String]) -> Worker {
     let log = dir.join(format!("{id}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_splade-worker"))
+    let child = Command::new(bin("splade-worker"))
         .args(["--join", join, "--device", "cpu", "--advertise", "127.0.0.1", "--id", id])
         .args(tls_args)
         .env("SPLADE_CLUSTER_TOKEN", TOKEN)
@@ -99,7 +100,7 @@ async fn cluster_workers_join_a_mutual_tls_coordinator_from_flags_and_from_the_c
 /// Half an identity is refused before any connection, naming the flag.
 #[test]
 fn worker_tls_with_a_certificate_but_no_key_names_the_flags() {
-    let out = Command::new(env!("CARGO_BIN_EXE_splade-worker"))
+    let out = Command::new(bin("splade-worker"))
         .args(["--join", "127.0.0.1:9", "--tls-ca", "/nonexistent/ca.pem", "--tls-cert", "/nonexistent/w.pem"])
         .env("SPLADE_CLUSTER_TOKEN", TOKEN)
         .output()

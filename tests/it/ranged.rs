@@ -10,7 +10,7 @@ use splade_common::data::plan::slice_for_rank;
 use splade_common::data::{DataPlan, DataPlanRef};
 use splade_common::store::checkpoint::{verify_checkpoint, Verify};
 use splade_common::store::Location;
-use splade_common::testkit::MotoServer;
+use splade_tests::MotoServer;
 use splade_coordinator::{CoordinatorOptions, JobOutcome, JoinToken, StoreVerifier};
 
 use crate::cluster::{exit_ok, finish, job_yaml, pairs_jsonl, parse, spawn_two_with_ledger, TOKEN};
@@ -19,7 +19,7 @@ use crate::cluster::{exit_ok, finish, job_yaml, pairs_jsonl, parse, spawn_two_wi
 async fn cluster_workers_read_only_their_slices_from_s3() {
     let moto = tokio::task::spawn_blocking(MotoServer::start).await.unwrap();
     moto.create_bucket("splade-data");
-    let opts = moto.store_options();
+    let opts = splade_common::store::StoreOptions { overrides: moto.store_overrides() };
     let bucket = Location::parse_with("s3://splade-data", &opts).unwrap();
     // Rows of about 1 KiB, so a few rows per step are a small part of the file.
     let text = pairs_jsonl(2000, 80);

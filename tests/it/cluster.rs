@@ -18,10 +18,10 @@ use splade_worker::model::{LoadOptions, SparseEncoder, TextKind};
 use splade_worker::train::{build_plan, load_train_datasets, Trainer};
 use tch::{Device, Tensor};
 
-use splade_common::testkit::promql::{exposed_names, promql_metric_names};
-use splade_common::testkit::tools::{obs_check, PrometheusServer};
+use splade_tests::promql::{exposed_names, promql_metric_names};
+use splade_tests::tools::{obs_check, PrometheusServer};
 
-use crate::support::*;
+use splade_tests::fixtures::*;
 
 pub(crate) const TOKEN: &str = "cluster-test-token-0123456789";
 /// Bound on a whole job on a loaded 2-core CI box.
@@ -125,7 +125,7 @@ pub(crate) async fn start_coordinator(cfg: &Config) -> CoordinatorHandle {
 
 /// Workers `w0` and `w1` reading object storage from `moto`, each appending its step records to
 /// `dir/ledger.jsonl` (`--ledger`); returns the ledger's path and the workers.
-pub(crate) fn spawn_two_with_ledger(addr: SocketAddr, dir: &Path, moto: &splade_common::testkit::MotoServer) -> (PathBuf, Vec<Worker>) {
+pub(crate) fn spawn_two_with_ledger(addr: SocketAddr, dir: &Path, moto: &splade_tests::MotoServer) -> (PathBuf, Vec<Worker>) {
     let ledger = dir.join("ledger.jsonl");
     let env: Vec<(String, String)> = moto.env();
     let env_refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (k.as_str(), Path::new(v.as_str()))).collect();
@@ -144,8 +144,24 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    /// The worker's log, without terminal colour codes.
     pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI sequence: ESC [ parameters final-byte (a letter).
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 }
 
@@ -164,7 +180,7 @@ pub(crate) fn spawn_worker_with(
     flags: &[(&str, &Path)],
 ) -> Worker {
     let log = dir.join(format!("{id}.log"));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_splade-worker"));
+    let mut cmd = Command::new(bin("splade-worker"));
     cmd.args(["--join", &addr.to_string(), "--device", "cpu", "--advertise", "127.0.0.1", "--id", id])
         .env("SPLADE_CLUSTER_TOKEN", token)
         .env("RUST_LOG", "info")
@@ -599,13 +615,13 @@ async fn cluster_one_worker_gradient_cache_probe_embeddings_equal_single_process
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_worker_killed_job_resumes() {
     use object_store::{path::Path as ObjPath, PutPayload};
-    use splade_common::testkit::MotoServer;
+    use splade_tests::MotoServer;
 
     let moto = tokio::task::spawn_blocking(MotoServer::start).await.unwrap();
     moto.create_bucket("splade-job");
     let tmp = tempfile::tempdir().unwrap();
     let local_data = write_data(tmp.path(), 64);
-    let opts = moto.store_options();
+    let opts = splade_common::store::StoreOptions { overrides: moto.store_overrides() };
     let bucket = Location::parse_with("s3://splade-job", &opts).unwrap();
     let bytes = std::fs::read(&local_data).unwrap();
     bucket.store().put(&ObjPath::from("data/train.jsonl"), PutPayload::from(bytes)).await.unwrap();
@@ -692,13 +708,14 @@ async fn cluster_worker_killed_job_resumes() {
 }
 
 /// Rank 0 killed with SIGKILL between uploading a checkpoint's files to S3 (moto) and writing its
-/// manifest (the store's test hook holds it there): the half-written checkpoint is in the bucket but
-/// `latest_checkpoint` does not pick it and the coordinator never recorded it; the survivor re-forms
-/// from scratch, commits the same checkpoint over the leftovers and completes the job.
+/// manifest (moto holds the manifest PUT unanswered, so the writer is stopped there by a real store, not by
+/// a hook in our code): the half-written checkpoint is in the bucket but `latest_checkpoint` does not pick it
+/// and the coordinator never recorded it; the survivor re-forms from scratch, commits the same checkpoint
+/// over the leftovers and completes the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_worker_killed_mid_checkpoint_leaves_no_resumable_checkpoint() {
     use splade_common::store::checkpoint::{latest_checkpoint, MANIFEST_NAME};
-    use splade_common::testkit::MotoServer;
+    use splade_tests::MotoServer;
 
     let moto = tokio::task::spawn_blocking(MotoServer::start).await.unwrap();
     moto.create_bucket("splade-ckpt");
@@ -708,7 +725,7 @@ async fn cluster_worker_killed_mid_checkpoint_leaves_no_resumable_checkpoint() {
     let steps = 6;
     let yaml = job_yaml(Path::new(out), &data, 4, 8, steps, 2, (1, 2));
     let cfg = parse(&yaml);
-    let opts = moto.store_options();
+    let opts = splade_common::store::StoreOptions { overrides: moto.store_overrides() };
     let loc = Location::parse_with(out, &opts).unwrap();
     let (cluster, job) = splade_coordinator::config::from_config(&cfg).unwrap();
     let mut copts = CoordinatorOptions::new(cluster, job, "127.0.0.1:0".parse().unwrap(), JoinToken::new(TOKEN).unwrap());
@@ -717,34 +734,31 @@ async fn cluster_worker_killed_mid_checkpoint_leaves_no_resumable_checkpoint() {
     let addr = handle.local_addr();
     let snaps = handle.subscribe();
 
-    // The first checkpoint commit (whichever process is rank 0) pauses before its manifest.
-    let flag = tmp.path().join("pause-once");
-    std::fs::write(&flag, "").unwrap();
-    let hook = format!("{}:300", flag.display());
-    let mut env: Vec<(String, String)> = moto.env();
-    env.push(("SPLADE_TEST_HOOK_PAUSE_BEFORE_MANIFEST".into(), hook));
+    // The first checkpoint's manifest write (whichever process is rank 0) hangs in the store.
+    let held = moto.stall("PUT", &format!("/splade-ckpt/run/checkpoint-2/{}$", regex_escape(MANIFEST_NAME)));
+    let env: Vec<(String, String)> = moto.env();
     let env_refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (k.as_str(), Path::new(v.as_str()))).collect();
     let mut workers = vec![
         spawn_worker(addr, "w0", tmp.path(), TOKEN, &env_refs, None),
         spawn_worker(addr, "w1", tmp.path(), TOKEN, &env_refs, None),
     ];
-    let paused = "test hook: checkpoint checkpoint-2 files written";
     let t = Instant::now();
-    let vi = loop {
-        if let Some(i) = workers.iter().position(|w| w.log().contains(paused)) {
-            break i;
-        }
+    while moto.fault_hits(held) == 0 {
         if t.elapsed() > JOB_LIMIT || handle.is_finished() {
             for w in &mut workers {
                 let _ = w.child.kill();
                 eprintln!("--- {} ---\n{}", w.id, w.log());
             }
-            panic!("no worker reached the paused checkpoint commit");
+            panic!("no worker reached the manifest write of checkpoint-2");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    // The writer is rank 0 of the generation both workers were assigned to.
+    let rank_of = |w: &Worker| w.log().lines().filter(|l| l.contains("assigned")).last().map(|l| l.contains("rank=0"));
+    let vi = workers.iter().position(|w| rank_of(w) == Some(true)).expect("a worker was assigned rank 0");
     workers[vi].child.kill().unwrap(); // SIGKILL, files uploaded, manifest not
     let _ = workers[vi].child.wait();
+    moto.clear_faults();
 
     // The bucket holds the half-written checkpoint, and nothing picks it.
     let listed = loc.store().list_with_delimiter(Some(&loc.child("checkpoint-2"))).await.unwrap();
@@ -766,4 +780,9 @@ async fn cluster_worker_killed_mid_checkpoint_leaves_no_resumable_checkpoint() {
     assert_eq!(verify_checkpoint(&loc, "checkpoint-2", Verify::Full).await.unwrap().step, 2);
     assert_eq!(verify_checkpoint(&loc, "final", Verify::Full).await.unwrap().step, steps as u64);
     assert_eq!(latest_checkpoint(&loc).await.unwrap().map(|c| c.name), Some("checkpoint-4".to_string()));
+}
+
+/// `s` with Python `re` metacharacters escaped.
+fn regex_escape(s: &str) -> String {
+    s.chars().flat_map(|c| if r"\.^$*+?{}[]|()".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
 }

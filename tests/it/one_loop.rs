@@ -16,7 +16,7 @@ use splade_worker::train::{build_plan, load_train_datasets, run_training, TrainO
 use tch::Tensor;
 
 use crate::cluster::{exit_ok, finish, pairs_jsonl, spawn_worker, spawn_worker_with, TOKEN};
-use crate::support::*;
+use splade_tests::fixtures::*;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -142,7 +142,7 @@ async fn cluster_one_worker_and_splade_train_give_the_same_plan_weights_and_metr
     let log = tmp.path().join("w0.log");
     let mut w0 = crate::cluster::Worker {
         id: "w0".into(),
-        child: Command::new(env!("CARGO_BIN_EXE_splade-worker"))
+        child: Command::new(bin("splade-worker"))
             .args(["--join", &handle.local_addr().to_string(), "--device", "cpu", "--advertise", "127.0.0.1", "--id", "w0"])
             .arg("--dump-batches")
             .arg(&cluster_plan)
@@ -288,7 +288,7 @@ async fn cluster_sigterm_worker_leaves_and_the_job_goes_on_without_a_restart() {
 /// MLflow run, evaluates at every `eval_steps`, keeps the best checkpoint and puts its weights in `final/`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_two_workers_eval_steps_reporters_and_best_model_from_rank_0() {
-    use splade_common::testkit::tools::{obs_check, MlflowServer};
+    use splade_tests::tools::{obs_check, MlflowServer};
     let server = tokio::task::spawn_blocking(MlflowServer::start).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let data = crate::cluster::write_data(tmp.path(), 64);

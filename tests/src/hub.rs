@@ -9,7 +9,7 @@ use std::path::Path;
 use sha1::{Digest as _, Sha1};
 use sha2::Sha256;
 
-pub use crate::hub::RepoKind;
+pub use splade_common::hub::RepoKind;
 
 /// Extensions the Hub stores in LFS by default (the `.gitattributes` a new repo gets), so their etag is the
 /// sha256 of the content.
@@ -58,7 +58,7 @@ pub fn write_hub_repo_at(cache: &Path, kind: RepoKind, repo_id: &str, revision: 
     for (path, content) in files {
         let etag = hub_etag(path, content);
         std::fs::write(repo_dir.join("blobs").join(&etag), content).expect("write blob");
-        crate::hub::link_snapshot(&repo_dir, &commit, path, &etag).expect("link snapshot");
+        splade_common::hub::link_snapshot(&repo_dir, &commit, path, &etag).expect("link snapshot");
     }
     let r = repo_dir.join("refs").join(revision);
     std::fs::create_dir_all(r.parent().expect("refs")).expect("create refs");
