@@ -20,4 +20,5 @@ mod train;
 mod train_obs;
 mod train_windows;
 mod windows;
+mod seed_project;
 mod seed_schema;

@@ -1,0 +1,180 @@
+//! The seed project brought over unchanged: its eight YAML files, read in place from `shared/seed/configs`, against
+//! an offline Hugging Face cache in `huggingface_hub`'s layout that holds small stand-ins under every Hub id the
+//! files name (the seed's datasets with their real column schemas, NanoBEIR, and tiny models of each base's
+//! architecture: NorBERT3 and GPT-BERT from the reference code, MiniLM for the dense CSR base).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use splade_tests::hub::{files_of_dir, write_hub_repo, RepoKind};
+
+use crate::parity::{assert_all_close, ours, theirs_on};
+use crate::support::*;
+
+fn seed_configs() -> Vec<PathBuf> {
+    let dir = repo().join("../shared/seed/configs");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (shared/ lies beside the repository)", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    assert_eq!(v.len(), 8, "the seed's eight configs in {}", dir.display());
+    v
+}
+
+/// A README whose `configs:` name each `<config>/<split>/` folder of a fixture repository, as the Hub's dataset
+/// cards do (`dev` is no split name `datasets` infers from folders).
+fn readme_for(dir: &Path) -> String {
+    let mut out = String::from("---\nconfigs:\n");
+    let mut configs: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    configs.sort();
+    for c in configs {
+        let name = c.file_name().unwrap().to_str().unwrap().to_string();
+        out.push_str(&format!("- config_name: {name}\n  data_files:\n"));
+        let mut splits: Vec<PathBuf> = std::fs::read_dir(&c).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+        splits.sort();
+        for s in splits {
+            let split = s.file_name().unwrap().to_str().unwrap();
+            out.push_str(&format!("  - split: {split}\n    path: {name}/{split}/*.parquet\n"));
+        }
+    }
+    out.push_str("---\n");
+    out
+}
+
+/// The model ids of the seed's configs and the tiny stand-in of the same architecture for each.
+fn model_stand_ins() -> Vec<(&'static str, PathBuf)> {
+    let rc = repo().join("../shared/reference/remote-code");
+    vec![
+        ("ltg/norbert3-base", rc.join("tiny-norbert3")),
+        ("ltg/norbert4-base", rc.join("tiny-gptbert-v1")),
+        ("ltg/norbert4-large", rc.join("tiny-gptbert-v1")),
+        // The CSR configs' base is a dense sentence-transformers model (NorBERT4 fine-tuned for embeddings).
+        ("thivy/norbert4-base-scandinavian-embedding", model("minilm")),
+    ]
+}
+
+/// Builds the offline hub cache under `root/hub-cache` and a working directory `root/work` holding the PAWS-X
+/// files at the seed's `paws_data_dir` (`data/paws-x/x-final`). Returns (hub cache, working directory).
+fn seed_world(root: &Path) -> (PathBuf, PathBuf) {
+    let fixtures = root.join("fixtures");
+    let out = Command::new(ref_python())
+        .arg(repo().join("scripts/seed_loaders_ref.py"))
+        .args(["fixtures", fixtures.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "seed_loaders_ref.py fixtures:\n{}", String::from_utf8_lossy(&out.stderr));
+    let cache = root.join("hub-cache");
+    for owner in std::fs::read_dir(fixtures.join("hub")).unwrap() {
+        let owner = owner.unwrap().path();
+        for repo_dir in std::fs::read_dir(&owner).unwrap() {
+            let repo_dir = repo_dir.unwrap().path();
+            let id = format!("{}/{}", owner.file_name().unwrap().to_str().unwrap(), repo_dir.file_name().unwrap().to_str().unwrap());
+            let mut files = files_of_dir(&repo_dir);
+            files.push(("README.md".into(), readme_for(&repo_dir).into_bytes()));
+            write_hub_repo(&cache, RepoKind::Dataset, &id, &files);
+        }
+    }
+    let nano = root.join("nanobeir");
+    let out = Command::new(ref_python())
+        .arg(repo().join("scripts/reference/st_nanobeir.py"))
+        .args(["make-fixture", "--norquad", repo().join("data/norquad").to_str().unwrap(), "--out", nano.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "st_nanobeir.py make-fixture:\n{}", String::from_utf8_lossy(&out.stderr));
+    write_hub_repo(&cache, RepoKind::Dataset, "sentence-transformers/NanoBEIR-en", &files_of_dir(&nano));
+    for (id, dir) in model_stand_ins() {
+        write_hub_repo(&cache, RepoKind::Model, id, &files_of_dir(&dir));
+    }
+    let work = root.join("work");
+    let paws = work.join("data/paws-x/x-final");
+    std::fs::create_dir_all(&paws).unwrap();
+    for entry in std::fs::read_dir(fixtures.join("paws")).unwrap() {
+        let lang = entry.unwrap().path();
+        let dest = paws.join(lang.file_name().unwrap());
+        std::fs::create_dir_all(&dest).unwrap();
+        for f in std::fs::read_dir(&lang).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dest.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    (cache, work)
+}
+
+/// `splade train ARGS` in `cwd`, offline against `hub_cache`: (success, stdout, stderr).
+fn splade_train(args: &[&str], cwd: &Path, hub_cache: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_splade"))
+        .arg("train")
+        .args(args)
+        .current_dir(cwd)
+        .env("HF_HUB_CACHE", hub_cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Every seed config passes `--check` against the stand-in cache, unchanged; with an empty cache offline the
+/// same run exits 1 naming every Hub id the file needs, in one run, and no key as unknown.
+#[test]
+fn check_passes_on_every_seed_config_against_a_hub_cache_of_stand_ins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, work) = seed_world(tmp.path());
+    let empty = tmp.path().join("empty-cache");
+    std::fs::create_dir_all(&empty).unwrap();
+    for path in seed_configs() {
+        let file = path.display().to_string();
+        let (ok, stdout, stderr) = splade_train(&["--config", &file, "--check"], &work, &cache);
+        assert!(ok, "{file}: --check failed against the stand-in cache:\n{stdout}\n{stderr}");
+        assert!(stdout.contains("steps") && stdout.contains("effective batch"), "{file}: no plan printed:\n{stdout}");
+
+        let (ok, stdout, stderr) = splade_train(&["--config", &file, "--check"], &work, &empty);
+        assert!(!ok, "{file}: --check passed with an empty cache offline:\n{stdout}");
+        assert!(!stderr.contains("unknown key"), "{file}: a key reported unknown:\n{stderr}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let base = text.lines().find_map(|l| l.trim().strip_prefix("base_model:")).unwrap();
+        let base = base.split('#').next().unwrap().trim().trim_matches('"');
+        assert!(stderr.contains(base), "{file}: the missing model {base} is not named:\n{stderr}");
+        assert!(stderr.contains("HF_HUB_OFFLINE"), "{file}: the error does not name HF_HUB_OFFLINE:\n{stderr}");
+        if text.contains("source: \"Fremtind/all-nli-norwegian\"") && !text.contains("nli:\n    enabled: false") {
+            assert!(stderr.contains("Fremtind/all-nli-norwegian"), "{file}: the missing NLI dataset is not named:\n{stderr}");
+        }
+    }
+}
+
+/// The seed's `training_config_splade_regular.yaml` (NorBERT3, the nli + scandi_qa + ddsc loader blocks,
+/// NanoBEIR evaluation, TensorBoard and MLflow) trains to the end, changed only through `--set` and the hub
+/// cache; `final/` carries a model card and loads in the seed's sentence-transformers 5.2 with our embeddings.
+#[test]
+fn seed_regular_config_trains_to_the_end_and_loads_in_sentence_transformers_5_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, work) = seed_world(tmp.path());
+    let config = repo().join("../shared/seed/configs/training_config_splade_regular.yaml");
+    let out = tmp.path().join("out");
+    let (ok, stdout, stderr) = splade_train(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--set",
+            &format!("training.output_dir={}", out.display()),
+            "--set",
+            "training.max_steps=4",
+            "--set",
+            "hardware.device=cpu",
+        ],
+        &work,
+        &cache,
+    );
+    assert!(ok, "splade train on the seed's regular config failed:\n{stdout}\n{stderr}");
+    let final_dir = out.join("final");
+    let card = std::fs::read_to_string(final_dir.join("README.md")).expect("final/ has a model card");
+    assert!(card.contains("ltg/norbert3-base") && card.contains("SpladeLoss"), "model card:\n{card}");
+    let texts: Vec<(String, bool)> = parity_texts().into_iter().filter(|(s, _)| s.len() < 400).take(6).collect();
+    let mine = ours(&final_dir, &Default::default(), &texts);
+    // NorBERT3's reference head makes padded rows NaN in sentence-transformers (see architectures.rs): one text
+    // a batch there.
+    let (theirs, _) = theirs_on(Stack::St52, &final_dir, &texts, true, 1);
+    assert_all_close(&mine, &theirs, &texts, "the seed's regular config, final/ on sentence-transformers 5.2");
+}
