@@ -954,6 +954,10 @@ impl Config {
         if let Some(n) = t.save_total_limit {
             check(n >= 1, "training.save_total_limit", n.to_string(), "must be at least 1, or left out")?;
         }
+        if let Some(n) = self.hardware.num_threads {
+            check((1..=i32::MAX as usize).contains(&n), "hardware.num_threads", n.to_string(),
+                "must be at least 1 (libtorch's intra-op threads), or left out for libtorch's default")?;
+        }
         check(!t.load_best_model_at_end || t.eval_strategy != IntervalStrategy::No,
             "training.load_best_model_at_end", "true".into(),
             "needs evaluation during training: set eval_strategy to steps or epoch (and metric_for_best_model)")?;
@@ -1027,21 +1031,47 @@ impl Config {
 
     /// The config as JSON (what the coordinator sends to workers); [`Config::from_json`] reads it back.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("config serializes")
+        // The file it came from and each key's line travel along, so a worker's errors about the
+        // coordinator's config name that file and line (not `<assignment>`).
+        let mut v = serde_json::to_value(self).expect("config serializes");
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert(ORIGIN_KEY.into(), self.origin.clone().into());
+            let lines: serde_json::Map<String, serde_json::Value> = self
+                .written
+                .iter()
+                .map(|(k, w)| (k.clone(), serde_json::json!([w.line, w.off])))
+                .collect();
+            m.insert(LINES_KEY.into(), lines.into());
+        }
+        v.to_string()
     }
 
-    /// Reads [`Config::to_json`] output; `origin` names it in errors.
+    /// Reads [`Config::to_json`] output. Errors name the file and lines it was read from when the JSON
+    /// carries them, else `origin`.
     pub fn from_json(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let mut c: Config = serde_json::from_str(text).map_err(|e| ConfigError::Other {
-            file: origin.to_string(),
-            line: e.line(),
-            key: String::new(),
-            message: e.to_string(),
-        })?;
-        c.origin = origin.to_string();
+        let bad = |e: serde_json::Error| ConfigError::Other { file: origin.to_string(), line: e.line(), key: String::new(), message: e.to_string() };
+        let mut v: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
+        let (shipped_origin, lines) = match &mut v {
+            serde_json::Value::Object(m) => (m.remove(ORIGIN_KEY), m.remove(LINES_KEY)),
+            _ => (None, None),
+        };
+        let mut c: Config = serde_json::from_value(v).map_err(bad)?;
+        c.origin = shipped_origin.and_then(|o| o.as_str().map(str::to_string)).filter(|o| !o.is_empty()).unwrap_or_else(|| origin.to_string());
+        if let Some(serde_json::Value::Object(lines)) = lines {
+            for (k, w) in lines {
+                if let Some([line, off]) = w.as_array().map(Vec::as_slice) {
+                    let w = Written { line: line.as_u64().unwrap_or(0) as usize, off: off.as_bool().unwrap_or(false) };
+                    c.written.insert(k, w);
+                }
+            }
+        }
         Ok(c)
     }
 }
+
+/// Keys [`Config::to_json`] adds for the origin and the line of each key.
+const ORIGIN_KEY: &str = "_origin";
+const LINES_KEY: &str = "_lines";
 
 fn collect_written(node: &yaml::Node, path: &str, depth: usize, out: &mut BTreeMap<String, Written>) {
     if let yaml::NodeKind::Map(entries) = &node.kind {
