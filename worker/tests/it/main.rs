@@ -17,6 +17,8 @@ mod dist;
 mod inference_free;
 mod parity;
 mod ranged;
+mod progress;
+mod robust;
 mod train;
 mod train_obs;
 mod train_windows;
