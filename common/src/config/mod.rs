@@ -1031,39 +1031,45 @@ impl Config {
 
     /// The config as JSON (what the coordinator sends to workers); [`Config::from_json`] reads it back.
     pub fn to_json(&self) -> String {
-        // The file it came from and each key's line travel along, so a worker's errors about the
-        // coordinator's config name that file and line (not `<assignment>`).
-        let mut v = serde_json::to_value(self).expect("config serializes");
-        if let serde_json::Value::Object(m) = &mut v {
-            m.insert(ORIGIN_KEY.into(), self.origin.clone().into());
-            let lines: serde_json::Map<String, serde_json::Value> = self
-                .written
-                .iter()
-                .map(|(k, w)| (k.clone(), serde_json::json!([w.line, w.off])))
-                .collect();
-            m.insert(LINES_KEY.into(), lines.into());
+        // The file it came from and each key's line travel along (appended last, after the config's own
+        // keys, whose order is kept: dataset order matters), so a worker's errors about the coordinator's
+        // config name that file and line, not `<assignment>`.
+        let body = serde_json::to_string(self).expect("config serializes");
+        let lines: BTreeMap<&str, (usize, bool)> = self.written.iter().map(|(k, w)| (k.as_str(), (w.line, w.off))).collect();
+        let extra = format!(
+            "\"{ORIGIN_KEY}\":{},\"{LINES_KEY}\":{}",
+            serde_json::to_string(&self.origin).expect("a string serializes"),
+            serde_json::to_string(&lines).expect("lines serialize")
+        );
+        match body.strip_suffix('}') {
+            Some(head) if head.len() > 1 => format!("{head},{extra}}}"),
+            Some(head) => format!("{head}{extra}}}"),
+            None => body,
         }
-        v.to_string()
     }
 
     /// Reads [`Config::to_json`] output. Errors name the file and lines it was read from when the JSON
     /// carries them, else `origin`.
     pub fn from_json(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        #[derive(Deserialize)]
+        struct Extras {
+            #[serde(rename = "_origin")]
+            origin: Option<String>,
+            #[serde(rename = "_lines", default)]
+            lines: BTreeMap<String, (usize, bool)>,
+        }
         let bad = |e: serde_json::Error| ConfigError::Other { file: origin.to_string(), line: e.line(), key: String::new(), message: e.to_string() };
-        let mut v: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
-        let (shipped_origin, lines) = match &mut v {
-            serde_json::Value::Object(m) => (m.remove(ORIGIN_KEY), m.remove(LINES_KEY)),
-            _ => (None, None),
+        let extras: Extras = serde_json::from_str(text).map_err(bad)?;
+        // `to_json` writes its two keys last at the top level; a key inside a JSON string would be escaped.
+        let marker = format!(",\"{ORIGIN_KEY}\":");
+        let config_text = match text.rfind(&marker) {
+            Some(i) => format!("{}}}", &text[..i]),
+            None => text.to_string(),
         };
-        let mut c: Config = serde_json::from_value(v).map_err(bad)?;
-        c.origin = shipped_origin.and_then(|o| o.as_str().map(str::to_string)).filter(|o| !o.is_empty()).unwrap_or_else(|| origin.to_string());
-        if let Some(serde_json::Value::Object(lines)) = lines {
-            for (k, w) in lines {
-                if let Some([line, off]) = w.as_array().map(Vec::as_slice) {
-                    let w = Written { line: line.as_u64().unwrap_or(0) as usize, off: off.as_bool().unwrap_or(false) };
-                    c.written.insert(k, w);
-                }
-            }
+        let mut c: Config = serde_json::from_str(&config_text).map_err(bad)?;
+        c.origin = extras.origin.filter(|o| !o.is_empty()).unwrap_or_else(|| origin.to_string());
+        for (k, (line, off)) in extras.lines {
+            c.written.insert(k, Written { line, off });
         }
         Ok(c)
     }

@@ -283,7 +283,9 @@ mod tests {
         let kl = InnerLoss::DistillKlDiv { temperature: 1.0 };
         let e = validate_labels(&kl, &index(vec![Some(vec![1.0, 2.0]), None])).unwrap_err().to_string();
         assert!(e.starts_with("dataset `distill`: /data/train.jsonl (record at byte 100): no `label`, but loss.inner_loss sparse_distill_kldiv"), "{e}");
-        let e = validate_labels(&kl, &index(vec![])).unwrap_err().to_string();
+        let mut unlabelled = index(vec![None, None]);
+        unlabelled.labels.clear(); // what `RecordIndex::new` stores when no row has a label
+        let e = validate_labels(&kl, &unlabelled).unwrap_err().to_string();
         assert!(e.contains("(record at byte 0): no `label`"), "{e}");
         let e = validate_labels(&kl, &index(vec![Some(vec![1.0, 2.0]), Some(vec![1.0, 2.0]), Some(vec![3.0])])).unwrap_err().to_string();
         assert!(e.contains("(record at byte 200): `label` has 1 values but /data/train.jsonl (record at byte 0) has 2"), "{e}");

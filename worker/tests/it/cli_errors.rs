@@ -178,7 +178,7 @@ fn bad_inputs_exit_1_naming_file_value_and_fix_and_leave_nothing_to_resume() {
     let c = yaml("doclen.yaml", &|c| c.replace("  max_seq_length: 32", "  max_seq_length: 32\n  document_max_length: 4096"));
     add("config", "document_max_length past the positions", train(&c), &["document_max_length 4096", "config.json", "set document_max_length to 512 or less"]);
     let c = yaml("yamlsyntax.yaml", &|c| c.replace("  max_steps: 2", "  max_steps: [2"));
-    add("config", "YAML syntax", train(&c), &[&c, "max_steps"]);
+    add("config", "YAML syntax", train(&c), &[&format!("{c}:"), "not valid YAML"]);
     let c = yaml("lr.yaml", &|c| c.replace("learning_rate: 1.0e-4", "learning_rate: fast"));
     add("config", "a word for a number", train(&c), &[&format!("{c}:"), "training.learning_rate", "fast"]);
     let c = yaml("amp.yaml", &|c| c.replace("  max_seq_length: 32", "  max_seq_length: 32\n  fp16: true\n  bf16: true"));
@@ -192,9 +192,7 @@ fn bad_inputs_exit_1_naming_file_value_and_fix_and_leave_nothing_to_resume() {
     add("data", "JSONL row without anchor", train(&with_data("d2.yaml", &f)), &[&format!("{f}:1:"), "anchor"]);
     let f = write("notgzip.jsonl.gz", b"{\"anchor\": \"a\", \"positive\": \"b\"}\n");
     add("data", "gzip that is not gzip", train(&with_data("d3.yaml", &f)), &[&f]);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::Write::write_all(&mut gz, "{\"anchor\": \"a\", \"positive\": \"b\"}\n".repeat(200).as_bytes()).unwrap();
-    let gz = gz.finish().unwrap();
+    let gz = std::fs::read(crate::support::repo().join("data/norquad/train.jsonl.gz")).unwrap();
     let f = write("truncated.jsonl.gz", &gz[..gz.len() / 2]);
     add("data", "truncated gzip", train(&with_data("d4.yaml", &f)), &[&f]);
     let f = write("garbage.parquet", b"PAR1 this is not parquet at all PAR1");
@@ -256,11 +254,7 @@ fn bad_inputs_exit_1_naming_file_value_and_fix_and_leave_nothing_to_resume() {
     let ck_loc = Location::parse(&s(&ck_root)).unwrap();
     let variant = |name: &str, edit: &dyn Fn(&Path), recommit: bool| -> String {
         let dir = ck_root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        for e in std::fs::read_dir(&good).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-        }
+        crate::support::copy_dir(&good, &dir);
         if recommit {
             std::fs::remove_file(dir.join("manifest.json")).unwrap();
             let staging = t.join(format!("staging-{name}"));
@@ -272,13 +266,14 @@ fn bad_inputs_exit_1_naming_file_value_and_fix_and_leave_nothing_to_resume() {
         }
         s(&dir)
     };
-    let resume = |name: &str, ckpt: &str| train(&yaml(name, &|c| c.replace("  max_seq_length: 32", &format!("  max_seq_length: 32\n  resume_from_checkpoint: {ckpt}")))));
-    let p = variant("checkpoint-trunc", &|d| {
-        let f = d.join("model.safetensors");
-        let b = std::fs::read(&f).unwrap();
-        std::fs::write(&f, &b[..b.len() / 2]).unwrap();
-    }, false);
-    add("checkpoint", "file shorter than its manifest", resume("r1.yaml", &p), &["checkpoint-trunc", "model.safetensors", "resume from an earlier one"]);
+    let resume = |name: &str, ckpt: &str| train(&yaml(name, &|c| c.replace("  max_seq_length: 32", &format!("  max_seq_length: 32\n  resume_from_checkpoint: {ckpt}"))));
+    // Same name as committed (the manifest names it), weights cut short after the commit.
+    let trunc = t.join("ck-trunc/checkpoint-1");
+    crate::support::copy_dir(&good, &trunc);
+    let f = trunc.join("model.safetensors");
+    let b = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &b[..b.len() / 2]).unwrap();
+    add("checkpoint", "file shorter than its manifest", resume("r1.yaml", &s(&trunc)), &["ck-trunc/checkpoint-1", "model.safetensors", "resume from an earlier one"]);
     let p = variant("checkpoint-badmanifest", &|d| std::fs::write(d.join("manifest.json"), "{").unwrap(), false);
     add("checkpoint", "manifest not JSON", resume("r2.yaml", &p), &["checkpoint-badmanifest/manifest.json", "unreadable"]);
     let p = variant("checkpoint-nomanifest", &|d| std::fs::remove_file(d.join("manifest.json")).unwrap(), false);
@@ -307,7 +302,7 @@ fn bad_inputs_exit_1_naming_file_value_and_fix_and_leave_nothing_to_resume() {
         v
     };
     add("flags", "--max-length past the positions", flags(&["--max-length", "4096", "x"]), &["--max-length 4096", "use --max-length 512 or less"]);
-    add("flags", "--device unknown", flags(&["--device", "tpu", "x"]), &["tpu"]);
+    add("flags", "--device unknown", vec!["encode".into(), "--device".into(), "tpu".into(), "--model".into(), tiny.clone(), "x".into()], &["tpu"]);
     add("flags", "--doc-window stride above size", flags(&["--doc-window", "8:16", "x"]), &["--doc-window", "16"]);
     add("flags", "--input missing", flags(&["--input", &s(&t.join("no-input.txt"))]), &["no-input.txt", "cannot open"]);
     add("flags", "--max-active-dims 0", flags(&["--max-active-dims", "0", "x"]), &["--max-active-dims", "0"]);

@@ -86,29 +86,32 @@ fn encode_progress_redirected_is_plain_lines_without_control_characters() {
 #[test]
 fn logs_redirected_carry_no_colour_and_json_format_is_json_lines() {
     let tmp = tempfile::tempdir().unwrap();
-    let texts = input(tmp.path(), 4);
-    let run = |extra: &[&str]| {
+    let data = crate::train::small_pairs(tmp.path(), 8);
+    let run = |name: &str, extra: &[&str]| {
+        let out_dir = tmp.path().join(name);
+        let cfg = tmp.path().join(format!("{name}.yaml"));
+        let training = "  max_steps: 1\n  per_device_train_batch_size: 4\n  max_seq_length: 32";
+        std::fs::write(&cfg, crate::train::tiny_config(&out_dir, &data, training, "")).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_splade"))
             .args(extra)
-            .args(["encode", "--device", "cpu", "--model"])
-            .arg(model("splade-tiny"))
-            .arg("--input")
-            .arg(&texts)
-            .env("RUST_LOG", "debug")
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .env_remove("RUST_LOG")
             .env("TERM", "xterm-256color")
             .env_remove("NO_COLOR")
             .output()
             .unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stderr).to_string()
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{text}");
+        text
     };
-    let text = run(&[]);
-    assert!(text.contains("DEBUG") || text.contains("INFO"), "expected some log lines at debug: {text}");
+    let text = run("text", &[]);
+    assert!(text.contains("INFO") && text.contains("final model written"), "{text}");
     assert!(!text.contains('\x1b'), "ANSI escapes in redirected logs: {text:?}");
-    let json = run(&["--log-format", "json"]);
+    let json = run("json", &["--log-format", "json"]);
     let logs: Vec<serde_json::Value> =
         json.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
-    assert!(!logs.is_empty(), "{json}");
+    assert!(logs.iter().any(|v| v["level"] == "INFO" && v["fields"]["message"] == "final model written"), "{json}");
     assert!(logs.iter().all(|v| v["level"].is_string() && v["fields"].is_object()), "{json}");
     assert!(!json.contains('\x1b'), "{json:?}");
 }

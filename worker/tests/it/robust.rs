@@ -101,13 +101,8 @@ fn resume_refuses_a_checkpoint_that_does_not_fit_before_touching_a_tensor() {
     // Commit two damaged copies of checkpoint-1 (own manifests, so only the contents are wrong).
     let damaged = |name: &str, edit: &dyn Fn(&mut Vec<(String, Tensor)>)| {
         let dir = tmp.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        for e in std::fs::read_dir(out.join("checkpoint-1")).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_file() && p.file_name().unwrap() != "manifest.json" {
-                std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-            }
-        }
+        crate::support::copy_dir(&out.join("checkpoint-1"), &dir);
+        std::fs::remove_file(dir.join("manifest.json")).unwrap();
         let opt = dir.join("optimizer.safetensors");
         let mut tensors = Tensor::read_safetensors(&opt).unwrap();
         edit(&mut tensors);

@@ -118,3 +118,17 @@ pub fn assert_sparse_close(a: &(Vec<u32>, Vec<f32>), b: &(Vec<u32>, Vec<f32>), t
     assert!(worst.1 <= tol, "{what}: index {} differs by {} (> {tol})", worst.0, worst.1);
     assert!(!ma.is_empty() || mb.is_empty(), "{what}: empty on one side only");
 }
+
+/// Copies folder `from` (recursively) to `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let target = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &target);
+        } else {
+            std::fs::copy(&p, &target).unwrap();
+        }
+    }
+}
