@@ -11,6 +11,7 @@ Each sub-command reads what the Rust code wrote with the real third-party reader
 """
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -55,7 +56,8 @@ def mlflow_run(uri, experiment):
     metrics = {}
     for key in run.data.metrics:
         hist = client.get_metric_history(rid, key)
-        metrics[key] = sorted([[m.step, m.value] for m in hist])
+        # Non-finite values as strings ("nan"), which JSON can carry.
+        metrics[key] = sorted([[m.step, m.value if math.isfinite(m.value) else str(m.value)] for m in hist], key=lambda p: p[0])
 
     def walk(path):
         files = []

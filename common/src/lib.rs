@@ -3,6 +3,7 @@
 //!
 //! Kept free of `tch` so it compiles fast and its tests run without libtorch.
 
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod eval;

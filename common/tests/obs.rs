@@ -571,6 +571,8 @@ fn log_a_run(settings: MlflowSettings, model: &Path) -> (Option<String>, Duratio
         &[
             ("eval/norquad-dev/ndcg@10", 0.4125),
             ("eval/norquad-dev/mrr@10", 0.38),
+            // Regression (issue #17): NaN metrics vanished before MLflow.
+            ("train/diverged_loss", f64::NAN),
         ],
     );
     r.log_text("config", "training:\n  max_steps: 6\n");
@@ -603,6 +605,7 @@ fn check_mlflow_run(v: &serde_json::Value, files: &BTreeMap<String, Vec<u8>>, ru
         v["metrics"]["eval/norquad-dev/ndcg_at_10"][0],
         serde_json::json!([6, 0.4125])
     );
+    assert_eq!(v["metrics"]["train/diverged_loss"], serde_json::json!([[6, "nan"]]), "a NaN metric reaches MLflow");
     assert_eq!(
         v["metrics"]["train/active_dims_document"]
             .as_array()

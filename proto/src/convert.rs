@@ -780,4 +780,59 @@ mod tests {
         let e = domain::ProgressReport::try_from(m).unwrap_err().to_string();
         assert!(e.starts_with("ProgressReport.checkpoint_seconds: is inf"), "{e}");
     }
+
+    /// Arbitrary bytes decoded as each message the coordinator or a worker receives, then converted: the
+    /// proto edge returns a value or a `ProtoError`, never a panic (issue #17's property test).
+    mod arbitrary_messages {
+        use super::*;
+        use prost::Message;
+        use proptest::prelude::*;
+
+        fn convert_all(bytes: &[u8]) {
+            if let Ok(m) = pb::JoinRequest::decode(bytes) {
+                let _ = domain::JoinRequest::try_from(m);
+            }
+            if let Ok(m) = pb::JoinResponse::decode(bytes) {
+                let _ = domain::JoinAck::try_from(m);
+            }
+            if let Ok(m) = pb::HeartbeatRequest::decode(bytes) {
+                let _ = domain::Heartbeat::try_from(m);
+            }
+            if let Ok(m) = pb::HeartbeatResponse::decode(bytes) {
+                let _ = domain::Directive::try_from(m);
+            }
+            if let Ok(m) = pb::Assignment::decode(bytes) {
+                let _ = domain::Assignment::try_from(m);
+            }
+            if let Ok(m) = pb::ProgressReport::decode(bytes) {
+                let _ = domain::ProgressReport::try_from(m);
+            }
+            if let Ok(m) = pb::CheckpointCommit::decode(bytes) {
+                let _ = domain::CheckpointCommit::try_from(m);
+            }
+            if let Ok(m) = pb::LeaveRequest::decode(bytes) {
+                let _ = domain::LeaveRequest::try_from(m);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                convert_all(&bytes);
+            }
+
+            /// Valid messages with one field flipped to an arbitrary value: the mutations that decode.
+            #[test]
+            fn mutated_valid_messages_never_panic(pos in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()) {
+                let mut bytes = assignment().encode_to_vec();
+                let i = pos.index(bytes.len());
+                bytes[i] = byte;
+                convert_all(&bytes);
+                let n = cut.index(bytes.len() + 1);
+                convert_all(&bytes[..n]);
+            }
+        }
+    }
 }

@@ -70,8 +70,51 @@ use crate::train::{BatchSource, GradSync, StepDone, TrainError, Trainer};
 /// Why the worker stopped with an error. Each message says what failed and where.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// A setting or input that is wrong in itself; the message names it and the fix.
     #[error("{0}")]
     Setup(String),
+    /// Training (building the trainer, resuming, a step, a checkpoint) failed; the source says where.
+    #[error("{context}: {source}")]
+    Train {
+        context: String,
+        #[source]
+        source: TrainError,
+    },
+    /// A config (`--config`, or the coordinator's in the assignment) is invalid.
+    #[error("{context}: {source}")]
+    Config {
+        context: String,
+        #[source]
+        source: splade_common::config::ConfigError,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Storage (the data plan, a checkpoint) failed.
+    #[error("{context}: {source}")]
+    Data {
+        context: String,
+        #[source]
+        source: splade_common::data::DataError,
+    },
+    /// Storage (a checkpoint's manifest) failed.
+    #[error("{context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: splade_common::store::StoreError,
+    },
+    /// The process group (c10d) could not be formed.
+    #[error("{context}: {source}")]
+    Dist {
+        context: String,
+        #[source]
+        source: crate::dist::DistError,
+    },
     #[error("joining the coordinator at {addr}: {source}")]
     Join {
         addr: String,
@@ -134,7 +177,7 @@ impl TlsFiles {
         let mut cert = flag(&self.cert, "--tls-cert");
         let mut key = flag(&self.key, "--tls-key");
         if let Some(path) = &self.config {
-            let cfg = Config::from_path(path).map_err(|e| setup(format!("--config: {e}")))?;
+            let cfg = Config::from_path(path).map_err(|source| NodeError::Config { context: "--config".into(), source })?;
             let dir = path.parent().unwrap_or(std::path::Path::new("."));
             let c = &cfg.cluster;
             for (slot, value, k) in [(&mut ca, &c.tls_ca, "tls_ca"), (&mut cert, &c.tls_cert, "tls_cert"), (&mut key, &c.tls_key, "tls_key")] {
@@ -144,7 +187,7 @@ impl TlsFiles {
             }
         }
         let read = |(p, what): &(PathBuf, String)| {
-            std::fs::read(p).map_err(|e| setup(format!("{what}: cannot read {}: {e}", p.display())))
+            std::fs::read(p).map_err(|source| NodeError::Io { path: format!("{what}: {}", p.display()), source })
         };
         let identity = match (&cert, &key) {
             (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
@@ -199,7 +242,7 @@ fn default_worker_id() -> String {
 
 /// The config shipped in an assignment: the coordinator's `Config::to_json`.
 pub fn config_from_assignment(json: &str) -> Result<Config, NodeError> {
-    Config::from_json(json, "<assignment>").map_err(|e| setup(format!("the coordinator's config: {e}")))
+    Config::from_json(json, "<assignment>").map_err(|source| NodeError::Config { context: "the coordinator's config".into(), source })
 }
 
 /// The digest of a checkpoint's manifest that the coordinator checks ([`Manifest::digest`]).
@@ -381,7 +424,7 @@ impl Generation<'_> {
             Some(r) => {
                 let r = DataPlanRef { location: r.location.clone(), sha256: r.sha256.clone() };
                 let plan = block_on(DataPlan::fetch(&r, &StoreOptions::from_env()))
-                    .map_err(|e| setup(format!("the assignment's data plan: {e}")))?;
+                    .map_err(|source| NodeError::Data { context: "the assignment's data plan".into(), source })?;
                 if plan.global_batch_size != a.global_batch_size as usize {
                     return Err(setup(format!(
                         "data plan {} has global batches of {} but the assignment {}",
@@ -389,16 +432,17 @@ impl Generation<'_> {
                     )));
                 }
                 tracing::info!(data_plan = r.location, "reading this rank's slices through the data plan");
-                let t = Trainer::with_plan(cfg, self.device, plan.plan(), a.micro_batches_per_rank as usize);
-                (t.map_err(|e| setup(e.to_string()))?, Some(plan))
+                let t = Trainer::with_plan(cfg, self.device, plan.plan(), a.micro_batches_per_rank as usize)
+                    .and_then(|t| t.check_plan_labels(&plan).map(|()| t));
+                (t.map_err(|source| NodeError::Train { context: "setting up training".into(), source })?, Some(plan))
             }
             None => {
                 let t = Trainer::new(cfg, self.device, a.global_batch_size as usize, a.micro_batches_per_rank as usize);
-                (t.map_err(|e| setup(e.to_string()))?, None)
+                (t.map_err(|source| NodeError::Train { context: "setting up training".into(), source })?, None)
             }
         };
         if let Some(p) = self.dump_batches {
-            crate::train::run::dump_batches(&trainer.plan, p).map_err(|e| setup(e.to_string()))?;
+            crate::train::run::dump_batches(&trainer.plan, p).map_err(|source| NodeError::Train { context: "--dump-batches".into(), source })?;
         }
         if trainer.state.total_steps != a.total_steps {
             return Err(setup(format!(
@@ -409,11 +453,11 @@ impl Generation<'_> {
         if let Some(ckpt) = &a.restore {
             let name = ckpt.location.trim_end_matches('/').rsplit('/').next().unwrap_or(&ckpt.location).to_string();
             let info = block_on(verify_checkpoint(&trainer.output, &name, Verify::Full))
-                .map_err(|e| setup(format!("assigned checkpoint {}: {e}", ckpt.location)))?;
+                .map_err(|source| NodeError::Store { context: format!("assigned checkpoint {}", ckpt.location), source })?;
             if manifest_digest(&info.manifest) != ckpt.manifest_sha256 {
                 return Err(setup(format!("assigned checkpoint {}: its manifest differs from the committed one", ckpt.location)));
             }
-            trainer.resume(Some(&name)).map_err(|e| setup(e.to_string()))?;
+            trainer.resume(Some(&name)).map_err(|source| NodeError::Train { context: format!("resuming {}", ckpt.location), source })?;
             tracing::info!(checkpoint = name, step = trainer.state.global_step, "restored");
         }
         if trainer.state.global_step != a.start_step {
@@ -424,9 +468,9 @@ impl Generation<'_> {
         }
         let rank = a.rank as usize;
         let world = a.world_size as usize;
-        let schedule = Schedule::new(&trainer.cfg, trainer.state.total_steps).map_err(|e| setup(e.to_string()))?.for_cluster();
+        let schedule = Schedule::new(&trainer.cfg, trainer.state.total_steps).map_err(|source| NodeError::Train { context: "the schedule".into(), source })?.for_cluster();
         let mut lead = match rank {
-            0 => Some(Lead::start(&trainer, None).map_err(|e| setup(e.to_string()))?),
+            0 => Some(Lead::start(&trainer, None).map_err(|source| NodeError::Train { context: "rank 0's reporters".into(), source })?),
             _ => None,
         };
         // Rank 0 evaluates while its peers wait in the next step's collective.
@@ -449,7 +493,7 @@ impl Generation<'_> {
                 gloo_host: Some(self.advertise.to_string()),
             },
         )
-        .map_err(|e| setup(e.to_string()))?;
+        .map_err(|source| NodeError::Dist { context: format!("forming the process group of generation {}", a.generation), source })?;
         let source = match data_plan {
             Some(p) => BatchSource::slices(p, trainer.state.global_step + 1, rank, world, StoreOptions::from_env()),
             None => BatchSource::Loaded,
@@ -469,7 +513,7 @@ impl Generation<'_> {
             stopped_early: false,
         };
         let out = schedule::run(&mut trainer, &source, &mut GradSync::AllReduce(&mut pg), lead.as_mut(), &schedule, &mut hooks)
-            .map_err(|e| setup(e.to_string()))?;
+            .map_err(|source| NodeError::Train { context: format!("generation {}", a.generation), source })?;
         Ok(match out.end {
             RunEnd::Finished { .. } => GenEnd::Finished,
             RunEnd::Superseded => GenEnd::Superseded,

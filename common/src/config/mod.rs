@@ -1292,6 +1292,10 @@ impl Config {
         if let Some(n) = t.save_total_limit {
             check(n >= 1, "training.save_total_limit", n.to_string(), "must be at least 1, or left out");
         }
+        if let Some(n) = self.hardware.num_threads {
+            check((1..=i32::MAX as usize).contains(&n), "hardware.num_threads", n.to_string(),
+                "must be at least 1 (libtorch's intra-op threads), or left out for libtorch's default")?;
+        }
         check(!t.load_best_model_at_end || t.eval_strategy != IntervalStrategy::No,
             "training.load_best_model_at_end", "true".into(),
             "needs evaluation during training: set eval_strategy to steps or epoch (and metric_for_best_model)");
@@ -1425,18 +1429,46 @@ impl Config {
 
     /// The config as JSON (what the coordinator sends to workers); [`Config::from_json`] reads it back.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("config serializes")
+        // The file it came from and each key's line travel along (appended last, after the config's own
+        // keys, whose order is kept: dataset order matters), so a worker's errors about the coordinator's
+        // config name that file and line, not `<assignment>`.
+        let body = serde_json::to_string(self).expect("config serializes");
+        let lines: BTreeMap<&str, (usize, bool)> = self.written.iter().map(|(k, w)| (k.as_str(), (w.line, w.off))).collect();
+        let extra = format!(
+            "\"{ORIGIN_KEY}\":{},\"{LINES_KEY}\":{}",
+            serde_json::to_string(&self.origin).expect("a string serializes"),
+            serde_json::to_string(&lines).expect("lines serialize")
+        );
+        match body.strip_suffix('}') {
+            Some(head) if head.len() > 1 => format!("{head},{extra}}}"),
+            Some(head) => format!("{head}{extra}}}"),
+            None => body,
+        }
     }
 
-    /// Reads [`Config::to_json`] output; `origin` names it in errors.
+    /// Reads [`Config::to_json`] output. Errors name the file and lines it was read from when the JSON
+    /// carries them, else `origin`.
     pub fn from_json(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let mut c: Config = serde_json::from_str(text).map_err(|e| ConfigError::Other {
-            file: origin.to_string(),
-            line: e.line(),
-            key: String::new(),
-            message: e.to_string(),
-        })?;
-        c.origin = origin.to_string();
+        #[derive(Deserialize)]
+        struct Extras {
+            #[serde(rename = "_origin")]
+            origin: Option<String>,
+            #[serde(rename = "_lines", default)]
+            lines: BTreeMap<String, (usize, bool)>,
+        }
+        let bad = |e: serde_json::Error| ConfigError::Other { file: origin.to_string(), line: e.line(), key: String::new(), message: e.to_string() };
+        let extras: Extras = serde_json::from_str(text).map_err(bad)?;
+        // `to_json` writes its two keys last at the top level; a key inside a JSON string would be escaped.
+        let marker = format!(",\"{ORIGIN_KEY}\":");
+        let config_text = match text.rfind(&marker) {
+            Some(i) => format!("{}}}", &text[..i]),
+            None => text.to_string(),
+        };
+        let mut c: Config = serde_json::from_str(&config_text).map_err(bad)?;
+        c.origin = extras.origin.filter(|o| !o.is_empty()).unwrap_or_else(|| origin.to_string());
+        for (k, (line, off)) in extras.lines {
+            c.written.insert(k, Written { line, off });
+        }
         Ok(c)
     }
 }
@@ -1475,6 +1507,9 @@ fn relocate_set(e: &mut ConfigError, sets: &[String]) {
         }
     }
 }
+/// Keys [`Config::to_json`] adds for the origin and the line of each key.
+const ORIGIN_KEY: &str = "_origin";
+const LINES_KEY: &str = "_lines";
 
 fn collect_written(node: &yaml::Node, path: &str, depth: usize, out: &mut BTreeMap<String, Written>) {
     if let yaml::NodeKind::Map(entries) = &node.kind {

@@ -269,6 +269,23 @@ fn resume_and_report_to_shapes() {
     assert_eq!(c.evaluation.log_decoded_samples, 3);
 }
 
+/// Regression (issue #17): a cluster worker validating the coordinator's config said `<assignment>`;
+/// the shipped JSON now carries the file and each key's line.
+#[test]
+fn config_shipped_as_json_names_the_original_file_and_line() {
+    let c = parse("model:\n  base_model: x\ntraining:\n  per_device_train_batch_size: 0\n").unwrap();
+    let back = Config::from_json(&c.to_json(), "<assignment>").unwrap();
+    let e = back.validate().unwrap_err().to_string();
+    assert_eq!(e, "cfg.yaml:4: `training.per_device_train_batch_size` is `0`: must be at least 1");
+}
+
+/// Regression (issue #17): `hardware.num_threads: 0` reached libtorch's "Expected positive number of threads".
+#[test]
+fn zero_threads_is_a_config_error() {
+    let e = parse("model:\n  base_model: x\nhardware:\n  num_threads: 0\n").unwrap().validate().unwrap_err().to_string();
+    assert!(e.starts_with("cfg.yaml:4: `hardware.num_threads` is `0`: must be at least 1"), "{e}");
+}
+
 #[test]
 fn json_round_trip_keeps_everything() {
     let c = parse(FULL).unwrap();
@@ -527,4 +544,44 @@ fn seed_loader_block_errors_name_file_line_key_and_fix() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`datasets.scandi_qa.use_norquad`") && e.contains("turn one on"), "{e}");
+/// Issue #17's property test: a valid config mutated at random (a byte changed, a line dropped or
+/// duplicated, a value replaced) parses and validates to a value or a `ConfigError`, never a panic.
+mod mutated_configs {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn check(text: &str) {
+        if let Ok(c) = Config::from_str(text, "cfg.yaml") {
+            let _ = c.validate_for_training();
+            let _ = c.to_json();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn byte_mutations_never_panic(pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut bytes = FULL.as_bytes().to_vec();
+            let i = pos.index(bytes.len());
+            bytes[i] = byte;
+            check(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn line_mutations_never_panic(line in any::<prop::sample::Index>(), op in 0..3u8, value in "[ -~]{0,12}") {
+            let mut lines: Vec<String> = FULL.lines().map(str::to_string).collect();
+            let i = line.index(lines.len());
+            match op {
+                0 => { lines.remove(i); }
+                1 => { let l = lines[i].clone(); lines.insert(i, l); }
+                _ => {
+                    if let Some((key, _)) = lines[i].split_once(':') {
+                        lines[i] = format!("{key}: {value}");
+                    }
+                }
+            }
+            check(&lines.join("\n"));
+        }
+    }
 }

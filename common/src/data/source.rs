@@ -111,6 +111,26 @@ fn resolve_hub(
     }
     tracing::info!(dataset, repo_id = repo.repo_id, revision = repo.revision, commit = repo.commit, files = names.len(), "Hub dataset resolved");
     Ok(Resolved { files, hub: Some(HubPin { repo_id: repo.repo_id.clone(), revision: repo.revision.clone(), commit: repo.commit.clone() }) })
+fn unreadable(dataset: &str, path: &std::path::Path, e: &std::io::Error) -> DataError {
+    DataError::Read {
+        file: path.display().to_string(),
+        message: format!(
+            "cannot be read ({e}); fix its permissions or remove it, or narrow `datasets.{dataset}.source` so it does not match"
+        ),
+    }
+}
+
+/// `p` as a data file of a source: files are kept (in a directory only those with a data extension),
+/// directories skipped, and anything else that matched (a dangling link, a path that cannot be stat'ed)
+/// is an error naming it.
+fn data_file(dataset: &str, p: PathBuf, by_extension: bool) -> Result<Option<PathBuf>, DataError> {
+    let wanted = !by_extension || is_data_file(&p.to_string_lossy());
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_file() => Ok(wanted.then_some(p)),
+        Ok(_) => Ok(None),
+        Err(e) if wanted => Err(unreadable(dataset, &p, &e)),
+        Err(_) => Ok(None),
+    }
 }
 
 /// The files of `source`, sorted by path. A directory (or key prefix) means its data files; a glob may appear in
@@ -152,18 +172,28 @@ async fn resolve_files(dataset: &str, source: &str, options: &StoreOptions) -> R
                 dataset: dataset.into(),
                 problem: format!("source `{source}` is not a valid glob ({e}); fix `datasets.{dataset}.source`"),
             })?;
-            paths.filter_map(Result::ok).filter(|p| p.is_file()).collect()
+            let mut files = Vec::new();
+            for entry in paths {
+                // A path the glob matched but could not read is an error, never silently one file fewer.
+                let p = entry.map_err(|e| unreadable(dataset, e.path(), e.error()))?;
+                if let Some(p) = data_file(dataset, p, false)? {
+                    files.push(p);
+                }
+            }
+            files
         } else {
             let p = PathBuf::from(&path);
             if p.is_file() {
                 vec![p]
             } else if p.is_dir() {
-                std::fs::read_dir(&p)
-                    .map_err(|e| DataError::Read { file: path.clone(), message: e.to_string() })?
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.is_file() && is_data_file(&p.to_string_lossy()))
-                    .collect()
+                let mut files = Vec::new();
+                for entry in std::fs::read_dir(&p).map_err(|e| DataError::Read { file: path.clone(), message: e.to_string() })? {
+                    let entry = entry.map_err(|e| unreadable(dataset, &p, &e))?;
+                    if let Some(f) = data_file(dataset, entry.path(), true)? {
+                        files.push(f);
+                    }
+                }
+                files
             } else {
                 Vec::new()
             }

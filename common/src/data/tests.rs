@@ -216,6 +216,23 @@ fn globs_directories_gzip_and_max_samples() {
     assert_eq!(load(&s).unwrap().examples.len(), 3);
 }
 
+/// Regression (issue #17): a path a glob or directory matched but could not read was dropped without a word.
+#[test]
+fn unreadable_paths_in_a_glob_or_directory_are_errors_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.jsonl", "{\"anchor\": \"a\", \"positive\": \"p\"}\n");
+    let dangling = dir.path().join("b.jsonl");
+    std::os::unix::fs::symlink(dir.path().join("gone.jsonl"), &dangling).unwrap();
+    for source in [format!("{}/*.jsonl", dir.path().display()), dir.path().display().to_string()] {
+        let e = load(&spec(&source)).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: cannot be read (No such file or directory", dangling.display())), "{e}");
+        assert!(e.ends_with("narrow `datasets.d.source` so it does not match"), "{e}");
+    }
+    // Without the broken link the same sources load.
+    std::fs::remove_file(&dangling).unwrap();
+    assert_eq!(load(&spec(&format!("{}/*.jsonl", dir.path().display()))).unwrap().examples.len(), 1);
+}
+
 #[test]
 fn bundled_norquad_train_loads() {
     let path = splade_tests::tools::repo_root().join("data/norquad/train.jsonl.gz");
@@ -554,6 +571,49 @@ fn config_to_plan_end_to_end_on_bundled_norquad() {
             for t in data[0].train[r].texts() {
                 assert!(seen.insert(t), "duplicate text in step {}", b.step);
             }
+        }
+    }
+}
+
+/// Issue #17's property test: random JSONL lines (random text, and JSON objects with random values under
+/// the role keys) load to examples or a `DataError`, never a panic, with either `on_bad_record` setting.
+mod random_jsonl {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            ".{0,8}".prop_map(serde_json::Value::from),
+            proptest::collection::vec(any::<f32>(), 0..4).prop_map(|v| serde_json::json!(v)),
+        ]
+    }
+
+    fn line() -> impl Strategy<Value = String> {
+        let keys = prop_oneof![Just("anchor"), Just("positive"), Just("negative"), Just("negative_1"), Just("label"), Just("x")];
+        prop_oneof![
+            ".{0,40}",
+            proptest::collection::vec((keys, value()), 0..6).prop_map(|kv| {
+                serde_json::Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()).to_string()
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_lines_never_panic(lines in proptest::collection::vec(line(), 1..8), skip in any::<bool>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = write(dir.path(), "r.jsonl", &(lines.join("\n") + "\n"));
+            let mut s = spec(&path);
+            if skip {
+                s.on_bad_record = crate::data::OnBadRecord::Skip;
+            }
+            let _ = load(&s);
         }
     }
 }

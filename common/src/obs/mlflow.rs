@@ -439,12 +439,9 @@ impl Worker {
                         ts: i64,
                         values: Vec<(String, f64)>,
                     ) {
-                        batch.extend(
-                            values
-                                .into_iter()
-                                .filter(|(_, v)| v.is_finite())
-                                .map(|(k, v)| (k, v, ts, step)),
-                        )
+                        // Non-finite values are logged too: a NaN loss is what a
+                        // person looking at the run most needs to see.
+                        batch.extend(values.into_iter().map(|(k, v)| (k, v, ts, step)))
                     }
                     add(&mut batch, step, timestamp, values);
                     while let Ok(next) = rx.try_recv() {
@@ -843,6 +840,18 @@ fn str_field(v: &Value, path: &[&str]) -> Result<String, CallError> {
     })
 }
 
+/// A double as proto3's JSON mapping writes it: a number, or the strings `NaN`, `Infinity`, `-Infinity`
+/// (serde_json would write `null`, which MLflow rejects or drops).
+fn proto_double(v: f64) -> Value {
+    if v.is_nan() {
+        Value::from("NaN")
+    } else if v.is_infinite() {
+        Value::from(if v > 0.0 { "Infinity" } else { "-Infinity" })
+    } else {
+        Value::from(v)
+    }
+}
+
 impl Run for RestRun {
     fn id(&self) -> &str {
         &self.run_id
@@ -856,7 +865,7 @@ impl Run for RestRun {
     ) -> Result<(), CallError> {
         let metrics: Vec<Value> = metrics
             .iter()
-            .map(|(k, v, ts, step)| json!({"key": k, "value": v, "timestamp": ts, "step": step}))
+            .map(|(k, v, ts, step)| json!({"key": k, "value": proto_double(*v), "timestamp": ts, "step": step}))
             .collect();
         let params: Vec<Value> = params
             .iter()

@@ -253,22 +253,31 @@ fn commit_local(
         std::fs::remove_dir_all(&dest).map_err(|e| io_err(&dest, e))?;
     }
     let tmp = root.join(temp_name(name));
-    for (rel, src) in files {
-        let target = tmp.join(rel);
-        let parent = target.parent().expect("has parent");
-        std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
-        std::fs::copy(src, &target).map_err(|e| io_err(src, e))?;
-        std::fs::File::open(&target).and_then(|f| f.sync_all()).map_err(|e| io_err(&target, e))?;
+    let staged = (|| {
+        for (rel, src) in files {
+            let target = tmp.join(rel);
+            let parent = target.parent().expect("has parent");
+            std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+            // The error names the file being written (a full disk is the destination's problem).
+            std::fs::copy(src, &target).map_err(|e| io_err(&target, e))?;
+            std::fs::File::open(&target).and_then(|f| f.sync_all()).map_err(|e| io_err(&target, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+        write_durable(&tmp.join(MANIFEST_NAME), manifest)?;
+        let mut dirs: Vec<PathBuf> = files.iter().filter_map(|(rel, _)| tmp.join(rel).parent().map(Path::to_path_buf)).collect();
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            fsync_dir(&d)?;
+        }
+        fsync_dir(&tmp)
+    })();
+    if let Err(e) = staged {
+        // A write failed part-way (a full disk): the staging folder was never a checkpoint (no name a resume
+        // lists); remove it so it does not hold the space either.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
-    write_durable(&tmp.join(MANIFEST_NAME), manifest)?;
-    let mut dirs: Vec<PathBuf> = files.iter().filter_map(|(rel, _)| tmp.join(rel).parent().map(Path::to_path_buf)).collect();
-    dirs.sort();
-    dirs.dedup();
-    for d in dirs {
-        fsync_dir(&d)?;
-    }
-    fsync_dir(&tmp)?;
     std::fs::rename(&tmp, &dest).map_err(|e| io_err(&dest, e))?;
     fsync_dir(root)
 }
@@ -280,21 +289,13 @@ async fn commit_remote(
     manifest: Vec<u8>,
 ) -> Result<(), StoreError> {
     let store = location.store().clone();
-    for (rel, src) in files {
-        let key = format!("{name}/{rel}");
-        let obj = location.child(&key);
-        // BufWriter switches to a multipart upload above its buffer size, so large weights stream.
-        let mut writer = object_store::buffered::BufWriter::new(store.clone(), obj);
-        let mut f = std::fs::File::open(src).map_err(|e| io_err(src, e))?;
-        let mut buf = vec![0u8; 8 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(|e| io_err(src, e))?;
-            if n == 0 {
-                break;
-            }
-            writer.put(Bytes::copy_from_slice(&buf[..n])).await.map_err(|e| location.os_err(&key, e))?;
+    if let Err(e) = upload_files(location, name, files).await {
+        // The store refused a write part-way: nothing is committed (no manifest); the objects already
+        // written are removed (best effort) so they neither linger nor confuse a retry.
+        for (rel, _) in files {
+            let _ = store.delete(&location.child(&format!("{name}/{rel}"))).await;
         }
-        writer.shutdown().await.map_err(|e| StoreError::Io { path: location.url_of(&key), source: e })?;
+        return Err(e);
     }
     let key = format!("{name}/{MANIFEST_NAME}");
     let obj = location.child(&key);
@@ -322,6 +323,28 @@ async fn commit_remote(
         }
         Err(e) => Err(location.os_err(&key, e)),
     }
+}
+
+/// Uploads a checkpoint's files (not its manifest) under `name/`.
+async fn upload_files(location: &Location, name: &str, files: &[(String, PathBuf)]) -> Result<(), StoreError> {
+    let store = location.store().clone();
+    for (rel, src) in files {
+        let key = format!("{name}/{rel}");
+        let obj = location.child(&key);
+        // BufWriter switches to a multipart upload above its buffer size, so large weights stream.
+        let mut writer = object_store::buffered::BufWriter::new(store.clone(), obj);
+        let mut f = std::fs::File::open(src).map_err(|e| io_err(src, e))?;
+        let mut buf = vec![0u8; 8 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| io_err(src, e))?;
+            if n == 0 {
+                break;
+            }
+            writer.put(Bytes::copy_from_slice(&buf[..n])).await.map_err(|e| location.os_err(&key, e))?;
+        }
+        writer.shutdown().await.map_err(|e| StoreError::Io { path: location.url_of(&key), source: e })?;
+    }
+    Ok(())
 }
 
 fn info(location: &Location, manifest: Manifest) -> CheckpointInfo {

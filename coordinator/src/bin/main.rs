@@ -3,13 +3,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 use splade_coordinator::{
     config, CoordinatorOptions, JobOutcome, JoinToken, ServerTls, StoreVerifier,
 };
 
 /// Coordinates a data-parallel SPLADE training job across splade-worker processes.
-#[derive(Parser)]
+/// Exit codes: 0 the job completed, 1 an error or a failed job, 2 stopped by a signal before the job
+/// completed (README, "Exit codes").
+#[derive(clap::Parser)]
 #[command(name = "splade-coordinator", version)]
 struct Args {
     /// Training config (YAML); its `cluster:` section configures the coordinator.
@@ -28,20 +29,25 @@ struct Args {
     /// workers without starting the job; print the plan; exit 1 naming every problem.
     #[arg(long)]
     check: bool,
+    #[command(flatten)]
+    log: splade_common::cli::LogArgs,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let args = Args::parse();
-    if args.check {
-        return check(&args);
+async fn main() -> ExitCode {
+    let args: Args = splade_common::cli::parse_args();
+    splade_common::cli::init_logging(&args.log);
+    let result = if args.check { check(&args) } else { run(args).await };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{}", splade_common::cli::error_report(&e));
+            ExitCode::FAILURE
+        }
     }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (cfg, cluster, mut job) = config::load_with(&args.config, &args.set)?;
     for note in cfg.startup_notes() {
         tracing::warn!("{note}");
@@ -84,6 +90,25 @@ async fn main() -> anyhow::Result<ExitCode> {
         None => None,
     };
 
+    // Progress for a person watching: a bar on a terminal, plain periodic lines otherwise.
+    let mut snapshots = handle.subscribe();
+    tokio::spawn(async move {
+        let first = snapshots.borrow().clone();
+        let progress = splade_common::cli::Progress::new("job", first.total_steps, "steps");
+        loop {
+            let snap = snapshots.borrow_and_update().clone();
+            progress.set_total(snap.total_steps);
+            progress.set_message(format!(
+                "{:?}, workers {}/{}, generation {}",
+                snap.phase, snap.workers_alive, expected, snap.generation
+            ));
+            progress.set_position(snap.global_step);
+            if snapshots.changed().await.is_err() {
+                progress.finish();
+                return;
+            }
+        }
+    });
     let trigger = handle.shutdown_trigger();
     tokio::spawn(async move {
         stop_signal().await;

@@ -351,3 +351,94 @@ async fn mutual_tls_accepts_certified_workers_only() {
     })
     .await;
 }
+
+/// The gRPC category of issue #17's bad-input table: malformed messages from an authenticated peer are
+/// refused with INVALID_ARGUMENT naming `Message.field` and the value, and none disturbs the running job.
+#[tokio::test]
+async fn bad_grpc_messages_are_refused_naming_the_field_and_leave_the_job_running() {
+    init_tracing();
+    bounded(async {
+        let coord = start(settings(1, 2, 0), job(100)).await;
+        let addr = coord.local_addr();
+        let mut w0 = SimWorker::join(addr, "w0").await.unwrap();
+        let a = w0.assignment().await;
+        assert!(w0.report(2, &[("loss", 0.5)]).await.accepted);
+        let before = snapshot_until(&coord, "step 2", |s| s.global_step == 2).await;
+        let mut c = client(addr, TOKEN).await.unwrap();
+        let v = PROTOCOL_VERSION;
+        let join = |worker_id: &str, host: &str, port: u32| pb::JoinRequest {
+            protocol_version: v,
+            worker_id: worker_id.into(),
+            advertise_host: host.into(),
+            store_port: port,
+            device: "cpu".into(),
+        };
+        let progress = |train: Option<pb::StepProgress>, evals: Vec<pb::EvalScore>, ckpt: Option<f64>| pb::ProgressReport {
+            protocol_version: v,
+            worker_id: "w0".into(),
+            generation: a.generation,
+            step: 3,
+            train,
+            evals,
+            checkpoint_seconds: ckpt,
+        };
+        let eval = |task: &str| pb::EvalScore { task: task.into(), ..Default::default() };
+        let commit = |sha: &str| pb::CheckpointCommit {
+            protocol_version: v,
+            worker_id: "w0".into(),
+            generation: a.generation,
+            step: 2,
+            location: "file:///tmp/x/checkpoint-2".into(),
+            manifest_sha256: sha.into(),
+        };
+        // (what, the call's status, the message it must hold)
+        let cases: Vec<(&str, tonic::Status, &str)> = vec![
+            ("join: empty advertise_host", c.raw().join(join("w9", "", 0)).await.unwrap_err(), "JoinRequest.advertise_host: is empty"),
+            ("join: empty worker id", c.raw().join(join("", "h", 0)).await.unwrap_err(), "JoinRequest.worker_id: worker id"),
+            ("join: worker id with a slash", c.raw().join(join("a/b", "h", 0)).await.unwrap_err(), "JoinRequest.worker_id: worker id"),
+            ("join: port above 65535", c.raw().join(join("w9", "h", 70000)).await.unwrap_err(), "port 70000 is above 65535"),
+            (
+                "progress: NaN checkpoint_seconds",
+                c.raw().report_progress(progress(None, vec![], Some(f64::NAN))).await.unwrap_err(),
+                "ProgressReport.checkpoint_seconds: is NaN; it must be a finite number >= 0",
+            ),
+            (
+                "progress: train without loss",
+                c.raw().report_progress(progress(Some(pb::StepProgress::default()), vec![], None)).await.unwrap_err(),
+                "ProgressReport.train.loss: is missing",
+            ),
+            (
+                "progress: an eval task twice",
+                c.raw().report_progress(progress(None, vec![eval("t"), eval("t")], None)).await.unwrap_err(),
+                "ProgressReport.evals.task: \"t\" appears twice",
+            ),
+            (
+                "commit: sha256 not hex",
+                c.raw().commit_checkpoint(commit("not-a-digest")).await.unwrap_err(),
+                "is not 64 hex digits",
+            ),
+            (
+                "heartbeat: empty worker id",
+                c.raw()
+                    .heartbeat(pb::HeartbeatRequest { protocol_version: v, worker_id: "".into(), generation: 0, step: 0 })
+                    .await
+                    .unwrap_err(),
+                "HeartbeatRequest.worker_id",
+            ),
+            (
+                "leave: empty worker id",
+                c.raw().leave(pb::LeaveRequest { protocol_version: v, worker_id: "".into(), reason: "x".into() }).await.unwrap_err(),
+                "LeaveRequest.worker_id",
+            ),
+        ];
+        for (what, status, want) in &cases {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{what}: {status}");
+            assert!(status.message().contains(want), "{what}: {:?} should contain {want:?}", status.message());
+        }
+        let after = coord.snapshot();
+        assert!(is_running(&after, a.generation, 1), "{after:#?}");
+        assert_eq!((after.global_step, after.restarts, after.workers_alive), (before.global_step, 0, 1));
+        coord.shutdown();
+    })
+    .await;
+}

@@ -1,9 +1,9 @@
 //! `splade-worker`: joins a splade-coordinator and trains as one data-parallel replica.
-use clap::Parser;
+//! Exit codes: 0 the job completed (or a clean leave after SIGTERM), 1 any error (README, "Exit codes").
 use splade_worker::node::{run_node, NodeOptions, TlsFiles};
 
 /// A libtorch data-parallel replica of a splade-coordinator job.
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(name = "splade-worker", version)]
 struct Args {
     /// Coordinator address HOST:PORT.
@@ -45,6 +45,8 @@ struct Args {
     /// Write step 1's all-reduced gradients (safetensors) to PATH.rank<R>.
     #[arg(long)]
     dump_gradients: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    log: splade_common::cli::LogArgs,
     /// The shared join token.
     #[arg(long, env = "SPLADE_CLUSTER_TOKEN", hide_env_values = true)]
     token: String,
@@ -52,8 +54,8 @@ struct Args {
 
 fn main() {
     splade_worker::cli::init_process();
-    splade_worker::cli::init_logging();
-    let args = Args::parse();
+    let args: Args = splade_common::cli::parse_args();
+    splade_worker::cli::init_logging(&args.log);
     let tls = TlsFiles {
         ca: args.tls_ca,
         cert: args.tls_cert,
@@ -63,10 +65,7 @@ fn main() {
     };
     let tls = match tls.client_tls() {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("splade-worker: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => splade_common::cli::exit_with(&anyhow::Error::new(e)),
     };
     let opts = NodeOptions {
         join: args.join,
@@ -81,7 +80,6 @@ fn main() {
         dump_gradients: args.dump_gradients,
     };
     if let Err(e) = run_node(opts) {
-        eprintln!("splade-worker: {e}");
-        std::process::exit(1);
+        splade_common::cli::exit_with(&anyhow::Error::new(e));
     }
 }

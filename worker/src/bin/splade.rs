@@ -1,12 +1,11 @@
 //! `splade`: the user CLI (train, eval, encode, decode). All logic lives in `splade_worker::cli`.
-use clap::Parser;
+//! Exit codes: 0 success (or a clean stop after SIGTERM/Ctrl-C), 1 any error (README, "Exit codes").
 
 fn main() {
     splade_worker::cli::init_process();
-    splade_worker::cli::init_logging();
-    let cli = splade_worker::cli::Cli::parse();
+    let cli: splade_worker::cli::Cli = splade_common::cli::parse_args();
+    splade_worker::cli::init_logging(&cli.log);
     if let Err(e) = splade_worker::cli::run(cli) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        splade_common::cli::exit_with(&e);
     }
 }

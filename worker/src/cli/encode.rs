@@ -41,7 +41,14 @@ impl ModelArgs {
             document_max_length: self.max_length,
             ..Default::default()
         };
-        let mut model = SparseEncoder::load(&dir, dev, &opts)?;
+        let mut model = SparseEncoder::load(&dir, dev, &opts).map_err(|e| match e {
+            crate::model::ModelError::MaxLength { value, max, path, .. } => anyhow::anyhow!(
+                "--max-length {value} is past the position table of {} (max_position_embeddings allows {max} tokens); \
+                 use --max-length {max} or less",
+                path.display()
+            ),
+            e => e.into(),
+        })?;
         model.max_active_dims = self.max_active_dims;
         Ok(model)
     }
@@ -129,6 +136,8 @@ pub fn run_encode(a: EncodeArgs) -> anyhow::Result<()> {
     let model = a.model.load()?;
     let kind = if a.query { TextKind::Query } else { TextKind::Document };
     let refs: Vec<&str> = inputs.iter().map(|t| t.text.as_str()).collect();
+    let progress = std::sync::Arc::new(splade_common::cli::Progress::new("encode", refs.len() as u64, "texts"));
+    model.set_progress(Some(progress.clone()));
     let vecs = match a.windows.checked(&model)? {
         Some(spec) => {
             let (v, s) = model.encode_windowed(&refs, kind, &spec, a.model.batch_size)?;
@@ -143,6 +152,7 @@ pub fn run_encode(a: EncodeArgs) -> anyhow::Result<()> {
         }
         None => model.encode(&refs, kind, a.model.batch_size)?,
     };
+    progress.finish();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for (inp, (idx, val)) in inputs.iter().zip(vecs) {

@@ -122,7 +122,12 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         for w in &task.warnings {
             tracing::warn!(task = name, "{w}");
         }
+        let total = (task.corpus.len() + task.queries.len()) as u64;
+        let progress = std::sync::Arc::new(splade_common::cli::Progress::new(&format!("eval {name}"), total, "texts"));
+        model.set_progress(Some(progress.clone()));
         let (scores, enc) = evaluate_model_windowed(&model, &task, windows.as_ref(), a.model.batch_size)?;
+        model.set_progress(None);
+        progress.finish();
         let elapsed = t0.elapsed().as_secs_f64();
         eprintln!(
             "{name}: encoded {} documents in {:.2}s, {} queries in {:.2}s; index {:.3}s, search {:.3}s",

@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "splade", version, about)]
 pub struct Cli {
+    #[command(flatten)]
+    pub log: splade_common::cli::LogArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -59,8 +61,8 @@ pub fn init_process() {
     }
 }
 
-/// Installs the `tracing` subscriber the binaries share (RUST_LOG overrides the level).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+/// Installs the `tracing` subscriber the binaries share: see [`splade_common::cli`] (RUST_LOG, `--quiet`,
+/// `--log-format json`, no colour off a terminal or with NO_COLOR).
+pub fn init_logging(args: &splade_common::cli::LogArgs) {
+    splade_common::cli::init_logging(args);
 }

@@ -72,6 +72,12 @@ pub enum ModelError {
     Unsupported(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A max length asked for (training config or `--max-length`) past the model's position table.
+    #[error(
+        "{key} {value} is past the position table of {path} (max_position_embeddings allows {max} tokens); set {key} \
+         to {max} or less"
+    )]
+    MaxLength { key: &'static str, value: usize, max: usize, path: PathBuf },
 }
 
 impl ModelError {
@@ -139,6 +145,8 @@ pub struct SparseEncoder {
     /// Batches tokenized ahead of time ([`SparseEncoder::set_prefetched`]), served by
     /// [`SparseEncoder::tokenize`] for the same kind and texts.
     prefetched: std::sync::Mutex<Prefetched>,
+    /// Where [`SparseEncoder::encode`] and `encode_windowed` report texts done (`splade encode`/`eval`).
+    progress: std::sync::Mutex<Option<std::sync::Arc<splade_common::cli::Progress>>>,
 }
 
 /// Tokenized batches waiting for their step, and how many `tokenize` calls they answered.
@@ -275,15 +283,28 @@ impl SparseEncoder {
         if let Some(p) = &opts.pooling {
             spec.pooling = p.clone();
         }
+        // Lengths asked for are checked against the position table (a longer input would index past
+        // it); lengths a folder carries are capped to it, as max_seq_length always was.
+        let max_pos = mlm.max_positions().unwrap_or(usize::MAX);
+        for (key, value) in [
+            ("max_seq_length", opts.max_seq_length),
+            ("query_max_length", opts.query_max_length),
+            ("document_max_length", opts.document_max_length),
+        ] {
+            if let Some(value) = value.filter(|&v| v > max_pos) {
+                return Err(ModelError::MaxLength { key, value, max: max_pos, path: spec.transformer_dir.join("config.json") });
+            }
+        }
         if opts.query_max_length.is_some() {
             spec.query_max_length = opts.query_max_length;
         }
         if opts.document_max_length.is_some() {
             spec.document_max_length = opts.document_max_length;
         }
+        spec.query_max_length = spec.query_max_length.map(|n| n.min(max_pos));
+        spec.document_max_length = spec.document_max_length.map(|n| n.min(max_pos));
         // sentence-transformers: explicit max_seq_length, else the tokenizer's model_max_length capped
         // by the position table (NorBERT3's relative positions have none: 512, its pre-training length).
-        let max_pos = mlm.max_positions().unwrap_or(usize::MAX);
         let max_seq_length = opts
             .max_seq_length
             .or(spec.max_seq_length)
@@ -302,6 +323,7 @@ impl SparseEncoder {
             lean_head: true,
             query_static,
             prefetched: Default::default(),
+            progress: Default::default(),
         })
     }
 
@@ -611,8 +633,20 @@ impl SparseEncoder {
                 emb = select_max_active_dims(&emb, k);
             }
             out.extend(dense_rows_to_sparse(&emb));
+            self.report_progress(chunk.len());
         }
         Ok(out)
+    }
+
+    /// Reports texts encoded from now on to `progress` (`None`: to nobody).
+    pub fn set_progress(&self, progress: Option<std::sync::Arc<splade_common::cli::Progress>>) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = progress;
+    }
+
+    pub(crate) fn report_progress(&self, texts: usize) {
+        if let Some(p) = self.progress.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            p.inc(texts as u64);
+        }
     }
 
     /// Every parameter with its name, sorted: the MLM's in the layout transformers saves for

@@ -266,6 +266,7 @@ impl SparseEncoder {
                 }
                 pending.push((d, w));
             }
+            self.report_progress(1);
         }
         flush(&mut pending, &mut out)?;
         Ok((out.into_iter().map(|v| v.expect("every text has at least one window")).collect(), stats))

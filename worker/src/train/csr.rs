@@ -42,7 +42,7 @@ impl CsrLossConfig {
     /// The loss of a batch of dense embeddings: `query` [B, H], `candidates` [k·B, H] (positives,
     /// then each negative column). `inner` computes the ranking loss over the latents (its
     /// regularisers are not part of CSRLoss and are not applied).
-    pub fn compute(&self, head: &CsrHead, inner: &SpladeLossConfig, query: &Tensor, candidates: &Tensor, labels: Option<&Tensor>) -> LossParts {
+    pub fn compute(&self, head: &CsrHead, inner: &SpladeLossConfig, query: &Tensor, candidates: &Tensor, labels: Option<&Tensor>) -> Result<LossParts, TrainError> {
         let b = query.size()[0];
         let cols = candidates.size()[0] / b;
         let mut columns = vec![query.shallow_clone()];
@@ -64,9 +64,9 @@ impl CsrLossConfig {
         let q_lat = outputs[0].latents_k.shallow_clone();
         let d_lat = Tensor::cat(&outputs[1..].iter().map(|f| f.latents_k.shallow_clone()).collect::<Vec<_>>(), 0);
         let plain = SpladeLossConfig { query_regularizer_weight: 0.0, document_regularizer_weight: 0.0, ..*inner };
-        let ranking = plain.compute(&q_lat, &d_lat, labels, 0, 1).total * self.gamma;
+        let ranking = plain.compute(&q_lat, &d_lat, labels, 0, 1)?.total * self.gamma;
         let total = &lk + &l4k + &laux + &ranking;
-        LossParts {
+        Ok(LossParts {
             ranking: ranking.double_value(&[]),
             flops_query: 0.0,
             flops_document: 0.0,
@@ -82,7 +82,7 @@ impl CsrLossConfig {
                 document_latents: d_lat.detach(),
             }),
             total,
-        }
+        })
     }
 }
 
@@ -143,7 +143,7 @@ pub fn prepare(model: &mut SparseEncoder, cfg: &Config) -> Result<(), TrainError
 impl Trainer {
     /// The step's loss on `query` / `candidates` (what [`Trainer::embed`] returned, gathered or not):
     /// `CSRLoss` for CSR models, `SpladeLoss` otherwise.
-    pub(crate) fn compute_loss(&self, query: &Tensor, candidates: &Tensor, labels: Option<&Tensor>, step: u64, total: u64) -> LossParts {
+    pub(crate) fn compute_loss(&self, query: &Tensor, candidates: &Tensor, labels: Option<&Tensor>, step: u64, total: u64) -> Result<LossParts, TrainError> {
         match (&self.csr_loss, self.model.csr()) {
             (Some(c), Some(head)) => c.compute(head, &self.loss, query, candidates, labels),
             _ => self.loss.compute(query, candidates, labels, step, total),

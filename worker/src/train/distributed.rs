@@ -48,7 +48,7 @@ impl Trainer {
         local: &[&Example],
         pg: &mut ProcessGroup,
     ) -> Result<(StepStats, AllReduceStats), TrainError> {
-        self.forward_backward_slice(local, Self::labels(global), global.len(), pg)
+        self.forward_backward_slice(local, Self::labels(global)?, global.len(), pg)
     }
 
     /// [`Trainer::forward_backward_distributed`] for a rank that holds only its own rows: `labels` are the
@@ -78,7 +78,7 @@ impl Trainer {
             stats.tokens = tokens;
             let g = gather_global_batch(pg, &q, &col_to_row(&d, k)).map_err(dist)?;
             let d_all = row_to_col(&g.d, k);
-            let parts = self.compute_loss(&g.q, &d_all, labels.as_ref(), step, total);
+            let parts = self.compute_loss(&g.q, &d_all, labels.as_ref(), step, total)?;
             self.backward(&parts.total);
             fill_loss_stats(&mut stats, &parts, &g.q, &d_all);
         } else {
@@ -101,7 +101,7 @@ impl Trainer {
             let d_leaf = Tensor::cat(&ds, 0).detach().set_requires_grad(true);
             let g = gather_global_batch(pg, &q_leaf, &d_leaf).map_err(dist)?;
             let d_all = row_to_col(&g.d, k);
-            let parts = self.compute_loss(&g.q, &d_all, labels.as_ref(), step, total);
+            let parts = self.compute_loss(&g.q, &d_all, labels.as_ref(), step, total)?;
             self.backward(&parts.total);
             fill_loss_stats(&mut stats, &parts, &g.q, &d_all);
             let gq = q_leaf.grad();

@@ -17,6 +17,8 @@ use splade_common::data::{DataError, DataPlan, Example, RangedReader};
 use splade_common::store::StoreOptions;
 use tch::Tensor;
 
+use super::TrainError;
+
 /// Steps read ahead of the one training.
 pub const PREFETCH_STEPS: usize = 3;
 
@@ -78,14 +80,12 @@ impl SliceFetcher {
 }
 
 /// The labels of a whole global batch (rows `rows` of `dataset`) as `[rows, width]`, from the artifact, when
-/// every row has one; `None` otherwise (as `Trainer::labels` does for loaded rows).
-pub fn global_labels(plan: &DataPlan, dataset: &str, rows: &[usize]) -> Option<Tensor> {
-    let index = plan.dataset(dataset)?;
+/// every row has one; `None` otherwise (as `Trainer::labels` does for loaded rows). Rows of different widths
+/// are an error, as there.
+pub fn global_labels(plan: &DataPlan, dataset: &str, rows: &[usize]) -> Result<Option<Tensor>, TrainError> {
+    let Some(index) = plan.dataset(dataset) else { return Ok(None) };
     let labels: Option<Vec<&[f32]>> = rows.iter().map(|&r| index.label(r)).collect();
-    let labels = labels.filter(|l| !l.is_empty())?;
-    let w = labels[0].len();
-    let flat: Vec<f32> = labels.iter().flat_map(|l| l.iter().copied()).collect();
-    Some(Tensor::from_slice(&flat).view([rows.len() as i64, w as i64]))
+    super::step::labels_tensor(labels.filter(|l| !l.is_empty()))
 }
 
 #[cfg(test)]
@@ -120,12 +120,12 @@ mod tests {
             .map(|&r| Example { anchor: "a".into(), positive: "p".into(), negatives: vec![], label: labels[r].clone() })
             .collect();
         let refs: Vec<&Example> = examples.iter().collect();
-        let want = crate::train::Trainer::labels(&refs).unwrap();
-        let got = global_labels(&p, "d", &rows).unwrap();
+        let want = crate::train::Trainer::labels(&refs).unwrap().unwrap();
+        let got = global_labels(&p, "d", &rows).unwrap().unwrap();
         assert_eq!(got.size(), vec![2, 2]);
         assert!(got.equal(&want));
         // A row without a label (or a dataset without labels) gives none, as for loaded rows.
-        assert!(global_labels(&plan(vec![Some(vec![1.0]), None]), "d", &[0, 1]).is_none());
-        assert!(global_labels(&plan(vec![]), "d", &[0]).is_none());
+        assert!(global_labels(&plan(vec![Some(vec![1.0]), None]), "d", &[0, 1]).unwrap().is_none());
+        assert!(global_labels(&plan(vec![]), "d", &[0]).unwrap().is_none());
     }
 }

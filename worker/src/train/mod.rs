@@ -52,8 +52,64 @@ pub enum TrainError {
     Store(#[from] splade_common::store::StoreError),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    /// Teacher scores (`label`) the chosen loss cannot use: missing or of the wrong width.
+    #[error("{0}")]
+    Labels(String),
+    /// A checkpoint that does not fit this model or optimizer (a missing tensor, another shape or dtype).
+    #[error("checkpoint `{checkpoint}`: {problem}; resume from a checkpoint of this model and config, or start a new output_dir")]
+    Checkpoint {
+        /// The checkpoint's name or URL.
+        checkpoint: String,
+        /// What does not fit.
+        problem: String,
+    },
+    /// Writing a checkpoint failed part-way; nothing was committed.
+    #[error(
+        "checkpoint `{checkpoint}` could not be written ({source}); nothing was committed, so the previous checkpoint is \
+         still the one a resume picks: free space or fix the storage, then rerun with training.resume_from_checkpoint: true"
+    )]
+    CheckpointWrite {
+        checkpoint: String,
+        #[source]
+        source: Box<TrainError>,
+    },
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON state file that does not parse.
+    #[error("{path}: {source}")]
+    Json {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A libtorch operation failed.
+    #[error("{context}: {source}")]
+    Tensor {
+        context: String,
+        #[source]
+        source: tch::TchError,
+    },
+    /// A collective (c10d) operation failed.
+    #[error("{context}: {source}")]
+    Dist {
+        context: String,
+        #[source]
+        source: crate::dist::DistError,
+    },
+    /// A setting or input that is wrong in itself; the message names it and the fix.
     #[error("{0}")]
     Other(String),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        TrainError::Io { path: path.to_string(), source }
+    }
 }
 
 pub(crate) fn other(msg: impl Into<String>) -> TrainError {

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use tch::Tensor;
 
+use super::TrainError;
+
 /// A parameter with its optimizer hyper-parameters.
 pub struct ParamGroup {
     pub names: Vec<String>,
@@ -105,22 +107,65 @@ impl AdamW {
         Tensor::write_safetensors(&named, path)
     }
 
-    /// Restores what [`AdamW::save`] wrote; fails if a parameter's state is missing.
-    pub fn load(&mut self, path: &Path) -> Result<(), String> {
-        let tensors = Tensor::read_safetensors(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
-        let _g = tch::no_grad_guard();
-        for (store, prefix) in [(&mut self.exp_avg, "m."), (&mut self.exp_avg_sq, "v.")] {
-            for (n, t) in store.iter_mut() {
-                let src = map
-                    .get(&format!("{prefix}{n}"))
-                    .ok_or_else(|| format!("{}: no optimizer state for '{n}'", path.display()))?;
-                t.copy_(src);
+    /// Reads what [`AdamW::save`] wrote and checks it against this optimizer: a moment for every
+    /// parameter, of its shape and dtype, and the step count. Nothing is changed; [`AdamW::restore`]
+    /// applies the result. `checkpoint` names the checkpoint in errors.
+    pub fn read_state(&self, path: &Path, checkpoint: &str) -> Result<OptimState, TrainError> {
+        let bad = |problem: String| TrainError::Checkpoint { checkpoint: checkpoint.to_string(), problem };
+        let tensors = Tensor::read_safetensors(path)
+            .map_err(|source| TrainError::Tensor { context: format!("checkpoint `{checkpoint}`: {}", path.display()), source })?;
+        let mut map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+        let mut state = OptimState { exp_avg: BTreeMap::new(), exp_avg_sq: BTreeMap::new(), step: 0 };
+        for (store, out, prefix) in [(&self.exp_avg, &mut state.exp_avg, "m."), (&self.exp_avg_sq, &mut state.exp_avg_sq, "v.")] {
+            for (n, t) in store {
+                let key = format!("{prefix}{n}");
+                let src = map.remove(&key).ok_or_else(|| {
+                    bad(format!("{} has no optimizer state `{key}` for parameter `{n}` (saved by another model or config)", OPT_FILE))
+                })?;
+                if src.size() != t.size() || src.kind() != t.kind() {
+                    return Err(bad(format!(
+                        "{OPT_FILE}: `{key}` is {:?} {:?}, the parameter is {:?} {:?}",
+                        src.kind(),
+                        src.size(),
+                        t.kind(),
+                        t.size()
+                    )));
+                }
+                out.insert(n.clone(), src);
             }
         }
-        self.step = map.get("step").map(|t| t.int64_value(&[0]) as u64).ok_or_else(|| format!("{}: no step", path.display()))?;
+        let step = map.remove("step").ok_or_else(|| bad(format!("{OPT_FILE} has no `step`")))?;
+        state.step = step
+            .f_int64_value(&[0])
+            .ok()
+            .and_then(|s| u64::try_from(s).ok())
+            .ok_or_else(|| bad(format!("{OPT_FILE}: `step` is not one non-negative integer ({:?} {:?})", step.kind(), step.size())))?;
+        Ok(state)
+    }
+
+    /// Puts checked state (from [`AdamW::read_state`]) in place.
+    pub fn restore(&mut self, state: OptimState) -> Result<(), TrainError> {
+        let _g = tch::no_grad_guard();
+        for (store, src) in [(&mut self.exp_avg, state.exp_avg), (&mut self.exp_avg_sq, state.exp_avg_sq)] {
+            for (n, s) in src {
+                if let Some(t) = store.get_mut(&n) {
+                    t.f_copy_(&s).map_err(|source| TrainError::Tensor { context: format!("restoring optimizer state `{n}`"), source })?;
+                }
+            }
+        }
+        self.step = state.step;
         Ok(())
     }
+}
+
+/// File name of the optimizer state in a checkpoint, for messages.
+const OPT_FILE: &str = super::state::OPTIMIZER_STATE;
+
+/// Optimizer state read from a checkpoint and checked against the optimizer ([`AdamW::read_state`]).
+pub struct OptimState {
+    exp_avg: BTreeMap<String, Tensor>,
+    exp_avg_sq: BTreeMap<String, Tensor>,
+    step: u64,
 }
 
 /// `clip_grad_norm_(params, max_norm)`: returns the total L2 norm before clipping.

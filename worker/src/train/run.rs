@@ -74,9 +74,8 @@ pub fn run_training(mut cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome
             }
         }
         Some(ResumeFrom::Path(p)) => {
-            let name = p.trim_end_matches('/').rsplit('/').next().unwrap_or(&p).to_string();
-            trainer.resume(Some(&name))?;
-            tracing::info!(checkpoint = name, step = trainer.state.global_step, "resumed");
+            let url = trainer.resume_from_path(&p)?;
+            tracing::info!(checkpoint = url, step = trainer.state.global_step, "resumed");
         }
         None => {
             // Committed checkpoints are never overwritten with other contents, so a fresh run into a used

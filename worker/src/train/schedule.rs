@@ -260,7 +260,7 @@ pub fn run(
 ) -> Result<RunOutcome, TrainError> {
     let total = schedule.total;
     let bar = indicatif::ProgressBar::new(total);
-    if lead.is_none() {
+    if lead.is_none() || splade_common::cli::quiet() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(

@@ -119,14 +119,11 @@ impl Trainer {
         }
     }
 
-    pub(crate) fn labels(ex: &[&Example]) -> Option<Tensor> {
-        if ex.iter().all(|e| e.label.is_some()) && !ex.is_empty() {
-            let w = ex[0].label.as_ref().unwrap().len();
-            let flat: Vec<f32> = ex.iter().flat_map(|e| e.label.clone().unwrap()).collect();
-            Some(Tensor::from_slice(&flat).view([ex.len() as i64, w as i64]))
-        } else {
-            None
-        }
+    /// The rows' labels as `[rows, width]` when every row has one (`None` otherwise); rows of
+    /// different widths are a [`TrainError::Labels`].
+    pub(crate) fn labels(ex: &[&Example]) -> Result<Option<Tensor>, TrainError> {
+        let labels: Option<Vec<&[f32]>> = ex.iter().map(|e| e.label.as_deref()).collect();
+        labels_tensor(labels.filter(|l| !l.is_empty()))
     }
 
     /// Seeds libtorch's generator from (seed, step, micro-batch) so dropout masks are a function of
@@ -171,8 +168,8 @@ impl Trainer {
                 })
                 .collect();
             let d_all = Tensor::cat(&d_cols, 0).detach().set_requires_grad(true);
-            let labels = Self::labels(ex);
-            let parts = self.compute_loss(&q_all, &d_all, labels.as_ref(), step, total);
+            let labels = Self::labels(ex)?;
+            let parts = self.compute_loss(&q_all, &d_all, labels.as_ref(), step, total)?;
             self.backward(&parts.total);
             fill_loss_stats(&mut stats, &parts, &q_all, &d_all);
             let gq = q_all.grad();
@@ -197,8 +194,8 @@ impl Trainer {
                 self.seed_for(i);
                 let (q, d, tokens) = self.embed(c, true)?;
                 stats.tokens += tokens;
-                let labels = Self::labels(c);
-                let parts = self.compute_loss(&q, &d, labels.as_ref(), step, total);
+                let labels = Self::labels(c)?;
+                let parts = self.compute_loss(&q, &d, labels.as_ref(), step, total)?;
                 self.backward(&(&parts.total / k));
                 let mut s = StepStats::default();
                 fill_loss_stats(&mut s, &parts, &q, &d);
@@ -245,7 +242,6 @@ impl Trainer {
             .cloned()
             .ok_or_else(|| other(format!("step {} is past the plan's {} steps", self.state.global_step, self.plan.len())))?;
         let lr = self.learning_rate();
-        self.model.vs.unfreeze();
         let (rank, world) = match sync {
             GradSync::None => (0, 1),
             GradSync::AllReduce(pg) => (pg.rank(), pg.world_size()),
@@ -259,7 +255,7 @@ impl Trainer {
             }
             BatchSource::Slices { fetcher, plan } => {
                 fetched = fetcher.next(step).map_err(|e| other(format!("step {step}: {e}")))?;
-                (fetched.iter().collect(), None, global_labels(plan, &batch.dataset, &batch.rows))
+                (fetched.iter().collect(), None, global_labels(plan, &batch.dataset, &batch.rows)?)
             }
         };
         let data_wait = t0.elapsed().as_secs_f64();
@@ -270,7 +266,7 @@ impl Trainer {
             }
             GradSync::AllReduce(pg) => {
                 let labels = match &global {
-                    Some(g) => Self::labels(g),
+                    Some(g) => Self::labels(g)?,
                     None => labels,
                 };
                 let (stats, ar) = self.forward_backward_slice(&local, labels, batch.rows.len(), pg)?;
@@ -300,12 +296,14 @@ impl Trainer {
                     .collect::<Vec<_>>()
             });
             let stats = self.forward_backward(ex);
-            (stats, worker.join().unwrap_or_default())
+            (stats, worker.join())
         });
+        let stats = stats?;
+        let prefetched = prefetch_result(prefetched, self.state.global_step + 2)?;
         if prefetch {
             self.model.set_prefetched(prefetched);
         }
-        stats
+        Ok(stats)
     }
 
     /// What [`Trainer::forward_backward`] will tokenize for planned step `step`, in its micro-batch
@@ -328,6 +326,37 @@ impl Trainer {
         }
         out
     }
+}
+
+/// The tokenizer thread's batches for step `step`, or, when it panicked, an error that says so (the
+/// panic is not swallowed: the step would otherwise silently tokenize again, or hide a bad input).
+pub(crate) fn prefetch_result<T>(joined: std::thread::Result<T>, step: u64) -> Result<T, TrainError> {
+    joined.map_err(|panic| {
+        other(format!("the tokenizer thread failed while preparing step {step}: {}", panic_message(panic.as_ref())))
+    })
+}
+
+/// The message of a panic payload (`panic!` with a string or a format), for errors.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// `[rows, width]` of equally long label rows; `None` stays `None`.
+pub(crate) fn labels_tensor(labels: Option<Vec<&[f32]>>) -> Result<Option<Tensor>, TrainError> {
+    let Some(labels) = labels else { return Ok(None) };
+    let w = labels[0].len();
+    if let Some(bad) = labels.iter().find(|l| l.len() != w) {
+        return Err(TrainError::Labels(format!(
+            "rows of one batch have labels of {w} and {} values; give every row the same number of teacher scores",
+            bad.len()
+        )));
+    }
+    let flat: Vec<f32> = labels.iter().flat_map(|l| l.iter().copied()).collect();
+    Ok(Some(Tensor::from_slice(&flat).view([labels.len() as i64, w as i64])))
 }
 
 fn active_dims(emb: &Tensor) -> f64 {
@@ -361,3 +390,30 @@ pub(crate) fn fill_loss_stats(s: &mut StepStats, parts: &loss::LossParts, q: &Te
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue #17): a panic in the tokenizer thread was swallowed (`unwrap_or_default`).
+    #[test]
+    fn a_panic_in_the_tokenizer_thread_is_an_error_naming_the_step_and_the_panic() {
+        let joined = std::thread::spawn(|| -> Vec<u32> { panic!("tokenizer exploded on row 3") }).join();
+        let e = prefetch_result(joined, 7).unwrap_err().to_string();
+        assert_eq!(e, "the tokenizer thread failed while preparing step 7: tokenizer exploded on row 3");
+        let ok = std::thread::spawn(|| vec![1u32]).join();
+        assert_eq!(prefetch_result(ok, 7).unwrap(), vec![1]);
+    }
+
+    /// Regression (issue #17): ragged label widths reached `view` and panicked.
+    #[test]
+    fn ragged_labels_are_an_error_not_a_panic() {
+        let ex = |label: Vec<f32>| Example { anchor: "a".into(), positive: "p".into(), negatives: vec![], label: Some(label) };
+        let rows = [ex(vec![1.0, 2.0]), ex(vec![3.0])];
+        let refs: Vec<&Example> = rows.iter().collect();
+        let e = Trainer::labels(&refs).unwrap_err().to_string();
+        assert_eq!(e, "rows of one batch have labels of 2 and 1 values; give every row the same number of teacher scores");
+        let t = Trainer::labels(&refs[..1]).unwrap().unwrap();
+        assert_eq!(t.size(), vec![1, 2]);
+    }
+}

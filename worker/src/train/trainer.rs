@@ -246,6 +246,10 @@ impl Trainer {
             document_regularizer_weight: cfg.loss.document_regularizer_weight,
             regularizer_warmup_ratio: cfg.loss.regularizer_warmup_ratio,
         };
+        // Before step 1: every training row carries what the loss reads.
+        for d in &datasets {
+            super::loss::validate_labels(&loss.inner, &d.index)?;
+        }
         let csr_loss = super::csr::CsrLossConfig::from_config(&cfg);
         let output = Location::parse(&cfg.training.output_dir)?;
         let state = TrainerState { total_steps: total, ..Default::default() };
@@ -278,6 +282,12 @@ impl Trainer {
             card_evaluation: Vec::new(),
             card_logs: Vec::new(),
         })
+    }
+
+    /// Checks a published data plan's datasets against the loss (a `label` on every row, of one
+    /// width, for the distillation losses), as [`Trainer::new`] checks loaded datasets.
+    pub fn check_plan_labels(&self, plan: &DataPlan) -> Result<(), TrainError> {
+        plan.datasets.iter().try_for_each(|d| super::loss::validate_labels(&self.loss.inner, d))
     }
 
     /// Learning rate of the step about to run. The schedule advances once per optimizer step
@@ -346,10 +356,13 @@ impl Trainer {
     pub fn write_checkpoint_files(&self, dir: &Path) -> Result<(), TrainError> {
         self.model.save(dir)?;
         self.write_model_card(dir)?;
-        self.opt.save(&dir.join(OPTIMIZER_STATE)).map_err(|e| other(format!("{}: {e}", dir.display())))?;
+        let opt_path = dir.join(OPTIMIZER_STATE);
+        self.opt
+            .save(&opt_path)
+            .map_err(|source| TrainError::Tensor { context: format!("writing {}", opt_path.display()), source })?;
         if let Some(s) = &self.scaler {
             let text = serde_json::to_string_pretty(&s.state()).expect("scaler state serialises");
-            std::fs::write(dir.join(SCALER_STATE), text).map_err(|e| other(format!("{}: {e}", dir.display())))?;
+            std::fs::write(dir.join(SCALER_STATE), text).map_err(|e| TrainError::io(dir.join(SCALER_STATE).display(), e))?;
         }
         let hub_datasets = self.datasets.iter().filter_map(|d| Some((d.name.clone(), d.hub.clone()?))).collect();
         let state = TrainerState {
@@ -358,16 +371,19 @@ impl Trainer {
             ..self.state.clone()
         };
         let st = serde_json::to_string_pretty(&state).expect("state serialises");
-        std::fs::write(dir.join(TRAINER_STATE), st).map_err(|e| other(format!("{}: {e}", dir.display())))?;
+        std::fs::write(dir.join(TRAINER_STATE), st).map_err(|e| TrainError::io(dir.join(TRAINER_STATE).display(), e))?;
         Ok(())
     }
 
-    /// Commits `checkpoint-<step>` under the output location and applies `save_total_limit`.
+    /// Commits `checkpoint-<step>` under the output location and applies `save_total_limit`. A write that
+    /// fails part-way (a full disk, a store that refuses) is [`TrainError::CheckpointWrite`] and commits
+    /// nothing: the previous checkpoint stays the one a resume picks.
     pub fn save_checkpoint(&self) -> Result<String, TrainError> {
         let name = format!("checkpoint-{}", self.state.global_step);
-        let staging = tempfile::tempdir().map_err(|e| other(format!("cannot create a staging dir: {e}")))?;
-        self.write_checkpoint_files(staging.path())?;
-        block_on(commit_checkpoint(&self.output, &name, self.state.global_step, staging.path()))?;
+        let write_err = |source: TrainError| TrainError::CheckpointWrite { checkpoint: self.output.url_of(&name), source: Box::new(source) };
+        let staging = tempfile::tempdir().map_err(|e| write_err(TrainError::io("a staging folder in the temp dir", e)))?;
+        self.write_checkpoint_files(staging.path()).map_err(write_err)?;
+        block_on(commit_checkpoint(&self.output, &name, self.state.global_step, staging.path())).map_err(|e| write_err(e.into()))?;
         if let Some(limit) = self.cfg.training.save_total_limit {
             let protect: Vec<&str> = self.state.best_checkpoint.iter().map(String::as_str).collect();
             let removed = block_on(prune(&self.output, limit, &protect))?;
@@ -378,7 +394,8 @@ impl Trainer {
         Ok(self.output.url_of(&name))
     }
 
-    /// Restores weights, optimizer and position from a committed checkpoint (`None`: the latest).
+    /// Restores weights, optimizer and position from a committed checkpoint under `output_dir` (`None`: the
+    /// latest; `Some(name)`: that one).
     pub fn resume(&mut self, name: Option<&str>) -> Result<Option<String>, TrainError> {
         let name = match name {
             Some(n) => n.to_string(),
@@ -387,44 +404,77 @@ impl Trainer {
                 None => return Ok(None),
             },
         };
-        let local = tempfile::tempdir().map_err(|e| other(format!("cannot create a temp dir: {e}")))?;
-        block_on(fetch_checkpoint(&self.output, &name, local.path()))?;
-        let state: TrainerState = serde_json::from_str(
-            &std::fs::read_to_string(local.path().join(TRAINER_STATE)).map_err(|e| other(format!("{name}: {e}")))?,
-        )
-        .map_err(|e| other(format!("{name}/{TRAINER_STATE}: {e}")))?;
+        let output = self.output.clone();
+        self.resume_at(&output, &name)?;
+        Ok(Some(name))
+    }
+
+    /// `training.resume_from_checkpoint: <path>`: a bare name (`checkpoint-20`) is looked up under
+    /// `output_dir`; a path or URL (`runs/a/checkpoint-20`, `s3://b/run/checkpoint-20`) is taken as given,
+    /// wherever it is. Returns the checkpoint's URL.
+    pub fn resume_from_path(&mut self, path: &str) -> Result<String, TrainError> {
+        let trimmed = path.trim_end_matches('/');
+        let (parent, name) = match trimmed.rsplit_once('/') {
+            None => (self.output.clone(), trimmed.to_string()),
+            Some((dir, name)) => {
+                // `/checkpoint-3` and `s3://bucket/checkpoint-3` keep their root.
+                let dir = if dir.is_empty() || dir.ends_with(':') || dir.ends_with("//") { format!("{dir}/") } else { dir.to_string() };
+                (Location::parse(&dir)?, name.to_string())
+            }
+        };
+        self.resume_at(&parent, &name)?;
+        Ok(parent.url_of(&name))
+    }
+
+    /// Restores checkpoint `name` under `location`. Everything is read and checked against this trainer
+    /// first (plan, tensor names, shapes and dtypes, optimizer state); no tensor is touched unless all fits.
+    fn resume_at(&mut self, location: &Location, name: &str) -> Result<(), TrainError> {
+        let url = location.url_of(name);
+        let local = tempfile::tempdir().map_err(|e| TrainError::io("a temporary folder for the checkpoint", e))?;
+        block_on(fetch_checkpoint(location, name, local.path()))?;
+        let state_path = local.path().join(TRAINER_STATE);
+        let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(format!("{url}/{TRAINER_STATE}"), e))?;
+        let state: TrainerState =
+            serde_json::from_str(&text).map_err(|source| TrainError::Json { path: format!("{url}/{TRAINER_STATE}"), source })?;
         if state.plan_fingerprint != fingerprint(&self.plan, state.global_step) {
             return Err(other(format!(
-                "{}: checkpoint {name} was trained on a different batch plan (datasets, batch size or seed changed); \
+                "{}: checkpoint {url} was trained on a different batch plan (datasets, batch size or seed changed); \
                  resume with the config it was started with, or start a new output_dir",
                 self.cfg.origin
             )));
         }
         let saved = SparseEncoder::load(local.path(), Device::Cpu, &load_options(&self.cfg))?;
-        let src = saved.vs.variables();
-        tch::no_grad(|| {
-            for (n, mut t) in self.model.vs.variables() {
-                t.copy_(&src[&n]);
+        check_weights(&self.model, &saved, &url)?;
+        let opt_state = self.opt.read_state(&local.path().join(OPTIMIZER_STATE), &url)?;
+        let scaler_state = match self.scaler.as_ref() {
+            None => None,
+            Some(s) => {
+                let path = local.path().join(SCALER_STATE);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Some(
+                        serde_json::from_str::<ScalerState>(&text)
+                            .map_err(|source| TrainError::Json { path: format!("{url}/{SCALER_STATE}"), source })?,
+                    ),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        tracing::warn!(
+                            checkpoint = url,
+                            "training.fp16: the checkpoint has no {SCALER_STATE} (saved without fp16); the loss scale starts at {}",
+                            s.scale()
+                        );
+                        None
+                    }
+                    Err(e) => return Err(TrainError::io(format!("{url}/{SCALER_STATE}"), e)),
+                }
             }
-        });
-        self.opt.load(&local.path().join(OPTIMIZER_STATE)).map_err(other)?;
-        if let Some(s) = self.scaler.as_mut() {
-            let path = local.path().join(SCALER_STATE);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => s.load_state(
-                    &serde_json::from_str::<ScalerState>(&text).map_err(|e| other(format!("{name}/{SCALER_STATE}: {e}")))?,
-                ),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::warn!(
-                    checkpoint = name,
-                    "training.fp16: the checkpoint has no {SCALER_STATE} (saved without fp16); the loss scale starts at {}",
-                    s.scale()
-                ),
-                Err(e) => return Err(other(format!("{name}/{SCALER_STATE}: {e}"))),
-            }
+        };
+        copy_weights(&self.model, &saved, &url)?;
+        self.opt.restore(opt_state)?;
+        if let (Some(s), Some(st)) = (self.scaler.as_mut(), scaler_state) {
+            s.load_state(&st);
         }
         // The schedule follows this run's plan length, even if the checkpoint's run was planned longer or shorter.
         self.state = TrainerState { total_steps: self.state.total_steps, ..state };
-        Ok(Some(name))
+        Ok(())
     }
 }
 
@@ -460,9 +510,31 @@ pub fn pin_hub_datasets_for_resume(cfg: &mut Config) -> Result<(), TrainError> {
             if spec.pin_hub_commit(&pin.commit) {
                 tracing::info!(dataset, repo_id = pin.repo_id, commit = pin.commit, checkpoint = name, "resume: Hub dataset pinned to the checkpoint's commit");
             }
+/// Checks that `saved` has every variable of `model` with the same shape and dtype.
+fn check_weights(model: &SparseEncoder, saved: &SparseEncoder, checkpoint: &str) -> Result<(), TrainError> {
+    let src = saved.vs.variables();
+    let mut names: Vec<(String, tch::Tensor)> = model.vs.variables().into_iter().collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (n, t) in &names {
+        let bad = |problem: String| TrainError::Checkpoint { checkpoint: checkpoint.to_string(), problem };
+        let s = src.get(n).ok_or_else(|| bad(format!("has no tensor `{n}` (saved from another model or architecture)")))?;
+        if s.size() != t.size() || s.kind() != t.kind() {
+            return Err(bad(format!("`{n}` is {:?} {:?}, the model's is {:?} {:?}", s.kind(), s.size(), t.kind(), t.size())));
         }
     }
     Ok(())
+}
+
+/// Copies `saved`'s weights into `model` after [`check_weights`].
+fn copy_weights(model: &SparseEncoder, saved: &SparseEncoder, checkpoint: &str) -> Result<(), TrainError> {
+    check_weights(model, saved, checkpoint)?;
+    let src = saved.vs.variables();
+    tch::no_grad(|| {
+        for (n, mut t) in model.vs.variables() {
+            t.f_copy_(&src[&n]).map_err(|source| TrainError::Tensor { context: format!("checkpoint `{checkpoint}`: `{n}`"), source })?;
+        }
+        Ok(())
+    })
 }
 
 /// What [`Trainer::apply_gradients`] did.
@@ -478,17 +550,10 @@ pub struct Applied {
 
 /// Replaces the model's weights with those of committed checkpoint `name` (optimizer and position stay).
 pub(crate) fn load_checkpoint_weights(trainer: &mut Trainer, name: &str) -> Result<(), TrainError> {
-    let local = tempfile::tempdir().map_err(|e| other(format!("cannot create a temp dir: {e}")))?;
+    let local = tempfile::tempdir().map_err(|e| TrainError::io("a temporary folder for the checkpoint", e))?;
     block_on(fetch_checkpoint(&trainer.output, name, local.path()))?;
     let saved = SparseEncoder::load(local.path(), Device::Cpu, &load_options(&trainer.cfg))?;
-    let src = saved.vs.variables();
-    tch::no_grad(|| -> Result<(), TrainError> {
-        for (n, mut t) in trainer.model.vs.variables() {
-            let s = src.get(&n).ok_or_else(|| other(format!("{name}: the checkpoint has no tensor `{n}`")))?;
-            t.copy_(s);
-        }
-        Ok(())
-    })
+    copy_weights(&trainer.model, &saved, &trainer.output.url_of(name))
 }
 
 /// The autocast dtype `training.bf16` / `training.fp16` ask for.

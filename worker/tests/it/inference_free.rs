@@ -209,6 +209,9 @@ fn train_inference_free_frozen_table_and_config_errors() {
     assert!(t.opt.groups.iter().all(|g| !g.names.iter().any(|n| n == STATIC_VAR)), "a frozen table is not optimised");
     t.train_step().unwrap();
     let st = t.model.query_static.as_ref().unwrap();
+    // Regression (issue #17): `vs.unfreeze()` ran every step and gave the frozen table its gradients back.
+    assert!(!st.weight.requires_grad(), "the frozen table requires grad again after a step");
+    assert!(!st.weight.grad().defined(), "the frozen table got a gradient");
     assert_eq!(st.weight.min().double_value(&[]), 1.0, "frozen table moved");
     assert_eq!(st.weight.max().double_value(&[]), 1.0, "frozen table moved");
     let saved = tmp.path().join("saved");

@@ -16,6 +16,8 @@ mod norbert3;
 mod dist;
 mod inference_free;
 mod parity;
+mod progress;
+mod robust;
 mod train;
 mod train_obs;
 mod train_windows;
