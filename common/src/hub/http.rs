@@ -211,7 +211,7 @@ pub(super) fn download(repo: &HubRepo, path: &str) -> Result<(), HubError> {
 }
 
 /// Links `snapshots/<commit>/<path>` to `blobs/<etag>` with a relative symlink, as huggingface_hub does.
-pub(crate) fn link_snapshot(repo_dir: &Path, commit: &str, path: &str, etag: &str) -> Result<PathBuf, HubError> {
+pub fn link_snapshot(repo_dir: &Path, commit: &str, path: &str, etag: &str) -> Result<PathBuf, HubError> {
     let pointer = repo_dir.join("snapshots").join(commit).join(path);
     let parent = pointer.parent().expect("a snapshot file has a parent");
     std::fs::create_dir_all(parent).map_err(|e| HubError::io(parent, e))?;

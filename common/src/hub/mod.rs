@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 
 pub use data_files::{default_split_files, resolve_data_files, DataFilesSpec};
-pub(crate) use http::link_snapshot;
+pub use http::link_snapshot;
 
 /// The kind of a Hub repository (decides the URL prefix and the cache folder name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
