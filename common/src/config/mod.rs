@@ -1294,7 +1294,7 @@ impl Config {
         }
         if let Some(n) = self.hardware.num_threads {
             check((1..=i32::MAX as usize).contains(&n), "hardware.num_threads", n.to_string(),
-                "must be at least 1 (libtorch's intra-op threads), or left out for libtorch's default")?;
+                "must be at least 1 (libtorch's intra-op threads), or left out for libtorch's default");
         }
         check(!t.load_best_model_at_end || t.eval_strategy != IntervalStrategy::No,
             "training.load_best_model_at_end", "true".into(),

@@ -504,6 +504,7 @@ fn seed_only_keys_parse_and_say_what_they_do() {
     // world_size 1 and distributed false say nothing.
     let quiet = parse("model:\n  base_model: x\nhardware:\n  distributed: false\n  world_size: 1\n").unwrap();
     assert!(quiet.startup_notes().is_empty(), "{:?}", quiet.startup_notes());
+}
 
 #[test]
 fn seed_loader_blocks_parse_with_the_seeds_defaults_and_round_trip() {
@@ -544,6 +545,8 @@ fn seed_loader_block_errors_name_file_line_key_and_fix() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`datasets.scandi_qa.use_norquad`") && e.contains("turn one on"), "{e}");
+}
+
 /// Issue #17's property test: a valid config mutated at random (a byte changed, a line dropped or
 /// duplicated, a value replaced) parses and validates to a value or a `ConfigError`, never a panic.
 mod mutated_configs {

@@ -111,6 +111,8 @@ fn resolve_hub(
     }
     tracing::info!(dataset, repo_id = repo.repo_id, revision = repo.revision, commit = repo.commit, files = names.len(), "Hub dataset resolved");
     Ok(Resolved { files, hub: Some(HubPin { repo_id: repo.repo_id.clone(), revision: repo.revision.clone(), commit: repo.commit.clone() }) })
+}
+
 fn unreadable(dataset: &str, path: &std::path::Path, e: &std::io::Error) -> DataError {
     DataError::Read {
         file: path.display().to_string(),

@@ -381,6 +381,7 @@ async fn bad_grpc_messages_are_refused_naming_the_field_and_leave_the_job_runnin
             train,
             evals,
             checkpoint_seconds: ckpt,
+            stopped_early: false,
         };
         let eval = |task: &str| pb::EvalScore { task: task.into(), ..Default::default() };
         let commit = |sha: &str| pb::CheckpointCommit {

@@ -105,8 +105,8 @@ impl Trainer {
             for chunk in rows.chunks(batch.max(1)) {
                 let refs: Vec<&Example> = chunk.iter().collect();
                 let (q, d, _) = self.embed(&refs, false)?;
-                let labels = Self::labels(&refs);
-                let parts = self.loss.compute(&q, &d, labels.as_ref(), step, total);
+                let labels = Self::labels(&refs)?;
+                let parts = self.loss.compute(&q, &d, labels.as_ref(), step, total)?;
                 losses.push((parts.ranking + parts.flops_query + parts.flops_document, chunk.len()));
                 q_dims.add(active_dims(&q), q.size()[0] as usize);
                 d_dims.add(active_dims(&d), d.size()[0] as usize);

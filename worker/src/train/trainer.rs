@@ -510,6 +510,11 @@ pub fn pin_hub_datasets_for_resume(cfg: &mut Config) -> Result<(), TrainError> {
             if spec.pin_hub_commit(&pin.commit) {
                 tracing::info!(dataset, repo_id = pin.repo_id, commit = pin.commit, checkpoint = name, "resume: Hub dataset pinned to the checkpoint's commit");
             }
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `saved` has every variable of `model` with the same shape and dtype.
 fn check_weights(model: &SparseEncoder, saved: &SparseEncoder, checkpoint: &str) -> Result<(), TrainError> {
     let src = saved.vs.variables();
