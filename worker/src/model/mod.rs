@@ -142,27 +142,29 @@ pub struct SparseEncoder {
     /// Inference-free SPLADE: the query route's static weight table (its weight lives in `vs` as
     /// [`STATIC_VAR`]). `None` for a plain SPLADE encoder, which encodes queries with the MLM.
     pub query_static: Option<StaticEmbedding>,
-    /// Batches tokenized ahead of time ([`SparseEncoder::set_prefetched`]), served by
-    /// [`SparseEncoder::tokenize`] for the same kind and texts.
-    prefetched: std::sync::Mutex<Prefetched>,
     /// Where [`SparseEncoder::encode`] and `encode_windowed` report texts done (`splade encode`/`eval`).
     progress: std::sync::Mutex<Option<std::sync::Arc<splade_common::cli::Progress>>>,
-}
-
-/// Tokenized batches waiting for their step, and how many `tokenize` calls they answered.
-#[derive(Default)]
-struct Prefetched {
-    batches: Vec<PrefetchedBatch>,
-    hits: u64,
 }
 
 /// One batch tokenized ahead of time, as token ids: what [`Pretokenizer::pretokenize`] returns. Only
 /// the ids cross threads; tensors are made on the thread that trains (libtorch allocations made from
 /// a second thread while a step computes were seen to change the step's rounding once in a few runs).
+/// [`SparseEncoder::batch_from`] turns it into the batch [`SparseEncoder::tokenize`] would give for the same texts.
 pub struct PrefetchedBatch {
     kind: TextKind,
-    texts: Vec<String>,
     ids: Vec<Vec<u32>>,
+}
+
+impl PrefetchedBatch {
+    /// The side the texts were tokenized for (prompt and max length).
+    pub fn kind(&self) -> TextKind {
+        self.kind
+    }
+
+    /// How many texts it holds.
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
 }
 
 /// A tokenizer with the model's prompts and max lengths that can move to another thread
@@ -174,7 +176,7 @@ pub struct Pretokenizer {
 }
 
 impl Pretokenizer {
-    /// `texts` tokenized for `kind`, ready for [`SparseEncoder::set_prefetched`]; `None` for the kinds
+    /// `texts` tokenized for `kind`, ready for [`SparseEncoder::batch_from`]; `None` for the kinds
     /// it does not cover (inference-free queries) or when tokenization fails (the step then tokenizes
     /// the texts itself and reports the error).
     pub fn pretokenize(&self, texts: &[&str], kind: TextKind) -> Option<PrefetchedBatch> {
@@ -183,7 +185,7 @@ impl Pretokenizer {
             TextKind::Document => &self.document,
         };
         let ids = encode_with(&self.tokenizer, prompt, *max, texts).ok()?;
-        Some(PrefetchedBatch { kind, texts: texts.iter().map(|t| t.to_string()).collect(), ids })
+        Some(PrefetchedBatch { kind, ids })
     }
 }
 
@@ -322,7 +324,6 @@ impl SparseEncoder {
             max_seq_length,
             lean_head: true,
             query_static,
-            prefetched: Default::default(),
             progress: Default::default(),
         })
     }
@@ -476,23 +477,15 @@ impl SparseEncoder {
         }
     }
 
-    /// Tokenizes `texts` for `kind` (prompt prepended, truncated) into a CPU batch. A batch prefetched
-    /// for the same kind and texts ([`SparseEncoder::set_prefetched`]) is returned instead; it is the
-    /// same tokenization, done earlier on another thread.
+    /// Tokenizes `texts` for `kind` (prompt prepended, truncated) into a CPU batch.
     pub fn tokenize(&self, texts: &[&str], kind: TextKind) -> Result<Batch, ModelError> {
-        {
-            let mut cache = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
-            let hit = cache
-                .batches
-                .iter()
-                .find(|p| p.kind == kind && p.texts.len() == texts.len() && p.texts.iter().zip(texts).all(|(a, b)| a == b))
-                .map(|p| self.tokenizer.pad(&p.ids));
-            if let Some(batch) = hit {
-                cache.hits += 1;
-                return Ok(batch);
-            }
-        }
         self.tokenize_now(texts, kind)
+    }
+
+    /// The CPU batch of texts a [`Pretokenizer`] of this model tokenized ahead of time on another thread: equal
+    /// to [`SparseEncoder::tokenize`] of the same texts (padding happens here, on the thread that trains).
+    pub fn batch_from(&self, pre: &PrefetchedBatch) -> Batch {
+        self.tokenizer.pad(&pre.ids)
     }
 
     /// What [`SparseEncoder::tokenize`] needs, detached from the model so that another thread can
@@ -505,16 +498,6 @@ impl SparseEncoder {
             query: self.query_static.is_none().then(|| side(TextKind::Query)),
             document: side(TextKind::Document),
         }
-    }
-
-    /// Replaces the prefetched batches with `batches` (those of the coming step).
-    pub fn set_prefetched(&self, batches: Vec<PrefetchedBatch>) {
-        self.prefetched.lock().unwrap_or_else(|e| e.into_inner()).batches = batches;
-    }
-
-    /// How many [`SparseEncoder::tokenize`] calls a prefetched batch answered so far.
-    pub fn prefetch_hits(&self) -> u64 {
-        self.prefetched.lock().unwrap_or_else(|e| e.into_inner()).hits
     }
 
     fn tokenize_now(&self, texts: &[&str], kind: TextKind) -> Result<Batch, ModelError> {

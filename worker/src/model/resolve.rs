@@ -95,12 +95,18 @@ fn needed_files(repo: &HubRepo) -> Result<Vec<String>, HubError> {
     let files = repo.files();
     let has = |f: &str| files.iter().any(|x| x == f);
     let mut folders: Vec<String> = vec![String::new()];
+    // Modules that keep no files (sentence-transformers' `Normalize`): their folder may be absent from the repo.
+    let mut file_less: Vec<String> = Vec::new();
     if has("modules.json") {
         let p = repo.get("modules.json")?;
         let modules: serde_json::Value = read_json(&p)?;
         for m in modules.as_array().into_iter().flatten() {
             if let Some(path) = m["path"].as_str() {
-                folders.push(path.trim_matches('/').to_string());
+                let path = path.trim_matches('/').to_string();
+                if m["type"].as_str().is_some_and(|t| t.ends_with(".Normalize")) {
+                    file_less.push(path.clone());
+                }
+                folders.push(path);
             }
         }
     }
@@ -124,7 +130,7 @@ fn needed_files(repo: &HubRepo) -> Result<Vec<String>, HubError> {
             .iter()
             .filter(|f| f.starts_with(&prefix) && (!folder.is_empty() || !f.contains('/')) && !unneeded(f))
             .collect();
-        if !folder.is_empty() && direct.is_empty() {
+        if !folder.is_empty() && direct.is_empty() && !file_less.contains(folder) {
             return Err(HubError::FileNotFound {
                 kind: "model",
                 repo_id: repo.repo_id.clone(),

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 use super::fetch::{global_labels, SliceFetcher};
 use super::{loss, other, windows, StepStats, TrainError, Trainer};
 use crate::dist::ProcessGroup;
-use crate::model::TextKind;
+use crate::model::{PrefetchedBatch, TextKind};
 
 /// Where a step's rows come from.
 pub enum BatchSource {
@@ -79,9 +79,54 @@ fn batch_texts<'a>(ex: &[&'a Example]) -> Option<(Vec<&'a str>, Vec<&'a str>)> {
     Some((anchors, cands))
 }
 
+/// One planned step's texts tokenized ahead of time on the tokenizer thread, laid out as
+/// [`Trainer::forward_backward_with`] embeds them: per micro-batch chunk, its queries and (unless documents are
+/// windowed) its candidates. Made while the step before computes, then handed to the step it was made for.
+#[derive(Default)]
+pub struct StepTokens {
+    /// The planned step (1-based) these are for.
+    step: u64,
+    chunks: Vec<ChunkTokens>,
+}
+
+impl StepTokens {
+    /// How many batches (queries and documents of every chunk) were tokenized ahead.
+    pub fn batches(&self) -> usize {
+        self.chunks.iter().map(|c| c.query.is_some() as usize + c.document.is_some() as usize).sum()
+    }
+}
+
+/// One micro-batch chunk's queries and candidates, tokenized ahead.
+#[derive(Default)]
+pub(crate) struct ChunkTokens {
+    query: Option<PrefetchedBatch>,
+    document: Option<PrefetchedBatch>,
+}
+
+impl ChunkTokens {
+    /// The batch of `kind` when it was tokenized ahead for exactly `rows` texts.
+    fn get(&self, kind: TextKind, rows: usize) -> Option<&PrefetchedBatch> {
+        let b = match kind {
+            TextKind::Query => self.query.as_ref(),
+            TextKind::Document => self.document.as_ref(),
+        }?;
+        (b.kind() == kind && b.rows() == rows).then_some(b)
+    }
+}
+
 impl Trainer {
+    /// How many batches steps took from the tokenizer thread's work so far, instead of tokenizing them.
+    pub fn pretokenized_batches(&self) -> u64 {
+        self.pretokenized.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Embeds queries and candidates (positives, then each negative column) of `ex`.
     pub(crate) fn embed(&self, ex: &[&Example], train: bool) -> Result<(Tensor, Tensor, usize), TrainError> {
+        self.embed_with(ex, train, None)
+    }
+
+    /// [`Trainer::embed`], taking the texts' token ids from `pre` where the tokenizer thread made them.
+    fn embed_with(&self, ex: &[&Example], train: bool, pre: Option<&ChunkTokens>) -> Result<(Tensor, Tensor, usize), TrainError> {
         let dev = self.model.device();
         // Autocast (bf16 or fp16) covers the encoder forwards only; the loss and the backward run
         // outside the scope, as `torch.autocast` is meant to be used.
@@ -89,18 +134,37 @@ impl Trainer {
         let (anchors, cands) = batch_texts(ex).ok_or_else(|| {
             other("rows of one batch have different numbers of negatives; give every row the same negative columns")
         })?;
-        let qb = self.model.tokenize(&anchors, TextKind::Query)?.to(dev);
+        let batch_of = |texts: &[&str], kind: TextKind| -> Result<crate::model::Batch, TrainError> {
+            match pre.and_then(|p| p.get(kind, texts.len())) {
+                Some(b) => {
+                    self.pretokenized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(self.model.batch_from(b))
+                }
+                None => Ok(self.model.tokenize(texts, kind)?),
+            }
+        };
+        let qb = batch_of(&anchors, TextKind::Query)?.to(dev);
         let q = self.model.loss_input(&qb, TextKind::Query, train);
         if self.model.csr().is_some() {
             // CSR: dense sentence embeddings, which the loss passes through the autoencoder.
-            let db = self.model.tokenize(&cands, TextKind::Document)?.to(dev);
+            let db = batch_of(&cands, TextKind::Document)?.to(dev);
             let d = self.model.loss_input(&db, TextKind::Document, train);
             let tokens = qb.lengths.iter().sum::<usize>() + db.lengths.iter().sum::<usize>();
             drop(amp);
             return Ok((q.to_kind(Kind::Float), d.to_kind(Kind::Float), tokens));
         }
         let tw = self.windows;
-        let docs = windows::embed_documents(&self.model, &cands, tw.as_ref(), self.seed, self.state.global_step, train)?;
+        let pre_docs = match tw {
+            None => match pre.and_then(|p| p.get(TextKind::Document, cands.len())) {
+                Some(b) => {
+                    self.pretokenized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Some(self.model.batch_from(b))
+                }
+                None => None,
+            },
+            Some(_) => None,
+        };
+        let docs = windows::embed_documents(&self.model, &cands, tw.as_ref(), pre_docs, self.seed, self.state.global_step, train)?;
         if tw.is_some() && train {
             self.window_cost.add(cands.len(), &docs);
         }
@@ -136,6 +200,13 @@ impl Trainer {
     /// Forward + backward for this process's rows of one step; gradients accumulate in the
     /// parameters. Returns the stats of the loss (on this process's rows).
     pub fn forward_backward(&self, ex: &[&Example]) -> Result<StepStats, TrainError> {
+        self.forward_backward_with(ex, None)
+    }
+
+    /// [`Trainer::forward_backward`] with the texts' token ids from `tokens` where the tokenizer thread made
+    /// them for this step.
+    pub(crate) fn forward_backward_with(&self, ex: &[&Example], tokens: Option<&StepTokens>) -> Result<StepStats, TrainError> {
+        let chunk_tokens = |i: usize| tokens.and_then(|t| t.chunks.get(i));
         let step = self.state.global_step;
         let total = self.state.total_steps;
         let mb = (ex.len() / self.micro_batches.max(1)).max(1);
@@ -150,7 +221,7 @@ impl Trainer {
             tch::no_grad(|| -> Result<(), TrainError> {
                 for (i, c) in chunks.iter().enumerate() {
                     self.seed_for(i);
-                    let (q, d, tokens) = self.embed(c, true)?;
+                    let (q, d, tokens) = self.embed_with(c, true, chunk_tokens(i))?;
                     stats.tokens += tokens;
                     qs.push(q);
                     ds.push(d);
@@ -178,7 +249,7 @@ impl Trainer {
             let mut offset = 0i64;
             for (i, c) in chunks.iter().enumerate() {
                 self.seed_for(i);
-                let (q, d, _) = self.embed(c, true)?;
+                let (q, d, _) = self.embed_with(c, true, chunk_tokens(i))?;
                 let len = c.len() as i64;
                 let gq_i = gq.narrow(0, offset, len);
                 let gd_i = Tensor::cat(&(0..negs).map(|col| gd.narrow(0, col * n + offset, len)).collect::<Vec<_>>(), 0);
@@ -192,7 +263,7 @@ impl Trainer {
             let k = chunks.len() as f64;
             for (i, c) in chunks.iter().enumerate() {
                 self.seed_for(i);
-                let (q, d, tokens) = self.embed(c, true)?;
+                let (q, d, tokens) = self.embed_with(c, true, chunk_tokens(i))?;
                 stats.tokens += tokens;
                 let labels = Self::labels(c)?;
                 let parts = self.compute_loss(&q, &d, labels.as_ref(), step, total)?;
@@ -236,6 +307,9 @@ impl Trainer {
     ) -> Result<StepDone, TrainError> {
         let t0 = Instant::now();
         let step = self.state.global_step + 1;
+        // The tokenizer thread's batches for this step, made while the step before computed.
+        let tokens = self.next_tokens.take().filter(|t| t.step == step);
+        let mut next_tokens = None;
         let batch = self
             .plan
             .step(step)
@@ -262,7 +336,9 @@ impl Trainer {
         let (mut stats, allreduce_seconds) = match sync {
             GradSync::None => {
                 let prefetch = matches!(source, BatchSource::Loaded);
-                (self.forward_backward_prefetching(&local, prefetch)?, None)
+                let (stats, next) = self.forward_backward_prefetching(&local, prefetch, tokens.as_ref())?;
+                next_tokens = next;
+                (stats, None)
             }
             GradSync::AllReduce(pg) => {
                 let labels = match &global {
@@ -275,54 +351,61 @@ impl Trainer {
         };
         drop(local);
         drop(global);
+        self.next_tokens = next_tokens;
         after_sync(self)?;
         self.finish_step(&mut stats, &batch, lr, t0);
         Ok(StepDone { stats, batch, rows, data_wait, allreduce_seconds, bytes_read: source.bytes_read() })
     }
 
-    /// [`Trainer::forward_backward`], with the next planned step's texts tokenized on another thread meanwhile
-    /// when `prefetch` (the trainer holds the rows of the next step).
-    fn forward_backward_prefetching(&self, ex: &[&Example], prefetch: bool) -> Result<StepStats, TrainError> {
-        let next = if prefetch { self.texts_to_tokenize(self.state.global_step + 2) } else { Vec::new() };
+    /// [`Trainer::forward_backward_with`] on this step's `tokens`, with the next planned step's texts tokenized on
+    /// another thread meanwhile when `prefetch` (the trainer holds the rows of the next step); returns those.
+    fn forward_backward_prefetching(
+        &self,
+        ex: &[&Example],
+        prefetch: bool,
+        tokens: Option<&StepTokens>,
+    ) -> Result<(StepStats, Option<StepTokens>), TrainError> {
+        let next_step = self.state.global_step + 2;
+        let next = if prefetch { self.texts_to_tokenize(next_step) } else { Vec::new() };
         let pre = (!next.is_empty()).then(|| self.model.pretokenizer());
-        let (stats, prefetched) = std::thread::scope(|s| {
+        let (stats, made) = std::thread::scope(|s| {
             let worker = s.spawn(move || {
                 let Some(pre) = pre else { return Vec::new() };
                 next.iter()
-                    .filter_map(|(kind, texts)| {
-                        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                        pre.pretokenize(&refs, *kind)
+                    .map(|chunk| {
+                        let tokenize = |texts: &Option<Vec<String>>, kind| {
+                            let refs: Vec<&str> = texts.as_ref()?.iter().map(String::as_str).collect();
+                            pre.pretokenize(&refs, kind)
+                        };
+                        ChunkTokens { query: tokenize(&chunk.0, TextKind::Query), document: tokenize(&chunk.1, TextKind::Document) }
                     })
                     .collect::<Vec<_>>()
             });
-            let stats = self.forward_backward(ex);
+            let stats = self.forward_backward_with(ex, tokens);
             (stats, worker.join())
         });
         let stats = stats?;
-        let prefetched = prefetch_result(prefetched, self.state.global_step + 2)?;
-        if prefetch {
-            self.model.set_prefetched(prefetched);
-        }
-        Ok(stats)
+        let chunks = prefetch_result(made, next_step)?;
+        Ok((stats, prefetch.then_some(StepTokens { step: next_step, chunks })))
     }
 
-    /// What [`Trainer::forward_backward`] will tokenize for planned step `step`, in its micro-batch
-    /// chunks: each chunk's anchors (queries) and, unless documents are windowed, its candidates
+    /// What [`Trainer::forward_backward`] will tokenize for planned step `step`, per micro-batch chunk (the
+    /// same chunks it embeds): the anchors (queries) and, unless documents are windowed, the candidates
     /// (positives, then each negative column). Empty past the plan.
-    fn texts_to_tokenize(&self, step: u64) -> Vec<(TextKind, Vec<String>)> {
+    fn texts_to_tokenize(&self, step: u64) -> Vec<(Option<Vec<String>>, Option<Vec<String>>)> {
         let Some(batch) = self.plan.step(step) else { return Vec::new() };
         let ex = self.examples(batch, &batch.rows);
         let mb = (ex.len() / self.micro_batches.max(1)).max(1);
         let windowed = self.windows.is_some();
         let mut out = Vec::new();
         for chunk in ex.chunks(mb) {
-            // A batch `embed` refuses is not prefetched; the step reports it.
-            let Some((anchors, cands)) = batch_texts(chunk) else { continue };
-            let owned = |t: Vec<&str>| t.into_iter().map(String::from).collect();
-            out.push((TextKind::Query, owned(anchors)));
-            if !windowed {
-                out.push((TextKind::Document, owned(cands)));
-            }
+            // A batch `embed` refuses is not prefetched (an empty chunk keeps the positions); the step reports it.
+            let Some((anchors, cands)) = batch_texts(chunk) else {
+                out.push((None, None));
+                continue;
+            };
+            let owned = |t: Vec<&str>| t.into_iter().map(String::from).collect::<Vec<_>>();
+            out.push((Some(owned(anchors)), (!windowed).then(|| owned(cands))));
         }
         out
     }

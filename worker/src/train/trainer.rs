@@ -41,6 +41,10 @@ pub struct Trainer {
     pub(crate) warmup: u64,
     pub(crate) seed: u64,
     pub(crate) window_cost: windows::WindowCost,
+    /// The next step's texts, tokenized on the tokenizer thread while this step computed; taken by that step.
+    pub(crate) next_tokens: Option<super::step::StepTokens>,
+    /// Batches a step took from the tokenizer thread's work instead of tokenizing them itself.
+    pub(crate) pretokenized: std::sync::atomic::AtomicU64,
     /// `training.learning_rate`: the peak of the linear schedule.
     pub(crate) peak_lr: f64,
     /// `training.max_grad_norm`.
@@ -274,6 +278,8 @@ impl Trainer {
             warmup,
             seed,
             window_cost: Default::default(),
+            next_tokens: None,
+            pretokenized: Default::default(),
             peak_lr,
             max_grad_norm,
             gradient_cache,

@@ -81,19 +81,26 @@ pub struct DocumentEmbeddings {
 }
 
 /// Embeds documents for training: plain truncated encoding when `windows` is `None` (exactly
-/// [`SparseEncoder::tokenize`] + [`SparseEncoder::forward`]), else windowed as the module describes.
+/// [`SparseEncoder::tokenize`], or the batch `pretokenized` gives, + [`SparseEncoder::forward`]), else windowed
+/// as the module describes.
 /// `seed` and `step` (the 0-based optimizer step) choose the window in `sample` mode.
 pub fn embed_documents(
     model: &SparseEncoder,
     texts: &[&str],
     windows: Option<&TrainingWindows>,
+    pretokenized: Option<crate::model::Batch>,
     seed: u64,
     step: u64,
     train: bool,
 ) -> Result<DocumentEmbeddings, TrainError> {
     let dev = model.device();
     let Some(w) = windows else {
-        let batch = model.tokenize(texts, TextKind::Document)?.to(dev);
+        // `pretokenized`: the same texts tokenized ahead of time (only without windows).
+        let batch = match pretokenized {
+            Some(b) => b,
+            None => model.tokenize(texts, TextKind::Document)?,
+        }
+        .to(dev);
         let tokens = batch.lengths.iter().sum();
         let embeddings = model.forward(&batch, train);
         return Ok(DocumentEmbeddings { embeddings, tokens, windows: texts.len(), windows_available: texts.len() });

@@ -313,7 +313,7 @@ fn bad_inputs_exit_1_naming_file_value_and_fix_and_leave_nothing_to_resume() {
     add("flags", "--hybrid unknown", vec!["eval".into(), "--model".into(), tiny.clone(), "--task".into(), s(&t.join("task")), "--hybrid".into(), "dense".into()], &["--hybrid", "dense", "bm25"]);
 
     // --- object-store URLs
-    add("url", "hf:// dataset", train(&with_data("u1.yaml", "hf://datasets/x/y")), &["hf://datasets/x/y", "not supported"]);
+    add("url", "hf:// dataset not in the cache offline", train(&with_data("u1.yaml", "hf://datasets/x/y")), &["`x/y`", "not in the Hugging Face cache", "HF_HUB_OFFLINE"]);
     add("url", "unknown scheme", train(&with_data("u2.yaml", "ftp://host/x.jsonl")), &["ftp://host/x.jsonl", "unsupported scheme `ftp`", "s3://"]);
     add("url", "`..` in a key", train(&with_data("u3.yaml", "s3://bucket/a/../x.jsonl")), &["s3://bucket/a/../x.jsonl"]);
     let c = yaml("u4.yaml", &|c| c.replace(&format!("output_dir: {}", s(&out)), "output_dir: gopher://host/run"));
@@ -326,7 +326,7 @@ fn bad_inputs_exit_1_naming_file_value_and_fix_and_leave_nothing_to_resume() {
     let mut failures = Vec::new();
     for case in &cases {
         *per_category.entry(case.category).or_default() += 1;
-        let run = Command::new(env!("CARGO_BIN_EXE_splade")).args(&case.args).env("HF_HUB_OFFLINE", "1").env_remove("RUST_LOG").output().unwrap();
+        let run = Command::new(env!("CARGO_BIN_EXE_splade")).args(&case.args).env("HF_HUB_OFFLINE", "1").env("HF_HUB_CACHE", "/nonexistent/splade-test-hub-cache").env_remove("RUST_LOG").output().unwrap();
         let stderr = String::from_utf8_lossy(&run.stderr).to_string();
         let mut problems = Vec::new();
         if run.status.code() != Some(1) {

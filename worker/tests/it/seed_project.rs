@@ -178,3 +178,39 @@ fn seed_regular_config_trains_to_the_end_and_loads_in_sentence_transformers_5_2(
     let (theirs, _) = theirs_on(Stack::St52, &final_dir, &texts, true, 1);
     assert_all_close(&mine, &theirs, &texts, "the seed's regular config, final/ on sentence-transformers 5.2");
 }
+
+/// The seed's `training_config_csr.yaml` (a dense base, its pooling and a top-k sparse autoencoder trained with
+/// `CSRLoss`, on the nli + scandi_qa + ddsc blocks) trains to the end with MiniLM under the base model's id,
+/// changed only through `--set` and the hub cache; `final/` loads in sentence-transformers 6.2 and the seed's 5.2
+/// with our embeddings.
+#[test]
+fn seed_csr_config_trains_to_the_end_and_loads_in_sentence_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, work) = seed_world(tmp.path());
+    let config = repo().join("../shared/seed/configs/training_config_csr.yaml");
+    let out = tmp.path().join("out");
+    let (ok, stdout, stderr) = splade_train(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--set",
+            &format!("training.output_dir={}", out.display()),
+            "--set",
+            "training.max_steps=4",
+            "--set",
+            "hardware.device=cpu",
+        ],
+        &work,
+        &cache,
+    );
+    assert!(ok, "splade train on the seed's CSR config failed:\n{stdout}\n{stderr}");
+    let final_dir = out.join("final");
+    assert!(final_dir.join("README.md").is_file(), "final/ has a model card");
+    let texts: Vec<(String, bool)> = parity_texts().into_iter().filter(|(s, _)| s.len() < 400).take(6).collect();
+    let mine = ours(&final_dir, &Default::default(), &texts);
+    assert!(mine.iter().all(|e| !e.0.is_empty()), "every CSR embedding has active latents");
+    for stack in [Stack::St62, Stack::St52] {
+        let (theirs, _) = theirs_on(stack, &final_dir, &texts, false, 8);
+        assert_all_close(&mine, &theirs, &texts, &format!("the seed's CSR config, final/ on sentence-transformers {}", stack.version()));
+    }
+}

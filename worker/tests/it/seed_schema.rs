@@ -69,7 +69,8 @@ fn check_every_seed_config_names_only_the_uncached_hub_model_and_no_unknown_key(
         assert_eq!(outside.len(), 1, "{file}: problems outside the loader blocks:\n{}", outside.join("\n"));
         let p = outside[0];
         assert!(
-            p.starts_with(&format!("{file}:{line}: `model.base_model`: model '{base_model}' is not in the Hugging Face cache"))
+            p.starts_with(&format!("{file}:{line}: `model.base_model`: model '{base_model}'"))
+                && p.contains("is not in the Hugging Face cache")
                 && p.contains("HF_HUB_OFFLINE"),
             "{file}: {p}"
         );

@@ -170,7 +170,7 @@ fn train_steps_use_batches_tokenized_in_the_background() {
         }
         // Step 1 tokenizes for itself; steps 2 and 3 find every batch prefetched (queries and
         // documents of each micro-batch, twice with the gradient cache).
-        assert_eq!(trainer.model.prefetch_hits(), 2 * per_step, "gradient_cache {gc}");
+        assert_eq!(trainer.pretokenized_batches(), 2 * per_step, "gradient_cache {gc}");
         // The same steps with the tokenization done inline give the same losses.
         let mut inline = Trainer::new(mk(gc, accum), Device::Cpu, 8, accum).unwrap();
         for (step, want) in losses.iter().enumerate() {
@@ -183,7 +183,7 @@ fn train_steps_use_batches_tokenized_in_the_background() {
             // rounding depends on alignment (also seen with two inline trainers, once in a few runs).
             assert!(close(stats.loss, *want, 1e-6), "gradient_cache {gc}, step {}: {} vs {want}", step + 1, stats.loss);
         }
-        assert_eq!(inline.model.prefetch_hits(), 0);
+        assert_eq!(inline.pretokenized_batches(), 0);
     }
 }
 

@@ -70,7 +70,7 @@ fn windowed_training_embedding_equals_the_encode_doc_window_vector() {
     let docs: Vec<String> = rows(5, 400).into_iter().map(|r| r.1).chain(["Kort tekst.".to_string()]).collect();
     let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
     let all = TrainingWindows { spec, mode: WindowTrainingMode::All };
-    let got = tch::no_grad(|| embed_documents(&m, &refs, Some(&all), 42, 0, false).unwrap());
+    let got = tch::no_grad(|| embed_documents(&m, &refs, Some(&all), None, 42, 0, false).unwrap());
     assert!(got.windows > 2 * docs.len(), "documents too short to test windowing: {} windows for {} documents", got.windows, docs.len());
     assert!(got.windows <= 4 * docs.len(), "max_windows 4 not respected: {} windows", got.windows);
     // What `splade encode --doc-window 32:16:4` computes for the same texts.
@@ -95,7 +95,7 @@ fn windowed_training_embedding_equals_the_encode_doc_window_vector() {
     let alone: Vec<Tensor> = refs.iter().map(|t| tch::no_grad(|| windows_alone(&m, t, &spec))).collect();
     let mut picked = std::collections::BTreeSet::new();
     for step in [0u64, 1, 2, 3] {
-        let got = tch::no_grad(|| embed_documents(&m, &refs, Some(&sample), 42, step, false).unwrap());
+        let got = tch::no_grad(|| embed_documents(&m, &refs, Some(&sample), None, 42, step, false).unwrap());
         assert_eq!(got.windows, docs.len(), "sample mode encodes one window per document");
         for (d, (text, alone)) in refs.iter().zip(&alone).enumerate() {
             let k = sampled_window(42, step, text, alone.size()[0] as usize);
