@@ -173,3 +173,29 @@ fn checkpoint_write_failing_on_a_full_disk_commits_nothing_and_the_previous_one_
     assert_eq!(t.state.global_step, 1);
     t.train_step().unwrap();
 }
+
+/// SIGTERM at the end of a run: sent as soon as the last step is logged (the end of the run is being written) the
+/// run still writes `final/` and exits 0; sent when the step before the last is logged, it leaves `final/` (the
+/// signal came during the last step, which finishes) or the committed checkpoint of the step it stopped after,
+/// never neither. Issue #17: a SIGTERM during the last step once saved neither a checkpoint nor `final/`.
+#[test]
+fn sigterm_at_the_end_of_a_run_leaves_final_or_the_stop_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_pairs(tmp.path(), 40);
+    let training = "  max_steps: 6\n  per_device_train_batch_size: 4\n  save_strategy: steps\n  save_steps: 100\n  max_seq_length: 32";
+    for (name, signal_after) in [("after-last", 6usize), ("during-last", 5)] {
+        let out = tmp.path().join(name);
+        let mut child = crate::train::spawn_train(&out, &tiny_config(&out, &data, training, ""), false);
+        crate::train::sigterm_after(&mut child, &out.join("metrics.jsonl"), signal_after);
+        let steps = train_steps(&out.join("metrics.jsonl")).len();
+        let final_ok = out.join("final/manifest.json").is_file();
+        let stop_ckpt = out.join(format!("checkpoint-{steps}/manifest.json")).is_file();
+        match name {
+            "after-last" => assert!(final_ok && steps == 6, "{name}: SIGTERM after the last step lost final/ (steps {steps})"),
+            _ => assert!(
+                (final_ok && steps == 6) || (stop_ckpt && steps < 6),
+                "{name}: SIGTERM near the last step left neither final/ nor checkpoint-{steps}"
+            ),
+        }
+    }
+}
