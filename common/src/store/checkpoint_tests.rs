@@ -197,3 +197,28 @@ fn env_child() {
         assert_eq!(latest_checkpoint(&loc).await.unwrap().unwrap().step, 3);
     });
 }
+
+/// An object store that refuses a checkpoint's write part-way (moto answers one file's PUT with 403
+/// AccessDenied, after others were uploaded): the commit is a clear error naming that file, the objects it had
+/// written are removed, nothing a resume would pick is left, and the previous checkpoint stays the latest.
+#[tokio::test]
+async fn s3_refusing_a_write_part_way_commits_nothing_and_leaves_the_previous_checkpoint() {
+    let moto = MotoServer::start();
+    moto.create_bucket("ckpt");
+    let loc = Location::parse_with("s3://ckpt/runs/refused", &crate::store::StoreOptions { overrides: moto.store_overrides() }).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    make_files(src.path(), 1);
+    commit_checkpoint(&loc, "checkpoint-1", 1, src.path()).await.unwrap();
+    make_files(src.path(), 2);
+    let rule = moto.refuse("PUT", "/ckpt/runs/refused/checkpoint-2/trainer_state.json$", 403, "AccessDenied", None);
+    let e = commit_checkpoint(&loc, "checkpoint-2", 2, src.path()).await.unwrap_err().to_string();
+    assert!(moto.fault_hits(rule) >= 1, "the refusal rule never matched: the test did not exercise a refused write");
+    assert!(e.contains("checkpoint-2/trainer_state.json"), "the error names the refused file: {e}");
+    let left = loc.store().list_with_delimiter(Some(&loc.child("checkpoint-2"))).await.unwrap();
+    assert!(left.objects.is_empty(), "objects of the failed commit were left: {:?}", left.objects.iter().map(|o| o.location.to_string()).collect::<Vec<_>>());
+    assert_eq!(latest_checkpoint(&loc).await.unwrap().unwrap().name, "checkpoint-1");
+    // With the store accepting writes again, the same checkpoint commits.
+    moto.clear_faults();
+    commit_checkpoint(&loc, "checkpoint-2", 2, src.path()).await.unwrap();
+    assert_eq!(latest_checkpoint(&loc).await.unwrap().unwrap().name, "checkpoint-2");
+}
