@@ -162,31 +162,26 @@ fn check_passes_on_every_seed_config_against_a_hub_cache_of_stand_ins() {
     }
 }
 
+/// Trains the seed's `file` to the end, changed only through `--set` (output_dir, max_steps 4, device cpu) and the
+/// stand-in hub cache; returns its `final/` folder.
+fn train_seed_config(root: &Path, file: &str) -> PathBuf {
+    let (cache, work) = seed_world(root);
+    let config = repo().join("../shared/seed/configs").join(file);
+    let out = root.join("out");
+    let output_dir = format!("training.output_dir={}", out.display());
+    let args = ["--config", config.to_str().unwrap(), "--set", &output_dir, "--set", "training.max_steps=4", "--set", "hardware.device=cpu"];
+    let (ok, stdout, stderr) = splade_train(&args, &work, &cache);
+    assert!(ok, "splade train on the seed's {file} failed:\n{stdout}\n{stderr}");
+    out.join("final")
+}
+
 /// The seed's `training_config_splade_regular.yaml` (NorBERT3, the nli + scandi_qa + ddsc loader blocks,
 /// NanoBEIR evaluation, TensorBoard and MLflow) trains to the end, changed only through `--set` and the hub
 /// cache; `final/` carries a model card and loads in the seed's sentence-transformers 5.2 with our embeddings.
 #[test]
 fn seed_regular_config_trains_to_the_end_and_loads_in_sentence_transformers_5_2() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cache, work) = seed_world(tmp.path());
-    let config = repo().join("../shared/seed/configs/training_config_splade_regular.yaml");
-    let out = tmp.path().join("out");
-    let (ok, stdout, stderr) = splade_train(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--set",
-            &format!("training.output_dir={}", out.display()),
-            "--set",
-            "training.max_steps=4",
-            "--set",
-            "hardware.device=cpu",
-        ],
-        &work,
-        &cache,
-    );
-    assert!(ok, "splade train on the seed's regular config failed:\n{stdout}\n{stderr}");
-    let final_dir = out.join("final");
+    let final_dir = train_seed_config(tmp.path(), "training_config_splade_regular.yaml");
     let card = std::fs::read_to_string(final_dir.join("README.md")).expect("final/ has a model card");
     assert!(card.contains("ltg/norbert3-base") && card.contains("SpladeLoss"), "model card:\n{card}");
     let texts: Vec<(String, bool)> = parity_texts().into_iter().filter(|(s, _)| s.len() < 400).take(6).collect();
@@ -204,25 +199,7 @@ fn seed_regular_config_trains_to_the_end_and_loads_in_sentence_transformers_5_2(
 #[test]
 fn seed_csr_config_trains_to_the_end_and_loads_in_sentence_transformers() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cache, work) = seed_world(tmp.path());
-    let config = repo().join("../shared/seed/configs/training_config_csr.yaml");
-    let out = tmp.path().join("out");
-    let (ok, stdout, stderr) = splade_train(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--set",
-            &format!("training.output_dir={}", out.display()),
-            "--set",
-            "training.max_steps=4",
-            "--set",
-            "hardware.device=cpu",
-        ],
-        &work,
-        &cache,
-    );
-    assert!(ok, "splade train on the seed's CSR config failed:\n{stdout}\n{stderr}");
-    let final_dir = out.join("final");
+    let final_dir = train_seed_config(tmp.path(), "training_config_csr.yaml");
     assert!(final_dir.join("README.md").is_file(), "final/ has a model card");
     let texts: Vec<(String, bool)> = parity_texts().into_iter().filter(|(s, _)| s.len() < 400).take(6).collect();
     let mine = ours(&final_dir, &Default::default(), &texts);
