@@ -155,3 +155,17 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Runs `scripts/reference/SCRIPT ARGS` in the reference venv (6.2), offline, and parses its last stdout line as
+/// JSON; panics with its stderr on failure.
+pub fn reference_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(ref_python())
+        .arg(repo().join("scripts/reference").join(script))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("spawn reference python");
+    assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{script}: {e}: {stdout}"))
+}

@@ -14,7 +14,7 @@ use splade_common::data::load_training_data;
 use splade_common::store::{block_on, StoreOptions};
 use splade_worker::train::schedule::EarlyStopping;
 
-use crate::support::{model, ref_python, repo};
+use crate::support::{model, reference_json, repo};
 
 /// 40 NorQuAD (question, passage) pairs, cut short, as `train.jsonl` in a temp dir.
 struct Fixture {
@@ -95,18 +95,6 @@ fn train(cfg: &Path) -> Output {
     out
 }
 
-fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(ref_python())
-        .arg(repo().join("scripts/reference").join(script))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("spawn reference python");
-    assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{script}: {e}: {stdout}"))
-}
-
 /// Our early-stopping rule over `values` (with the best-metric update the schedule does after it): the counter
 /// after each evaluation and the evaluation that stops.
 fn ours(es: EarlyStopping, greater: bool, values: &[Option<f64>]) -> (Vec<usize>, Option<usize>) {
@@ -146,7 +134,7 @@ fn reference(cases: &[Case]) -> Vec<(Vec<usize>, Option<usize>)> {
         })
         .collect();
     std::fs::write(&spec, serde_json::Value::from(body).to_string()).unwrap();
-    let r = python_json("early_stopping_reference.py", &[spec.to_str().unwrap()]);
+    let r = reference_json("early_stopping_reference.py", &[spec.to_str().unwrap()]);
     r.as_array()
         .unwrap()
         .iter()
@@ -211,7 +199,7 @@ fn train_eval_loss_equals_sentence_transformers_and_the_card_names_the_run() {
     // final/ is the model after step 2, the one evaluated; the card is in it while ST loads it.
     let final_dir = fx.out().join("final");
     assert!(final_dir.join("README.md").exists());
-    let r = python_json(
+    let r = reference_json(
         "st_eval_loss.py",
         &["--model", final_dir.to_str().unwrap(), "--dev", dev.to_str().unwrap(), "--batch-size", "8", "--q-weight", "5e-3", "--d-weight", "3e-3", "--max-length", "64"],
     );

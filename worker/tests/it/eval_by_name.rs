@@ -11,24 +11,12 @@ use splade_common::config::mteb::MTEB_TASKS;
 use splade_common::hub::RepoKind;
 use splade_tests::hub::{files_of_dir, write_hub_repo};
 
-use crate::support::{model, ref_python, repo};
-
-fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(ref_python())
-        .arg(repo().join("scripts/reference").join(script))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("spawn reference python");
-    assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{script}: {e}: {stdout}"))
-}
+use crate::support::{model, reference_json, repo};
 
 #[test]
 fn mteb_table_equals_the_mteb_package() {
     let names: Vec<&str> = MTEB_TASKS.iter().map(|t| t.name).collect();
-    let got = python_json("mteb_task_table.py", &names);
+    let got = reference_json("mteb_task_table.py", &names);
     for (t, m) in MTEB_TASKS.iter().zip(got.as_array().unwrap()) {
         assert_eq!(m["name"], t.name);
         assert_eq!((m["dataset"].as_str().unwrap(), m["revision"].as_str().unwrap()), (t.dataset, t.revision), "{}", t.name);
@@ -49,7 +37,7 @@ fn mteb_table_equals_the_mteb_package() {
 fn train_nanobeir_metrics_equal_sentence_transformers_evaluator() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = dir.path().join("nanobeir");
-    python_json("st_nanobeir.py", &["make-fixture", "--norquad", repo().join("data/norquad").to_str().unwrap(), "--out", fixture.to_str().unwrap()]);
+    reference_json("st_nanobeir.py", &["make-fixture", "--norquad", repo().join("data/norquad").to_str().unwrap(), "--out", fixture.to_str().unwrap()]);
     let cache = dir.path().join("hub");
     write_hub_repo(&cache, RepoKind::Dataset, "sentence-transformers/NanoBEIR-en", &files_of_dir(&fixture));
     // One training step on a few NorQuAD pairs, evaluated on NanoBEIR at that step.
@@ -91,7 +79,7 @@ fn train_nanobeir_metrics_equal_sentence_transformers_evaluator() {
         }
     }
     let snapshot = std::fs::read_dir(cache.join("datasets--sentence-transformers--NanoBEIR-en/snapshots")).unwrap().next().unwrap().unwrap().path();
-    let st = python_json(
+    let st = reference_json(
         "st_nanobeir.py",
         &["evaluate", "--model", out_dir.join("final").to_str().unwrap(), "--snapshot", snapshot.to_str().unwrap(), "--names", "msmarco", "nfcorpus"],
     );
@@ -126,7 +114,7 @@ fn train_nanobeir_metrics_equal_sentence_transformers_evaluator() {
 fn mteb_task_by_name_reads_the_hub_cache_and_carries_its_languages() {
     let dir = tempfile::tempdir().unwrap();
     let (stand_in, beir) = (dir.path().join("repo"), dir.path().join("NorQuAD-beir"));
-    python_json(
+    reference_json(
         "mteb_fixture.py",
         &["--norquad", repo().join("data/norquad").to_str().unwrap(), "--repo", stand_in.to_str().unwrap(), "--beir", beir.to_str().unwrap()],
     );
