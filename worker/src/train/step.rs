@@ -89,13 +89,6 @@ pub struct StepTokens {
     chunks: Vec<ChunkTokens>,
 }
 
-impl StepTokens {
-    /// How many batches (queries and documents of every chunk) were tokenized ahead.
-    pub fn batches(&self) -> usize {
-        self.chunks.iter().map(|c| c.query.is_some() as usize + c.document.is_some() as usize).sum()
-    }
-}
-
 /// One micro-batch chunk's queries and candidates, tokenized ahead.
 #[derive(Default)]
 pub(crate) struct ChunkTokens {
@@ -134,12 +127,15 @@ impl Trainer {
         let (anchors, cands) = batch_texts(ex).ok_or_else(|| {
             other("rows of one batch have different numbers of negatives; give every row the same negative columns")
         })?;
+        // The batch the tokenizer thread made for these texts, if it made one.
+        let pretokenized = |rows: usize, kind: TextKind| {
+            let b = pre.and_then(|p| p.get(kind, rows))?;
+            self.pretokenized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(self.model.batch_from(b))
+        };
         let batch_of = |texts: &[&str], kind: TextKind| -> Result<crate::model::Batch, TrainError> {
-            match pre.and_then(|p| p.get(kind, texts.len())) {
-                Some(b) => {
-                    self.pretokenized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Ok(self.model.batch_from(b))
-                }
+            match pretokenized(texts.len(), kind) {
+                Some(b) => Ok(b),
                 None => Ok(self.model.tokenize(texts, kind)?),
             }
         };
@@ -154,16 +150,8 @@ impl Trainer {
             return Ok((q.to_kind(Kind::Float), d.to_kind(Kind::Float), tokens));
         }
         let tw = self.windows;
-        let pre_docs = match tw {
-            None => match pre.and_then(|p| p.get(TextKind::Document, cands.len())) {
-                Some(b) => {
-                    self.pretokenized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Some(self.model.batch_from(b))
-                }
-                None => None,
-            },
-            Some(_) => None,
-        };
+        // Windowed documents are tokenized per window by `embed_documents`, never ahead.
+        let pre_docs = if tw.is_none() { pretokenized(cands.len(), TextKind::Document) } else { None };
         let docs = windows::embed_documents(&self.model, &cands, tw.as_ref(), pre_docs, self.seed, self.state.global_step, train)?;
         if tw.is_some() && train {
             self.window_cost.add(cands.len(), &docs);
