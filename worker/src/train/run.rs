@@ -63,7 +63,10 @@ pub fn run_training(mut cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome
         tracing::info!(spec = %w.spec, mode = ?w.mode, "document_windows: training documents are windowed (cost logged as train/windows_per_doc)");
     }
     if let Some(p) = &opts.dump_batches {
-        dump_batches(&trainer.plan, p)?;
+        // `splade train` plans itself: the whole plan is in memory.
+        if let super::trainer::TrainPlan::Whole(plan) = &trainer.plan {
+            dump_batches(plan, p)?;
+        }
     }
     match trainer.cfg.training.resume_from_checkpoint.clone() {
         Some(ResumeFrom::Latest) => {
