@@ -429,10 +429,10 @@ mod tests {
     use super::*;
     use crate::data::{load_training_data, plan_inputs, Example, RangedReader};
 
-    /// Two datasets with labels (one of them Parquet-free JSONL, one gzip), round-robin, 10 steps of 4 rows.
+    /// Two datasets with labels (JSONL and gzip JSONL), round-robin, 10 steps of 4 rows over two epochs.
     async fn plan_of_two_datasets(dir: &std::path::Path) -> (DataPlan, Vec<crate::data::SplitDataset>) {
         let mut a = String::new();
-        for i in 0..40 {
+        for i in 0..12 {
             a.push_str(&format!("{{\"anchor\": \"qa{i}\", \"positive\": \"pa{i}\", \"label\": [{i}.5, 1]}}\n"));
         }
         std::fs::write(dir.join("a.jsonl"), a).unwrap();
