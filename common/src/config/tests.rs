@@ -243,6 +243,12 @@ fn validation_rules_name_key_value_and_fix() {
     assert!(e.to_string().contains("must be ≥ min_workers"), "{e}");
     let e = parse(&format!("{base}cluster:\n  heartbeat_interval: 10\n  heartbeat_timeout: 5\n")).unwrap().validate().unwrap_err();
     assert!(e.to_string().contains("longer than heartbeat_interval"), "{e}");
+    let e = parse(&format!("{base}cluster:\n  data_plan_chunk_steps: 0\n")).unwrap().validate().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cfg.yaml:4: `cluster.data_plan_chunk_steps` is `0`: must be at least 1 (steps per data-plan chunk; default 1000)"
+    );
+    assert_eq!(parse(&format!("{base}cluster:\n  data_plan_chunk_steps: 4\n")).unwrap().cluster.data_plan_chunk_steps, 4);
     let e = parse(base).unwrap().validate_for_training().unwrap_err();
     assert!(e.to_string().contains("no enabled dataset"), "{e}");
     let e = parse(&format!("{base}training:\n  max_steps: 0\n")).unwrap().validate().unwrap_err();
