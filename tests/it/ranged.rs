@@ -57,6 +57,7 @@ async fn cluster_workers_read_only_their_slices_from_s3() {
     assert_eq!(chunks.len(), 3, "6 steps in chunks of 2");
     let mut bytes_by_rank: BTreeMap<usize, u64> = BTreeMap::new();
     let mut plan_bytes_by_rank: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut metric_by_rank: BTreeMap<usize, u64> = BTreeMap::new();
     let mut seen = 0;
     for line in std::fs::read_to_string(&ledger).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -70,6 +71,8 @@ async fn cluster_workers_read_only_their_slices_from_s3() {
         let plan_read = v["plan_bytes_read"].as_u64().expect("workers on a data plan report plan_bytes_read");
         let e = plan_bytes_by_rank.entry(rank).or_default();
         *e = (*e).max(plan_read);
+        let e = metric_by_rank.entry(rank).or_default();
+        *e = (*e).max(v["metric_plan_bytes"].as_u64().expect("metric_plan_bytes"));
         seen += 1;
     }
     assert_eq!(seen, 2 * steps, "one ledger line per rank and step");
@@ -77,9 +80,12 @@ async fn cluster_workers_read_only_their_slices_from_s3() {
         eprintln!("rank {rank} read {read} of {dataset_bytes} dataset bytes");
         assert!(*read > 0 && *read < dataset_bytes / 20, "rank {rank} read {read} bytes of a {dataset_bytes}-byte dataset");
     }
-    // Both ranks train every step of this job, so each fetched every chunk exactly once.
+    // Both ranks train every step of this job, so each fetched the manifest and every chunk exactly once:
+    // splade_worker_data_bytes_read_total{kind="plan"} says so.
     let all: u64 = chunks.iter().map(|c| c.bytes).sum();
     for rank in 0..2 {
-        assert_eq!(plan_bytes_by_rank[&rank], all, "rank {rank}'s plan bytes against chunks of {:?} bytes", chunks.iter().map(|c| c.bytes).collect::<Vec<_>>());
+        let sizes: Vec<u64> = chunks.iter().map(|c| c.bytes).collect();
+        assert_eq!(plan_bytes_by_rank[&rank], all, "rank {rank}'s chunk bytes against chunks of {sizes:?} bytes");
+        assert_eq!(metric_by_rank[&rank], published.manifest_bytes + all, "rank {rank}'s plan-bytes metric");
     }
 }

@@ -35,7 +35,8 @@
 //!   (safetensors, parameter names) to `PATH.rank<R>` and continue (checks data-parallel equivalence).
 //! - `--ledger PATH`: append one JSON line per finished step with the generation, rank,
 //!   step, dataset, the rows this rank consumed, `bytes_read` (training records fetched from storage
-//!   by this generation so far) and `plan_bytes_read` (data-plan chunks fetched by this generation so far).
+//!   by this generation so far), `plan_bytes_read` (data-plan chunks fetched by this generation so far) and
+//!   `metric_plan_bytes` (the process's `splade_worker_data_bytes_read_total{kind="plan"}`).
 //!
 //! Data: the assignment points at the coordinator's published data plan (a manifest and chunks of steps,
 //! `splade_common::data::artifact`); the worker checks the manifest's sha256, fetches the chunks of the steps
@@ -607,6 +608,9 @@ impl Hooks for RankHooks<'_, '_> {
                 "generation": self.gen.a.generation, "rank": self.rank, "step": done.stats.step,
                 "dataset": done.batch.dataset, "rows": done.rows, "bytes_read": done.bytes_read,
                 "plan_bytes_read": done.plan_bytes_read,
+                // This process's splade_worker_data_bytes_read_total{kind="plan"} (every generation's plan
+                // bytes, manifests included).
+                "metric_plan_bytes": m.data_bytes_read().1,
             });
             let fail = |e: std::io::Error| TrainError::Other(format!("{}: {e}", p.display()));
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(fail)?;

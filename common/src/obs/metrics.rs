@@ -618,6 +618,11 @@ impl WorkerMetrics {
         self.data_bytes_plan.inc_by(bytes);
     }
 
+    /// `splade_worker_data_bytes_read_total{kind="records"}` and `{kind="plan"}` as exported now.
+    pub fn data_bytes_read(&self) -> (u64, u64) {
+        (self.data_bytes_records.get(), self.data_bytes_plan.get())
+    }
+
     /// Sets this worker's rank (`None` while it is between generations).
     pub fn set_rank(&self, rank: Option<u32>) {
         self.rank.set(rank.map_or(-1, i64::from));
