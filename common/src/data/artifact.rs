@@ -33,9 +33,11 @@ use crate::store::{Location, StoreError, StoreOptions};
 /// Version of the published plan layout; a reader refuses other versions. Version 1 was one JSON file.
 pub const DATA_PLAN_VERSION: u32 = 2;
 
-/// Steps per chunk by default. 1000 steps of a global batch of 32 rows are 32,000 rows, about 0.3 MB
-/// compressed: a worker starting anywhere fetches at most one such chunk more than it needs, holds two
-/// (the one training and the next), and a 10 M-row epoch is about 300 requests, not tens of thousands.
+/// Steps per chunk by default. 1000 steps of a global batch of 32 rows are 32,000 rows, about 0.24 MB
+/// (measured once on 200,000 synthetic JSONL pairs, global batch 32: 7.4 bytes a row after zstd, 9.0 before,
+/// against 24 in the version-1 JSON): a worker starting anywhere fetches at most one such chunk more than it
+/// needs, holds two (the one training and the next), and a 10 M-row epoch is about 300 requests, not tens
+/// of thousands.
 pub const DEFAULT_CHUNK_STEPS: u64 = 1000;
 
 /// zstd level of chunks: the default level, fast to write, most of the gain.
