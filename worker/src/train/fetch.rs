@@ -74,9 +74,12 @@ impl Chunks {
             self.held.clear();
             self.fetch(i).await?;
         }
-        // A chunk ahead, so the first steps of the next chunk do not wait for its download.
+        // A chunk ahead, so the first steps of the next chunk do not wait for its download. A failure here is
+        // not this step's: that chunk is fetched again when its first step comes, and fails there.
         if self.held.len() < 2 && i + 1 < self.plan.manifest.chunks.len() {
-            self.fetch(i + 1).await?;
+            if let Err(e) = self.fetch(i + 1).await {
+                tracing::warn!(error = %e, "fetching the next data-plan chunk ahead failed; retrying when it is needed");
+            }
         }
         let first = self.plan.manifest.chunks[i].first_step;
         Ok(&self.held[0].1.batches[(step - first) as usize])
@@ -169,5 +172,63 @@ mod tests {
         // A row without a label (or a dataset without labels) gives none, as for loaded rows.
         assert!(global_labels(&[Some(vec![1.0]), None]).unwrap().is_none());
         assert!(global_labels(&[]).unwrap().is_none());
+    }
+
+    /// A published plan of 10 steps of 4 labelled rows in chunks of 2, under `dir`; with the loaded rows.
+    fn published(dir: &std::path::Path) -> (splade_common::data::DataPlan, Vec<splade_common::data::SplitDataset>, Arc<PublishedPlan>) {
+        use splade_common::store::{block_on, Location};
+        let mut text = String::new();
+        for i in 0..48 {
+            text.push_str(&format!("{{\"anchor\": \"q{i}\", \"positive\": \"p{i}\", \"label\": [{i}, 1]}}\n"));
+        }
+        std::fs::write(dir.join("d.jsonl"), text).unwrap();
+        let yaml = format!(
+            "model:\n  base_model: x\ntraining:\n  max_steps: 10\n  per_device_train_batch_size: 4\n  output_dir: {d}/out\ndatasets:\n  d:\n    source: {d}/d.jsonl\n",
+            d = dir.display()
+        );
+        let cfg = splade_common::config::Config::from_str(&yaml, "inline").unwrap();
+        let split = block_on(splade_common::data::load_training_data(cfg.datasets.enabled(), 7, &StoreOptions::default())).unwrap();
+        let plan = splade_common::data::DataPlan::build(&cfg.plan_spec(4), &split).unwrap();
+        let out = Location::parse(&format!("{}/out", dir.display())).unwrap();
+        let r = block_on(plan.publish(&out, 2)).unwrap();
+        let p = block_on(PublishedPlan::fetch(&r, &StoreOptions::default())).unwrap();
+        (plan, split, Arc::new(p))
+    }
+
+    #[test]
+    fn a_fetcher_starting_mid_plan_fetches_only_the_chunks_from_its_step_on_and_yields_its_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plan, split, p) = published(dir.path());
+        assert_eq!(p.manifest.chunks.len(), 5);
+        // Rank 1 of 2, resuming after step 4: steps 5..=10, chunks 2..=4 (steps 5-6, 7-8, 9-10).
+        let f = SliceFetcher::start(p.clone(), 5, 1, 2, StoreOptions::default());
+        for step in 5..=10u64 {
+            let got = f.next(step).unwrap();
+            let want = &plan.batches[step as usize - 1];
+            assert_eq!(&got.batch, want);
+            let rows = splade_common::data::slice_for_rank(want, 1, 2);
+            assert_eq!(got.examples, rows.iter().map(|&r| split[0].train[r].clone()).collect::<Vec<_>>());
+            assert_eq!(got.labels, want.rows.iter().map(|&r| split[0].train[r].label.clone()).collect::<Vec<_>>());
+        }
+        assert!(f.next(11).is_err(), "past the plan");
+        let want: u64 = p.manifest.chunks[2..].iter().map(|c| c.bytes).sum();
+        assert_eq!(f.plan_bytes_read(), want, "chunks 2..=4 only");
+    }
+
+    #[test]
+    fn a_chunk_whose_sha256_differs_fails_the_first_step_that_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plan, _, p) = published(dir.path());
+        // Chunk 2 (steps 5-6) tampered: steps 3-4 still train (its fetch ahead fails quietly), step 5 fails.
+        let path = dir.path().join("out/data-plan").join(&p.manifest.chunks[2].location);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let f = SliceFetcher::start(p.clone(), 3, 0, 1, StoreOptions::default());
+        for step in 3..=4u64 {
+            assert_eq!(f.next(step).unwrap().batch, plan.batches[step as usize - 1]);
+        }
+        let e = f.next(5).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("data plan `{}`: its sha256 is ", p.chunk_url(2))) && e.contains("re-plan"), "{e}");
     }
 }
