@@ -34,7 +34,7 @@ impl SourceFile {
                 loc.store()
                     .head(loc.prefix())
                     .await
-                    .map_err(|source| StoreError::ObjectStore { location: p.display().to_string(), source }.into())
+                    .map_err(|e| DataError::Read { file: p.display().to_string(), message: e.to_string() })
             }
             SourceFile::Remote { location, key, url } => location
                 .store()
