@@ -55,6 +55,7 @@ fn spec(source: &str, config: Option<&str>, split: Option<&str>) -> DatasetSpec 
         max_samples: None,
         on_bad_record: OnBadRecord::Error,
         loader: None,
+        hub_commits: Default::default(),
     }
 }
 

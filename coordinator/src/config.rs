@@ -73,7 +73,7 @@ pub async fn check_datasets(
             // A seed loader block: its Hub datasets' files (and PAWS-X folder), read at planning.
             Some(loader) => {
                 if hub.is_none() {
-                    hub = Some(splade_common::data::loaders::hub_split_files().map_err(dataset)?);
+                    hub = Some(splade_common::data::loaders::hub_split_files(Default::default()).map_err(dataset)?);
                 }
                 let files = hub.as_deref().expect("set above");
                 splade_common::data::loaders::input_files(name, loader, files).map_err(dataset)?.len()

@@ -432,7 +432,7 @@ impl Generation<'_> {
                     )));
                 }
                 tracing::info!(data_plan = r.location, "reading this rank's slices through the data plan");
-                let t = Trainer::with_plan(cfg, self.device, plan.plan(), a.micro_batches_per_rank as usize)
+                let t = Trainer::with_plan(cfg, self.device, &plan, a.micro_batches_per_rank as usize)
                     .and_then(|t| t.check_plan_labels(&plan).map(|()| t));
                 (t.map_err(|source| NodeError::Train { context: "setting up training".into(), source })?, Some(plan))
             }

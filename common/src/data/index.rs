@@ -87,6 +87,10 @@ pub struct RecordIndex {
     /// Each training row's label, or empty when no row has one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<Option<Vec<f32>>>,
+    /// The Hub commit of each Hub dataset the rows come from ([`super::SplitDataset::hub`]), so a cluster's
+    /// checkpoints record them as `splade train`'s do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hub: Vec<super::HubPin>,
 }
 
 impl RecordIndex {
@@ -99,6 +103,7 @@ impl RecordIndex {
             files: loaded.file_info.clone(),
             rows: train_ids.iter().map(|&i| loaded.locations[i]).collect(),
             labels: if any_label { train_ids.iter().map(|&i| loaded.examples[i].label.clone()).collect() } else { Vec::new() },
+            hub: loaded.hub.iter().cloned().collect(),
         }
     }
 

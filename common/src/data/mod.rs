@@ -28,7 +28,7 @@ pub use index::{DataPlan, DataPlanRef, IndexedFile, RangedReader, RecordIndex, R
 pub use plan::{slice_for_rank, BatchPlan, PlanDataset, PlanSpec, PlanStop, PlannedBatch};
 
 /// The commit a Hub dataset source resolved to: recorded in checkpoints so a resume reads the same data
-/// ([`DatasetSpec::pin_hub_commit`]).
+/// ([`DatasetSpec::pin_hub_commits`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HubPin {
     /// `owner/name`.
@@ -443,7 +443,7 @@ pub struct SplitDataset {
     pub name: String,
     /// Training rows (what [`BatchPlan`] row indices point into).
     pub train: Vec<Example>,
-    /// Held-out rows (`split_ratio`).
+    /// Held-out rows (`split_ratio`; a seed loader block's dev split).
     pub eval: Vec<Example>,
     /// For each training row, its record number in the dataset (files in sorted order, records in file
     /// order, after skipped bad records): stable ids for ledgers and ranged reads.
@@ -452,8 +452,9 @@ pub struct SplitDataset {
     pub bad_records: usize,
     /// Where each training row lives, in [`SplitDataset::train`] order (see [`RecordIndex`]).
     pub index: RecordIndex,
-    /// For a Hub dataset: the commit its files come from.
-    pub hub: Option<HubPin>,
+    /// The Hub commit of each Hub dataset read: the source's for a file block, every dataset's a seed loader
+    /// block read. Empty for local and object-store data.
+    pub hub: Vec<HubPin>,
 }
 
 /// Loads and splits `datasets` (name and spec; the config's enabled ones in config order), in the order given,
@@ -467,7 +468,8 @@ pub async fn load_training_data<'a>(
     options: &StoreOptions,
 ) -> Result<Vec<SplitDataset>, DataError> {
     let datasets: Vec<(&str, &DatasetSpec)> = datasets.into_iter().collect();
-    let hub = if datasets.iter().any(|(_, s)| s.loader.is_some()) { Some(loaders::hub_split_files()?) } else { None };
+    let pins = datasets.iter().flat_map(|(_, s)| s.hub_commits.clone()).collect();
+    let hub = if datasets.iter().any(|(_, s)| s.loader.is_some()) { Some(loaders::hub_split_files(pins)?) } else { None };
     let files = hub.as_deref().map(|h| (h, loaders::cache_root()));
     load_training_data_from(datasets, seed, options, files.as_ref().map(|(h, c)| (*h, c.as_path()))).await
 }
@@ -482,7 +484,7 @@ pub async fn load_training_data_from<'a>(
 ) -> Result<Vec<SplitDataset>, DataError> {
     let mut out = Vec::new();
     for (name, spec) in datasets {
-        let (loaded, spec, eval) = match &spec.loader {
+        let (loaded, spec, eval, hub) = match &spec.loader {
             Some(loader) => {
                 let (files, cache) = seed_files.ok_or_else(|| DataError::Columns {
                     dataset: name.into(),
@@ -496,14 +498,18 @@ pub async fn load_training_data_from<'a>(
                 } else {
                     load_dataset(name, &loaders::Materialized::file_spec(&m.dev), options).await?.examples
                 };
-                (loaded, train_spec, Some(eval))
+                (loaded, train_spec, Some(eval), m.hub)
             }
-            None => (load_dataset(name, spec, options).await?, spec.clone(), None),
+            None => {
+                let loaded = load_dataset(name, spec, options).await?;
+                let hub = loaded.hub.iter().cloned().collect();
+                (loaded, spec.clone(), None, hub)
+            }
         };
         let (train_ids, eval_ids) = loaded.split_indices(spec.split_ratio, seed);
         let pick = |ids: &[usize]| ids.iter().map(|&i| loaded.examples[i].clone()).collect::<Vec<_>>();
         let (train, eval) = (pick(&train_ids), eval.unwrap_or_else(|| pick(&eval_ids)));
-        let index = RecordIndex::new(name, &spec, &loaded, &train_ids);
+        let index = RecordIndex { hub: hub.clone(), ..RecordIndex::new(name, &spec, &loaded, &train_ids) };
         out.push(SplitDataset {
             name: name.to_string(),
             train,
@@ -511,7 +517,7 @@ pub async fn load_training_data_from<'a>(
             train_ids,
             bad_records: loaded.bad_records,
             index,
-            hub: loaded.hub.clone(),
+            hub,
         });
     }
     Ok(out)

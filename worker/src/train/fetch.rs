@@ -106,6 +106,7 @@ mod tests {
                 files: vec![IndexedFile { url: "/x.jsonl".into(), format: DataFormat::Jsonl, size: 0 }],
                 rows: (0..n).map(|i| RecordLoc(0, i as u64, 1)).collect(),
                 labels,
+                hub: Vec::new(),
             }],
         }
     }

@@ -30,6 +30,9 @@ pub struct Trainer {
     pub csr_loss: Option<super::csr::CsrLossConfig>,
     /// The loaded training datasets in config order (empty when the rows come from a data plan's slices).
     pub datasets: Vec<SplitDataset>,
+    /// The Hub commits each dataset block read (from the datasets, or from a data plan's record indexes):
+    /// what checkpoints record ([`TrainerState::hub_datasets`]).
+    pub hub_datasets: std::collections::BTreeMap<String, Vec<splade_common::data::HubPin>>,
     pub plan: BatchPlan,
     pub state: TrainerState,
     pub output: Location,
@@ -200,9 +203,11 @@ impl Trainer {
     /// A trainer that follows a plan made elsewhere (a cluster coordinator's published data plan) and holds
     /// no dataset: its examples come from the caller (see [`fetch::SliceFetcher`]), so
     /// [`Trainer::examples`] and [`Trainer::train_step`] must not be used.
-    pub fn with_plan(cfg: Config, device: Device, plan: BatchPlan, micro_batches: usize) -> Result<Self, TrainError> {
+    pub fn with_plan(cfg: Config, device: Device, plan: &DataPlan, micro_batches: usize) -> Result<Self, TrainError> {
         let global_batch = plan.batches.first().map_or(0, |b| b.rows.len());
-        Self::from_parts(cfg, device, Vec::new(), plan, global_batch, micro_batches)
+        let mut t = Self::from_parts(cfg, device, Vec::new(), plan.plan(), global_batch, micro_batches)?;
+        t.hub_datasets = plan.datasets.iter().filter(|d| !d.hub.is_empty()).map(|d| (d.dataset.clone(), d.hub.clone())).collect();
+        Ok(t)
     }
 
     fn from_parts(
@@ -263,6 +268,7 @@ impl Trainer {
             (cfg.training.learning_rate, cfg.training.max_grad_norm, cfg.training.gradient_cache);
         let amp = amp_kind(&cfg);
         let windows = windows::TrainingWindows::from_config(&cfg);
+        let hub_datasets = datasets.iter().filter(|d| !d.hub.is_empty()).map(|d| (d.name.clone(), d.hub.clone())).collect();
         Ok(Self {
             cfg,
             model,
@@ -270,6 +276,7 @@ impl Trainer {
             loss,
             csr_loss,
             datasets,
+            hub_datasets,
             plan,
             state,
             output,
@@ -370,10 +377,9 @@ impl Trainer {
             let text = serde_json::to_string_pretty(&s.state()).expect("scaler state serialises");
             std::fs::write(dir.join(SCALER_STATE), text).map_err(|e| TrainError::io(dir.join(SCALER_STATE).display(), e))?;
         }
-        let hub_datasets = self.datasets.iter().filter_map(|d| Some((d.name.clone(), d.hub.clone()?))).collect();
         let state = TrainerState {
             plan_fingerprint: fingerprint(&self.plan, self.state.global_step),
-            hub_datasets,
+            hub_datasets: self.hub_datasets.clone(),
             ..self.state.clone()
         };
         let st = serde_json::to_string_pretty(&state).expect("state serialises");
@@ -511,10 +517,12 @@ pub fn pin_hub_datasets_for_resume(cfg: &mut Config) -> Result<(), TrainError> {
     };
     let state: TrainerState =
         serde_json::from_slice(&bytes).map_err(|e| other(format!("{}: {e}", output.url_of(&format!("{name}/{TRAINER_STATE}")))))?;
-    for (dataset, pin) in &state.hub_datasets {
+    for (dataset, pins) in &state.hub_datasets {
         if let Some((_, spec)) = cfg.datasets.datasets.iter_mut().find(|(n, _)| n == dataset) {
-            if spec.pin_hub_commit(&pin.commit) {
-                tracing::info!(dataset, repo_id = pin.repo_id, commit = pin.commit, checkpoint = name, "resume: Hub dataset pinned to the checkpoint's commit");
+            if spec.pin_hub_commits(pins) {
+                for pin in pins {
+                    tracing::info!(dataset, repo_id = pin.repo_id, commit = pin.commit, checkpoint = name, "resume: Hub dataset pinned to the checkpoint's commit");
+                }
             }
         }
     }
