@@ -11,6 +11,7 @@
 //! - A source that matches no file, a dataset with no records, a Parquet file without the needed columns: each a
 //!   one-line error naming the dataset, the source and the fix.
 
+mod csv_reader;
 pub mod index;
 mod jsonl;
 pub mod loaders;
@@ -103,7 +104,7 @@ pub enum DataError {
         fix: String,
     },
     /// The format cannot be told from the name.
-    #[error("{file}: cannot tell the format from the file name; name it .jsonl, .jsonl.gz or .parquet, or set `datasets.{dataset}.format`")]
+    #[error("{file}: cannot tell the format from the file name; name it .jsonl, .jsonl.gz, .parquet, .csv or .tsv, or set `datasets.{dataset}.format`")]
     UnknownFormat {
         /// Dataset name.
         dataset: String,
@@ -372,6 +373,10 @@ fn format_of(dataset: &str, file: &str, configured: Option<DataFormat>) -> Resul
         Ok(DataFormat::Jsonl)
     } else if lower.ends_with(".parquet") || lower.ends_with(".pq") {
         Ok(DataFormat::Parquet)
+    } else if lower.ends_with(".csv") {
+        Ok(DataFormat::Csv)
+    } else if lower.ends_with(".tsv") {
+        Ok(DataFormat::Tsv)
     } else {
         Err(DataError::UnknownFormat { dataset: dataset.into(), file: file.into() })
     }
@@ -417,6 +422,9 @@ pub async fn load_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions
                 jsonl::read(&display, flate2::read::MultiGzDecoder::new(std::io::Cursor::new(bytes)), &columns, &mut sink)?
             }
             DataFormat::Parquet => parquet_reader::read(&display, bytes, &columns, &mut sink)?,
+            DataFormat::Csv | DataFormat::Tsv => {
+                csv_reader::read(&display, &bytes, format.delimiter().expect("csv"), &columns, &mut sink)?
+            }
         }
     }
     if sink.examples.is_empty() {

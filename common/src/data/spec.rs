@@ -320,6 +320,23 @@ pub enum DataFormat {
     /// Apache Parquet.
     #[serde(rename = "parquet")]
     Parquet,
+    /// Comma-separated values with a header row (`datasets`' `csv` builder).
+    #[serde(rename = "csv")]
+    Csv,
+    /// Tab-separated values with a header row (`datasets` reads `.tsv` with its `csv` builder, `sep="\t"`).
+    #[serde(rename = "tsv")]
+    Tsv,
+}
+
+impl DataFormat {
+    /// The field delimiter of [`DataFormat::Csv`] and [`DataFormat::Tsv`].
+    pub fn delimiter(self) -> Option<u8> {
+        match self {
+            DataFormat::Csv => Some(b','),
+            DataFormat::Tsv => Some(b'\t'),
+            _ => None,
+        }
+    }
 }
 
 /// `datasets.*.on_bad_record`
