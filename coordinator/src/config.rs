@@ -115,6 +115,11 @@ pub async fn publish_data_plan(
     }
     let output = splade_common::store::Location::parse_with(&cfg.training.output_dir, options)
         .map_err(|e| dataset(e.into()))?;
+    // Seed loader blocks were materialised on this machine: the workers read the copies under output_dir.
+    let mut plan = plan;
+    splade_common::data::loaders::publish_seed_data(&mut plan.datasets, &output, &splade_common::data::loaders::cache_root())
+        .await
+        .map_err(dataset)?;
     let r = plan.publish(&output).await.map_err(dataset)?;
     Ok((plan, splade_proto::domain::DataPlanRef { location: r.location, sha256: r.sha256 }))
 }

@@ -93,6 +93,10 @@ pub struct RecordIndex {
     /// checkpoints record them as `splade train`'s do.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hub: Vec<super::HubPin>,
+    /// A seed loader block's dev split (JSONL, role-named columns): what a cluster's rank 0 evaluates
+    /// `eval_loss` on. `None` for file blocks, which hold rows out with `split_ratio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
 }
 
 impl RecordIndex {
@@ -106,6 +110,7 @@ impl RecordIndex {
             rows: train_ids.iter().map(|&i| loaded.locations[i]).collect(),
             labels: if any_label { train_ids.iter().map(|&i| loaded.examples[i].label.clone()).collect() } else { Vec::new() },
             hub: loaded.hub.iter().cloned().collect(),
+            dev: None,
         }
     }
 

@@ -492,7 +492,7 @@ pub async fn load_training_data_from<'a>(
 ) -> Result<Vec<SplitDataset>, DataError> {
     let mut out = Vec::new();
     for (name, spec) in datasets {
-        let (loaded, spec, eval, hub) = match &spec.loader {
+        let (loaded, spec, eval, hub, dev) = match &spec.loader {
             Some(loader) => {
                 let (files, cache) = seed_files.ok_or_else(|| DataError::Columns {
                     dataset: name.into(),
@@ -506,18 +506,19 @@ pub async fn load_training_data_from<'a>(
                 } else {
                     load_dataset(name, &loaders::Materialized::file_spec(&m.dev), options).await?.examples
                 };
-                (loaded, train_spec, Some(eval), m.hub)
+                let dev = (m.rows[1] > 0).then(|| m.dev.display().to_string());
+                (loaded, train_spec, Some(eval), m.hub, dev)
             }
             None => {
                 let loaded = load_dataset(name, spec, options).await?;
                 let hub = loaded.hub.iter().cloned().collect();
-                (loaded, spec.clone(), None, hub)
+                (loaded, spec.clone(), None, hub, None)
             }
         };
         let (train_ids, eval_ids) = loaded.split_indices(spec.split_ratio, seed);
         let pick = |ids: &[usize]| ids.iter().map(|&i| loaded.examples[i].clone()).collect::<Vec<_>>();
         let (train, eval) = (pick(&train_ids), eval.unwrap_or_else(|| pick(&eval_ids)));
-        let index = RecordIndex { hub: hub.clone(), ..RecordIndex::new(name, &spec, &loaded, &train_ids) };
+        let index = RecordIndex { hub: hub.clone(), dev, ..RecordIndex::new(name, &spec, &loaded, &train_ids) };
         out.push(SplitDataset {
             name: name.to_string(),
             train,

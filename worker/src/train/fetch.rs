@@ -107,6 +107,7 @@ mod tests {
                 rows: (0..n).map(|i| RecordLoc(0, i as u64, 1)).collect(),
                 labels,
                 hub: Vec::new(),
+                dev: None,
             }],
         }
     }

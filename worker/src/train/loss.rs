@@ -251,6 +251,7 @@ mod tests {
             rows: (0..labels.len()).map(|i| RecordLoc(0, 100 * i as u64, 90)).collect(),
             labels,
             hub: Vec::new(),
+                dev: None,
         }
     }
 

@@ -33,6 +33,9 @@ pub struct Trainer {
     /// The Hub commits each dataset block read (from the datasets, or from a data plan's record indexes):
     /// what checkpoints record ([`TrainerState::hub_datasets`]).
     pub hub_datasets: std::collections::BTreeMap<String, Vec<splade_common::data::HubPin>>,
+    /// Following a data plan: each seed loader block's dev split file as the plan names it (its copy under
+    /// `output_dir`), which a cluster's rank 0 evaluates `eval_loss` on. Empty otherwise.
+    pub plan_dev_files: std::collections::BTreeMap<String, String>,
     pub plan: BatchPlan,
     pub state: TrainerState,
     pub output: Location,
@@ -207,6 +210,7 @@ impl Trainer {
         let global_batch = plan.batches.first().map_or(0, |b| b.rows.len());
         let mut t = Self::from_parts(cfg, device, Vec::new(), plan.plan(), global_batch, micro_batches)?;
         t.hub_datasets = plan.datasets.iter().filter(|d| !d.hub.is_empty()).map(|d| (d.dataset.clone(), d.hub.clone())).collect();
+        t.plan_dev_files = plan.datasets.iter().filter_map(|d| Some((d.dataset.clone(), d.dev.clone()?))).collect();
         Ok(t)
     }
 
@@ -277,6 +281,7 @@ impl Trainer {
             csr_loss,
             datasets,
             hub_datasets,
+            plan_dev_files: Default::default(),
             plan,
             state,
             output,

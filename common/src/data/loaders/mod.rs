@@ -137,9 +137,15 @@ impl Materialized {
     /// A file block reading split `path` (one of [`Materialized::train`], `dev`, `test`): JSONL, role-named
     /// columns, nothing held out.
     pub fn file_spec(path: &Path) -> DatasetSpec {
+        Self::file_spec_at(&path.display().to_string())
+    }
+
+    /// [`Materialized::file_spec`] for a split file at `location` (a local path or an object-store URL: a
+    /// published copy, [`publish_seed_data`]).
+    pub fn file_spec_at(location: &str) -> DatasetSpec {
         DatasetSpec {
             enabled: true,
-            source: path.display().to_string(),
+            source: location.to_string(),
             config: None,
             split: None,
             format: Some(DataFormat::Jsonl),
@@ -842,4 +848,40 @@ impl SplitFiles for HubSplitFiles {
     fn hub_pin(&self, repo: &str) -> Option<HubPin> {
         self.resolved.lock().expect("not poisoned").get(repo).and_then(|(_, p)| p.clone())
     }
+}
+
+/// Publishes the materialised seed-data files a data plan points at to `<output>/seed-data/<digest>/` and points
+/// the plan there, so cluster workers on other machines read them from the store (they have neither the
+/// coordinator's `$SPLADE_CACHE` nor need the Hub). Files under `<cache_root>/seed-data/` are copied (a copy of
+/// the same size already there is kept: the folders are content-addressed); every other file is left as it is.
+/// Both the training rows ([`crate::data::RecordIndex::files`]) and the dev split
+/// ([`crate::data::RecordIndex::dev`]) are published. Errors name the file or the store location.
+pub async fn publish_seed_data(
+    datasets: &mut [crate::data::RecordIndex],
+    output: &crate::store::Location,
+    cache_root: &Path,
+) -> Result<(), DataError> {
+    let root = std::path::absolute(cache_root.join("seed-data")).unwrap_or_else(|_| cache_root.join("seed-data"));
+    for index in datasets.iter_mut() {
+        let urls = index.files.iter_mut().map(|f| &mut f.url).chain(index.dev.as_mut());
+        for url in urls {
+            let path = PathBuf::from(url.as_str());
+            let seed_data = cache_root.join("seed-data");
+            let Ok(rel) = path.strip_prefix(&root).or_else(|_| path.strip_prefix(&seed_data)) else { continue };
+            let rel = format!("seed-data/{}", rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/"));
+            let key = output.child(&rel);
+            let size = std::fs::metadata(&path).map_err(|e| io_err(&path, e))?.len();
+            let present = output.store().head(&key).await.is_ok_and(|m| m.size == size);
+            if !present {
+                let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+                output.store().put(&key, bytes.into()).await.map_err(|source| crate::store::StoreError::ObjectStore {
+                    location: output.url_of(&rel),
+                    source,
+                })?;
+                tracing::info!(file = %path.display(), published = output.url_of(&rel), "seed-data file published for the workers");
+            }
+            *url = output.url_of(&rel);
+        }
+    }
+    Ok(())
 }
