@@ -47,7 +47,6 @@ pub const INACTIVE_KEYS: &[(&str, &str)] = &[
     ("training.torch_compile", "libtorch runs eager kernels from Rust; torch.compile is a Python-side graph compiler"),
     ("hardware.gradient_checkpointing", "not needed here: the lean max-pooled head never builds the [batch, length, vocabulary] logits, and `document_windows` bounds the sequence length; those are this project's answer to activation memory"),
     ("hardware.tf32", "libtorch's TF32 defaults apply (cuDNN convolutions on, cuBLAS matmuls off); NVIDIA_TF32_OVERRIDE=0 turns it off everywhere"),
-    ("evaluation.mteb_tasks", "the names are checked and mapped to MTEB task names; like the seed's training script, training does not evaluate them: run `splade eval --model OUT/final --task NorQuadRetrieval` (MTEB names resolve from the Hub)"),
 ];
 
 const HUB_REASON: &str =

@@ -125,7 +125,7 @@ fn empty_and_defaults() {
 fn inactive_keys_lists_only_those_set_and_on() {
     let c = parse(FULL).unwrap();
     let keys: Vec<String> = c.inactive_keys().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, vec!["training.push_to_hub", "training.hub_model_id", "evaluation.mteb_tasks"]);
+    assert_eq!(keys, vec!["training.push_to_hub", "training.hub_model_id"]);
     // Each comes with its reason.
     assert!(c.inactive_keys()[0].1.contains("huggingface-cli upload"), "{:?}", c.inactive_keys());
     // torch_compile: false is set but off.

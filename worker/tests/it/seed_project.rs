@@ -84,6 +84,21 @@ fn seed_world(root: &Path) -> (PathBuf, PathBuf) {
         .unwrap();
     assert!(out.status.success(), "st_nanobeir.py make-fixture:\n{}", String::from_utf8_lossy(&out.stderr));
     write_hub_repo(&cache, RepoKind::Dataset, "sentence-transformers/NanoBEIR-en", &files_of_dir(&nano));
+    // The seed configs' `mteb_tasks: ["NorQuAD", "SNL"]`, evaluated during training: stand-ins in MTEB's retrieval
+    // layout at the revisions MTEB pins.
+    let mteb = root.join("mteb-task");
+    let out = Command::new(ref_python())
+        .arg(repo().join("scripts/reference/mteb_fixture.py"))
+        .args(["--norquad", repo().join("data/norquad").to_str().unwrap(), "--repo", mteb.to_str().unwrap(), "--beir"])
+        .arg(root.join("mteb-beir"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mteb_fixture.py:
+{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["NorQuadRetrieval", "SNLRetrieval"] {
+        let task = splade_common::config::mteb::resolve_task(name).unwrap().task;
+        splade_tests::hub::write_hub_repo_at(&cache, RepoKind::Dataset, task.dataset, task.revision, &files_of_dir(&mteb));
+    }
     for (id, dir) in model_stand_ins() {
         write_hub_repo(&cache, RepoKind::Model, id, &files_of_dir(&dir));
     }
