@@ -462,3 +462,55 @@ fn csv_and_tsv_data_files_give_the_rows_datasets_load_dataset_csv_gives() {
     let again = splade_common::store::block_on(reader.read_rows("csv", &rows)).unwrap();
     assert_eq!(again, rows.iter().map(|&i| ours.examples[i].clone()).collect::<Vec<_>>());
 }
+
+/// A dataset with a loading script and no data files is read from its `refs/convert/parquet` branch, served by
+/// the loopback Hub as a second revision of the repo: configs and splits as the conversion names them
+/// (`<config>/<split>/*.parquet`), the rows of its Parquet files, the conversion's commit recorded as the pin,
+/// and the downloaded files found again offline.
+#[test]
+fn script_dataset_reads_its_refs_convert_parquet_branch_from_a_loopback_hub() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, validation, other) = (rows(0..5), rows(5..8), rows(8..10));
+    let main_files = vec![
+        ("README.md".into(), b"---\nlicense: cc0-1.0\n---\n# A script dataset\n".to_vec()),
+        ("scripted.py".into(), b"import datasets\n# a loading script\n".to_vec()),
+    ];
+    let converted = vec![
+        ("default/train/0000.parquet".into(), parquet(tmp.path(), "train", &train)),
+        ("default/validation/0000.parquet".into(), parquet(tmp.path(), "validation", &validation)),
+        ("other/train/0000.parquet".into(), parquet(tmp.path(), "other", &other)),
+    ];
+    let (main_commit, conv_commit) = ("1111111111111111111111111111111111111111", "2222222222222222222222222222222222222222");
+    let server = LoopbackHub::start(vec![
+        HostedRepo::new(RepoKind::Dataset, "test-org/scripted", main_commit, main_files),
+        HostedRepo::new(RepoKind::Dataset, "test-org/scripted", conv_commit, converted).at_revision("refs/convert/parquet"),
+    ]);
+    let cache = tmp.path().join("cache");
+    let hub = Hub::from_env().with_cache_dir(cache.clone()).with_offline(false).with_endpoint(&server.url);
+    let repo = hub.dataset("test-org/scripted", None).unwrap();
+    assert_eq!(repo.commit, main_commit);
+    assert_eq!(repo.configs().unwrap(), ["default", "other"]);
+    assert_eq!(repo.splits(None).unwrap(), ["train", "validation"]);
+    let (from, files) = repo.resolved_split(Some("default"), "validation").unwrap();
+    assert_eq!((from.revision.as_str(), from.commit.as_str()), ("refs/convert/parquet", conv_commit));
+    assert_eq!(files, ["default/validation/0000.parquet"]);
+
+    // Through a dataset block, online, then offline from what was downloaded.
+    std::env::set_var("HF_ENDPOINT", &server.url);
+    std::env::set_var("HF_HUB_CACHE", &cache);
+    for (split, config, want) in [("validation", None, &validation), ("train", Some("other"), &other), ("train", None, &train)] {
+        let got = load_dataset_blocking("s", &spec("test-org/scripted", config, Some(split)), &StoreOptions::default()).unwrap();
+        let anchors: Vec<&str> = got.examples.iter().map(|e| e.anchor.as_str()).collect();
+        let want: Vec<&str> = want.iter().map(|r| r["anchor"].as_str().unwrap()).collect();
+        assert_eq!(anchors, want, "{config:?}/{split}");
+        let pin = got.hub.unwrap();
+        assert_eq!((pin.revision.as_str(), pin.commit.as_str()), ("refs/convert/parquet", conv_commit));
+    }
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let offline = load_dataset_blocking("s", &spec("test-org/scripted", None, Some("validation")), &StoreOptions::default()).unwrap();
+    assert_eq!(offline.examples.len(), validation.len());
+    // A split the conversion lacks names the ones it has.
+    std::env::remove_var("HF_HUB_OFFLINE");
+    let e = load_dataset_blocking("s", &spec("test-org/scripted", None, Some("test")), &StoreOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("test") && e.contains("train, validation"), "{e}");
+}
