@@ -588,3 +588,13 @@ mod mutated_configs {
         }
     }
 }
+
+#[test]
+fn hardware_tf32_is_acted_on_and_said_to_do_nothing_on_cpu() {
+    let cpu = parse("model:\n  base_model: x\nhardware:\n  device: cpu\n  tf32: true\n").unwrap();
+    assert!(cpu.inactive_keys().is_empty(), "{:?}", cpu.inactive_keys());
+    let notes = cpu.startup_notes();
+    assert!(notes.iter().any(|n| n == "cfg.yaml:5: `hardware.tf32` has no effect on CPU: TF32 is a CUDA matmul and cuDNN mode"), "{notes:?}");
+    let cuda = parse("model:\n  base_model: x\nhardware:\n  device: cuda\n  tf32: true\n").unwrap();
+    assert!(cuda.startup_notes().is_empty(), "{:?}", cuda.startup_notes());
+}

@@ -229,6 +229,7 @@ impl Trainer {
             )));
         }
         crate::model::set_pin_memory(cfg.training.dataloader_pin_memory.unwrap_or(true));
+        crate::amp::apply_tf32(cfg.hardware.tf32, device);
         let dir = resolve_model(&cfg.model.base_model)?;
         let mut model = SparseEncoder::load(&dir, device, &load_options(&cfg))?;
         inference_free::prepare_model(&mut model, &cfg)?;
