@@ -55,6 +55,7 @@ fn spec(source: &str, config: Option<&str>, split: Option<&str>) -> DatasetSpec 
         max_samples: None,
         on_bad_record: OnBadRecord::Error,
         loader: None,
+        hub_commits: Default::default(),
     }
 }
 
@@ -393,4 +394,123 @@ fn hub_gated_repo_without_a_token_says_to_set_hf_token() {
     assert_eq!(std::fs::read(&repo.split_files(None, "train").unwrap()[0]).unwrap(), jsonl(&rows(0..2)));
     let missing = hub.dataset("test-org/nothing", None).unwrap_err();
     assert!(matches!(missing, HubError::RepoNotFound { .. }), "{missing}");
+}
+
+/// Our rows of `files` (a CSV or TSV source) against `datasets.load_dataset("csv", data_files=files)`'s rows: every
+/// row `datasets` yields with all four columns present is ours, in order; each row with a missing value there
+/// (`None`: an empty field, `NA`, a short row) is a bad record here (skipped under `on_bad_record: skip`), as a JSON
+/// `null` is. Returns our dataset.
+fn assert_rows_equal_datasets_csv(tmp: &Path, source: &str, files: &[PathBuf]) -> splade_common::data::LoadedDataset {
+    let args: Vec<&str> = std::iter::once("load-csv").chain(files.iter().map(|p| p.to_str().unwrap())).collect();
+    let theirs: Vec<serde_json::Value> = serde_json::from_str(&hub_check(tmp, false, &args)).unwrap();
+    let spec = DatasetSpec { on_bad_record: OnBadRecord::Skip, ..spec(source, None, None) };
+    let ours = load_dataset_blocking("csv", &spec, &StoreOptions::default()).unwrap();
+    let complete: Vec<&serde_json::Value> =
+        theirs.iter().filter(|r| ["anchor", "positive", "negative", "label"].iter().all(|c| !r[c].is_null())).collect();
+    assert!(complete.len() >= 3 && complete.len() < theirs.len(), "the fixture has complete and incomplete rows: {theirs:?}");
+    assert_eq!(ours.bad_records, theirs.len() - complete.len(), "{source}: rows with a missing value, theirs: {theirs:?}");
+    assert_eq!(ours.examples.len(), complete.len(), "{source}: ours {:?}\ntheirs {theirs:?}", ours.examples);
+    for (o, t) in ours.examples.iter().zip(&complete) {
+        assert_eq!(o.anchor, t["anchor"].as_str().unwrap(), "{source}");
+        assert_eq!(o.positive, t["positive"].as_str().unwrap(), "{source}");
+        assert_eq!(o.negatives, [t["negative"].as_str().unwrap()], "{source}");
+        assert_eq!(o.label, Some(vec![t["label"].as_f64().unwrap() as f32]), "{source}");
+    }
+    ours
+}
+
+/// CSV and TSV data files (quoted commas and doubled quotes, a field spanning lines, CRLF ends, a byte-order
+/// mark, a blank line, empty fields, pandas' `NA`, a short row) give the rows `datasets.load_dataset("csv")`
+/// gives, as a local source, as a Hub dataset's data files, and again through the ranged reader a cluster
+/// worker reads its slices with.
+#[test]
+fn csv_and_tsv_data_files_give_the_rows_datasets_load_dataset_csv_gives() {
+    use splade_common::data::{RangedReader, RecordIndex};
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = "\u{feff}anchor,positive,negative,label\r\n\
+        \"Hva er \"\"NRK\"\"?\",\"Kringkaster, norsk\",Noe annet,0.5\r\n\
+        Hvor ligger Bergen?,\"Bergen ligger\r\npå Vestlandet.\",Oslo er hovedstaden,-1.25\r\n\
+        \r\n\
+        Tom negativ,Et svar,,1\r\n\
+        NA,Et svar,En annen,2\r\n\
+        Kort rad,Bare to\r\n\
+        Blåbær og æøå,Syltetøy,  med mellomrom  ,3e-2\r\n";
+    let tsv = "anchor\tpositive\tnegative\tlabel\n\
+        spørsmål én\tsvar med, komma\t\"fanget\ttab\"\t7\n\
+        spørsmål to\tsvar to\tnull\t8\n\
+        spørsmål tre\t\"sitat \"\"x\"\"\"\tannet\t9.5\n\
+        spørsmål fire\tsvar fire\tannet fire\t10\n";
+    let csv_path = tmp.path().join("pairs.csv");
+    let tsv_path = tmp.path().join("pairs.tsv");
+    std::fs::write(&csv_path, csv).unwrap();
+    std::fs::write(&tsv_path, tsv).unwrap();
+    let ours = assert_rows_equal_datasets_csv(tmp.path(), csv_path.to_str().unwrap(), &[csv_path.clone()]);
+    assert_rows_equal_datasets_csv(tmp.path(), tsv_path.to_str().unwrap(), &[tsv_path.clone()]);
+
+    // The same file as a Hub dataset's data file.
+    let cache = tmp.path().join("hub");
+    write_hub_repo(&cache, RepoKind::Dataset, "test-org/csv-mini", &[("data/train.csv".into(), csv.as_bytes().to_vec())]);
+    offline_env(&cache);
+    let from_hub = load_dataset_blocking("csv", &DatasetSpec { on_bad_record: OnBadRecord::Skip, ..spec("test-org/csv-mini", None, None) }, &StoreOptions::default()).unwrap();
+    assert_eq!(from_hub.examples, ours.examples);
+
+    // A worker's ranged reads parse the same records again from their byte ranges.
+    let ids: Vec<usize> = (0..ours.examples.len()).collect();
+    let index = RecordIndex::new("csv", &spec(csv_path.to_str().unwrap(), None, None), &ours, &ids);
+    let mut reader = RangedReader::new([index], StoreOptions::default());
+    let rows: Vec<usize> = ids.iter().rev().copied().collect();
+    let again = splade_common::store::block_on(reader.read_rows("csv", &rows)).unwrap();
+    assert_eq!(again, rows.iter().map(|&i| ours.examples[i].clone()).collect::<Vec<_>>());
+}
+
+/// A dataset with a loading script and no data files is read from its `refs/convert/parquet` branch, served by
+/// the loopback Hub as a second revision of the repo: configs and splits as the conversion names them
+/// (`<config>/<split>/*.parquet`), the rows of its Parquet files, the conversion's commit recorded as the pin,
+/// and the downloaded files found again offline.
+#[test]
+fn script_dataset_reads_its_refs_convert_parquet_branch_from_a_loopback_hub() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, validation, other) = (rows(0..5), rows(5..8), rows(8..10));
+    let main_files = vec![
+        ("README.md".into(), b"---\nlicense: cc0-1.0\n---\n# A script dataset\n".to_vec()),
+        ("scripted.py".into(), b"import datasets\n# a loading script\n".to_vec()),
+    ];
+    let converted = vec![
+        ("default/train/0000.parquet".into(), parquet(tmp.path(), "train", &train)),
+        ("default/validation/0000.parquet".into(), parquet(tmp.path(), "validation", &validation)),
+        ("other/train/0000.parquet".into(), parquet(tmp.path(), "other", &other)),
+    ];
+    let (main_commit, conv_commit) = ("1111111111111111111111111111111111111111", "2222222222222222222222222222222222222222");
+    let server = LoopbackHub::start(vec![
+        HostedRepo::new(RepoKind::Dataset, "test-org/scripted", main_commit, main_files),
+        HostedRepo::new(RepoKind::Dataset, "test-org/scripted", conv_commit, converted).at_revision("refs/convert/parquet"),
+    ]);
+    let cache = tmp.path().join("cache");
+    let hub = Hub::from_env().with_cache_dir(cache.clone()).with_offline(false).with_endpoint(&server.url);
+    let repo = hub.dataset("test-org/scripted", None).unwrap();
+    assert_eq!(repo.commit, main_commit);
+    assert_eq!(repo.configs().unwrap(), ["default", "other"]);
+    assert_eq!(repo.splits(None).unwrap(), ["train", "validation"]);
+    let (from, files) = repo.resolved_split(Some("default"), "validation").unwrap();
+    assert_eq!((from.revision.as_str(), from.commit.as_str()), ("refs/convert/parquet", conv_commit));
+    assert_eq!(files, ["default/validation/0000.parquet"]);
+
+    // Through a dataset block, online, then offline from what was downloaded.
+    std::env::set_var("HF_ENDPOINT", &server.url);
+    std::env::set_var("HF_HUB_CACHE", &cache);
+    for (split, config, want) in [("validation", None, &validation), ("train", Some("other"), &other), ("train", None, &train)] {
+        let got = load_dataset_blocking("s", &spec("test-org/scripted", config, Some(split)), &StoreOptions::default()).unwrap();
+        let anchors: Vec<&str> = got.examples.iter().map(|e| e.anchor.as_str()).collect();
+        let want: Vec<&str> = want.iter().map(|r| r["anchor"].as_str().unwrap()).collect();
+        assert_eq!(anchors, want, "{config:?}/{split}");
+        let pin = got.hub.unwrap();
+        assert_eq!((pin.revision.as_str(), pin.commit.as_str()), ("refs/convert/parquet", conv_commit));
+    }
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let offline = load_dataset_blocking("s", &spec("test-org/scripted", None, Some("validation")), &StoreOptions::default()).unwrap();
+    assert_eq!(offline.examples.len(), validation.len());
+    // A split the conversion lacks names the ones it has.
+    std::env::remove_var("HF_HUB_OFFLINE");
+    let e = load_dataset_blocking("s", &spec("test-org/scripted", None, Some("test")), &StoreOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("test") && e.contains("train, validation"), "{e}");
 }

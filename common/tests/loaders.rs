@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
-use splade_common::data::loaders::{self, nprandom, DirSplitFiles};
+use splade_common::data::loaders::{self, nprandom, DirSplitFiles, HubSplitFiles};
 use splade_common::data::{load_training_data_from, SeedLoader};
 use splade_common::config::Config;
 use splade_common::store::StoreOptions;
@@ -318,8 +318,8 @@ fn seed_loader_block_reads_its_hub_dataset_from_the_hub_cache_offline() {
     let readme = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: default/train/*.parquet\n  - split: dev\n    path: default/dev/*.parquet\n  - split: test\n    path: default/test/*.parquet\n---\n";
     files.push(("README.md".into(), readme.as_bytes().to_vec()));
     let hub_cache = tmp.path().join("hub-cache");
-    write_hub_repo(&hub_cache, RepoKind::Dataset, "Fremtind/all-nli-norwegian", &files);
-    let hub = Hub::from_env().with_cache_dir(hub_cache).with_offline(true);
+    let commit = write_hub_repo(&hub_cache, RepoKind::Dataset, "Fremtind/all-nli-norwegian", &files);
+    let hub = HubSplitFiles::new(Hub::from_env().with_cache_dir(hub_cache).with_offline(true));
 
     let config = datasets_section("  nli: {enabled: true}\n");
     let (name, spec) = config.datasets.enabled().next().unwrap();
@@ -331,11 +331,15 @@ fn seed_loader_block_reads_its_hub_dataset_from_the_hub_cache_offline() {
     for (a, b) in [(&from_hub.train, &from_dir.train), (&from_hub.dev, &from_dir.dev), (&from_hub.test, &from_dir.test)] {
         assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), "{} vs {}", a.display(), b.display());
     }
+    // The commit read is recorded (what checkpoints keep); a folder is no Hub dataset.
+    let pin = splade_common::data::HubPin { repo_id: "Fremtind/all-nli-norwegian".into(), revision: "main".into(), commit };
+    assert_eq!(from_hub.hub, vec![pin]);
+    assert!(from_dir.hub.is_empty());
     // A second run finds the materialised folder instead of writing it again.
     let again = loaders::materialize(name, loader, &hub, &tmp.path().join("cache-a")).unwrap();
     assert_eq!(again, from_hub);
     // Missing from the cache while offline: the error names the Hub id.
-    let empty = Hub::from_env().with_cache_dir(tmp.path().join("empty")).with_offline(true);
+    let empty = HubSplitFiles::new(Hub::from_env().with_cache_dir(tmp.path().join("empty")).with_offline(true));
     let e = loaders::materialize(name, loader, &empty, &tmp.path().join("cache-c")).unwrap_err().to_string();
     assert!(e.contains("Fremtind/all-nli-norwegian") && e.contains("HF_HUB_OFFLINE"), "{e}");
 }

@@ -73,7 +73,7 @@ pub async fn check_datasets(
             // A seed loader block: its Hub datasets' files (and PAWS-X folder), read at planning.
             Some(loader) => {
                 if hub.is_none() {
-                    hub = Some(splade_common::data::loaders::hub_split_files().map_err(dataset)?);
+                    hub = Some(splade_common::data::loaders::hub_split_files(Default::default()).map_err(dataset)?);
                 }
                 let files = hub.as_deref().expect("set above");
                 splade_common::data::loaders::input_files(name, loader, files).map_err(dataset)?.len()
@@ -116,6 +116,11 @@ pub async fn publish_data_plan(
     }
     let output = splade_common::store::Location::parse_with(&cfg.training.output_dir, options)
         .map_err(|e| dataset(e.into()))?;
+    // Seed loader blocks were materialised on this machine: the workers read the copies under output_dir.
+    let mut plan = plan;
+    splade_common::data::loaders::publish_seed_data(&mut plan.datasets, &output, &splade_common::data::loaders::cache_root())
+        .await
+        .map_err(dataset)?;
     let r = plan.publish(&output, cfg.cluster.data_plan_chunk_steps).await.map_err(dataset)?;
     Ok((plan, splade_proto::domain::DataPlanRef { location: r.location, sha256: r.sha256 }))
 }

@@ -8,6 +8,8 @@ Subcommands (each prints JSON on stdout, exits non-zero with the reason on stder
   write-cache CACHE REPO_ID TYPE DIR   writes DIR's files into CACHE as huggingface_hub's own download code does
                                   (its blob naming, _create_symlink and refs helpers); prints {"commit": ...}
   load-parquet FILE...            rows of datasets.load_dataset("parquet", data_files=[...], split="train")
+  load-csv FILE...                rows of datasets.load_dataset("csv", data_files=[...], split="train"), with
+                                  sep="\t" for .tsv files as datasets gives them when it infers the builder
   make-parquet OUT ROWS.json      writes ROWS (a list of objects) as a Parquet file with pyarrow
   data-files SPEC.json            datasets' own resolution (load_dataset_builder) of each [DIR, CONFIG or null] in
                                   SPEC, local folders with README configs or default patterns: a list of
@@ -88,6 +90,14 @@ def load_parquet(files):
     print(json.dumps([dict(r) for r in ds], ensure_ascii=False))
 
 
+def load_csv(files):
+    import datasets
+
+    kw = {"sep": "\t"} if all(f.endswith(".tsv") for f in files) else {}
+    ds = datasets.load_dataset("csv", data_files=list(files), split="train", **kw)
+    print(json.dumps([dict(r) for r in ds], ensure_ascii=False))
+
+
 def make_parquet(out, rows_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -115,6 +125,7 @@ if __name__ == "__main__":
         "read-cache": read_cache,
         "write-cache": write_cache,
         "load-parquet": lambda *a: load_parquet(a),
+        "load-csv": lambda *a: load_csv(a),
         "make-parquet": make_parquet,
         "data-files": data_files,
     }[cmd](*args)

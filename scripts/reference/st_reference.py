@@ -71,6 +71,36 @@ def remote_code_import_path(folder):
             sys.path.insert(0, root)
 
 
+def remote_code_post_init_shim():
+    """transformers 5 sets `all_tied_weights_keys` (and more) in `PreTrainedModel.post_init()`, which every model
+    class must call at the end of its __init__; norbench's modeling_norbert.py (the NorBERT3 fixture's copy, written
+    for 4.x) never calls it, so loading fails with "no attribute 'all_tied_weights_keys'". The shim calls it after
+    __init__ for every model class that did not. Nothing changes on 4.x, nor for classes that call it."""
+    import transformers
+    from transformers import PreTrainedModel
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return
+    original = PreTrainedModel.__init_subclass__.__func__ if hasattr(PreTrainedModel.__init_subclass__, "__func__") else None
+
+    def init_subclass(cls, **kw):
+        if original is not None:
+            original(cls, **kw)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_post_init_shim", False):
+            return
+
+        def wrapped(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            if type(self) is cls and "all_tied_weights_keys" not in self.__dict__:
+                self.post_init()
+
+        wrapped._post_init_shim = True
+        cls.__init__ = wrapped
+
+    PreTrainedModel.__init_subclass__ = classmethod(init_subclass)
+
+
 def cmd_encode(a):
     import tempfile
 
@@ -81,6 +111,7 @@ def cmd_encode(a):
     if a.trust_remote_code:
         os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="st-reference-modules-"))
         remote_code_import_path(a.model)
+        remote_code_post_init_shim()
         kwargs["trust_remote_code"] = True
     model, msgs = load_capturing(a.model, **kwargs)
     if a.max_length:

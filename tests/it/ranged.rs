@@ -89,3 +89,72 @@ async fn cluster_workers_read_only_their_slices_from_s3() {
         assert_eq!(metric_by_rank[&rank], published.manifest_bytes + all, "rank {rank}'s plan-bytes metric");
     }
 }
+
+/// A seed loader block in a cluster: the coordinator materialises it from its hub cache and publishes the split
+/// files under `output_dir` (S3 on moto), and the data plan points there. A worker with neither the hub cache nor
+/// the coordinator's seed-data cache then reads the same training rows through its ranged reader, and a
+/// plan-following rank 0 the same dev rows for `eval_loss`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_loader_block_files_are_published_under_output_dir_for_workers_on_other_machines() {
+    use splade_common::data::{load_training_data, RangedReader};
+    use splade_tests::fixtures::{ref_python, repo};
+    use splade_tests::hub::{files_of_dir, write_hub_repo, RepoKind};
+    let moto = tokio::task::spawn_blocking(MotoServer::start).await.unwrap();
+    moto.create_bucket("splade-data");
+    let opts = splade_common::store::StoreOptions { overrides: moto.store_overrides() };
+    let tmp = tempfile::tempdir().unwrap();
+
+    // The seed's NLI fixture as Hub dataset `Fremtind/all-nli-norwegian` in the coordinator's hub cache.
+    let fixtures = tmp.path().join("fixtures");
+    let out = std::process::Command::new(ref_python())
+        .arg(repo().join("scripts/seed_loaders_ref.py"))
+        .args(["fixtures", fixtures.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "seed_loaders_ref.py fixtures:\n{}", String::from_utf8_lossy(&out.stderr));
+    let mut files = files_of_dir(&fixtures.join("hub/Fremtind/all-nli-norwegian"));
+    let readme = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: default/train/*.parquet\n  - split: dev\n    path: default/dev/*.parquet\n  - split: test\n    path: default/test/*.parquet\n---\n";
+    files.push(("README.md".into(), readme.as_bytes().to_vec()));
+    let hub_cache = tmp.path().join("hub");
+    write_hub_repo(&hub_cache, RepoKind::Dataset, "Fremtind/all-nli-norwegian", &files);
+    let seed_cache = tmp.path().join("seed-cache");
+    // This test process is the coordinator, then a worker (nextest runs each test in its own process).
+    std::env::set_var("HF_HUB_CACHE", &hub_cache);
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    std::env::set_var("SPLADE_CACHE", &seed_cache);
+    for (k, v) in moto.env() {
+        std::env::set_var(k, v);
+    }
+
+    let output = "s3://splade-data/run";
+    let yaml = job_yaml(Path::new(output), Path::new("@DATA@"), 4, 8, 4, 2, (2, 2))
+        .replace("  toy:\n    source: @DATA@\n", "  nli:\n    enabled: true\n")
+        .replace("  report_to: none\n", "  report_to: none\n  eval_strategy: steps\n  eval_steps: 2\n");
+    let cfg = parse(&yaml);
+    let local = load_training_data(cfg.datasets.enabled(), cfg.training.seed, &opts).await.unwrap();
+    let (_, job) = splade_coordinator::config::from_config(&cfg).unwrap();
+    let (plan, plan_ref) = splade_coordinator::config::publish_data_plan(&cfg, &job, &opts).await.unwrap();
+    let nli = plan.dataset("nli").unwrap();
+    assert_eq!(nli.files.len(), 1);
+    for url in [&nli.files[0].url, nli.dev.as_ref().expect("the nli block has dev rows")] {
+        assert!(url.starts_with("s3://splade-data/run/seed-data/"), "{url}");
+    }
+
+    // A worker elsewhere: no seed-data cache, an empty hub cache.
+    std::fs::remove_dir_all(&seed_cache).unwrap();
+    std::env::set_var("HF_HUB_CACHE", tmp.path().join("empty-hub"));
+    let fetched = PublishedPlan::fetch(&DataPlanRef { location: plan_ref.location, sha256: plan_ref.sha256 }, &opts).await.unwrap();
+    assert_eq!(fetched.manifest.datasets[0].files, nli.files, "the manifest points workers at the published copies");
+    let mut reader = RangedReader::new(plan.datasets.clone(), opts.clone());
+    let rows: Vec<usize> = (0..local[0].train.len()).collect();
+    assert_eq!(reader.read_rows("nli", &rows).await.unwrap(), local[0].train);
+    let dev = tokio::task::spawn_blocking(move || {
+        let trainer = splade_worker::train::Trainer::with_plan(cfg, tch::Device::Cpu, std::sync::Arc::new(fetched), 1).unwrap();
+        splade_worker::train::dev::plan_dev_sets(&trainer).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(dev.len(), 1);
+    assert_eq!((dev[0].name.as_str(), &dev[0].rows), ("nli", &local[0].eval));
+    assert!(!local[0].eval.is_empty());
+}

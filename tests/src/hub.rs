@@ -92,8 +92,11 @@ pub struct HostedRepo {
     pub kind: RepoKind,
     /// `owner/name`; under `gated-org/` it is refused without `Authorization: Bearer good-token`.
     pub repo_id: String,
-    /// The commit `main` resolves to.
+    /// The commit `revision` resolves to.
     pub commit: String,
+    /// The branch this entry serves (`main`; `refs/convert/parquet` for a dataset's Parquet conversion, served
+    /// as a second entry of the same repo id).
+    pub revision: String,
     /// Repo-relative path and content.
     pub files: Vec<(String, Vec<u8>)>,
     /// Files listed by the API whose download answers HTTP 500 (a broken download).
@@ -103,7 +106,13 @@ pub struct HostedRepo {
 impl HostedRepo {
     /// A repo with these files and no failing download.
     pub fn new(kind: RepoKind, repo_id: &str, commit: &str, files: Vec<(String, Vec<u8>)>) -> HostedRepo {
-        HostedRepo { kind, repo_id: repo_id.into(), commit: commit.into(), files, failing: Vec::new() }
+        HostedRepo { kind, repo_id: repo_id.into(), commit: commit.into(), revision: "main".into(), files, failing: Vec::new() }
+    }
+
+    /// The same repo's branch `revision` (e.g. `refs/convert/parquet`) at `commit` with `files`.
+    pub fn at_revision(mut self, revision: &str) -> HostedRepo {
+        self.revision = revision.into();
+        self
     }
 }
 
@@ -171,9 +180,27 @@ fn answer(base: &str, repos: &[HostedRepo], req: &tiny_http::Request) -> tiny_ht
             RepoKind::Model => (format!("/api/models/{}/", r.repo_id), format!("/{}/resolve/", r.repo_id)),
             RepoKind::Dataset => (format!("/api/datasets/{}/", r.repo_id), format!("/datasets/{}/resolve/", r.repo_id)),
         };
-        let rev_ok = |rev: &str| rev == "main" || rev == r.commit;
+        // Revisions arrive percent-encoded (`refs%2Fconvert%2Fparquet`).
+        let rev_ok = |rev: &str| {
+            let rev = rev.replace("%2F", "/").replace("%2f", "/");
+            rev == r.revision || rev == r.commit
+        };
         let mine = path.starts_with(&api) || path.starts_with(&files_prefix);
         if !mine {
+            continue;
+        }
+        // Another entry of the same repo may serve this revision.
+        let asked = path
+            .strip_prefix(&api)
+            .and_then(|rest| rest.strip_prefix("revision/").or_else(|| rest.strip_prefix("tree/")))
+            .map(|r| r.split('/').next().unwrap_or(r))
+            .or_else(|| path.strip_prefix(&files_prefix).and_then(|rest| rest.split('/').next()));
+        if asked.is_some_and(|a| !rev_ok(a))
+            && repos.iter().any(|o| o.repo_id == r.repo_id && o.kind == r.kind && !std::ptr::eq(o, r) && {
+                let a = asked.unwrap().replace("%2F", "/").replace("%2f", "/");
+                a == o.revision || a == o.commit
+            })
+        {
             continue;
         }
         if r.repo_id.starts_with("gated-org/") && !authorized {

@@ -5,6 +5,7 @@
 // Contract: plain C ABI, no C++ exception crosses it (these calls only set thread-local flags).
 // `device_type` is c10::DeviceType's value (0 CPU, 1 CUDA); `dtype` is c10::ScalarType's
 // (5 Half, 15 BFloat16).
+#include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 
 extern "C" {
@@ -32,6 +33,18 @@ void splade_amp_exit(int device_type, int prev_enabled, int prev_dtype) {
 
 int splade_amp_is_enabled(int device_type) {
   return at::autocast::is_autocast_enabled(static_cast<c10::DeviceType>(device_type)) ? 1 : 0;
+}
+
+// `hardware.tf32`: what `torch.backends.cuda.matmul.allow_tf32 = on` and `torch.backends.cudnn.allow_tf32 = on`
+// set (process-wide flags of libtorch's global context, read by CUDA matmuls and cuDNN convolutions).
+void splade_set_tf32(int on) {
+  at::globalContext().setAllowTF32CuBLAS(on != 0);
+  at::globalContext().setAllowTF32CuDNN(on != 0);
+}
+
+void splade_tf32_state(int* cublas, int* cudnn) {
+  *cublas = at::globalContext().allowTF32CuBLAS() ? 1 : 0;
+  *cudnn = at::globalContext().allowTF32CuDNN() ? 1 : 0;
 }
 
 }  // extern "C"

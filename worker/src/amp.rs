@@ -15,6 +15,36 @@ mod ffi {
         pub fn splade_amp_enter(device_type: c_int, dtype: c_int, prev_enabled: *mut c_int, prev_dtype: *mut c_int);
         pub fn splade_amp_exit(device_type: c_int, prev_enabled: c_int, prev_dtype: c_int);
         pub fn splade_amp_is_enabled(device_type: c_int) -> c_int;
+        pub fn splade_set_tf32(on: c_int);
+        pub fn splade_tf32_state(cublas: *mut c_int, cudnn: *mut c_int);
+    }
+}
+
+/// Allows (or forbids) TF32 in CUDA matmuls (cuBLAS) and cuDNN convolutions, process-wide: PyTorch's
+/// `torch.backends.cuda.matmul.allow_tf32` and `torch.backends.cudnn.allow_tf32`, which the seed's
+/// `hardware.tf32` sets. The flags exist on every build; only CUDA kernels read them.
+pub fn set_tf32(on: bool) {
+    // SAFETY: sets two flags of libtorch's global context; no pointer crosses.
+    unsafe { ffi::splade_set_tf32(on as std::os::raw::c_int) }
+}
+
+/// The (cuBLAS, cuDNN) TF32 flags now in effect.
+pub fn tf32_state() -> (bool, bool) {
+    let (mut a, mut b) = (0, 0);
+    // SAFETY: writes two ints we own.
+    unsafe { ffi::splade_tf32_state(&mut a, &mut b) };
+    (a != 0, b != 0)
+}
+
+/// Applies `hardware.tf32` for training on `device`: set on CUDA (and logged); on another device TF32 means
+/// nothing, which is said once. Unset: libtorch's defaults stay (cuBLAS off, cuDNN on).
+pub fn apply_tf32(tf32: Option<bool>, device: Device) {
+    let Some(on) = tf32 else { return };
+    if device.is_cuda() {
+        set_tf32(on);
+        tracing::info!(tf32 = on, "hardware.tf32: TF32 matmuls and cuDNN convolutions {}", if on { "allowed" } else { "off" });
+    } else {
+        tracing::info!(?device, "hardware.tf32 has no effect here: TF32 is a CUDA matmul/cuDNN mode");
     }
 }
 
@@ -76,6 +106,21 @@ impl Drop for Autocast {
 mod tests {
     use super::*;
     use tch::Tensor;
+
+    /// `hardware.tf32` sets libtorch's two TF32 flags for a CUDA device (both ways), leaves them alone for the
+    /// CPU and when unset. The flags are global-context state, readable without a GPU; that CUDA kernels then
+    /// use TF32 is libtorch's part.
+    #[test]
+    fn hardware_tf32_sets_cublas_and_cudnn_flags_for_cuda_only() {
+        let before = tf32_state();
+        apply_tf32(Some(!before.0), Device::Cpu);
+        apply_tf32(None, Device::Cuda(0));
+        assert_eq!(tf32_state(), before, "CPU or unset: untouched");
+        apply_tf32(Some(true), Device::Cuda(0));
+        assert_eq!(tf32_state(), (true, true));
+        apply_tf32(Some(false), Device::Cuda(0));
+        assert_eq!(tf32_state(), (false, false));
+    }
 
     #[test]
     fn cpu_bf16_scope_casts_matmuls_and_restores_state() {

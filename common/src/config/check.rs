@@ -148,9 +148,20 @@ pub fn check(path: &Path, sets: &[String], opts: &CheckOptions) -> CheckReport {
             Err(e) => r.problems.push(format!("{}: `evaluation.tasks[{i}]` ({}): {e}", cfg.locate("evaluation.tasks"), task.name)),
         }
     }
+    // Evaluated at each evaluation and at the end: each must resolve from the Hub (or the hub cache offline).
+    let hub = crate::hub::Hub::from_env();
     for name in &cfg.evaluation.mteb_tasks {
         if let Ok(res) = super::mteb::resolve_task(name) {
-            r.plan.push(format!("MTEB task {name}: {}", res.task.name));
+            match crate::eval::mteb_hub_task(&hub, &res.task) {
+                Ok(task) => r.plan.push(format!(
+                    "MTEB task {name}: {} ({} queries, {} documents, split {})",
+                    res.task.name,
+                    task.queries.len(),
+                    task.corpus.len(),
+                    res.task.eval_split
+                )),
+                Err(e) => r.problems.push(format!("{}: `evaluation.mteb_tasks` ({name}): {e}", cfg.locate("evaluation.mteb_tasks"))),
+            }
         }
     }
 

@@ -46,8 +46,6 @@ pub const INACTIVE_KEYS: &[(&str, &str)] = &[
     ("training.hub_private_repo", HUB_REASON),
     ("training.torch_compile", "libtorch runs eager kernels from Rust; torch.compile is a Python-side graph compiler"),
     ("hardware.gradient_checkpointing", "not needed here: the lean max-pooled head never builds the [batch, length, vocabulary] logits, and `document_windows` bounds the sequence length; those are this project's answer to activation memory"),
-    ("hardware.tf32", "libtorch's TF32 defaults apply (cuDNN convolutions on, cuBLAS matmuls off); NVIDIA_TF32_OVERRIDE=0 turns it off everywhere"),
-    ("evaluation.mteb_tasks", "the names are checked and mapped to MTEB task names; like the seed's training script, training does not evaluate them: run `splade eval --model OUT/final --task NorQuadRetrieval` (MTEB names resolve from the Hub)"),
 ];
 
 const HUB_REASON: &str =
@@ -714,7 +712,8 @@ pub struct HardwareConfig {
     pub num_threads: Option<usize>,
     /// Recompute activations in the backward pass; default false.
     pub gradient_checkpointing: bool,
-    /// Allow TF32 matmuls on Ampere+; default: libtorch's choice. Inactive (see [`INACTIVE_KEYS`]).
+    /// Allow TF32 in CUDA matmuls and cuDNN convolutions (Ampere+), as `torch.backends.cuda.matmul.allow_tf32`
+    /// and `torch.backends.cudnn.allow_tf32`; default: libtorch's (cuBLAS off, cuDNN on). No effect on CPU.
     pub tf32: Option<bool>,
     /// The seed's `torchrun` switch. Here multi-process training is the cluster commands
     /// (`splade-coordinator --config F` and one `splade-worker --join` per process); `splade train` says so
@@ -1045,6 +1044,12 @@ impl Config {
                 "{}: `router` is ignored because model.use_router is not true (as the seed's script does); \
                  every parameter trains at training.learning_rate",
                 self.locate("router")
+            ));
+        }
+        if self.hardware.tf32.is_some() && self.hardware.device == DeviceKind::Cpu {
+            out.push(format!(
+                "{}: `hardware.tf32` has no effect on CPU: TF32 is a CUDA matmul and cuDNN mode",
+                self.locate("hardware.tf32")
             ));
         }
         for name in &self.evaluation.mteb_tasks {

@@ -125,7 +125,7 @@ fn empty_and_defaults() {
 fn inactive_keys_lists_only_those_set_and_on() {
     let c = parse(FULL).unwrap();
     let keys: Vec<String> = c.inactive_keys().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, vec!["training.push_to_hub", "training.hub_model_id", "evaluation.mteb_tasks"]);
+    assert_eq!(keys, vec!["training.push_to_hub", "training.hub_model_id"]);
     // Each comes with its reason.
     assert!(c.inactive_keys()[0].1.contains("huggingface-cli upload"), "{:?}", c.inactive_keys());
     // torch_compile: false is set but off.
@@ -593,4 +593,14 @@ mod mutated_configs {
             check(&lines.join("\n"));
         }
     }
+}
+
+#[test]
+fn hardware_tf32_is_acted_on_and_said_to_do_nothing_on_cpu() {
+    let cpu = parse("model:\n  base_model: x\nhardware:\n  device: cpu\n  tf32: true\n").unwrap();
+    assert!(cpu.inactive_keys().is_empty(), "{:?}", cpu.inactive_keys());
+    let notes = cpu.startup_notes();
+    assert!(notes.iter().any(|n| n == "cfg.yaml:5: `hardware.tf32` has no effect on CPU: TF32 is a CUDA matmul and cuDNN mode"), "{notes:?}");
+    let cuda = parse("model:\n  base_model: x\nhardware:\n  device: cuda\n  tf32: true\n").unwrap();
+    assert!(cuda.startup_notes().is_empty(), "{:?}", cuda.startup_notes());
 }

@@ -75,6 +75,12 @@ pub struct ManifestDataset {
     pub train_rows: u64,
     /// Whether its rows carry labels.
     pub labelled: bool,
+    /// The Hub commits its rows come from ([`RecordIndex::hub`]): what a cluster's checkpoints record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hub: Vec<super::HubPin>,
+    /// A seed loader block's dev split as published under `output_dir` ([`RecordIndex::dev`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
 }
 
 impl ManifestDataset {
@@ -87,6 +93,8 @@ impl ManifestDataset {
             files: self.files.clone(),
             rows: Vec::new(),
             labels: Vec::new(),
+            hub: self.hub.clone(),
+            dev: self.dev.clone(),
         }
     }
 }
@@ -230,6 +238,8 @@ impl DataPlan {
                     files: d.files.clone(),
                     train_rows: d.rows.len() as u64,
                     labelled: !d.labels.is_empty(),
+                    hub: d.hub.clone(),
+                    dev: d.dev.clone(),
                 })
                 .collect(),
             chunks: refs,

@@ -10,7 +10,9 @@
 //! - Parquet: the footer, then only the column chunks of the mapped columns of the row groups that hold wanted
 //!   rows;
 //! - gzip JSONL: a compressed stream cannot be entered in the middle, so the whole file is fetched once,
-//!   decompressed and kept; records are byte ranges of the decompressed stream.
+//!   decompressed and kept; records are byte ranges of the decompressed stream;
+//! - CSV/TSV: records are byte ranges too, but parsing one needs the header row: the whole file is fetched
+//!   once and kept.
 //!
 //! Labels (teacher scores for MarginMSE / KL distillation) travel in the artifact's chunks, a few floats per row:
 //! every rank needs the labels of the whole global batch for the loss, and carrying them costs far less than
@@ -34,7 +36,7 @@ use parquet::file::reader::{ChunkReader, Length, SerializedFileReader};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{BatchPlan, PlanSpec, PlannedBatch};
-use super::{jsonl, parquet_reader, Collector, ColumnMap, DataError, Example, LoadedDataset, SplitDataset};
+use super::{csv_reader, jsonl, parquet_reader, Collector, ColumnMap, DataError, Example, LoadedDataset, SplitDataset};
 use super::spec::{DataFormat, DatasetSpec, OnBadRecord};
 use crate::store::{Location, StoreError, StoreOptions};
 
@@ -128,6 +130,14 @@ pub struct RecordIndex {
     /// Each training row's label, or empty when no row has one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<Option<Vec<f32>>>,
+    /// The Hub commit of each Hub dataset the rows come from ([`super::SplitDataset::hub`]), so a cluster's
+    /// checkpoints record them as `splade train`'s do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hub: Vec<super::HubPin>,
+    /// A seed loader block's dev split (JSONL, role-named columns): what a cluster's rank 0 evaluates
+    /// `eval_loss` on. `None` for file blocks, which hold rows out with `split_ratio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
 }
 
 impl RecordIndex {
@@ -140,6 +150,8 @@ impl RecordIndex {
             files: loaded.file_info.clone(),
             rows: train_ids.iter().map(|&i| loaded.locations[i]).collect(),
             labels: if any_label { train_ids.iter().map(|&i| loaded.examples[i].label.clone()).collect() } else { Vec::new() },
+            hub: loaded.hub.iter().cloned().collect(),
+            dev: None,
         }
     }
 
@@ -268,7 +280,7 @@ pub struct RangedReader {
     datasets: BTreeMap<String, RecordIndex>,
     options: StoreOptions,
     bytes_read: Arc<AtomicU64>,
-    /// Decompressed gzip files, by (dataset, file).
+    /// Decompressed gzip files and whole CSV files, by (dataset, file).
     gz: HashMap<(String, usize), Bytes>,
     /// Opened locations, by URL.
     locations: HashMap<String, Location>,
@@ -352,8 +364,8 @@ impl RangedReader {
         Ok(merged.iter().map(|r| r.start).zip(got).collect())
     }
 
-    /// The whole decompressed stream of a gzip file (fetched once).
-    async fn gz_stream(&mut self, dataset: &str, f: usize, file: &IndexedFile) -> Result<Bytes, DataError> {
+    /// The whole decompressed stream of a gzip file, or the whole file of another format (fetched once).
+    async fn whole_file(&mut self, dataset: &str, f: usize, file: &IndexedFile) -> Result<Bytes, DataError> {
         if let Some(b) = self.gz.get(&(dataset.to_string(), f)) {
             return Ok(b.clone());
         }
@@ -365,10 +377,14 @@ impl RangedReader {
         if raw.len() as u64 != file.size {
             return Err(Self::changed(file, &format!("size {} → {} bytes", file.size, raw.len())));
         }
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&raw[..]), &mut out)
-            .map_err(|e| DataError::Read { file: file.url.clone(), message: format!("gzip: {e}") })?;
-        let out = Bytes::from(out);
+        let out = if file.format == DataFormat::JsonlGz {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&raw[..]), &mut out)
+                .map_err(|e| DataError::Read { file: file.url.clone(), message: format!("gzip: {e}") })?;
+            Bytes::from(out)
+        } else {
+            raw
+        };
         self.gz.insert((dataset.to_string(), f), out.clone());
         Ok(out)
     }
@@ -428,13 +444,27 @@ impl RangedReader {
                     }
                 }
                 DataFormat::JsonlGz => {
-                    let stream = self.gz_stream(dataset, f, file).await?;
+                    let stream = self.whole_file(dataset, f, file).await?;
                     for l in locs {
                         let end = (l.1 + l.2) as usize;
                         if end > stream.len() {
                             return Err(Self::changed(file, &format!("its stream ends at byte {} before record end {end}", stream.len())));
                         }
                         let ex = jsonl::parse_at(&file.url, l.1, &stream[l.1 as usize..end], &columns, dataset)?;
+                        found.insert(l, ex);
+                    }
+                }
+                DataFormat::Csv | DataFormat::Tsv => {
+                    // Records are byte ranges, but parsing one needs the header: the file is fetched once and kept.
+                    let bytes = self.whole_file(dataset, f, file).await?;
+                    let delimiter = file.format.delimiter().expect("csv");
+                    let header = csv_reader::header(&file.url, &bytes, delimiter)?;
+                    for l in locs {
+                        let end = (l.1 + l.2) as usize;
+                        if end > bytes.len() {
+                            return Err(Self::changed(file, file.size));
+                        }
+                        let ex = csv_reader::parse_at(&file.url, &header, l.1, &bytes[l.1 as usize..end], delimiter, &columns, dataset)?;
                         found.insert(l, ex);
                     }
                 }

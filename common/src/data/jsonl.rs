@@ -84,6 +84,24 @@ fn parse_line(file: &str, line_no: &dyn std::fmt::Display, line: &str, columns: 
     let Value::Object(obj) = value else {
         return Err(bad(format!("expected a JSON object, found `{}`", snippet(line))));
     };
+    example_of(file, line_no, &obj, columns, dataset)
+}
+
+/// The example of one record (a JSON object, or a CSV row as one): its columns mapped onto the roles.
+/// Errors name `file`, `location`, the column and the fix.
+pub(crate) fn example_of(
+    file: &str,
+    location: &dyn std::fmt::Display,
+    obj: &serde_json::Map<String, Value>,
+    columns: &ColumnMap,
+    dataset: &str,
+) -> Result<Example, DataError> {
+    let bad = |problem: String| DataError::BadRecord {
+        file: file.into(),
+        location: format!("{location}"),
+        problem,
+        fix: bad_record_fix(dataset),
+    };
     let pairs = columns.resolve(obj.keys().map(String::as_str));
     let found = || obj.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
     let mut anchor = None;

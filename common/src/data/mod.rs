@@ -12,6 +12,7 @@
 //!   one-line error naming the dataset, the source and the fix.
 
 pub mod artifact;
+mod csv_reader;
 pub mod index;
 mod jsonl;
 pub mod loaders;
@@ -30,7 +31,7 @@ pub use index::{DataPlan, DataPlanRef, IndexedFile, RangedReader, RecordIndex, R
 pub use plan::{slice_for_rank, BatchPlan, PlanDataset, PlanSpec, PlanStop, PlannedBatch};
 
 /// The commit a Hub dataset source resolved to: recorded in checkpoints so a resume reads the same data
-/// ([`DatasetSpec::pin_hub_commit`]).
+/// ([`DatasetSpec::pin_hub_commits`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HubPin {
     /// `owner/name`.
@@ -105,7 +106,7 @@ pub enum DataError {
         fix: String,
     },
     /// The format cannot be told from the name.
-    #[error("{file}: cannot tell the format from the file name; name it .jsonl, .jsonl.gz or .parquet, or set `datasets.{dataset}.format`")]
+    #[error("{file}: cannot tell the format from the file name; name it .jsonl, .jsonl.gz, .parquet, .csv or .tsv, or set `datasets.{dataset}.format`")]
     UnknownFormat {
         /// Dataset name.
         dataset: String,
@@ -374,6 +375,10 @@ fn format_of(dataset: &str, file: &str, configured: Option<DataFormat>) -> Resul
         Ok(DataFormat::Jsonl)
     } else if lower.ends_with(".parquet") || lower.ends_with(".pq") {
         Ok(DataFormat::Parquet)
+    } else if lower.ends_with(".csv") {
+        Ok(DataFormat::Csv)
+    } else if lower.ends_with(".tsv") {
+        Ok(DataFormat::Tsv)
     } else {
         Err(DataError::UnknownFormat { dataset: dataset.into(), file: file.into() })
     }
@@ -422,6 +427,9 @@ pub async fn load_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions
                 jsonl::read(&display, flate2::read::MultiGzDecoder::new(std::io::Cursor::new(bytes)), &columns, &mut sink)?
             }
             DataFormat::Parquet => parquet_reader::read(&display, bytes, &columns, &mut sink)?,
+            DataFormat::Csv | DataFormat::Tsv => {
+                csv_reader::read(&display, &bytes, format.delimiter().expect("csv"), &columns, &mut sink)?
+            }
         }
     }
     if sink.examples.is_empty() {
@@ -448,7 +456,7 @@ pub struct SplitDataset {
     pub name: String,
     /// Training rows (what [`BatchPlan`] row indices point into).
     pub train: Vec<Example>,
-    /// Held-out rows (`split_ratio`).
+    /// Held-out rows (`split_ratio`; a seed loader block's dev split).
     pub eval: Vec<Example>,
     /// For each training row, its record number in the dataset (files in sorted order, records in file
     /// order, after skipped bad records): stable ids for ledgers and ranged reads.
@@ -457,8 +465,9 @@ pub struct SplitDataset {
     pub bad_records: usize,
     /// Where each training row lives, in [`SplitDataset::train`] order (see [`RecordIndex`]).
     pub index: RecordIndex,
-    /// For a Hub dataset: the commit its files come from.
-    pub hub: Option<HubPin>,
+    /// The Hub commit of each Hub dataset read: the source's for a file block, every dataset's a seed loader
+    /// block read. Empty for local and object-store data.
+    pub hub: Vec<HubPin>,
 }
 
 /// Loads and splits `datasets` (name and spec; the config's enabled ones in config order), in the order given,
@@ -472,7 +481,8 @@ pub async fn load_training_data<'a>(
     options: &StoreOptions,
 ) -> Result<Vec<SplitDataset>, DataError> {
     let datasets: Vec<(&str, &DatasetSpec)> = datasets.into_iter().collect();
-    let hub = if datasets.iter().any(|(_, s)| s.loader.is_some()) { Some(loaders::hub_split_files()?) } else { None };
+    let pins = datasets.iter().flat_map(|(_, s)| s.hub_commits.clone()).collect();
+    let hub = if datasets.iter().any(|(_, s)| s.loader.is_some()) { Some(loaders::hub_split_files(pins)?) } else { None };
     let files = hub.as_deref().map(|h| (h, loaders::cache_root()));
     load_training_data_from(datasets, seed, options, files.as_ref().map(|(h, c)| (*h, c.as_path()))).await
 }
@@ -487,7 +497,7 @@ pub async fn load_training_data_from<'a>(
 ) -> Result<Vec<SplitDataset>, DataError> {
     let mut out = Vec::new();
     for (name, spec) in datasets {
-        let (loaded, spec, eval) = match &spec.loader {
+        let (loaded, spec, eval, hub, dev) = match &spec.loader {
             Some(loader) => {
                 let (files, cache) = seed_files.ok_or_else(|| DataError::Columns {
                     dataset: name.into(),
@@ -501,14 +511,19 @@ pub async fn load_training_data_from<'a>(
                 } else {
                     load_dataset(name, &loaders::Materialized::file_spec(&m.dev), options).await?.examples
                 };
-                (loaded, train_spec, Some(eval))
+                let dev = (m.rows[1] > 0).then(|| m.dev.display().to_string());
+                (loaded, train_spec, Some(eval), m.hub, dev)
             }
-            None => (load_dataset(name, spec, options).await?, spec.clone(), None),
+            None => {
+                let loaded = load_dataset(name, spec, options).await?;
+                let hub = loaded.hub.iter().cloned().collect();
+                (loaded, spec.clone(), None, hub, None)
+            }
         };
         let (train_ids, eval_ids) = loaded.split_indices(spec.split_ratio, seed);
         let pick = |ids: &[usize]| ids.iter().map(|&i| loaded.examples[i].clone()).collect::<Vec<_>>();
         let (train, eval) = (pick(&train_ids), eval.unwrap_or_else(|| pick(&eval_ids)));
-        let index = RecordIndex::new(name, &spec, &loaded, &train_ids);
+        let index = RecordIndex { hub: hub.clone(), dev, ..RecordIndex::new(name, &spec, &loaded, &train_ids) };
         out.push(SplitDataset {
             name: name.to_string(),
             train,
@@ -516,7 +531,7 @@ pub async fn load_training_data_from<'a>(
             train_ids,
             bad_records: loaded.bad_records,
             index,
-            hub: loaded.hub.clone(),
+            hub,
         });
     }
     Ok(out)

@@ -67,7 +67,7 @@ fn has_glob(s: &str) -> bool {
 
 fn is_data_file(name: &str) -> bool {
     let l = name.to_ascii_lowercase();
-    [".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".parquet", ".pq"].iter().any(|e| l.ends_with(e))
+    [".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".parquet", ".pq", ".csv", ".tsv"].iter().any(|e| l.ends_with(e))
 }
 
 /// What a source resolved to: its files and, for a Hub dataset, the commit they come from.

@@ -64,6 +64,11 @@ pub struct DatasetSpec {
     /// and the file keys above keep their defaults. [`crate::config::DatasetsConfig`] reads and writes it.
     #[serde(skip)]
     pub loader: Option<SeedLoader>,
+    /// For a seed loader block: the commit (by Hub repo id) each of its datasets is read at; the others are
+    /// read at `main`. Set by a resume from the commits its checkpoint recorded ([`DatasetSpec::pin_hub_commits`]),
+    /// never from the YAML file.
+    #[serde(skip)]
+    pub hub_commits: std::collections::BTreeMap<String, String>,
 }
 
 impl DatasetSpec {
@@ -80,6 +85,7 @@ impl DatasetSpec {
             max_samples: None,
             on_bad_record: OnBadRecord::Error,
             loader: Some(loader),
+            hub_commits: Default::default(),
         }
     }
 }
@@ -272,18 +278,24 @@ pub struct EtiLoader {
 }
 
 impl DatasetSpec {
-    /// Pins a Hub source to `commit` (what a resume does with the commit a checkpoint recorded):
-    /// `hf://datasets/owner/name@<commit>[/path]`. Returns false (and changes nothing) for a source that does not
-    /// name the Hub.
-    pub fn pin_hub_commit(&mut self, commit: &str) -> bool {
+    /// Pins the block's Hub datasets to the commits a checkpoint recorded for it (what a resume does): a Hub
+    /// source becomes `hf://datasets/owner/name@<commit>[/path]`; a seed loader block reads each of `pins`' repos
+    /// at its commit ([`DatasetSpec::hub_commits`]). Returns false (and changes nothing) for a block that names
+    /// no Hub dataset.
+    pub fn pin_hub_commits(&mut self, pins: &[super::HubPin]) -> bool {
+        if self.loader.is_some() {
+            self.hub_commits = pins.iter().map(|p| (p.repo_id.clone(), p.commit.clone())).collect();
+            return !pins.is_empty();
+        }
+        let Some(pin) = pins.first() else { return false };
         if !self.source.starts_with("hf://") && std::path::Path::new(&self.source).exists() {
             return false;
         }
         match crate::hub::parse_dataset_source_path(&self.source) {
             Some((repo, _, path)) => {
                 self.source = match path {
-                    Some(p) => format!("hf://datasets/{repo}@{commit}/{p}"),
-                    None => format!("hf://datasets/{repo}@{commit}"),
+                    Some(p) => format!("hf://datasets/{repo}@{}/{p}", pin.commit),
+                    None => format!("hf://datasets/{repo}@{}", pin.commit),
                 };
                 true
             }
@@ -308,6 +320,23 @@ pub enum DataFormat {
     /// Apache Parquet.
     #[serde(rename = "parquet")]
     Parquet,
+    /// Comma-separated values with a header row (`datasets`' `csv` builder).
+    #[serde(rename = "csv")]
+    Csv,
+    /// Tab-separated values with a header row (`datasets` reads `.tsv` with its `csv` builder, `sep="\t"`).
+    #[serde(rename = "tsv")]
+    Tsv,
+}
+
+impl DataFormat {
+    /// The field delimiter of [`DataFormat::Csv`] and [`DataFormat::Tsv`].
+    pub fn delimiter(self) -> Option<u8> {
+        match self {
+            DataFormat::Csv => Some(b','),
+            DataFormat::Tsv => Some(b'\t'),
+            _ => None,
+        }
+    }
 }
 
 /// `datasets.*.on_bad_record`

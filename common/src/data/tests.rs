@@ -22,6 +22,7 @@ pub(crate) fn spec(source: &str) -> DatasetSpec {
         max_samples: None,
         on_bad_record: OnBadRecord::Error,
         loader: None,
+        hub_commits: Default::default(),
     }
 }
 

@@ -37,6 +37,34 @@ pub fn dev_sets(datasets: &[SplitDataset]) -> Vec<DevSet> {
         .collect()
 }
 
+/// The dev sets of a trainer that follows a published data plan and holds no rows (a cluster's rank 0), in
+/// config order: a seed loader block's dev split from the file the plan names (the coordinator's copy under
+/// `output_dir`, so this machine needs neither the Hub nor the coordinator's seed-data cache), a file block's
+/// held-out rows by loading that block (`split_ratio`, the same split as the coordinator's).
+pub fn plan_dev_sets(trainer: &Trainer) -> Result<Vec<DevSet>, TrainError> {
+    use splade_common::data::{load_dataset, load_training_data, loaders::Materialized};
+    use splade_common::store::{block_on, StoreOptions};
+    let cfg = &trainer.cfg;
+    let options = StoreOptions::from_env();
+    let mut out = Vec::new();
+    for (name, spec) in cfg.datasets.enabled() {
+        let rows = match (&spec.loader, trainer.plan_dev_files.get(name)) {
+            (Some(_), Some(url)) => block_on(load_dataset(name, &Materialized::file_spec_at(url), &options))?.examples,
+            // A loader block without dev rows.
+            (Some(_), None) => continue,
+            (None, _) if spec.split_ratio > 0.0 => {
+                let loaded = block_on(load_training_data([(name, spec)], cfg.training.seed, &options))?;
+                loaded.into_iter().next().map(|d| d.eval).unwrap_or_default()
+            }
+            (None, _) => continue,
+        };
+        if !rows.is_empty() {
+            out.push(DevSet { name: name.to_string(), rows });
+        }
+    }
+    Ok(out)
+}
+
 /// What one evaluation measured on the dev rows.
 #[derive(Debug, Clone, Default)]
 pub struct DevRound {

@@ -250,6 +250,8 @@ mod tests {
             files: vec![IndexedFile { url: "/data/train.jsonl".into(), format: DataFormat::Jsonl, size: 0, last_modified: None, etag: None }],
             rows: (0..labels.len()).map(|i| RecordLoc(0, 100 * i as u64, 90)).collect(),
             labels,
+            hub: Vec::new(),
+                dev: None,
         }
     }
 

@@ -300,6 +300,15 @@ pub fn to_obs_stats(s: &StepStats) -> obs::StepStats {
 // ---------------------------------------------------------------------------------------------
 // Evaluation during training
 
+/// The names evaluation rounds log tasks under: `evaluation.tasks`' names, then `evaluation.mteb_tasks` as MTEB
+/// names (`NorQuAD` is logged as `NorQuadRetrieval`; an unknown name is left as written, `validate` refuses it).
+fn configured_task_names(cfg: &Config) -> Vec<String> {
+    let mteb = cfg.evaluation.mteb_tasks.iter().map(|n| {
+        splade_common::config::mteb::resolve_task(n).map(|r| r.task.name.to_string()).unwrap_or_else(|_| n.clone())
+    });
+    cfg.evaluation.tasks.iter().map(|t| t.name.clone()).chain(mteb).collect()
+}
+
 /// Which number decides the best checkpoint (`metric_for_best_model`, `greater_is_better`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BestSelector {
@@ -372,19 +381,18 @@ impl BestSelector {
         if !cutoffs.contains(&k) {
             return Err(bad(format!("{kind}@{k} is not computed; cut-offs for {kind} are {cutoffs:?}")));
         }
-        let task = cfg
-            .evaluation
-            .tasks
+        let task_names = configured_task_names(cfg);
+        let task = task_names
             .iter()
-            .map(|task| task.name.as_str())
+            .map(String::as_str)
             .filter(|n| prefix == *n || prefix.starts_with(&format!("{n}_")))
             .max_by_key(|n| n.len())
             .map(str::to_string);
         let mean_words = prefix.is_empty() || prefix.split('_').any(|w| w == "mean" || w.eq_ignore_ascii_case("nanobeir"));
         if task.is_none() && !mean_words {
-            let names: Vec<&str> = cfg.evaluation.tasks.iter().map(|t| t.name.as_str()).collect();
+            let names = &task_names;
             return Err(bad(format!(
-                "it names no configured task (evaluation.tasks: {names:?}); use eval_<task>_{kind}@{k} or eval_mean_{kind}@{k}"
+                "it names no configured task (evaluation.tasks and mteb_tasks: {names:?}); use eval_<task>_{kind}@{k} or eval_mean_{kind}@{k}"
             )));
         }
         let logged_as = format!("eval_{}_{kind}@{k}", task.as_deref().unwrap_or("mean"));
@@ -458,7 +466,8 @@ pub struct EvalRound {
 }
 
 impl DuringEval {
-    /// Loads `evaluation.tasks` (local BEIR/MTEB folders) and checks `metric_for_best_model` against them and
+    /// Loads `evaluation.tasks` (local BEIR/MTEB folders), `evaluation.mteb_tasks` (MTEB tasks by name, from the
+    /// hub cache) and the NanoBEIR datasets, and checks `metric_for_best_model` against them and
     /// the `dev` rows.
     pub fn load(cfg: &Config, dev: Vec<DevSet>) -> Result<Self, TrainError> {
         let selector = BestSelector::from_config(cfg)?;
@@ -477,6 +486,19 @@ impl DuringEval {
             }
             tasks.push(task);
         }
+        // `evaluation.mteb_tasks`: MTEB retrieval tasks by name, read from their Hub datasets at MTEB's revision as
+        // `splade eval --task NAME` reads them, evaluated and logged as `evaluation.tasks` are.
+        let hub = splade_common::hub::Hub::from_env();
+        for name in &cfg.evaluation.mteb_tasks {
+            let r = splade_common::config::mteb::resolve_task(name)
+                .map_err(|e| other(format!("{}: `evaluation.mteb_tasks` ({name}): {e}", cfg.origin)))?;
+            let task = splade_common::eval::mteb_hub_task(&hub, &r.task)
+                .map_err(|e| other(format!("{}: `evaluation.mteb_tasks` ({name}): {e}", cfg.origin)))?;
+            for w in &task.warnings {
+                tracing::warn!(task = r.task.name, "{w}");
+            }
+            tasks.push(task);
+        }
         let mut nanobeir = 0;
         if cfg.evaluation.evaluator == Some(splade_common::config::EvaluatorKind::SparseNanobeir) {
             // The seed's default when `nanobeir_datasets` is unset.
@@ -485,7 +507,6 @@ impl DuringEval {
             } else {
                 cfg.evaluation.nanobeir_datasets.clone()
             };
-            let hub = splade_common::hub::Hub::from_env();
             for name in &names {
                 let task = splade_common::eval::nanobeir_task(&hub, name).map_err(|e| {
                     other(format!("{}: `evaluation.nanobeir_datasets` ({name}): {e}", cfg.origin))

@@ -143,15 +143,15 @@ pub struct Lead {
 impl Lead {
     /// Loads the evaluation tasks and the dev rows and starts the monitor (reporters, `/metrics` on
     /// `metrics_listen`). The dev rows are the trainer's held-out rows; a trainer that follows a published plan
-    /// holds no rows, so a cluster's rank 0 loads the datasets for them (only when some `split_ratio` is set or a
-    /// seed loader block brings its dev split).
+    /// holds no rows, so a cluster's rank 0 reads them ([`super::dev::plan_dev_sets`]; only when some
+    /// `split_ratio` is set or a seed loader block brings its dev split).
     pub fn start(trainer: &Trainer, metrics_listen: Option<&str>) -> Result<Self, TrainError> {
         let (cfg, output) = (&trainer.cfg, &trainer.output);
         let strategy = cfg.training.eval_strategy;
         // Seed loader blocks (`nli`, `scandi_qa`, ...) bring their own dev split, in `SplitDataset::eval` as well.
         let holds_out = cfg.datasets.enabled().any(|(_, s)| s.split_ratio > 0.0 || s.loader.is_some());
         let dev = if trainer.datasets.is_empty() && holds_out && strategy != IntervalStrategy::No {
-            dev_sets(&super::load_train_datasets(cfg)?)
+            super::dev::plan_dev_sets(trainer)?
         } else {
             dev_sets(&trainer.datasets)
         };

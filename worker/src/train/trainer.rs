@@ -30,6 +30,12 @@ pub struct Trainer {
     pub csr_loss: Option<super::csr::CsrLossConfig>,
     /// The loaded training datasets in config order (empty when the rows come from a data plan's slices).
     pub datasets: Vec<SplitDataset>,
+    /// The Hub commits each dataset block read (from the datasets, or from a data plan's record indexes):
+    /// what checkpoints record ([`TrainerState::hub_datasets`]).
+    pub hub_datasets: std::collections::BTreeMap<String, Vec<splade_common::data::HubPin>>,
+    /// Following a data plan: each seed loader block's dev split file as the plan names it (its copy under
+    /// `output_dir`), which a cluster's rank 0 evaluates `eval_loss` on. Empty otherwise.
+    pub plan_dev_files: std::collections::BTreeMap<String, String>,
     pub plan: TrainPlan,
     pub state: TrainerState,
     pub output: Location,
@@ -268,7 +274,12 @@ impl Trainer {
                 )));
             }
         }
-        Self::from_parts(cfg, device, Vec::new(), TrainPlan::Published(plan), global_batch, micro_batches)
+        let hub_datasets = plan.manifest.datasets.iter().filter(|d| !d.hub.is_empty()).map(|d| (d.dataset.clone(), d.hub.clone())).collect();
+        let plan_dev_files = plan.manifest.datasets.iter().filter_map(|d| Some((d.dataset.clone(), d.dev.clone()?))).collect();
+        let mut t = Self::from_parts(cfg, device, Vec::new(), TrainPlan::Published(plan), global_batch, micro_batches)?;
+        t.hub_datasets = hub_datasets;
+        t.plan_dev_files = plan_dev_files;
+        Ok(t)
     }
 
     fn from_parts(
@@ -286,6 +297,7 @@ impl Trainer {
             )));
         }
         crate::model::set_pin_memory(cfg.training.dataloader_pin_memory.unwrap_or(true));
+        crate::amp::apply_tf32(cfg.hardware.tf32, device);
         let dir = resolve_model(&cfg.model.base_model)?;
         let mut model = SparseEncoder::load(&dir, device, &load_options(&cfg))?;
         inference_free::prepare_model(&mut model, &cfg)?;
@@ -329,6 +341,7 @@ impl Trainer {
             (cfg.training.learning_rate, cfg.training.max_grad_norm, cfg.training.gradient_cache);
         let amp = amp_kind(&cfg);
         let windows = windows::TrainingWindows::from_config(&cfg);
+        let hub_datasets = datasets.iter().filter(|d| !d.hub.is_empty()).map(|d| (d.name.clone(), d.hub.clone())).collect();
         Ok(Self {
             cfg,
             model,
@@ -336,6 +349,8 @@ impl Trainer {
             loss,
             csr_loss,
             datasets,
+            hub_datasets,
+            plan_dev_files: Default::default(),
             plan,
             state,
             output,
@@ -430,10 +445,9 @@ impl Trainer {
             let text = serde_json::to_string_pretty(&s.state()).expect("scaler state serialises");
             std::fs::write(dir.join(SCALER_STATE), text).map_err(|e| TrainError::io(dir.join(SCALER_STATE).display(), e))?;
         }
-        let hub_datasets = self.datasets.iter().filter_map(|d| Some((d.name.clone(), d.hub.clone()?))).collect();
         let state = TrainerState {
             plan_fingerprint: self.plan.fingerprint(self.state.global_step),
-            hub_datasets,
+            hub_datasets: self.hub_datasets.clone(),
             ..self.state.clone()
         };
         let st = serde_json::to_string_pretty(&state).expect("state serialises");
@@ -571,10 +585,12 @@ pub fn pin_hub_datasets_for_resume(cfg: &mut Config) -> Result<(), TrainError> {
     };
     let state: TrainerState =
         serde_json::from_slice(&bytes).map_err(|e| other(format!("{}: {e}", output.url_of(&format!("{name}/{TRAINER_STATE}")))))?;
-    for (dataset, pin) in &state.hub_datasets {
+    for (dataset, pins) in &state.hub_datasets {
         if let Some((_, spec)) = cfg.datasets.datasets.iter_mut().find(|(n, _)| n == dataset) {
-            if spec.pin_hub_commit(&pin.commit) {
-                tracing::info!(dataset, repo_id = pin.repo_id, commit = pin.commit, checkpoint = name, "resume: Hub dataset pinned to the checkpoint's commit");
+            if spec.pin_hub_commits(pins) {
+                for pin in pins {
+                    tracing::info!(dataset, repo_id = pin.repo_id, commit = pin.commit, checkpoint = name, "resume: Hub dataset pinned to the checkpoint's commit");
+                }
             }
         }
     }

@@ -153,3 +153,72 @@ fn mteb_task_by_name_reads_the_hub_cache_and_carries_its_languages() {
     }
     assert!(compared > 20, "{compared} metrics compared");
 }
+
+/// `evaluation.mteb_tasks` (the seed's short name `NorQuAD`) is evaluated at each evaluation and at the end
+/// through the path `splade eval --task NorQuadRetrieval` takes, from the cached stand-in task: logged as
+/// `eval_NorQuadRetrieval_<metric>`, equal to `splade eval --task` on the same checkpoint, and
+/// `metric_for_best_model` can name it (MTEB's spelling `ndcg_at_10`), so the best checkpoint is chosen by it.
+#[test]
+fn train_evaluates_mteb_tasks_by_name_as_splade_eval_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let stand_in = dir.path().join("repo");
+    reference_json(
+        "mteb_fixture.py",
+        &["--norquad", repo().join("data/norquad").to_str().unwrap(), "--repo", stand_in.to_str().unwrap(), "--beir", dir.path().join("beir").to_str().unwrap()],
+    );
+    let task = splade_common::config::mteb::resolve_task("NorQuadRetrieval").unwrap().task;
+    let cache = dir.path().join("hub");
+    splade_tests::hub::write_hub_repo_at(&cache, RepoKind::Dataset, task.dataset, task.revision, &files_of_dir(&stand_in));
+    let pairs: String = (0..16)
+        .map(|i| format!("{}\n", serde_json::json!({"anchor": format!("spørsmål nummer {i} om Oslo"), "positive": format!("Oslo er hovedstaden i Norge, avsnitt {i}.")})))
+        .collect();
+    std::fs::write(dir.path().join("train.jsonl"), pairs).unwrap();
+    let out_dir = dir.path().join("out");
+    let cfg = dir.path().join("cfg.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model:\n  base_model: {}\ntraining:\n  output_dir: {}\n  max_steps: 2\n  learning_rate: 1.0e-3\n  per_device_train_batch_size: 4\n  per_device_eval_batch_size: 8\n  max_seq_length: 64\n  eval_strategy: steps\n  eval_steps: 1\n  save_strategy: steps\n  save_steps: 1\n  metric_for_best_model: eval_NorQuadRetrieval_ndcg_at_10\n  report_to: none\ndatasets:\n  pairs:\n    source: {}\n    format: jsonl\nevaluation:\n  mteb_tasks: [NorQuAD]\nhardware:\n  device: cpu\n  num_threads: 1\n",
+            model("splade-tiny").display(),
+            out_dir.display(),
+            dir.path().join("train.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let bin = std::env::var_os("SPLADE_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_splade")));
+    let out = Command::new(&bin).args(["train", "--config"]).arg(&cfg).env("HF_HUB_CACHE", &cache).env("HF_HUB_OFFLINE", "1").output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "splade train failed:\n{log}");
+    assert!(!log.contains("evaluation.mteb_tasks: the names are checked"), "mteb_tasks is no longer listed as not acted on:\n{log}");
+    // eval_NorQuadRetrieval_ndcg@10 by step.
+    let mut logged: Vec<(u64, f64)> = Vec::new();
+    for line in std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(x) = v["values"]["eval_NorQuadRetrieval_ndcg@10"].as_f64() {
+            logged.push((v["step"].as_u64().unwrap(), x));
+        }
+    }
+    assert!(logged.iter().any(|(s, _)| *s == 1) && logged.iter().any(|(s, _)| *s == 2), "one evaluation per step: {logged:?}");
+    // The same number as `splade eval --task NorQuadRetrieval` on each checkpoint.
+    for (step, ours) in logged.iter().filter(|(s, _)| *s <= 2) {
+        let eval_out = dir.path().join(format!("eval-{step}"));
+        let o = Command::new(&bin)
+            .args(["eval", "--device", "cpu", "--max-length", "64", "--model"])
+            .arg(out_dir.join(format!("checkpoint-{step}")))
+            .args(["--task", "NorQuadRetrieval", "--output"])
+            .arg(&eval_out)
+            .env("HF_HUB_CACHE", &cache)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "splade eval:\n{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(eval_out.join("NorQuadRetrieval.json")).unwrap()).unwrap();
+        let theirs = r["scores"]["test"][0]["ndcg_at_10"].as_f64().unwrap();
+        assert!((ours - theirs).abs() <= 1e-6, "step {step}: training logged {ours}, splade eval gives {theirs}");
+    }
+    // The best checkpoint is the one with the higher NDCG@10 (the first on a tie, as transformers keeps it).
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("checkpoint-2/trainer_state.json")).unwrap()).unwrap();
+    let (best_step, best) = logged.iter().filter(|(s, _)| *s <= 2).fold((0, f64::MIN), |b, (s, v)| if *v > b.1 { (*s, *v) } else { b });
+    assert_eq!(state["best_metric"].as_f64().unwrap(), best, "{state}");
+    assert_eq!(state["best_checkpoint"].as_str().unwrap(), format!("checkpoint-{best_step}"), "{state}");
+}

@@ -53,8 +53,7 @@ fn train_on_hub_dataset_and_model_offline_records_and_pins_the_commit() {
     assert!(out.join("final/model.safetensors").exists());
     assert_eq!(train_steps_of(&out).len(), 2);
     let recorded = hub_commits(&out.join("checkpoint-1"));
-    assert_eq!(recorded["norquad"]["repo_id"], "test-org/pairs");
-    assert_eq!(recorded["norquad"]["commit"], first.as_str());
+    assert_eq!(recorded["norquad"], serde_json::json!([{ "repo_id": "test-org/pairs", "revision": "main", "commit": first }]));
 
     // `main` moves to a commit with other rows (a plan this run never saw); resuming from checkpoint-1 reads the
     // checkpoint's commit, so the plan fingerprint matches and checkpoint-2 records the same commit again.
@@ -70,14 +69,14 @@ fn train_on_hub_dataset_and_model_offline_records_and_pins_the_commit() {
     let log = String::from_utf8_lossy(&run.stderr).to_string() + &String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "resume failed:\n{log}");
     assert!(log.contains("pinned to the checkpoint's commit"), "{log}");
-    assert_eq!(hub_commits(&out.join("checkpoint-2"))["norquad"]["commit"], first.as_str());
+    assert_eq!(hub_commits(&out.join("checkpoint-2"))["norquad"][0]["commit"], first.as_str());
 
     // A fresh run reads the new head of `main`.
     let fresh = tmp.path().join("fresh");
     let fresh_cfg = tmp.path().join("fresh.yaml");
     std::fs::write(&fresh_cfg, hub_config(&fresh, training)).unwrap();
     assert!(splade_train(&fresh_cfg, &cache).status.success());
-    assert_eq!(hub_commits(&fresh.join("checkpoint-1"))["norquad"]["commit"], second.as_str());
+    assert_eq!(hub_commits(&fresh.join("checkpoint-1"))["norquad"][0]["commit"], second.as_str());
 }
 
 fn train_steps_of(out: &Path) -> Vec<serde_json::Value> {
@@ -138,4 +137,121 @@ fn hub_model_download_fetches_every_router_module_file_and_a_failed_one_is_an_er
 
     let e = resolve_model("test-org/broken").unwrap_err().to_string();
     assert!(e.contains("query_0_SparseStaticEmbedding/model.safetensors") && e.contains("HTTP 500"), "{e}");
+}
+
+/// The seed's NLI fixture (`scripts/seed_loaders_ref.py fixtures`) as Hub dataset `Fremtind/all-nli-norwegian` in
+/// `cache`, its README mapping the train split onto `train_folder`; returns the commit written.
+fn write_nli_repo(cache: &Path, fixtures: &Path, train_folder: &str) -> String {
+    if !fixtures.exists() {
+        let out = Command::new(ref_python())
+            .arg(repo().join("scripts/seed_loaders_ref.py"))
+            .args(["fixtures", fixtures.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "seed_loaders_ref.py fixtures:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut files = files_of_dir(&fixtures.join("hub/Fremtind/all-nli-norwegian"));
+    let readme = format!(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: default/{train_folder}/*.parquet\n  - split: dev\n    path: default/dev/*.parquet\n  - split: test\n    path: default/test/*.parquet\n---\n"
+    );
+    files.push(("README.md".into(), readme.into_bytes()));
+    write_hub_repo(cache, RepoKind::Dataset, "Fremtind/all-nli-norwegian", &files)
+}
+
+/// `splade train` of a config whose only dataset is the seed's `nli` loader block, offline against `cache`,
+/// materialising into `splade_cache`: (success, stderr + stdout).
+fn splade_train_nli(cfg: &Path, cache: &Path, splade_cache: &Path) -> (bool, String) {
+    let run = Command::new(env!("CARGO_BIN_EXE_splade"))
+        .args(["train", "--config", cfg.to_str().unwrap()])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", cache)
+        .env("SPLADE_CACHE", splade_cache)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (run.status.success(), String::from_utf8_lossy(&run.stderr).to_string() + &String::from_utf8_lossy(&run.stdout))
+}
+
+/// A seed loader block's Hub datasets are recorded in checkpoints like a Hub source (one pin per dataset it read,
+/// under the block's name); a resume reads the recorded commit after `main` moved to other rows (the plan
+/// fingerprint would refuse the new rows), and offline a recorded commit missing from the cache is an error
+/// naming the dataset, the commit and `HF_HUB_OFFLINE` instead of silently reading `main`.
+#[test]
+fn seed_loader_block_records_its_hub_commits_and_a_resume_reads_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, fixtures, splade_cache) = (tmp.path().join("hub"), tmp.path().join("fixtures"), tmp.path().join("splade-cache"));
+    let first = write_nli_repo(&cache, &fixtures, "train");
+    let out = tmp.path().join("out");
+    let training = "  max_steps: 2\n  per_device_train_batch_size: 4\n  save_strategy: steps\n  save_steps: 1\n  max_seq_length: 32";
+    let config = |resume: bool| {
+        let text = tiny_config(&out, Path::new("@DATA@"), training, "").replace("  norquad:\n    source: @DATA@\n", "  nli:\n    enabled: true\n");
+        if resume {
+            text.replace("  report_to: none\n", "  report_to: none\n  resume_from_checkpoint: checkpoint-1\n")
+        } else {
+            text
+        }
+    };
+    let cfg = tmp.path().join("cfg.yaml");
+    std::fs::write(&cfg, config(false)).unwrap();
+    let (ok, log) = splade_train_nli(&cfg, &cache, &splade_cache);
+    assert!(ok, "splade train on the nli block failed:\n{log}");
+    let recorded = hub_commits(&out.join("checkpoint-1"));
+    assert_eq!(recorded["nli"], serde_json::json!([{ "repo_id": "Fremtind/all-nli-norwegian", "revision": "main", "commit": first }]));
+
+    // `main` moves to a commit whose train split is other rows.
+    let second = write_nli_repo(&cache, &fixtures, "dev");
+    assert_ne!(first, second);
+    std::fs::remove_dir_all(out.join("checkpoint-2")).unwrap();
+    std::fs::remove_dir_all(out.join("final")).unwrap();
+    let resume_cfg = tmp.path().join("resume.yaml");
+    std::fs::write(&resume_cfg, config(true)).unwrap();
+    let (ok, log) = splade_train_nli(&resume_cfg, &cache, &splade_cache);
+    assert!(ok, "resume failed:\n{log}");
+    assert!(log.contains("pinned to the checkpoint's commit"), "{log}");
+    assert_eq!(hub_commits(&out.join("checkpoint-2"))["nli"][0]["commit"], first.as_str());
+
+    // Offline with the recorded commit gone from the cache: an error, not a silent read of `main`.
+    std::fs::remove_dir_all(out.join("checkpoint-2")).unwrap();
+    std::fs::remove_dir_all(out.join("final")).unwrap();
+    std::fs::remove_dir_all(cache.join("datasets--Fremtind--all-nli-norwegian/snapshots").join(&first)).unwrap();
+    let (ok, log) = splade_train_nli(&resume_cfg, &cache, &splade_cache);
+    assert!(!ok, "a resume whose recorded commit is not cached passed:\n{log}");
+    for want in ["Fremtind/all-nli-norwegian", first.as_str(), "HF_HUB_OFFLINE"] {
+        assert!(log.contains(want), "{want} missing from:\n{log}");
+    }
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A cluster records the commits too: the data plan a coordinator publishes carries each dataset block's Hub
+/// commits (the `nli` loader block's and a Hub source's), and a trainer that follows the plan (a cluster rank,
+/// which loads no dataset) writes them into its checkpoints' `trainer_state.json` as `splade train` does.
+#[test]
+fn data_plan_carries_hub_commits_into_a_plan_following_trainers_checkpoint() {
+    use splade_common::config::Config;
+    use splade_common::data::{load_training_data, DataPlan};
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, fixtures) = (tmp.path().join("hub"), tmp.path().join("fixtures"));
+    let nli = write_nli_repo(&cache, &fixtures, "train");
+    let pairs = write_hub_repo(&cache, RepoKind::Dataset, "test-org/pairs", &[("data/train.jsonl".into(), std::fs::read(small_pairs(tmp.path(), 24)).unwrap())]);
+    // This test process reads the hub cache as `splade train` would (nextest runs each test in its own process).
+    std::env::set_var("HF_HUB_CACHE", &cache);
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    std::env::set_var("SPLADE_CACHE", tmp.path().join("splade-cache"));
+    let text = tiny_config(&tmp.path().join("out"), Path::new("@DATA@"), "  max_steps: 2\n  per_device_train_batch_size: 4", "")
+        .replace("  norquad:\n    source: @DATA@\n", "  nli:\n    enabled: true\n  pairs:\n    source: test-org/pairs\n");
+    let cfg = Config::from_str(&text, "cfg.yaml").unwrap();
+    let data = splade_common::store::block_on(load_training_data(cfg.datasets.enabled(), 42, &Default::default())).unwrap();
+    let plan = DataPlan::build(&cfg.plan_spec(4), &data).unwrap();
+    // What a worker reads back from the published artifact (its manifest).
+    let out = splade_common::store::Location::parse(&tmp.path().join("published").display().to_string()).unwrap();
+    let r = splade_common::store::block_on(plan.publish(&out, 2)).unwrap();
+    let published = splade_common::store::block_on(splade_common::data::PublishedPlan::fetch(&r, &Default::default())).unwrap();
+    let trainer = splade_worker::train::Trainer::with_plan(cfg, Device::Cpu, std::sync::Arc::new(published), 1).unwrap();
+    let dir = tmp.path().join("ckpt");
+    std::fs::create_dir_all(&dir).unwrap();
+    trainer.write_checkpoint_files(&dir).unwrap();
+    let recorded = hub_commits(&dir);
+    assert_eq!(recorded["nli"], serde_json::json!([{ "repo_id": "Fremtind/all-nli-norwegian", "revision": "main", "commit": nli }]));
+    assert_eq!(recorded["pairs"], serde_json::json!([{ "repo_id": "test-org/pairs", "revision": "main", "commit": pairs }]));
 }

@@ -84,6 +84,21 @@ fn seed_world(root: &Path) -> (PathBuf, PathBuf) {
         .unwrap();
     assert!(out.status.success(), "st_nanobeir.py make-fixture:\n{}", String::from_utf8_lossy(&out.stderr));
     write_hub_repo(&cache, RepoKind::Dataset, "sentence-transformers/NanoBEIR-en", &files_of_dir(&nano));
+    // The seed configs' `mteb_tasks: ["NorQuAD", "SNL"]`, evaluated during training: stand-ins in MTEB's retrieval
+    // layout at the revisions MTEB pins.
+    let mteb = root.join("mteb-task");
+    let out = Command::new(ref_python())
+        .arg(repo().join("scripts/reference/mteb_fixture.py"))
+        .args(["--norquad", repo().join("data/norquad").to_str().unwrap(), "--repo", mteb.to_str().unwrap(), "--beir"])
+        .arg(root.join("mteb-beir"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mteb_fixture.py:
+{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["NorQuadRetrieval", "SNLRetrieval"] {
+        let task = splade_common::config::mteb::resolve_task(name).unwrap().task;
+        splade_tests::hub::write_hub_repo_at(&cache, RepoKind::Dataset, task.dataset, task.revision, &files_of_dir(&mteb));
+    }
     for (id, dir) in model_stand_ins() {
         write_hub_repo(&cache, RepoKind::Model, id, &files_of_dir(&dir));
     }
@@ -176,10 +191,11 @@ fn train_seed_config(root: &Path, file: &str) -> PathBuf {
 }
 
 /// The seed's `training_config_splade_regular.yaml` (NorBERT3, the nli + scandi_qa + ddsc loader blocks,
-/// NanoBEIR evaluation, TensorBoard and MLflow) trains to the end, changed only through `--set` and the hub
-/// cache; `final/` carries a model card and loads in the seed's sentence-transformers 5.2 with our embeddings.
+/// NanoBEIR and MTEB evaluation, TensorBoard and MLflow) trains to the end, changed only through `--set` and the
+/// hub cache; `final/` carries a model card and loads in the seed's sentence-transformers 5.2 and in 6.2 (remote
+/// code) with our embeddings.
 #[test]
-fn seed_regular_config_trains_to_the_end_and_loads_in_sentence_transformers_5_2() {
+fn seed_regular_config_trains_to_the_end_and_loads_in_sentence_transformers_5_2_and_6_2() {
     let tmp = tempfile::tempdir().unwrap();
     let final_dir = train_seed_config(tmp.path(), "training_config_splade_regular.yaml");
     let card = std::fs::read_to_string(final_dir.join("README.md")).expect("final/ has a model card");
@@ -188,8 +204,15 @@ fn seed_regular_config_trains_to_the_end_and_loads_in_sentence_transformers_5_2(
     let mine = ours(&final_dir, &Default::default(), &texts);
     // NorBERT3's reference head makes padded rows NaN in sentence-transformers (see architectures.rs): one text
     // a batch there.
-    let (theirs, _) = theirs_on(Stack::St52, &final_dir, &texts, true, 1);
-    assert_all_close(&mine, &theirs, &texts, "the seed's regular config, final/ on sentence-transformers 5.2");
+    for stack in [Stack::St52, Stack::St62] {
+        let (theirs, _) = theirs_on(stack, &final_dir, &texts, true, 1);
+        assert_all_close(&mine, &theirs, &texts, &format!("the seed's regular config, final/ on sentence-transformers {}", stack.version()));
+    }
+    // The config's `mteb_tasks: ["NorQuAD", "SNL"]` were evaluated (at the end: eval_steps 1000 > max_steps).
+    let metrics = std::fs::read_to_string(final_dir.parent().unwrap().join("metrics.jsonl")).unwrap();
+    for key in ["eval_NorQuadRetrieval_ndcg@10", "eval_SNLRetrieval_ndcg@10", "eval_NanoBEIR_mean_dot_ndcg@10"] {
+        assert!(metrics.contains(&format!("\"{key}\"")), "{key} not logged:\n{metrics}");
+    }
 }
 
 /// The seed's `training_config_csr.yaml` (a dense base, its pooling and a top-k sparse autoencoder trained with

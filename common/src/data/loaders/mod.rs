@@ -36,7 +36,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::spec::{DdscLoader, EtiLoader, NliLoader, OnBadRecord, ScandiQaLoader, SeedLoader};
-use super::{DataError, DataFormat, DatasetSpec};
+use super::{DataError, DataFormat, DatasetSpec, HubPin};
 
 /// The seed's shuffle seed (`shuffle(seed=42)` in both loaders that shuffle); not `training.seed`.
 pub const SEED_SHUFFLE_SEED: u128 = 42;
@@ -50,6 +50,36 @@ pub trait SplitFiles: Send + Sync {
     /// the order `datasets` reads them (sorted), or `None` when the dataset has no such split. An error when the
     /// dataset or config is not available at all.
     fn split_files(&self, repo: &str, config: Option<&str>, split: &str) -> Result<Option<Vec<PathBuf>>, DataError>;
+
+    /// The Hub commit the files of `repo` came from, once [`SplitFiles::split_files`] read it; `None` for files
+    /// that are no Hub dataset (a folder).
+    fn hub_pin(&self, _repo: &str) -> Option<HubPin> {
+        None
+    }
+}
+
+/// Records which datasets a block read through `inner`, so the block's Hub commits can be listed.
+struct Recording<'a> {
+    inner: &'a dyn SplitFiles,
+    repos: std::sync::Mutex<Vec<String>>,
+}
+
+impl SplitFiles for Recording<'_> {
+    fn split_files(&self, repo: &str, config: Option<&str>, split: &str) -> Result<Option<Vec<PathBuf>>, DataError> {
+        let mut repos = self.repos.lock().expect("not poisoned");
+        if !repos.iter().any(|r| r == repo) {
+            repos.push(repo.to_string());
+        }
+        drop(repos);
+        self.inner.split_files(repo, config, split)
+    }
+}
+
+impl Recording<'_> {
+    /// The Hub commits of the datasets read, in the order first read.
+    fn pins(&self) -> Vec<HubPin> {
+        self.repos.lock().expect("not poisoned").iter().filter_map(|r| self.inner.hub_pin(r)).collect()
+    }
 }
 
 /// [`SplitFiles`] over a folder laid out as `<root>/<owner>/<name>/<config>/<split>/*.parquet` (config
@@ -99,15 +129,23 @@ pub struct Materialized {
     pub test: PathBuf,
     /// Rows in train, dev, test.
     pub rows: [usize; 3],
+    /// The Hub commit of every dataset the block read, in the order read (empty for folders).
+    pub hub: Vec<HubPin>,
 }
 
 impl Materialized {
     /// A file block reading split `path` (one of [`Materialized::train`], `dev`, `test`): JSONL, role-named
     /// columns, nothing held out.
     pub fn file_spec(path: &Path) -> DatasetSpec {
+        Self::file_spec_at(&path.display().to_string())
+    }
+
+    /// [`Materialized::file_spec`] for a split file at `location` (a local path or an object-store URL: a
+    /// published copy, [`publish_seed_data`]).
+    pub fn file_spec_at(location: &str) -> DatasetSpec {
         DatasetSpec {
             enabled: true,
-            source: path.display().to_string(),
+            source: location.to_string(),
             config: None,
             split: None,
             format: Some(DataFormat::Jsonl),
@@ -116,6 +154,7 @@ impl Materialized {
             max_samples: None,
             on_bad_record: OnBadRecord::Error,
             loader: None,
+            hub_commits: Default::default(),
         }
     }
 }
@@ -670,6 +709,8 @@ pub fn input_files(name: &str, loader: &SeedLoader, files: &dyn SplitFiles) -> R
 /// Materialises seed loader block `name` into `<cache_root>/seed-data/<sha256>/`, or finds it there already.
 pub fn materialize(name: &str, loader: &SeedLoader, files: &dyn SplitFiles, cache_root: &Path) -> Result<Materialized, DataError> {
     let mut inputs = Inputs { files: Vec::new() };
+    let recording = Recording { inner: files, repos: Default::default() };
+    let files: &dyn SplitFiles = &recording;
     let plan = match loader {
         SeedLoader::Nli(l) => nli(name, l, files, &mut inputs)?,
         SeedLoader::ScandiQa(l) => scandi_qa(name, l, files, &mut inputs)?,
@@ -709,7 +750,7 @@ pub fn materialize(name: &str, loader: &SeedLoader, files: &dyn SplitFiles, cach
         drop(stage);
         std::fs::remove_file(tmp.join("staged.jsonl")).map_err(|e| io_err(&tmp, e))?;
         let meta = serde_json::json!({ "dataset": name, "loader": loader, "rows": rows,
-            "inputs": inputs.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>() });
+            "inputs": inputs.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(), "hub": recording.pins() });
         std::fs::write(tmp.join("meta.json"), serde_json::to_vec_pretty(&meta).expect("JSON")).map_err(|e| io_err(&tmp, e))?;
         Ok::<_, DataError>(())
     })();
@@ -739,30 +780,108 @@ fn read_meta(dir: &Path) -> Result<Option<Materialized>, DataError> {
         message: format!("no row counts; delete {} and run again", dir.display()),
     })?;
     let n = |i: usize| rows[i].as_u64().unwrap_or(0) as usize;
+    // The digest covers the input paths, which name the commits, so the recorded pins are this folder's.
+    let hub = v.get("hub").and_then(|h| serde_json::from_value(h.clone()).ok()).unwrap_or_default();
     Ok(Some(Materialized {
         dir: dir.to_path_buf(),
         train: dir.join("train.jsonl"),
         dev: dir.join("dev.jsonl"),
         test: dir.join("test.jsonl"),
         rows: [n(0), n(1), n(2)],
+        hub,
     }))
 }
 
 /// The Hub datasets of seed loader blocks: [`crate::hub::Hub::from_env`] (the standard Hugging Face hub
-/// cache, `HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
-pub fn hub_split_files() -> Result<Box<dyn SplitFiles>, DataError> {
-    Ok(Box::new(crate::hub::Hub::from_env()))
+/// cache, `HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`), each dataset named in `pins`
+/// (repo id → commit: what a resume reads) at that commit, the others at `main`.
+pub fn hub_split_files(pins: std::collections::BTreeMap<String, String>) -> Result<Box<dyn SplitFiles>, DataError> {
+    Ok(Box::new(HubSplitFiles::new(crate::hub::Hub::from_env()).with_pins(pins)))
 }
 
 /// A dataset's splits as `datasets.load_dataset(repo, config)` resolves them (data files, else the
-/// `refs/convert/parquet` conversion), downloaded into the hub cache unless offline.
-impl SplitFiles for crate::hub::Hub {
+/// `refs/convert/parquet` conversion), downloaded into the hub cache unless offline. Each dataset is resolved
+/// to a commit once, so every split of it comes from the same commit ([`SplitFiles::hub_pin`]) even if its
+/// branch moves meanwhile.
+pub struct HubSplitFiles {
+    hub: crate::hub::Hub,
+    pins: std::collections::BTreeMap<String, String>,
+    resolved: std::sync::Mutex<std::collections::BTreeMap<String, (crate::hub::HubRepo, Option<HubPin>)>>,
+}
+
+impl HubSplitFiles {
+    /// Every dataset at `main`.
+    pub fn new(hub: crate::hub::Hub) -> HubSplitFiles {
+        HubSplitFiles { hub, pins: Default::default(), resolved: Default::default() }
+    }
+
+    /// The datasets named in `pins` (repo id → commit) at that commit. Offline, a commit missing from the cache
+    /// is an error naming the dataset, the commit and the cache.
+    pub fn with_pins(mut self, pins: std::collections::BTreeMap<String, String>) -> HubSplitFiles {
+        self.pins = pins;
+        self
+    }
+}
+
+impl SplitFiles for HubSplitFiles {
     fn split_files(&self, repo: &str, config: Option<&str>, split: &str) -> Result<Option<Vec<PathBuf>>, DataError> {
         let hub_err = |source| DataError::Hub { dataset: repo.to_string(), source };
-        let r = self.dataset(repo, None).map_err(hub_err)?;
+        let mut resolved = self.resolved.lock().expect("not poisoned");
+        if !resolved.contains_key(repo) {
+            let r = self.hub.dataset(repo, self.pins.get(repo).map(String::as_str)).map_err(hub_err)?;
+            resolved.insert(repo.to_string(), (r, None));
+        }
+        let (r, pin) = resolved.get_mut(repo).expect("inserted above");
         if !r.splits(config).map_err(hub_err)?.iter().any(|s| s == split) {
             return Ok(None);
         }
-        r.split_files(config, split).map(Some).map_err(hub_err)
+        // The repo the files come from: the dataset's, or its `refs/convert/parquet` conversion's.
+        let (from, names) = r.resolved_split(config, split).map_err(hub_err)?;
+        let files = names.iter().map(|n| from.get(n)).collect::<Result<Vec<_>, _>>().map_err(hub_err)?;
+        if pin.is_none() {
+            tracing::info!(repo_id = repo, revision = from.revision, commit = from.commit, "Hub dataset of a seed loader resolved");
+            *pin = Some(HubPin { repo_id: repo.to_string(), revision: from.revision.clone(), commit: from.commit.clone() });
+        }
+        Ok(Some(files))
     }
+
+    fn hub_pin(&self, repo: &str) -> Option<HubPin> {
+        self.resolved.lock().expect("not poisoned").get(repo).and_then(|(_, p)| p.clone())
+    }
+}
+
+/// Publishes the materialised seed-data files a data plan points at to `<output>/seed-data/<digest>/` and points
+/// the plan there, so cluster workers on other machines read them from the store (they have neither the
+/// coordinator's `$SPLADE_CACHE` nor need the Hub). Files under `<cache_root>/seed-data/` are copied (a copy of
+/// the same size already there is kept: the folders are content-addressed); every other file is left as it is.
+/// Both the training rows ([`crate::data::RecordIndex::files`]) and the dev split
+/// ([`crate::data::RecordIndex::dev`]) are published. Errors name the file or the store location.
+pub async fn publish_seed_data(
+    datasets: &mut [crate::data::RecordIndex],
+    output: &crate::store::Location,
+    cache_root: &Path,
+) -> Result<(), DataError> {
+    let root = std::path::absolute(cache_root.join("seed-data")).unwrap_or_else(|_| cache_root.join("seed-data"));
+    for index in datasets.iter_mut() {
+        let urls = index.files.iter_mut().map(|f| &mut f.url).chain(index.dev.as_mut());
+        for url in urls {
+            let path = PathBuf::from(url.as_str());
+            let seed_data = cache_root.join("seed-data");
+            let Ok(rel) = path.strip_prefix(&root).or_else(|_| path.strip_prefix(&seed_data)) else { continue };
+            let rel = format!("seed-data/{}", rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/"));
+            let key = output.child(&rel);
+            let size = std::fs::metadata(&path).map_err(|e| io_err(&path, e))?.len();
+            let present = output.store().head(&key).await.is_ok_and(|m| m.size == size);
+            if !present {
+                let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+                output.store().put(&key, bytes.into()).await.map_err(|source| crate::store::StoreError::ObjectStore {
+                    location: output.url_of(&rel),
+                    source,
+                })?;
+                tracing::info!(file = %path.display(), published = output.url_of(&rel), "seed-data file published for the workers");
+            }
+            *url = output.url_of(&rel);
+        }
+    }
+    Ok(())
 }
