@@ -2,7 +2,12 @@
 //!
 //! The training loop reads [`WorkerSession::directive`] between steps and tells the session where it is with
 //! [`WorkerSession::set_position`]; the session re-joins on its own when the coordinator has forgotten the worker,
-//! and turns an unreachable coordinator into [`Directive::Failed`] once `give_up_after` has passed.
+//! and turns an unreachable coordinator into [`Directive::Failed`] once `give_up_after` has passed (until then
+//! [`WorkerSession::unreachable_for`] says how long it has been silent, for callers with their own bound).
+//!
+//! Every answer carries the Raft term of the coordinator that gave it. The session remembers the highest term it
+//! has seen and never obeys a directive of an older one (a deposed leader's); each directive it obeys is logged
+//! with its term and generation (`directive obeyed`, debug for "keep going", info otherwise).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::client::{ClientError, CoordinatorClient};
-use crate::domain::{Directive, Heartbeat, JoinAck, JoinRequest, WorkerId};
+use crate::domain::{Directive, Heartbeat, HeartbeatReply, JoinAck, JoinRequest, WorkerId};
 
 #[derive(Clone, Copy, Default)]
 struct Position {
@@ -27,6 +32,8 @@ pub struct WorkerSession {
     client: CoordinatorClient,
     position: Arc<Mutex<Position>>,
     directive: watch::Receiver<Directive>,
+    /// When the coordinator stopped answering; `None` while it answers.
+    silent_since: Arc<Mutex<Option<Instant>>>,
     task: JoinHandle<()>,
 }
 
@@ -43,12 +50,14 @@ impl WorkerSession {
         let (tx, directive) = watch::channel(Directive::Wait {
             reason: "joined; waiting for the first heartbeat".into(),
         });
+        let silent_since = Arc::new(Mutex::new(None));
         let task = tokio::spawn(heartbeat_loop(
             client.clone(),
             request,
             ack.clone(),
             position.clone(),
             tx,
+            silent_since.clone(),
             give_up_after,
         ));
         Ok(Self {
@@ -56,6 +65,7 @@ impl WorkerSession {
             client,
             position,
             directive,
+            silent_since,
             task,
         })
     }
@@ -90,6 +100,12 @@ impl WorkerSession {
     /// A client on the same connection, for progress reports and checkpoint commits.
     pub fn client(&self) -> CoordinatorClient {
         self.client.clone()
+    }
+
+    /// How long the coordinator has not answered (a failed heartbeat, or only directives of an older term);
+    /// `None` while it answers.
+    pub fn unreachable_for(&self) -> Option<Duration> {
+        self.silent_since.lock().unwrap_or_else(|e| e.into_inner()).map(|t| t.elapsed())
     }
 
     /// True once the heartbeat has stopped (job over, or coordinator lost).
@@ -149,10 +165,20 @@ async fn heartbeat_loop(
     ack: JoinAck,
     position: Arc<Mutex<Position>>,
     tx: watch::Sender<Directive>,
+    silent_since: Arc<Mutex<Option<Instant>>>,
     give_up_after: Duration,
 ) {
     let id = ack.worker_id.clone();
     let mut last_ok = Instant::now();
+    let mut highest_term = 0u64;
+    let set_silent = |silent: bool| {
+        let mut s = silent_since.lock().unwrap_or_else(|e| e.into_inner());
+        match (silent, s.is_some()) {
+            (true, false) => *s = Some(Instant::now()),
+            (false, true) => *s = None,
+            _ => {}
+        }
+    };
     loop {
         let pos = *position.lock().unwrap_or_else(|e| e.into_inner());
         let hb = Heartbeat {
@@ -160,7 +186,37 @@ async fn heartbeat_loop(
             generation: pos.generation,
             step: pos.step,
         };
-        let result = match client.heartbeat(hb).await {
+        let answer = match client.heartbeat(hb).await {
+            Ok(HeartbeatReply { term, generation, .. }) if term < highest_term => {
+                tracing::warn!(
+                    worker = %id, term, generation, highest_term,
+                    "ignored a directive of an older term (a deposed coordinator); retrying"
+                );
+                set_silent(true);
+                if last_ok.elapsed() > give_up_after {
+                    tx.send_replace(Directive::Failed {
+                        reason: format!(
+                            "no coordinator of term {highest_term} or later answered for more than {give_up_after:?}"
+                        ),
+                    });
+                    return;
+                }
+                tokio::time::sleep(ack.heartbeat_interval).await;
+                continue;
+            }
+            Ok(HeartbeatReply { term, generation, directive }) => {
+                highest_term = term;
+                let kind = directive_kind(&directive);
+                if matches!(directive, Directive::KeepGoing) {
+                    tracing::debug!(worker = %id, term, generation, directive = kind, "directive obeyed");
+                } else if *tx.borrow() != directive {
+                    tracing::info!(worker = %id, term, generation, directive = kind, "directive obeyed");
+                }
+                Ok(directive)
+            }
+            Err(e) => Err(e),
+        };
+        let result = match answer {
             Ok(Directive::Rejoin { reason }) => {
                 tracing::warn!(worker = %id, %reason, "coordinator asked this worker to join again");
                 tx.send_replace(Directive::Wait {
@@ -172,9 +228,13 @@ async fn heartbeat_loop(
             Err(e) => Err(e),
         };
         match result {
-            Ok(Some(Directive::KeepGoing)) | Ok(None) => last_ok = Instant::now(),
+            Ok(Some(Directive::KeepGoing)) | Ok(None) => {
+                last_ok = Instant::now();
+                set_silent(false);
+            }
             Ok(Some(d)) => {
                 last_ok = Instant::now();
+                set_silent(false);
                 let done = matches!(d, Directive::Complete { .. } | Directive::Failed { .. });
                 tx.send_if_modified(|cur| {
                     let changed = *cur != d;
@@ -199,8 +259,23 @@ async fn heartbeat_loop(
                 });
                 return;
             }
-            Err(e) => tracing::warn!(worker = %id, error = %e, "heartbeat failed; retrying"),
+            Err(e) => {
+                set_silent(true);
+                tracing::warn!(worker = %id, error = %e, "heartbeat failed; retrying")
+            }
         }
         tokio::time::sleep(ack.heartbeat_interval).await;
+    }
+}
+
+/// The directive's name for logs.
+fn directive_kind(d: &Directive) -> &'static str {
+    match d {
+        Directive::KeepGoing => "keep_going",
+        Directive::Wait { .. } => "wait",
+        Directive::Assign(_) => "assign",
+        Directive::Complete { .. } => "complete",
+        Directive::Failed { .. } => "failed",
+        Directive::Rejoin { .. } => "rejoin",
     }
 }
