@@ -11,6 +11,7 @@
 pub mod config;
 pub mod machine;
 pub mod metrics;
+pub mod recover;
 pub mod server;
 mod service;
 pub mod settings;

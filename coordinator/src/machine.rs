@@ -73,6 +73,10 @@ pub struct Machine {
     /// Workers already told that the job completed or failed.
     told_final: HashSet<WorkerId>,
     finished_at: Option<Instant>,
+    /// Highest generation a worker this machine does not know reported training in: a coordinator restarted
+    /// without its state numbers its generations above it, so no worker confuses a new generation with the
+    /// one it trained in before.
+    seen_generation: u64,
 }
 
 impl Machine {
@@ -93,6 +97,7 @@ impl Machine {
             progress_step: 0,
             told_final: HashSet::new(),
             finished_at: None,
+            seen_generation: 0,
         };
         m.adopt(state, now);
         m
@@ -119,7 +124,7 @@ impl Machine {
         let ids: Vec<WorkerId> = self.state.workers().iter().map(|w| w.id.clone()).collect();
         self.live.retain(|id, _| ids.contains(id));
         for id in ids {
-            self.live.entry(id).or_insert(Liveness { last_seen: now, step: 0 });
+            self.live.entry(id).or_insert(Liveness { last_seen: now, step: 0 }).last_seen = now;
         }
         if let Some(g) = self.state.generation() {
             self.global_step = self.global_step.max(g.start_step);
@@ -228,6 +233,7 @@ impl Machine {
             _ => {}
         }
         let Some(live) = self.live.get_mut(&id) else {
+            self.seen_generation = self.seen_generation.max(hb.generation.unwrap_or(0));
             return Directive::Rejoin {
                 reason: format!("worker {id} is not registered (never joined, or dropped after missing heartbeats); join again"),
             };
@@ -551,7 +557,7 @@ impl Machine {
             .clone();
         let restore = self.state.latest_checkpoint().cloned();
         let start_step = restore.as_ref().map_or(0, |c| c.step);
-        let number = self.state.generation().map_or(1, |g| g.number + 1);
+        let number = self.state.generation().map_or(0, |g| g.number).max(self.seen_generation) + 1;
         let g = GenerationRecord {
             number,
             members,
@@ -966,5 +972,44 @@ mod tests {
             Some(JobOutcome::Completed { final_step: 100 })
         );
         assert_eq!(m.snapshot(t0).progress.train.map(|t| t.loss.total), Some(0.5));
+    }
+
+    #[test]
+    fn a_restarted_machine_numbers_generations_above_what_unknown_workers_report() {
+        let t0 = Instant::now();
+        let mut m = machine(1, 1, 0, t0);
+        // A worker still training generation 4 of the coordinator before the restart.
+        match m.heartbeat(Heartbeat { worker_id: id("a"), generation: Some(4), step: 9 }, t0) {
+            Directive::Rejoin { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        join(&mut m, "a", t0);
+        let a = assigned(hb(&mut m, "a", Some(4), t0 + Duration::from_millis(350)));
+        assert_eq!(a.generation, 5);
+    }
+
+    #[test]
+    fn changes_are_queued_as_commands_and_adopting_the_store_state_drops_them() {
+        let t0 = Instant::now();
+        let mut m = machine(1, 2, 0, t0);
+        join(&mut m, "a", t0);
+        let cmds = m.take_commands();
+        assert!(matches!(cmds.as_slice(), [JobCommand::PutWorker(w)] if w.id == id("a")), "{cmds:?}");
+        // The store refused the next change (say, the formation): the machine takes the store's state back.
+        let mut store = JobState::default();
+        cmds.iter().for_each(|c| store.apply(c));
+        let t1 = t0 + Duration::from_millis(350);
+        assigned(hb(&mut m, "a", None, t1));
+        assert!(!m.take_commands().is_empty());
+        m.adopt(store.clone(), t1);
+        assert_eq!(m.state(), &store);
+        assert!(m.take_commands().is_empty());
+        // Replaying what it queues on the store's state gives the machine's view (the rendezvous restarted from
+        // the store's state, so its last call runs again).
+        assert!(matches!(hb(&mut m, "a", None, t1), Directive::Wait { .. }));
+        let a = assigned(hb(&mut m, "a", None, t1 + Duration::from_millis(350)));
+        assert_eq!(a.generation, 1);
+        m.take_commands().iter().for_each(|c| store.apply(c));
+        assert_eq!(m.state(), &store);
     }
 }

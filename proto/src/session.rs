@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::client::{ClientError, CoordinatorClient};
+use crate::client::{ClientError, ClientTls, CoordinatorClient, RetryPolicy, LEADER_METADATA};
 use crate::domain::{Directive, Heartbeat, HeartbeatReply, JoinAck, JoinRequest, WorkerId};
 
 #[derive(Clone, Copy, Default)]
@@ -68,6 +68,61 @@ impl WorkerSession {
             silent_since,
             task,
         })
+    }
+
+    /// Joins through the first coordinator of `addrs` that accepts the join, following redirects: a coordinator
+    /// that is not the leader answers `UNAVAILABLE` with the leader's address in [`LEADER_METADATA`], and the join
+    /// goes there next. Addresses that do not answer are skipped; the list is tried `retry.attempts` rounds, the
+    /// pause between rounds growing as `retry` says. A refusal retrying cannot fix (wrong token, job over) ends it
+    /// at once. Returns the session and the address that accepted.
+    pub async fn join_any(
+        addrs: &[String],
+        token: &str,
+        tls: Option<ClientTls>,
+        request: JoinRequest,
+        retry: RetryPolicy,
+        give_up_after: Duration,
+    ) -> Result<(Self, String), ClientError> {
+        let once = RetryPolicy { attempts: 1, ..retry.clone() };
+        let mut backoff = retry.initial_backoff;
+        let mut last = None;
+        for round in 1..=retry.attempts.max(1) {
+            let mut queue: std::collections::VecDeque<String> = addrs.iter().cloned().collect();
+            let mut redirects = 0;
+            while let Some(addr) = queue.pop_front() {
+                let client = match CoordinatorClient::connect_with(&addr, token, tls.clone(), once.clone()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(addr, round, error = %e, "coordinator not reachable; trying the next");
+                        last = Some(e);
+                        continue;
+                    }
+                };
+                match Self::join(client, request.clone(), give_up_after).await {
+                    Ok(session) => return Ok((session, addr)),
+                    Err(e) => match leader_of(&e) {
+                        // Bounded, so two coordinators naming each other cannot loop.
+                        Some(leader) if redirects < 2 * addrs.len() + 2 => {
+                            tracing::info!(from = addr, to = leader, "not the leader; following the redirect");
+                            redirects += 1;
+                            queue.push_front(leader);
+                            last = Some(e);
+                        }
+                        _ if e.code() == Some(tonic::Code::Unavailable) => {
+                            tracing::warn!(addr, round, error = %e, "coordinator cannot take the join now; trying the next");
+                            last = Some(e);
+                        }
+                        _ => return Err(e),
+                    },
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(retry.max_backoff);
+        }
+        Err(last.unwrap_or_else(|| ClientError::InvalidAddress {
+            addr: String::new(),
+            reason: "no coordinator address given".into(),
+        }))
     }
 
     /// This worker's id and heartbeat timing as the coordinator confirmed them.
@@ -138,6 +193,19 @@ impl PositionSetter {
     /// See [`WorkerSession::set_position`].
     pub fn set(&self, generation: Option<u64>, step: u64) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Position { generation, step };
+    }
+}
+
+/// The leader's address a `NotLeader` refusal names, if `e` is one.
+pub fn leader_of(e: &ClientError) -> Option<String> {
+    match e {
+        ClientError::Rpc { status, .. } if status.code() == tonic::Code::Unavailable => status
+            .metadata()
+            .get(LEADER_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned),
+        _ => None,
     }
 }
 

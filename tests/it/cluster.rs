@@ -666,8 +666,21 @@ async fn cluster_worker_killed_job_resumes() {
 
     // The ledger: each generation resumed where its checkpoint left off; the committed trajectory
     // (each generation up to where the next one started) consumed exactly the planned rows.
+    let (gens, starts) = assert_ledger_follows_the_plan(&ledger, &local_data, steps);
+    assert!(gens.len() >= 2, "the ledger shows {} generation(s)", gens.len());
+    // A resumed generation started exactly at a committed checkpoint.
+    for s in &starts[1..] {
+        assert!(*s > 0 && *s % 2 == 0, "generation started after step {s}, which is not a checkpoint");
+    }
+}
+
+/// Reads a `--ledger` file of a job of `steps` steps (4 rows per device, 8 per step, checkpoints every 2) trained on
+/// the rows of `local_data`, and checks the committed trajectory (each generation up to where the next one
+/// started) consumed exactly the planned rows of every step, none lost, none twice. Returns the generations in
+/// order and the step each started after.
+pub(crate) fn assert_ledger_follows_the_plan(ledger: &Path, local_data: &Path, steps: usize) -> (Vec<u64>, Vec<u64>) {
     let mut by_gen: BTreeMap<u64, BTreeMap<u64, Vec<usize>>> = BTreeMap::new();
-    for line in std::fs::read_to_string(&ledger).unwrap().lines() {
+    for line in std::fs::read_to_string(ledger).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(v["bytes_read"].as_u64().is_some(), "a worker did not read its slice through the data plan: {line}");
         let rows: Vec<usize> = serde_json::from_value(v["rows"].clone()).unwrap();
@@ -679,7 +692,6 @@ async fn cluster_worker_killed_job_resumes() {
             .extend(rows);
     }
     let gens: Vec<u64> = by_gen.keys().copied().collect();
-    assert!(gens.len() >= 2, "the ledger shows {} generation(s)", gens.len());
     let starts: Vec<u64> = gens.iter().map(|g| by_gen[g].keys().next().unwrap() - 1).collect();
     let mut committed: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
     for (i, g) in gens.iter().enumerate() {
@@ -690,8 +702,9 @@ async fn cluster_worker_killed_job_resumes() {
             }
         }
     }
-    // The plan, from the same rows on local disk (what the workers read from the bucket).
-    let plan_cfg = parse(&job_yaml(&tmp.path().join("plan-out"), &local_data, 4, 8, steps, 2, (1, 2)));
+    // The plan, from the same rows on local disk (what the workers read).
+    let tmp = tempfile::tempdir().unwrap();
+    let plan_cfg = parse(&job_yaml(&tmp.path().join("plan-out"), local_data, 4, 8, steps, 2, (1, 2)));
     let datasets = load_train_datasets(&plan_cfg).unwrap();
     let plan = build_plan(&plan_cfg, &datasets, 8).unwrap();
     assert_eq!(committed.len(), steps, "committed steps: {:?}", committed.keys().collect::<Vec<_>>());
@@ -701,10 +714,7 @@ async fn cluster_worker_killed_job_resumes() {
         rows.sort_unstable();
         assert_eq!(rows, &planned, "step {step}: consumed rows differ from the plan");
     }
-    // A resumed generation started exactly at a committed checkpoint.
-    for s in &starts[1..] {
-        assert!(*s > 0 && *s % 2 == 0, "generation started after step {s}, which is not a checkpoint");
-    }
+    (gens, starts)
 }
 
 /// Rank 0 killed with SIGKILL between uploading a checkpoint's files to S3 (moto) and writing its

@@ -798,6 +798,9 @@ pub struct ClusterConfig {
     /// Samples per optimizer step across all workers, fixed whatever the world size; default
     /// `per_device_train_batch_size × gradient_accumulation_steps × max_workers`.
     pub global_batch_size: Option<usize>,
+    /// Seconds a worker whose coordinator stopped answering waits for one (after finishing its generation)
+    /// before it exits naming what it finished; default 60. `splade-worker --coordinator-wait` overrides it.
+    pub coordinator_wait: f64,
 }
 
 impl Default for ClusterConfig {
@@ -817,6 +820,7 @@ impl Default for ClusterConfig {
             rendezvous_last_call: 10.0,
             store_port: 29500,
             global_batch_size: None,
+            coordinator_wait: 60.0,
         }
     }
 }
@@ -1370,6 +1374,8 @@ impl Config {
             c.heartbeat_timeout.to_string(), "must be longer than heartbeat_interval");
         check(c.rendezvous_last_call >= 0.0, "cluster.rendezvous_last_call", c.rendezvous_last_call.to_string(),
             "must be ≥ 0 (seconds)");
+        check(c.coordinator_wait > 0.0 && c.coordinator_wait.is_finite(), "cluster.coordinator_wait",
+            c.coordinator_wait.to_string(), "must be a positive number of seconds (e.g. 60)");
         check(c.store_port >= 1, "cluster.store_port", c.store_port.to_string(), "use a fixed port such as 29500");
         if let Some(g) = c.global_batch_size {
             check(g >= 1, "cluster.global_batch_size", g.to_string(), "must be at least 1, or left out");
