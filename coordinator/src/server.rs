@@ -287,6 +287,31 @@ async fn settle<S: ClusterState>(machine: &mut Machine, store: &S, stale: &mut b
     Err(e)
 }
 
+/// Asks the store whether this node may drive the job. Losing the lead is logged; regaining it (or leading for
+/// the first time after following) marks the view stale, so the store's state is read before the next input.
+async fn check_leader<S: ClusterState>(
+    machine: &mut Machine,
+    store: &S,
+    leading: &mut bool,
+    stale: &mut bool,
+) -> Result<(), StateError> {
+    let r = store.ensure_leader().await;
+    match (&r, *leading) {
+        (Err(e), true) => {
+            tracing::warn!(error = %e, "not the leader: refusing worker calls until this node leads again");
+            *leading = false;
+            machine.take_commands();
+        }
+        (Ok(()), false) => {
+            tracing::info!("leading again: reading the job state before driving it");
+            *leading = true;
+            *stale = true;
+        }
+        _ => {}
+    }
+    r
+}
+
 async fn resync<S: ClusterState>(machine: &mut Machine, store: &S, stale: &mut bool) {
     match store.read().await {
         Ok(state) => {
@@ -313,6 +338,7 @@ async fn run_loop<S: ClusterState>(
     let mut timer = tokio::time::interval(tick);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stale = false;
+    let mut leading = true;
     loop {
         // An input's answer goes out only after its changes (and the time-driven ones with it) are committed: a
         // caller never acts on a change the store refused. A caller that gave up (deadline, disconnect) dropped
@@ -325,16 +351,21 @@ async fn run_loop<S: ClusterState>(
             }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { return JobOutcome::ShutDown };
-                if stale {
+                let leader = check_leader(&mut machine, &store, &mut leading, &mut stale).await;
+                if stale && leader.is_ok() {
                     resync(&mut machine, &store, &mut stale).await;
                 }
                 let now = Instant::now();
                 macro_rules! answer {
                     ($tx:expr, $value:expr) => {{
-                        let value = if stale { None } else { Some($value) };
+                        let value = match (&leader, stale) {
+                            (Err(e), _) => Err(e.clone()),
+                            (Ok(()), true) => Err(StateError::Unavailable("the job state cannot be read".into())),
+                            (Ok(()), false) => Ok($value),
+                        };
                         let result = match value {
-                            None => Err(StateError::Unavailable("the job state cannot be read".into())),
-                            Some(v) => {
+                            Err(e) => Err(e),
+                            Ok(v) => {
                                 outcome = machine.advance(now);
                                 settle(&mut machine, &store, &mut stale).await.map(|()| v)
                             }
@@ -361,10 +392,11 @@ async fn run_loop<S: ClusterState>(
                 }
             }
             _ = timer.tick() => {
-                if stale {
+                let leader = check_leader(&mut machine, &store, &mut leading, &mut stale).await;
+                if stale && leader.is_ok() {
                     resync(&mut machine, &store, &mut stale).await;
                 }
-                if !stale {
+                if !stale && leader.is_ok() {
                     outcome = machine.advance(Instant::now());
                     if settle(&mut machine, &store, &mut stale).await.is_err() {
                         outcome = None;

@@ -234,6 +234,13 @@ pub trait ClusterState: Send + Sync + 'static {
     async fn read(&self) -> Result<JobState, StateError>;
     /// The Raft term this node's view belongs to (0 for stores without terms), carried in directives.
     fn term(&self) -> u64;
+    /// Whether this node may drive the job now; a follower answers `NotLeader { leader }`. The loop asks before
+    /// every input and timer tick, so a follower (or a deposed leader) answers no worker with a directive and
+    /// applies no timeout; on becoming leader it reads the store's state first. The default (a store without
+    /// leaders) always may.
+    async fn ensure_leader(&self) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// [`ClusterState`] in process memory: lost when the coordinator exits. Never fails; its term is 0.
@@ -280,6 +287,9 @@ impl<S: ClusterState + ?Sized> ClusterState for std::sync::Arc<S> {
     }
     fn term(&self) -> u64 {
         (**self).term()
+    }
+    async fn ensure_leader(&self) -> Result<(), StateError> {
+        (**self).ensure_leader().await
     }
 }
 

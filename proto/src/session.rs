@@ -29,7 +29,8 @@ struct Position {
 /// worker after its heartbeat timeout); [`WorkerSession::leave`] says goodbye properly.
 pub struct WorkerSession {
     ack: JoinAck,
-    client: CoordinatorClient,
+    /// The coordinator the session talks to; replaced when a non-leader redirects the heartbeat.
+    client: Arc<Mutex<CoordinatorClient>>,
     position: Arc<Mutex<Position>>,
     directive: watch::Receiver<Directive>,
     /// When the coordinator stopped answering; `None` while it answers.
@@ -41,11 +42,23 @@ impl WorkerSession {
     /// Joins and starts heartbeating. `give_up_after` bounds how long the coordinator may be unreachable before
     /// the session reports [`Directive::Failed`] (and stops).
     pub async fn join(
-        mut client: CoordinatorClient,
+        client: CoordinatorClient,
         request: JoinRequest,
         give_up_after: Duration,
     ) -> Result<Self, ClientError> {
+        Self::join_following(client, request, give_up_after, None).await
+    }
+
+    /// [`Self::join`]; with `redirect` (the token and TLS to connect with), a heartbeat refused by a non-leader
+    /// that names the leader moves the session to the leader.
+    async fn join_following(
+        mut client: CoordinatorClient,
+        request: JoinRequest,
+        give_up_after: Duration,
+        redirect: Option<Redirect>,
+    ) -> Result<Self, ClientError> {
         let ack = client.join(request.clone()).await?;
+        let client = Arc::new(Mutex::new(client));
         let position = Arc::new(Mutex::new(Position::default()));
         let (tx, directive) = watch::channel(Directive::Wait {
             reason: "joined; waiting for the first heartbeat".into(),
@@ -53,6 +66,7 @@ impl WorkerSession {
         let silent_since = Arc::new(Mutex::new(None));
         let task = tokio::spawn(heartbeat_loop(
             client.clone(),
+            redirect,
             request,
             ack.clone(),
             position.clone(),
@@ -98,7 +112,8 @@ impl WorkerSession {
                         continue;
                     }
                 };
-                match Self::join(client, request.clone(), give_up_after).await {
+                let redirect = Redirect { token: token.to_owned(), tls: tls.clone() };
+                match Self::join_following(client, request.clone(), give_up_after, Some(redirect)).await {
                     Ok(session) => return Ok((session, addr)),
                     Err(e) => match leader_of(&e) {
                         // Bounded, so two coordinators naming each other cannot loop.
@@ -152,9 +167,10 @@ impl WorkerSession {
         PositionSetter(self.position.clone())
     }
 
-    /// A client on the same connection, for progress reports and checkpoint commits.
+    /// A client on the session's current connection (the leader it was last redirected to), for progress
+    /// reports and checkpoint commits; take a fresh one for each call that should follow a redirect.
     pub fn client(&self) -> CoordinatorClient {
-        self.client.clone()
+        self.client.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// How long the coordinator has not answered (a failed heartbeat, or only directives of an older term);
@@ -169,13 +185,13 @@ impl WorkerSession {
     }
 
     /// Stops heartbeating and tells the coordinator this worker is leaving.
-    pub async fn leave(mut self, reason: &str) -> Result<(), ClientError> {
+    pub async fn leave(self, reason: &str) -> Result<(), ClientError> {
         self.task.abort();
         let req = crate::domain::LeaveRequest {
             worker_id: self.ack.worker_id.clone(),
             reason: reason.to_owned(),
         };
-        self.client.leave(req).await.map(|_| ())
+        self.client().leave(req).await.map(|_| ())
     }
 }
 
@@ -227,8 +243,16 @@ fn is_fatal(e: &ClientError) -> bool {
     }
 }
 
+/// What a session needs to connect to another coordinator.
+#[derive(Clone)]
+struct Redirect {
+    token: String,
+    tls: Option<ClientTls>,
+}
+
 async fn heartbeat_loop(
-    mut client: CoordinatorClient,
+    shared: Arc<Mutex<CoordinatorClient>>,
+    redirect: Option<Redirect>,
     request: JoinRequest,
     ack: JoinAck,
     position: Arc<Mutex<Position>>,
@@ -237,6 +261,7 @@ async fn heartbeat_loop(
     give_up_after: Duration,
 ) {
     let id = ack.worker_id.clone();
+    let mut client = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut last_ok = Instant::now();
     let mut highest_term = 0u64;
     let set_silent = |silent: bool| {
@@ -311,6 +336,21 @@ async fn heartbeat_loop(
                 });
                 if done {
                     return;
+                }
+            }
+            Err(e) if leader_of(&e).is_some() && redirect.is_some() => {
+                set_silent(true);
+                let leader = leader_of(&e).unwrap_or_default();
+                let r = redirect.as_ref().expect("checked");
+                let once = RetryPolicy { attempts: 1, ..RetryPolicy::default() };
+                match CoordinatorClient::connect_with(&leader, &r.token, r.tls.clone(), once).await {
+                    Ok(c) => {
+                        tracing::info!(worker = %id, leader, "the coordinator is not the leader; following the redirect");
+                        client = c.clone();
+                        *shared.lock().unwrap_or_else(|e| e.into_inner()) = c;
+                        continue;
+                    }
+                    Err(ce) => tracing::warn!(worker = %id, leader, error = %ce, "cannot reach the leader named by a redirect; retrying"),
                 }
             }
             Err(e) if is_fatal(&e) => {

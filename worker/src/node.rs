@@ -58,7 +58,7 @@ use splade_proto::domain::{
     Assignment, CheckpointCommit, CheckpointRef, Directive, EvalScore, JoinRequest, LossParts, ProgressReport,
     StepProgress, WorkerId,
 };
-use splade_proto::{ClientTls, CoordinatorClient, RetryPolicy, WorkerSession};
+use splade_proto::{ClientTls, RetryPolicy, WorkerSession};
 use tch::Device;
 use tokio::sync::watch;
 
@@ -592,7 +592,6 @@ impl Generation<'_> {
             rx,
             rank,
             world,
-            client: self.session.client(),
             last_step,
             bytes_reported: 0,
             final_scores: Vec::new(),
@@ -617,7 +616,6 @@ struct RankHooks<'g, 'r> {
     rx: &'r mut watch::Receiver<Directive>,
     rank: usize,
     world: usize,
-    client: CoordinatorClient,
     last_step: &'r mut u64,
     bytes_reported: u64,
     /// The final model's scores, sent with the last step's report.
@@ -635,7 +633,7 @@ impl RankHooks<'_, '_> {
     fn report(&mut self, step: u64, what: &str, fill: impl FnOnce(&mut ProgressReport)) {
         let mut report = ProgressReport::new(self.gen.session.worker_id().clone(), self.gen.a.generation, step);
         fill(&mut report);
-        if let Err(e) = self.gen.rt.block_on(self.client.report_progress(report)) {
+        if let Err(e) = self.gen.rt.block_on(self.gen.session.client().report_progress(report)) {
             tracing::warn!(error = %e, "{what} report failed");
         }
     }
@@ -709,7 +707,7 @@ impl Hooks for RankHooks<'_, '_> {
             generation: self.gen.a.generation,
             checkpoint: CheckpointRef { step, location: url.to_string(), manifest_sha256: manifest_digest(&info.manifest) },
         };
-        match self.gen.rt.block_on(self.client.commit_checkpoint(commit)) {
+        match self.gen.rt.block_on(self.gen.session.client().commit_checkpoint(commit)) {
             Ok(ack) if ack.accepted => tracing::info!(checkpoint = url, seconds, "checkpoint committed"),
             Ok(ack) => tracing::warn!(checkpoint = url, reason = ack.reason, "checkpoint not recorded"),
             Err(e) => tracing::warn!(checkpoint = url, error = %e, "checkpoint announcement failed"),

@@ -15,16 +15,18 @@ use splade_proto::{RetryPolicy, WorkerSession};
 
 const LEADER: &str = "10.1.2.3:50051";
 
-/// The in-memory store, refusing every commit with `NotLeader { leader }` while `refuse` is set; term 7.
+/// The in-memory store, answering `NotLeader { leader }` to commits while `refuse` is set (a leader deposed
+/// between its check and its commit) and to the leadership check too while `follow` is set; term 7.
 struct Refusing {
     inner: InMemoryClusterState,
     refuse: AtomicBool,
+    follow: AtomicBool,
     leader: String,
 }
 
 impl Refusing {
     fn new(leader: &str) -> Arc<Self> {
-        Arc::new(Self { inner: InMemoryClusterState::default(), refuse: AtomicBool::new(false), leader: leader.into() })
+        Arc::new(Self { inner: InMemoryClusterState::default(), refuse: AtomicBool::new(false), follow: AtomicBool::new(false), leader: leader.into() })
     }
 }
 
@@ -41,6 +43,12 @@ impl ClusterState for Refusing {
     }
     fn term(&self) -> u64 {
         7
+    }
+    async fn ensure_leader(&self) -> Result<(), StateError> {
+        match self.follow.load(Ordering::SeqCst) {
+            true => Err(StateError::NotLeader { leader: Some(self.leader.clone()) }),
+            false => Ok(()),
+        }
     }
 }
 
@@ -124,6 +132,35 @@ async fn join_any_skips_a_dead_address_and_follows_a_followers_redirect_to_the_l
             Ok(_) => panic!("joined with a wrong token"),
         };
         assert_eq!(e.code(), Some(tonic::Code::Unauthenticated), "{e}");
+        leader.shutdown();
+        follower.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_joined_session_follows_a_redirect_to_the_leader_and_the_follower_answers_nothing_else() {
+    init_tracing();
+    bounded(async {
+        let leader = start(settings(1, 1, 0), job(20)).await;
+        let store = Refusing::new(&leader.local_addr().to_string());
+        let follower = start_with_state(options(settings(1, 1, 0), job(20)), store.clone()).await.unwrap();
+        let retry = RetryPolicy { attempts: 2, ..RetryPolicy::default() };
+        let addrs = vec![follower.local_addr().to_string()];
+        let (session, at) =
+            WorkerSession::join_any(&addrs, TOKEN, None, join_request("w0", None), retry, PATIENCE).await.unwrap();
+        assert_eq!(at, follower.local_addr().to_string());
+        // The node that took the join stops leading: the session's heartbeats are refused naming the leader, and it
+        // moves there and joins (the leader, holding no record of w0, asks it to).
+        store.refuse.store(true, Ordering::SeqCst);
+        store.follow.store(true, Ordering::SeqCst);
+        snapshot_until(&leader, "w0 registered at the leader", |s| s.workers.iter().any(|w| w.id == wid("w0"))).await;
+        // Calls through the session now reach the leader; the follower refuses even a call that changes nothing.
+        let hb = Heartbeat { worker_id: wid("w0"), generation: None, step: 0 };
+        assert!(session.client().heartbeat(hb.clone()).await.is_ok());
+        let mut direct = client(follower.local_addr(), TOKEN).await.unwrap();
+        let e = direct.heartbeat(hb).await.unwrap_err();
+        assert_eq!(splade_proto::session::leader_of(&e), Some(leader.local_addr().to_string()), "{e}");
         leader.shutdown();
         follower.shutdown();
     })
