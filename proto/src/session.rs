@@ -65,8 +65,7 @@ impl WorkerSession {
         });
         let silent_since = Arc::new(Mutex::new(None));
         let task = tokio::spawn(heartbeat_loop(
-            client.clone(),
-            redirect,
+            Link { current: client.clone(), redirect },
             request,
             ack.clone(),
             position.clone(),
@@ -250,9 +249,14 @@ struct Redirect {
     tls: Option<ClientTls>,
 }
 
-async fn heartbeat_loop(
-    shared: Arc<Mutex<CoordinatorClient>>,
+/// The session's connection: the one calls use now, and how to open another when a non-leader redirects.
+struct Link {
+    current: Arc<Mutex<CoordinatorClient>>,
     redirect: Option<Redirect>,
+}
+
+async fn heartbeat_loop(
+    Link { current: shared, redirect }: Link,
     request: JoinRequest,
     ack: JoinAck,
     position: Arc<Mutex<Position>>,
