@@ -3,6 +3,12 @@
 //! Pure and synchronous: every input carries the time it happened at, so the rules are tested without sleeping
 //! and the async loop in `server.rs` only feeds it. Read top to bottom: inputs (join, heartbeat, progress, commit,
 //! leave), then [`Machine::advance`], which applies time (timeouts, forming a generation, finishing).
+//!
+//! The machine never writes the durable state itself: each change is a [`JobCommand`] applied to the machine's
+//! view of the [`JobState`] at once (so the rules read their own writes) and queued. After every input the loop
+//! takes the queue ([`Machine::take_commands`]) and commits it to the store, as one command, before it answers
+//! the caller. A commit the store refuses (not the leader, no quorum) makes the loop hand the machine the
+//! store's state back ([`Machine::adopt`]), so the machine's view never runs ahead of the store.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -15,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::settings::{ClusterSettings, JobSpec};
 use crate::snapshot::{JobSnapshot, PhaseKind, Progress, WorkerStatus};
-use crate::state::{ClusterState, GenerationRecord, JobPhase, WorkerRecord};
+use crate::state::{GenerationRecord, JobCommand, JobPhase, JobState, WorkerRecord};
 
 /// How the job ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,9 +52,12 @@ struct Liveness {
     step: u64,
 }
 
-/// The state machine. `S` holds the durable part; everything else here is volatile.
-pub struct Machine<S> {
-    state: S,
+/// The state machine. `state` is its view of the durable part (the store's state plus `pending`); everything
+/// else here is volatile.
+pub struct Machine {
+    state: JobState,
+    /// Commands applied to `state` and not yet taken for committing.
+    pending: Vec<JobCommand>,
     settings: ClusterSettings,
     job: JobSpec,
     live: HashMap<WorkerId, Liveness>,
@@ -64,13 +73,19 @@ pub struct Machine<S> {
     /// Workers already told that the job completed or failed.
     told_final: HashSet<WorkerId>,
     finished_at: Option<Instant>,
+    /// Highest generation a worker this machine does not know reported training in: a coordinator restarted
+    /// without its state numbers its generations above it, so no worker confuses a new generation with the
+    /// one it trained in before.
+    seen_generation: u64,
 }
 
-impl<S: ClusterState> Machine<S> {
-    /// A machine starting its first rendezvous at `now`. Settings and job must have been validated.
-    pub fn new(state: S, settings: ClusterSettings, job: JobSpec, now: Instant) -> Self {
-        Self {
-            state,
+impl Machine {
+    /// A machine driving the job from `state` (empty for a new job; a store's state for a restarted or newly
+    /// elected coordinator) at `now`. Settings and job must have been validated.
+    pub fn new(state: JobState, settings: ClusterSettings, job: JobSpec, now: Instant) -> Self {
+        let mut m = Self {
+            state: JobState::default(),
+            pending: Vec::new(),
             settings,
             job,
             live: HashMap::new(),
@@ -82,12 +97,54 @@ impl<S: ClusterState> Machine<S> {
             progress_step: 0,
             told_final: HashSet::new(),
             finished_at: None,
+            seen_generation: 0,
+        };
+        m.adopt(state, now);
+        m
+    }
+
+    /// The durable state as the machine sees it (read-only): the store's state plus the commands not yet taken.
+    pub fn state(&self) -> &JobState {
+        &self.state
+    }
+
+    /// The commands applied since the last call, in order, for the loop to commit; empty when nothing changed.
+    pub fn take_commands(&mut self) -> Vec<JobCommand> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Replaces the machine's view with the store's `state`, dropping commands not yet taken: after a refused
+    /// commit, or when this node starts driving a job whose state another coordinator built. Registered workers
+    /// count as heard from at `now`, so a generation that survives a leader change keeps training, while a worker
+    /// that is really gone is dropped a heartbeat timeout later.
+    pub fn adopt(&mut self, state: JobState, now: Instant) {
+        self.pending.clear();
+        self.state = state;
+        self.next_join_seq = self.state.next_join_seq().saturating_sub(1);
+        let ids: Vec<WorkerId> = self.state.workers().iter().map(|w| w.id.clone()).collect();
+        self.live.retain(|id, _| ids.contains(id));
+        for id in ids {
+            self.live.entry(id).or_insert(Liveness { last_seen: now, step: 0 }).last_seen = now;
+        }
+        if let Some(g) = self.state.generation() {
+            self.global_step = self.global_step.max(g.start_step);
+        }
+        match self.state.phase() {
+            JobPhase::Rendezvous { .. } => {
+                self.rendezvous_since = now;
+                self.quorum_since = None;
+            }
+            JobPhase::Completed { .. } | JobPhase::Failed { .. } => {
+                self.finished_at.get_or_insert(now);
+            }
+            JobPhase::Running => {}
         }
     }
 
-    /// The durable state (read-only).
-    pub fn state(&self) -> &S {
-        &self.state
+    /// Applies `cmd` to the view and queues it for committing.
+    fn exec(&mut self, cmd: JobCommand) {
+        self.state.apply(&cmd);
+        self.pending.push(cmd);
     }
 
     // ---- inputs ------------------------------------------------------------------------------------------------
@@ -136,13 +193,13 @@ impl<S: ClusterState> Machine<S> {
             )));
         }
         self.next_join_seq += 1;
-        self.state.put_worker(WorkerRecord {
+        self.exec(JobCommand::PutWorker(WorkerRecord {
             id: id.clone(),
             advertise_host: req.advertise_host,
             store_port: req.store_port,
             device: req.device,
             join_seq: self.next_join_seq,
-        });
+        }));
         self.live.insert(
             id.clone(),
             Liveness {
@@ -176,6 +233,7 @@ impl<S: ClusterState> Machine<S> {
             _ => {}
         }
         let Some(live) = self.live.get_mut(&id) else {
+            self.seen_generation = self.seen_generation.max(hb.generation.unwrap_or(0));
             return Directive::Rejoin {
                 reason: format!("worker {id} is not registered (never joined, or dropped after missing heartbeats); join again"),
             };
@@ -232,10 +290,10 @@ impl<S: ClusterState> Machine<S> {
         if step >= self.job.total_steps || stopped_early {
             let why = if stopped_early { "early stopping ended the run" } else { "final step reported" };
             tracing::info!(worker = %worker, step, "{why}; the job is complete");
-            self.state.end_generation("training completed".into());
-            self.state.set_phase(JobPhase::Completed {
+            self.exec(JobCommand::EndGeneration { reason: "training completed".into() });
+            self.exec(JobCommand::SetPhase(JobPhase::Completed {
                 final_step: step,
-            });
+            }));
             self.finished_at = Some(now);
         }
         Ack::accepted()
@@ -269,7 +327,7 @@ impl<S: ClusterState> Machine<S> {
             worker = %commit.worker_id, step = commit.checkpoint.step, location = %commit.checkpoint.location,
             "checkpoint committed"
         );
-        self.state.record_checkpoint(commit.checkpoint);
+        self.exec(JobCommand::RecordCheckpoint(commit.checkpoint));
         self.maybe_scale_up(now);
         Ack::accepted()
     }
@@ -291,7 +349,7 @@ impl<S: ClusterState> Machine<S> {
             let number = self.state.generation().map_or(0, |g| g.number);
             let reason = format!("worker {id} left ({})", req.reason);
             tracing::info!(generation = number, %reason, "planned departure; re-forming without a restart");
-            self.state.end_generation(reason.clone());
+            self.exec(JobCommand::EndGeneration { reason: reason.clone() });
             self.start_rendezvous(format!("generation {number} ended: {reason}"), now);
         }
         self.advance(now);
@@ -366,7 +424,7 @@ impl<S: ClusterState> Machine<S> {
             return;
         }
         let number = self.state.generation().map_or(0, |g| g.number);
-        self.state.end_generation(reason.clone());
+        self.exec(JobCommand::EndGeneration { reason: reason.clone() });
         let restarts = self.state.restarts();
         if restarts >= self.settings.max_restarts {
             let reason = format!(
@@ -377,7 +435,8 @@ impl<S: ClusterState> Machine<S> {
             self.finish_failed(reason, now);
             return;
         }
-        let restarts = self.state.count_restart();
+        self.exec(JobCommand::CountRestart);
+        let restarts = self.state.restarts();
         tracing::warn!(generation = number, %reason, restarts, "generation ended; re-forming");
         self.start_rendezvous(
             format!(
@@ -407,19 +466,19 @@ impl<S: ClusterState> Machine<S> {
                 target.unwrap_or(current)
             );
             tracing::info!(generation = number, %reason, "ending generation");
-            self.state.end_generation(reason.clone());
+            self.exec(JobCommand::EndGeneration { reason: reason.clone() });
             self.start_rendezvous(format!("generation {number} ended: {reason}"), now);
         }
     }
 
     fn start_rendezvous(&mut self, reason: String, now: Instant) {
-        self.state.set_phase(JobPhase::Rendezvous { reason });
+        self.exec(JobCommand::SetPhase(JobPhase::Rendezvous { reason }));
         self.rendezvous_since = now;
         self.quorum_since = None;
     }
 
     fn finish_failed(&mut self, reason: String, now: Instant) {
-        self.state.set_phase(JobPhase::Failed { reason });
+        self.exec(JobCommand::SetPhase(JobPhase::Failed { reason }));
         self.finished_at = Some(now);
     }
 
@@ -498,7 +557,7 @@ impl<S: ClusterState> Machine<S> {
             .clone();
         let restore = self.state.latest_checkpoint().cloned();
         let start_step = restore.as_ref().map_or(0, |c| c.step);
-        let number = self.state.generation().map_or(1, |g| g.number + 1);
+        let number = self.state.generation().map_or(0, |g| g.number).max(self.seen_generation) + 1;
         let g = GenerationRecord {
             number,
             members,
@@ -516,8 +575,8 @@ impl<S: ClusterState> Machine<S> {
             waited_ms = now.saturating_duration_since(self.rendezvous_since).as_millis() as u64,
             "generation formed"
         );
-        self.state.start_generation(g);
-        self.state.set_phase(JobPhase::Running);
+        self.exec(JobCommand::StartGeneration(g));
+        self.exec(JobCommand::SetPhase(JobPhase::Running));
         self.global_step = start_step;
         self.quorum_since = None;
     }
@@ -578,7 +637,7 @@ impl<S: ClusterState> Machine<S> {
     }
 
     fn forget(&mut self, id: &WorkerId) {
-        self.state.remove_worker(id);
+        self.exec(JobCommand::RemoveWorker(id.clone()));
         self.live.remove(id);
     }
 
@@ -664,7 +723,6 @@ impl<S: ClusterState> Machine<S> {
 mod tests {
     //! The rules, with time injected. The gRPC-level behaviour is tested in `tests/it`.
     use super::*;
-    use crate::state::InMemoryClusterState;
     use splade_proto::domain::{CheckpointRef, LossParts, StepProgress};
 
     const HB: Duration = Duration::from_millis(100);
@@ -687,7 +745,7 @@ mod tests {
         max: u32,
         max_restarts: u32,
         t0: Instant,
-    ) -> Machine<InMemoryClusterState> {
+    ) -> Machine {
         let job = JobSpec {
             config_json: r#"{"x": 1}"#.into(),
             global_batch_size: 32,
@@ -696,7 +754,7 @@ mod tests {
             data_plan: None,
         };
         Machine::new(
-            InMemoryClusterState::default(),
+            JobState::default(),
             settings(min, max, max_restarts),
             job,
             t0,
@@ -707,7 +765,7 @@ mod tests {
         WorkerId::new(s).unwrap()
     }
 
-    fn join(m: &mut Machine<InMemoryClusterState>, w: &str, now: Instant) {
+    fn join(m: &mut Machine, w: &str, now: Instant) {
         m.join(
             JoinRequest {
                 worker_id: id(w),
@@ -721,7 +779,7 @@ mod tests {
     }
 
     fn hb(
-        m: &mut Machine<InMemoryClusterState>,
+        m: &mut Machine,
         w: &str,
         generation: Option<u64>,
         now: Instant,
@@ -914,5 +972,44 @@ mod tests {
             Some(JobOutcome::Completed { final_step: 100 })
         );
         assert_eq!(m.snapshot(t0).progress.train.map(|t| t.loss.total), Some(0.5));
+    }
+
+    #[test]
+    fn a_restarted_machine_numbers_generations_above_what_unknown_workers_report() {
+        let t0 = Instant::now();
+        let mut m = machine(1, 1, 0, t0);
+        // A worker still training generation 4 of the coordinator before the restart.
+        match m.heartbeat(Heartbeat { worker_id: id("a"), generation: Some(4), step: 9 }, t0) {
+            Directive::Rejoin { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        join(&mut m, "a", t0);
+        let a = assigned(hb(&mut m, "a", Some(4), t0 + Duration::from_millis(350)));
+        assert_eq!(a.generation, 5);
+    }
+
+    #[test]
+    fn changes_are_queued_as_commands_and_adopting_the_store_state_drops_them() {
+        let t0 = Instant::now();
+        let mut m = machine(1, 2, 0, t0);
+        join(&mut m, "a", t0);
+        let cmds = m.take_commands();
+        assert!(matches!(cmds.as_slice(), [JobCommand::PutWorker(w)] if w.id == id("a")), "{cmds:?}");
+        // The store refused the next change (say, the formation): the machine takes the store's state back.
+        let mut store = JobState::default();
+        cmds.iter().for_each(|c| store.apply(c));
+        let t1 = t0 + Duration::from_millis(350);
+        assigned(hb(&mut m, "a", None, t1));
+        assert!(!m.take_commands().is_empty());
+        m.adopt(store.clone(), t1);
+        assert_eq!(m.state(), &store);
+        assert!(m.take_commands().is_empty());
+        // Replaying what it queues on the store's state gives the machine's view (the rendezvous restarted from
+        // the store's state, so its last call runs again).
+        assert!(matches!(hb(&mut m, "a", None, t1), Directive::Wait { .. }));
+        let a = assigned(hb(&mut m, "a", None, t1 + Duration::from_millis(350)));
+        assert_eq!(a.generation, 1);
+        m.take_commands().iter().for_each(|c| store.apply(c));
+        assert_eq!(m.state(), &store);
     }
 }

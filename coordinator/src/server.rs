@@ -15,7 +15,8 @@ use crate::machine::{JobOutcome, Machine};
 use crate::service::{AuthInterceptor, Command, CoordinatorService};
 use crate::settings::{ClusterSettings, JobSpec, JoinToken, ServerTls, SettingsError};
 use crate::snapshot::JobSnapshot;
-use crate::state::{ClusterState, InMemoryClusterState};
+use splade_proto::domain::HeartbeatReply;
+use crate::state::{ClusterState, InMemoryClusterState, JobCommand, JobRecord, StateError};
 use crate::verify::{CheckpointVerifier, TrustWorkers};
 use splade_proto::pb::coordinator_server::CoordinatorServer;
 
@@ -36,6 +37,12 @@ pub enum CoordinatorError {
     Serve(String),
     #[error("coordinator task panicked: {0}")]
     Panicked(String),
+    /// The job state could not be read or written at start-up.
+    #[error("the job state: {0}")]
+    State(#[from] StateError),
+    /// The store holds the state of another job (another config or data plan).
+    #[error("{0}")]
+    OtherJob(String),
 }
 
 /// Everything a coordinator is started with.
@@ -134,8 +141,9 @@ pub async fn start(opts: CoordinatorOptions) -> Result<CoordinatorHandle, Coordi
     start_with_state(opts, InMemoryClusterState::default()).await
 }
 
-/// Starts a coordinator on the given state store: validates the settings, binds the listener, and spawns the
-/// state loop and the gRPC server. Returns once the server accepts connections.
+/// Starts a coordinator on the given state store: validates the settings, reads the store's state (a store that
+/// holds another job's state is refused; a new one gets [`JobCommand::SetJob`]), binds the listener, and spawns
+/// the state loop and the gRPC server. Returns once the server accepts connections.
 pub async fn start_with_state<S: ClusterState>(
     opts: CoordinatorOptions,
     state: S,
@@ -164,9 +172,19 @@ pub async fn start_with_state<S: ClusterState>(
             source,
         })?;
 
+    let record = JobRecord::of(&job);
+    let mut current = state.read().await?;
+    match current.job() {
+        None => {
+            state.commit(JobCommand::SetJob(record.clone())).await?;
+            current = state.read().await?;
+        }
+        Some(theirs) => check_same_job(theirs, &record)?,
+    }
+
     let (shutdown, _) = broadcast::channel(1);
     let (commands, rx) = mpsc::channel(256);
-    let machine = Machine::new(state, cluster.clone(), job, Instant::now());
+    let machine = Machine::new(current, cluster.clone(), job, Instant::now());
     let (snap_tx, snapshot) = watch::channel(machine.snapshot(Instant::now()));
 
     let mut builder = Server::builder();
@@ -199,7 +217,7 @@ pub async fn start_with_state<S: ClusterState>(
         "coordinator listening"
     );
     let tick = cluster.tick();
-    let loop_task = tokio::spawn(run_loop(machine, rx, shutdown.subscribe(), snap_tx, tick));
+    let loop_task = tokio::spawn(run_loop(machine, state, rx, shutdown.subscribe(), snap_tx, tick));
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let outcome = loop_task
@@ -223,10 +241,95 @@ pub async fn start_with_state<S: ClusterState>(
     })
 }
 
+/// Refuses to drive a job whose recorded identity differs from this coordinator's config.
+fn check_same_job(theirs: &JobRecord, ours: &JobRecord) -> Result<(), CoordinatorError> {
+    if theirs == ours {
+        return Ok(());
+    }
+    let mut diffs = Vec::new();
+    if theirs.config_sha256 != ours.config_sha256 {
+        diffs.push(format!("config sha256 {} (ours {})", theirs.config_sha256, ours.config_sha256));
+    }
+    if theirs.total_steps != ours.total_steps {
+        diffs.push(format!("total_steps {} (ours {})", theirs.total_steps, ours.total_steps));
+    }
+    if (theirs.global_batch_size, theirs.per_device_batch_size) != (ours.global_batch_size, ours.per_device_batch_size) {
+        diffs.push(format!(
+            "global/per-device batch {}/{} (ours {}/{})",
+            theirs.global_batch_size, theirs.per_device_batch_size, ours.global_batch_size, ours.per_device_batch_size
+        ));
+    }
+    if theirs.data_plan != ours.data_plan {
+        diffs.push(format!("data plan {:?} (ours {:?})", theirs.data_plan, ours.data_plan));
+    }
+    Err(CoordinatorError::OtherJob(format!(
+        "the job state belongs to another job: {}; start this coordinator with that job's config, or with an empty \
+         state (another --state-dir)",
+        diffs.join(", ")
+    )))
+}
+
+/// Commits what the machine changed while handling one input, as one command. On a refusal the machine takes the
+/// store's state back (so its view never runs ahead of the store); if even that read fails, `stale` is set and
+/// the loop retries the read on each tick, refusing inputs meanwhile.
+async fn settle<S: ClusterState>(machine: &mut Machine, store: &S, stale: &mut bool) -> Result<(), StateError> {
+    let mut cmds = machine.take_commands();
+    let cmd = match cmds.len() {
+        0 => return Ok(()),
+        1 => cmds.pop().expect("one command"),
+        _ => JobCommand::Batch(cmds),
+    };
+    let Err(e) = store.commit(cmd).await else {
+        return Ok(());
+    };
+    tracing::warn!(error = %e, "the job state refused a change; taking the store's state back");
+    resync(machine, store, stale).await;
+    Err(e)
+}
+
+/// Asks the store whether this node may drive the job. Losing the lead is logged; regaining it (or leading for
+/// the first time after following) marks the view stale, so the store's state is read before the next input.
+async fn check_leader<S: ClusterState>(
+    machine: &mut Machine,
+    store: &S,
+    leading: &mut bool,
+    stale: &mut bool,
+) -> Result<(), StateError> {
+    let r = store.ensure_leader().await;
+    match (&r, *leading) {
+        (Err(e), true) => {
+            tracing::warn!(error = %e, "not the leader: refusing worker calls until this node leads again");
+            *leading = false;
+            machine.take_commands();
+        }
+        (Ok(()), false) => {
+            tracing::info!("leading again: reading the job state before driving it");
+            *leading = true;
+            *stale = true;
+        }
+        _ => {}
+    }
+    r
+}
+
+async fn resync<S: ClusterState>(machine: &mut Machine, store: &S, stale: &mut bool) {
+    match store.read().await {
+        Ok(state) => {
+            machine.adopt(state, Instant::now());
+            *stale = false;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the job state; refusing calls until it can be read");
+            *stale = true;
+        }
+    }
+}
+
 /// The one place the state machine lives: commands in, answers out, timers between, until the job ends or a
 /// shutdown is broadcast.
 async fn run_loop<S: ClusterState>(
-    mut machine: Machine<S>,
+    mut machine: Machine,
+    store: S,
     mut commands: mpsc::Receiver<Command>,
     mut shutdown: broadcast::Receiver<()>,
     snapshots: watch::Sender<JobSnapshot>,
@@ -234,7 +337,13 @@ async fn run_loop<S: ClusterState>(
 ) -> JobOutcome {
     let mut timer = tokio::time::interval(tick);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stale = false;
+    let mut leading = true;
     loop {
+        // An input's answer goes out only after its changes (and the time-driven ones with it) are committed: a
+        // caller never acts on a change the store refused. A caller that gave up (deadline, disconnect) dropped
+        // its receiver; the state change stands.
+        let mut outcome = None;
         tokio::select! {
             _ = shutdown.recv() => {
                 tracing::info!("coordinator shutting down on request");
@@ -242,20 +351,60 @@ async fn run_loop<S: ClusterState>(
             }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { return JobOutcome::ShutDown };
+                let leader = check_leader(&mut machine, &store, &mut leading, &mut stale).await;
+                if stale && leader.is_ok() {
+                    resync(&mut machine, &store, &mut stale).await;
+                }
                 let now = Instant::now();
-                // A caller that gave up (deadline, disconnect) dropped its receiver; the state change stands.
+                macro_rules! answer {
+                    ($tx:expr, $value:expr) => {{
+                        let value = match (&leader, stale) {
+                            (Err(e), _) => Err(e.clone()),
+                            (Ok(()), true) => Err(StateError::Unavailable("the job state cannot be read".into())),
+                            (Ok(()), false) => Ok($value),
+                        };
+                        let result = match value {
+                            Err(e) => Err(e),
+                            Ok(v) => {
+                                outcome = machine.advance(now);
+                                settle(&mut machine, &store, &mut stale).await.map(|()| v)
+                            }
+                        };
+                        if result.is_err() {
+                            outcome = None;
+                        }
+                        let _ = $tx.send(result);
+                    }};
+                }
                 match cmd {
-                    Command::Join(req, tx) => { let _ = tx.send(machine.join(req, now)); }
-                    Command::Heartbeat(hb, tx) => { let _ = tx.send(machine.heartbeat(hb, now)); }
-                    Command::Progress(r, tx) => { let _ = tx.send(machine.progress(r, now)); }
-                    Command::Commit(c, tx) => { let _ = tx.send(machine.commit(c, now)); }
-                    Command::Leave(l, tx) => { let _ = tx.send(machine.leave(l, now)); }
+                    Command::Join(req, tx) => answer!(tx, machine.join(req, now)),
+                    Command::Heartbeat(hb, tx) => answer!(tx, {
+                        let directive = machine.heartbeat(hb, now);
+                        HeartbeatReply {
+                            term: store.term(),
+                            generation: machine.state().generation().map_or(0, |g| g.number),
+                            directive,
+                        }
+                    }),
+                    Command::Progress(r, tx) => answer!(tx, machine.progress(r, now)),
+                    Command::Commit(c, tx) => answer!(tx, machine.commit(c, now)),
+                    Command::Leave(l, tx) => answer!(tx, machine.leave(l, now)),
                 }
             }
-            _ = timer.tick() => {}
+            _ = timer.tick() => {
+                let leader = check_leader(&mut machine, &store, &mut leading, &mut stale).await;
+                if stale && leader.is_ok() {
+                    resync(&mut machine, &store, &mut stale).await;
+                }
+                if !stale && leader.is_ok() {
+                    outcome = machine.advance(Instant::now());
+                    if settle(&mut machine, &store, &mut stale).await.is_err() {
+                        outcome = None;
+                    }
+                }
+            }
         }
         let now = Instant::now();
-        let outcome = machine.advance(now);
         snapshots.send_replace(machine.snapshot(now));
         if let Some(outcome) = outcome {
             match &outcome {

@@ -4,25 +4,41 @@
 use std::sync::Arc;
 
 use splade_proto::convert::ProtoError;
-use splade_proto::domain::{self, Ack, Directive, JoinAck};
+use splade_proto::domain::{self, Ack, HeartbeatReply, JoinAck};
 use splade_proto::pb;
 use splade_proto::pb::coordinator_server::Coordinator;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::machine::JoinRefused;
+use crate::state::StateError;
 use crate::verify::CheckpointVerifier;
+
+/// The loop's answer: the machine's, or the store's refusal to commit what the machine changed.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StateError>>;
 
 /// A request for the state loop, with the channel its answer goes back on.
 pub(crate) enum Command {
-    Join(
-        domain::JoinRequest,
-        oneshot::Sender<Result<JoinAck, JoinRefused>>,
-    ),
-    Heartbeat(domain::Heartbeat, oneshot::Sender<Directive>),
-    Progress(domain::ProgressReport, oneshot::Sender<Ack>),
-    Commit(domain::CheckpointCommit, oneshot::Sender<Ack>),
-    Leave(domain::LeaveRequest, oneshot::Sender<Ack>),
+    Join(domain::JoinRequest, Reply<Result<JoinAck, JoinRefused>>),
+    Heartbeat(domain::Heartbeat, Reply<HeartbeatReply>),
+    Progress(domain::ProgressReport, Reply<Ack>),
+    Commit(domain::CheckpointCommit, Reply<Ack>),
+    Leave(domain::LeaveRequest, Reply<Ack>),
+}
+
+/// Metadata key of a `NotLeader` refusal naming the leader's worker-API address (`HOST:PORT`).
+pub const LEADER_METADATA: &str = splade_proto::client::LEADER_METADATA;
+
+/// A store refusal as the worker sees it: `UNAVAILABLE` (retry), with the leader's address in the
+/// [`LEADER_METADATA`] metadata when this coordinator is not the leader and knows who is.
+pub(crate) fn state_status(e: StateError) -> Status {
+    let mut status = Status::unavailable(e.to_string());
+    if let StateError::NotLeader { leader: Some(leader) } = &e {
+        if let Ok(v) = leader.parse() {
+            status.metadata_mut().insert(LEADER_METADATA, v);
+        }
+    }
+    status
 }
 
 /// Checks the join token on every call. A wrong or missing token is refused with `UNAUTHENTICATED` and logged; the
@@ -91,11 +107,11 @@ fn refused(e: ProtoError) -> Status {
 }
 
 impl CoordinatorService {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Status> {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Status> {
         let gone = || Status::unavailable("the coordinator is shutting down");
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).await.map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())
+        rx.await.map_err(|_| gone())?.map_err(state_status)
     }
 }
 

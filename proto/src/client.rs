@@ -12,12 +12,16 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::convert::ProtoError;
 use crate::domain::{
-    Ack, CheckpointCommit, Directive, Heartbeat, JoinAck, JoinRequest, LeaveRequest, ProgressReport,
+    Ack, CheckpointCommit, Heartbeat, HeartbeatReply, JoinAck, JoinRequest, LeaveRequest, ProgressReport,
 };
 use crate::pb;
 
 /// Metadata key carrying the join token (`Bearer <token>`).
 pub const AUTHORIZATION: &str = "authorization";
+
+/// Metadata key of an `UNAVAILABLE` answer from a coordinator that is not the leader: the leader's worker-API
+/// address (`HOST:PORT`), where the call should go instead.
+pub const LEADER_METADATA: &str = "x-splade-leader";
 
 /// Errors of [`CoordinatorClient`]; each names what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -200,8 +204,8 @@ impl CoordinatorClient {
         rsp.into_inner().try_into().map_err(decode("Join"))
     }
 
-    /// Sends a heartbeat and returns what the worker must do now.
-    pub async fn heartbeat(&mut self, hb: Heartbeat) -> Result<Directive, ClientError> {
+    /// Sends a heartbeat and returns what the worker must do now, with the term and generation it was given in.
+    pub async fn heartbeat(&mut self, hb: Heartbeat) -> Result<HeartbeatReply, ClientError> {
         let rsp = self
             .inner
             .heartbeat(pb::HeartbeatRequest::from(hb))

@@ -205,34 +205,43 @@ impl From<domain::Heartbeat> for pb::HeartbeatRequest {
     }
 }
 
-impl TryFrom<pb::HeartbeatResponse> for domain::Directive {
+impl TryFrom<pb::HeartbeatResponse> for domain::HeartbeatReply {
     type Error = ProtoError;
     fn try_from(m: pb::HeartbeatResponse) -> Result<Self, ProtoError> {
         use pb::heartbeat_response::Directive as D;
         const M: &str = "HeartbeatResponse";
+        use domain::Directive as Dd;
         check_version(M, m.protocol_version)?;
-        Ok(
-            match m
-                .directive
-                .ok_or_else(|| invalid(M, "directive", "is missing"))?
-            {
-                D::KeepGoing(_) => Self::KeepGoing,
-                D::Wait(w) => Self::Wait { reason: w.reason },
-                D::Assign(a) => Self::Assign(Box::new(a.try_into()?)),
-                D::Complete(c) => Self::Complete {
-                    final_step: c.final_step,
-                },
-                D::Failed(f) => Self::Failed { reason: f.reason },
-                D::Rejoin(r) => Self::Rejoin { reason: r.reason },
+        let directive = match m
+            .directive
+            .ok_or_else(|| invalid(M, "directive", "is missing"))?
+        {
+            D::KeepGoing(_) => Dd::KeepGoing,
+            D::Wait(w) => Dd::Wait { reason: w.reason },
+            D::Assign(a) => Dd::Assign(Box::new(a.try_into()?)),
+            D::Complete(c) => Dd::Complete {
+                final_step: c.final_step,
             },
-        )
+            D::Failed(f) => Dd::Failed { reason: f.reason },
+            D::Rejoin(r) => Dd::Rejoin { reason: r.reason },
+        };
+        if let Dd::Assign(a) = &directive {
+            if a.generation != m.generation {
+                return Err(invalid(
+                    M,
+                    "generation",
+                    format!("is {} but the assignment's is {}", m.generation, a.generation),
+                ));
+            }
+        }
+        Ok(Self { term: m.term, generation: m.generation, directive })
     }
 }
 
-impl From<domain::Directive> for pb::HeartbeatResponse {
-    fn from(d: domain::Directive) -> Self {
+impl From<domain::HeartbeatReply> for pb::HeartbeatResponse {
+    fn from(r: domain::HeartbeatReply) -> Self {
         use pb::heartbeat_response::Directive as D;
-        let directive = match d {
+        let directive = match r.directive {
             domain::Directive::KeepGoing => D::KeepGoing(pb::KeepGoing {}),
             domain::Directive::Wait { reason } => D::Wait(pb::Wait { reason }),
             domain::Directive::Assign(a) => D::Assign((*a).into()),
@@ -243,6 +252,8 @@ impl From<domain::Directive> for pb::HeartbeatResponse {
         Self {
             protocol_version: PROTOCOL_VERSION,
             directive: Some(directive),
+            term: r.term,
+            generation: r.generation,
         }
     }
 }
@@ -709,8 +720,10 @@ mod tests {
         let m = pb::HeartbeatResponse {
             protocol_version: PROTOCOL_VERSION,
             directive: None,
+            term: 0,
+            generation: 0,
         };
-        let e = domain::Directive::try_from(m).unwrap_err().to_string();
+        let e = domain::HeartbeatReply::try_from(m).unwrap_err().to_string();
         assert_eq!(e, "HeartbeatResponse.directive: is missing");
     }
     fn progress() -> domain::ProgressReport {
@@ -799,7 +812,7 @@ mod tests {
                 let _ = domain::Heartbeat::try_from(m);
             }
             if let Ok(m) = pb::HeartbeatResponse::decode(bytes) {
-                let _ = domain::Directive::try_from(m);
+                let _ = domain::HeartbeatReply::try_from(m);
             }
             if let Ok(m) = pb::Assignment::decode(bytes) {
                 let _ = domain::Assignment::try_from(m);

@@ -9,12 +9,15 @@ use std::fmt;
 /// Version of the control-plane protocol this build speaks. Carried in every message; peers must match exactly.
 ///
 /// Version 2: progress reports carry typed values ([`StepProgress`], [`EvalScore`]) instead of a string-keyed map.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: heartbeat answers carry the Raft term and the generation ([`HeartbeatReply`]).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Name of a worker, unique within a job (a pod name, `host-3`, ...).
 ///
 /// Guarantees: 1 to 128 characters from `[A-Za-z0-9._:-]`, so it is safe in logs, metric labels and paths.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Serialized as the plain string; deserializing checks it as [`WorkerId::new`] does.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct WorkerId(String);
 
 impl WorkerId {
@@ -41,6 +44,19 @@ impl WorkerId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl TryFrom<String> for WorkerId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::new(s).map_err(|e| format!("worker id {e}"))
+    }
+}
+
+impl From<WorkerId> for String {
+    fn from(id: WorkerId) -> String {
+        id.0
     }
 }
 
@@ -81,7 +97,7 @@ pub struct Heartbeat {
 }
 
 /// A committed checkpoint: its manifest has been written and (on the coordinator) verified.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CheckpointRef {
     pub step: u64,
     /// Local path or object-store URL of the checkpoint directory; never empty.
@@ -92,7 +108,7 @@ pub struct CheckpointRef {
 
 /// A published data plan (`splade_common::data::DataPlan`): which records of which files make up each global
 /// batch. Guarantees: `location` is not empty, `sha256` is 64 lower-case hex digits.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DataPlanRef {
     /// Local path or object-store URL of the artifact.
     pub location: String,
@@ -144,6 +160,17 @@ pub enum Directive {
     Failed { reason: String },
     /// The coordinator does not know this worker; join again.
     Rejoin { reason: String },
+}
+
+/// The coordinator's answer to a heartbeat: the directive, and the term and generation it was given in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeartbeatReply {
+    /// Raft term of the coordinator's view (0 for a coordinator without Raft). Workers ignore directives of a
+    /// term below the highest they have seen.
+    pub term: u64,
+    /// The coordinator's latest generation (0 before the first formed).
+    pub generation: u64,
+    pub directive: Directive,
 }
 
 /// Training progress of one rank at one step.

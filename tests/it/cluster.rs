@@ -670,45 +670,8 @@ async fn cluster_worker_killed_job_resumes() {
 
     // The ledger: each generation resumed where its checkpoint left off; the committed trajectory
     // (each generation up to where the next one started) consumed exactly the planned rows.
-    let mut by_gen: BTreeMap<u64, BTreeMap<u64, Vec<usize>>> = BTreeMap::new();
-    // Per (generation, rank): the most plan-chunk bytes that rank's fetcher reported.
-    let mut plan_bytes: BTreeMap<(u64, u64), u64> = BTreeMap::new();
-    for line in std::fs::read_to_string(&ledger).unwrap().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert!(v["bytes_read"].as_u64().is_some(), "a worker did not read its slice through the data plan: {line}");
-        let e = plan_bytes.entry((v["generation"].as_u64().unwrap(), v["rank"].as_u64().unwrap())).or_default();
-        *e = (*e).max(v["plan_bytes_read"].as_u64().expect("plan_bytes_read"));
-        let rows: Vec<usize> = serde_json::from_value(v["rows"].clone()).unwrap();
-        by_gen
-            .entry(v["generation"].as_u64().unwrap())
-            .or_default()
-            .entry(v["step"].as_u64().unwrap())
-            .or_default()
-            .extend(rows);
-    }
-    let gens: Vec<u64> = by_gen.keys().copied().collect();
+    let (gens, starts, plan_bytes) = assert_ledger_follows_the_plan(&ledger, &local_data, steps);
     assert!(gens.len() >= 2, "the ledger shows {} generation(s)", gens.len());
-    let starts: Vec<u64> = gens.iter().map(|g| by_gen[g].keys().next().unwrap() - 1).collect();
-    let mut committed: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-    for (i, g) in gens.iter().enumerate() {
-        let until = starts.get(i + 1).copied().unwrap_or(u64::MAX);
-        for (step, rows) in &by_gen[g] {
-            if *step <= until {
-                assert!(committed.insert(*step, rows.clone()).is_none(), "step {step} committed twice");
-            }
-        }
-    }
-    // The plan, from the same rows on local disk (what the workers read from the bucket).
-    let plan_cfg = parse(&job_yaml(&tmp.path().join("plan-out"), &local_data, 4, 8, steps, 2, (1, 2)));
-    let datasets = load_train_datasets(&plan_cfg).unwrap();
-    let plan = build_plan(&plan_cfg, &datasets, 8).unwrap();
-    assert_eq!(committed.len(), steps, "committed steps: {:?}", committed.keys().collect::<Vec<_>>());
-    for (step, rows) in &mut committed {
-        let mut planned = plan.step(*step).unwrap().rows.clone();
-        planned.sort_unstable();
-        rows.sort_unstable();
-        assert_eq!(rows, &planned, "step {step}: consumed rows differ from the plan");
-    }
     // A resumed generation started exactly at a committed checkpoint.
     for s in &starts[1..] {
         assert!(*s > 0 && *s % 2 == 0, "generation started after step {s}, which is not a checkpoint");
@@ -723,6 +686,53 @@ async fn cluster_worker_killed_job_resumes() {
     assert!(first_chunk >= 1, "the last generation started after step {last_start}");
     let want: u64 = chunks[first_chunk..].iter().map(|c| c.bytes).sum();
     assert_eq!(plan_bytes[&(last_gen, 0)], want, "plan bytes of generation {last_gen} (from step {})", last_start + 1);
+}
+
+/// Reads a `--ledger` file of a job of `steps` steps (4 rows per device, 8 per step, checkpoints every 2) trained on
+/// the rows of `local_data`, and checks the committed trajectory (each generation up to where the next one
+/// started) consumed exactly the planned rows of every step, none lost, none twice. Returns the generations in
+/// order, the step each started after, and per (generation, rank) the most plan-chunk bytes the rank reported.
+pub(crate) fn assert_ledger_follows_the_plan(ledger: &Path, local_data: &Path, steps: usize) -> (Vec<u64>, Vec<u64>, BTreeMap<(u64, u64), u64>) {
+    let mut by_gen: BTreeMap<u64, BTreeMap<u64, Vec<usize>>> = BTreeMap::new();
+    // Per (generation, rank): the most plan-chunk bytes that rank's fetcher reported.
+    let mut plan_bytes: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    for line in std::fs::read_to_string(ledger).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["bytes_read"].as_u64().is_some(), "a worker did not read its slice through the data plan: {line}");
+        let e = plan_bytes.entry((v["generation"].as_u64().unwrap(), v["rank"].as_u64().unwrap())).or_default();
+        *e = (*e).max(v["plan_bytes_read"].as_u64().expect("plan_bytes_read"));
+        let rows: Vec<usize> = serde_json::from_value(v["rows"].clone()).unwrap();
+        by_gen
+            .entry(v["generation"].as_u64().unwrap())
+            .or_default()
+            .entry(v["step"].as_u64().unwrap())
+            .or_default()
+            .extend(rows);
+    }
+    let gens: Vec<u64> = by_gen.keys().copied().collect();
+    let starts: Vec<u64> = gens.iter().map(|g| by_gen[g].keys().next().unwrap() - 1).collect();
+    let mut committed: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, g) in gens.iter().enumerate() {
+        let until = starts.get(i + 1).copied().unwrap_or(u64::MAX);
+        for (step, rows) in &by_gen[g] {
+            if *step <= until {
+                assert!(committed.insert(*step, rows.clone()).is_none(), "step {step} committed twice");
+            }
+        }
+    }
+    // The plan, from the same rows on local disk (what the workers read).
+    let tmp = tempfile::tempdir().unwrap();
+    let plan_cfg = parse(&job_yaml(&tmp.path().join("plan-out"), local_data, 4, 8, steps, 2, (1, 2)));
+    let datasets = load_train_datasets(&plan_cfg).unwrap();
+    let plan = build_plan(&plan_cfg, &datasets, 8).unwrap();
+    assert_eq!(committed.len(), steps, "committed steps: {:?}", committed.keys().collect::<Vec<_>>());
+    for (step, rows) in &mut committed {
+        let mut planned = plan.step(*step).unwrap().rows.clone();
+        planned.sort_unstable();
+        rows.sort_unstable();
+        assert_eq!(rows, &planned, "step {step}: consumed rows differ from the plan");
+    }
+    (gens, starts, plan_bytes)
 }
 
 /// Rank 0 killed with SIGKILL between uploading a checkpoint's files to S3 (moto) and writing its

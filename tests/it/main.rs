@@ -4,4 +4,5 @@ mod cluster;
 mod csr_cluster;
 mod one_loop;
 mod ranged;
+mod restart;
 mod worker_tls;

@@ -61,7 +61,7 @@ use splade_proto::domain::{
     Assignment, CheckpointCommit, CheckpointRef, Directive, EvalScore, JoinRequest, LossParts, ProgressReport,
     StepProgress, WorkerId,
 };
-use splade_proto::{ClientTls, CoordinatorClient, WorkerSession};
+use splade_proto::{ClientTls, RetryPolicy, WorkerSession};
 use tch::Device;
 use tokio::sync::watch;
 
@@ -126,6 +126,9 @@ pub enum NodeError {
     },
     #[error("the job failed: {0}")]
     JobFailed(String),
+    /// No coordinator answered within the wait; the message names what this worker finished.
+    #[error("{0}")]
+    Orphaned(String),
 }
 
 /// Command-line options of `splade-worker`.
@@ -152,7 +155,13 @@ pub struct NodeOptions {
     pub ledger: Option<PathBuf>,
     /// Write step 1's all-reduced gradients (safetensors, parameter names) to `<path>.rank<R>`.
     pub dump_gradients: Option<PathBuf>,
+    /// How long to wait for a coordinator that stopped answering, once this worker is not training
+    /// (`--coordinator-wait`); `None`: the assignment's `cluster.coordinator_wait` (60 s before any assignment).
+    pub coordinator_wait: Option<Duration>,
 }
+
+/// `cluster.coordinator_wait`'s default, used before any assignment shipped a config.
+pub const DEFAULT_COORDINATOR_WAIT: Duration = Duration::from_secs(60);
 
 /// Where `splade-worker`'s TLS settings come from: the flags, else the `cluster.tls_*` keys of a config file
 /// (this process's identity `tls_cert`/`tls_key`, and `tls_ca` to verify the coordinator; relative paths are
@@ -275,21 +284,27 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
         Some(addr) => Some(splade_common::obs::serve_metrics(addr, registry.clone()).map_err(|e| setup(e.to_string()))?),
         None => None,
     };
-    let client = rt
-        .block_on(CoordinatorClient::connect(&opts.join, &opts.token, opts.tls.clone()))
-        .map_err(|source| NodeError::Join { addr: opts.join.clone(), source })?;
+    let addrs: Vec<String> = opts.join.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+    if addrs.is_empty() {
+        return Err(setup(format!("--join {:?}: give HOST:PORT[,HOST:PORT...]", opts.join)));
+    }
     let request = JoinRequest {
         worker_id: id.clone(),
         advertise_host: advertise.clone(),
         store_port: None,
         device: format!("{device:?}").to_lowercase(),
     };
-    let session = rt
-        .block_on(WorkerSession::join(client, request, Duration::from_secs(120)))
+    // The session never gives up by itself: the loop below bounds the wait for a lost coordinator, and only once
+    // this worker is not training (an orphaned generation trains to its end and commits its checkpoints).
+    let forever = Duration::from_secs(100 * 365 * 24 * 3600);
+    let (session, joined) = rt
+        .block_on(WorkerSession::join_any(&addrs, &opts.token, opts.tls.clone(), request, RetryPolicy::default(), forever))
         .map_err(|source| NodeError::Join { addr: opts.join.clone(), source })?;
-    tracing::info!(worker = %id, coordinator = %opts.join, "joined");
+    tracing::info!(worker = %id, coordinator = %joined, "joined");
     let mut rx = session.directive();
     let mut last_step = 0u64;
+    // What an orphaned worker reports when it gives up: the last assignment and whether it trained to the end.
+    let mut orphan = Orphan { coordinator: joined.clone(), wait: opts.coordinator_wait, output: None, finished: None };
     let leave = |session: WorkerSession| {
         tracing::info!(worker = %id, "stop requested: leaving the job");
         if let Err(e) = rt.block_on(session.leave("stopped by a signal")) {
@@ -307,14 +322,16 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                 tracing::info!(%reason, "waiting");
                 metrics.set_rank(None);
                 session.set_position(None, last_step);
-                match wait_change(rt, &mut rx, &stop) {
+                match wait_change(rt, &mut rx, &stop, &session, orphan.wait()) {
                     Wake::Changed => {}
                     Wake::Stop => return leave(session),
+                    Wake::Orphaned(silent) => return orphan.exit(rt, silent, last_step),
                     Wake::Closed => return Err(NodeError::JobFailed("the coordinator session ended".into())),
                 }
             }
             Directive::Assign(a) => {
                 metrics.set_rank(Some(a.rank));
+                orphan.assigned(&a);
                 tracing::info!(generation = a.generation, rank = a.rank, world = a.world_size, start = a.start_step, "assigned");
                 let gen = Generation {
                     rt,
@@ -331,10 +348,12 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                 match gen.train(&mut rx, &mut last_step) {
                     Ok(GenEnd::Finished) => {
                         session.set_position(Some(a.generation), last_step);
+                        orphan.finished = Some((a.generation, last_step));
                         // Wait for the coordinator to declare completion (or re-form).
-                        match wait_change(rt, &mut rx, &stop) {
+                        match wait_change(rt, &mut rx, &stop, &session, orphan.wait()) {
                             Wake::Changed => {}
                             Wake::Stop => return leave(session),
+                            Wake::Orphaned(silent) => return orphan.exit(rt, silent, last_step),
                             Wake::Closed => return Ok(()),
                         }
                     }
@@ -346,9 +365,10 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                         // A failed peer ends the generation on the coordinator once its heartbeat
                         // times out (or it leaves); the directive then changes.
                         if !rx.has_changed().unwrap_or(false) {
-                            match wait_change(rt, &mut rx, &stop) {
+                            match wait_change(rt, &mut rx, &stop, &session, orphan.wait()) {
                                 Wake::Changed => {}
                                 Wake::Stop => return leave(session),
+                                Wake::Orphaned(silent) => return orphan.exit(rt, silent, last_step),
                                 Wake::Closed => return Err(NodeError::JobFailed(e.to_string())),
                             }
                         }
@@ -360,9 +380,10 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
                 return Ok(());
             }
             Directive::Failed { reason } => return Err(NodeError::JobFailed(reason)),
-            Directive::KeepGoing | Directive::Rejoin { .. } => match wait_change(rt, &mut rx, &stop) {
+            Directive::KeepGoing | Directive::Rejoin { .. } => match wait_change(rt, &mut rx, &stop, &session, orphan.wait()) {
                 Wake::Changed => {}
                 Wake::Stop => return leave(session),
+                Wake::Orphaned(silent) => return orphan.exit(rt, silent, last_step),
                 Wake::Closed => return Err(NodeError::JobFailed("the coordinator session ended".into())),
             },
         }
@@ -372,15 +393,29 @@ pub fn run_node_until(opts: NodeOptions, stop: Arc<AtomicBool>) -> Result<(), No
 enum Wake {
     Changed,
     Stop,
+    /// The coordinator has not answered for longer than the wait (how long).
+    Orphaned(Duration),
     Closed,
 }
 
-/// Waits for the next directive or the stop flag.
-fn wait_change(rt: &tokio::runtime::Runtime, rx: &mut watch::Receiver<Directive>, stop: &AtomicBool) -> Wake {
+/// Waits for the next directive, the stop flag, or the coordinator's silence passing `wait` (counted from the
+/// later of when it fell silent and when this wait began: a worker that trained on through the silence still
+/// waits the whole bound for a coordinator to come back).
+fn wait_change(
+    rt: &tokio::runtime::Runtime,
+    rx: &mut watch::Receiver<Directive>,
+    stop: &AtomicBool,
+    session: &WorkerSession,
+    wait: Duration,
+) -> Wake {
+    let started = std::time::Instant::now();
     rt.block_on(async {
         loop {
             if stop.load(Ordering::SeqCst) {
                 return Wake::Stop;
+            }
+            if let Some(silent) = session.unreachable_for().filter(|s| (*s).min(started.elapsed()) > wait) {
+                return Wake::Orphaned(silent);
             }
             match tokio::time::timeout(Duration::from_millis(100), rx.changed()).await {
                 Ok(Ok(())) => return Wake::Changed,
@@ -389,6 +424,59 @@ fn wait_change(rt: &tokio::runtime::Runtime, rx: &mut watch::Receiver<Directive>
             }
         }
     })
+}
+
+/// What an orphaned worker knows when it gives up waiting for a coordinator.
+struct Orphan {
+    coordinator: String,
+    /// `--coordinator-wait`, if given.
+    wait: Option<Duration>,
+    /// The last assignment's `cluster.coordinator_wait` and output location.
+    output: Option<(Duration, splade_common::store::Location)>,
+    /// (generation, step) when this worker trained the job's last step.
+    finished: Option<(u64, u64)>,
+}
+
+impl Orphan {
+    fn wait(&self) -> Duration {
+        self.wait.or(self.output.as_ref().map(|(w, _)| *w)).unwrap_or(DEFAULT_COORDINATOR_WAIT)
+    }
+
+    fn assigned(&mut self, a: &Assignment) {
+        let Ok(cfg) = config_from_assignment(&a.config_json) else { return };
+        let wait = Duration::try_from_secs_f64(cfg.cluster.coordinator_wait).unwrap_or(DEFAULT_COORDINATOR_WAIT);
+        if let Ok(loc) = splade_common::store::Location::parse_with(&cfg.training.output_dir, &StoreOptions::from_env()) {
+            self.output = Some((wait, loc));
+        }
+    }
+
+    /// Ends the process's part in the job: `Ok` (exit 0) when this worker trained the job's last step, else an
+    /// error naming the last committed checkpoint in the job's output (what a new coordinator resumes from).
+    fn exit(&self, rt: &tokio::runtime::Runtime, silent: Duration, last_step: u64) -> Result<(), NodeError> {
+        let gone = format!(
+            "no coordinator answered at {} for {:.0} s (cluster.coordinator_wait / --coordinator-wait {:.0} s)",
+            self.coordinator,
+            silent.as_secs_f64(),
+            self.wait().as_secs_f64()
+        );
+        let output = self.output.as_ref().map(|(_, l)| l);
+        if let Some((generation, step)) = self.finished {
+            let model = output.map_or_else(|| "final".to_string(), |l| l.url_of("final"));
+            tracing::warn!(generation, step, %model, "{gone}; this worker finished the job: it trained the last step {step} (generation {generation}) and the final model is {model}; exiting");
+            return Ok(());
+        }
+        let latest = output.map(|l| rt.block_on(splade_common::store::checkpoint::latest_checkpoint(l)));
+        let committed = match latest {
+            Some(Ok(Some(c))) => format!("the last committed checkpoint is {} (step {})", c.url, c.step),
+            Some(Ok(None)) => "no checkpoint is committed yet".to_string(),
+            Some(Err(e)) => format!("the committed checkpoints cannot be listed: {e}"),
+            None => "it was never assigned any training".to_string(),
+        };
+        Err(NodeError::Orphaned(format!(
+            "{gone}; this worker stopped after step {last_step}; {committed}; a coordinator started on the same \
+             config resumes from there"
+        )))
+    }
 }
 
 fn superseded(rx: &watch::Receiver<Directive>, generation: u64) -> bool {
@@ -517,7 +605,6 @@ impl Generation<'_> {
             rx,
             rank,
             world,
-            client: self.session.client(),
             last_step,
             bytes_reported: 0,
             plan_bytes_reported: 0,
@@ -543,7 +630,6 @@ struct RankHooks<'g, 'r> {
     rx: &'r mut watch::Receiver<Directive>,
     rank: usize,
     world: usize,
-    client: CoordinatorClient,
     last_step: &'r mut u64,
     bytes_reported: u64,
     /// Plan-chunk bytes of this generation already added to the metric.
@@ -563,7 +649,7 @@ impl RankHooks<'_, '_> {
     fn report(&mut self, step: u64, what: &str, fill: impl FnOnce(&mut ProgressReport)) {
         let mut report = ProgressReport::new(self.gen.session.worker_id().clone(), self.gen.a.generation, step);
         fill(&mut report);
-        if let Err(e) = self.gen.rt.block_on(self.client.report_progress(report)) {
+        if let Err(e) = self.gen.rt.block_on(self.gen.session.client().report_progress(report)) {
             tracing::warn!(error = %e, "{what} report failed");
         }
     }
@@ -645,7 +731,7 @@ impl Hooks for RankHooks<'_, '_> {
             generation: self.gen.a.generation,
             checkpoint: CheckpointRef { step, location: url.to_string(), manifest_sha256: manifest_digest(&info.manifest) },
         };
-        match self.gen.rt.block_on(self.client.commit_checkpoint(commit)) {
+        match self.gen.rt.block_on(self.gen.session.client().commit_checkpoint(commit)) {
             Ok(ack) if ack.accepted => tracing::info!(checkpoint = url, seconds, "checkpoint committed"),
             Ok(ack) => tracing::warn!(checkpoint = url, reason = ack.reason, "checkpoint not recorded"),
             Err(e) => tracing::warn!(checkpoint = url, error = %e, "checkpoint announcement failed"),

@@ -800,6 +800,9 @@ pub struct ClusterConfig {
     /// Steps per chunk of the published data plan (a worker fetches the chunks of the steps it trains);
     /// default 1000 (`splade_common::data::DEFAULT_CHUNK_STEPS`).
     pub data_plan_chunk_steps: u64,
+    /// Seconds a worker whose coordinator stopped answering waits for one (after finishing its generation)
+    /// before it exits naming what it finished; default 60. `splade-worker --coordinator-wait` overrides it.
+    pub coordinator_wait: f64,
 }
 
 impl Default for ClusterConfig {
@@ -820,6 +823,7 @@ impl Default for ClusterConfig {
             store_port: 29500,
             global_batch_size: None,
             data_plan_chunk_steps: crate::data::DEFAULT_CHUNK_STEPS,
+            coordinator_wait: 60.0,
         }
     }
 }
@@ -1379,6 +1383,8 @@ impl Config {
             c.heartbeat_timeout.to_string(), "must be longer than heartbeat_interval");
         check(c.rendezvous_last_call >= 0.0, "cluster.rendezvous_last_call", c.rendezvous_last_call.to_string(),
             "must be ≥ 0 (seconds)");
+        check(c.coordinator_wait > 0.0 && c.coordinator_wait.is_finite(), "cluster.coordinator_wait",
+            c.coordinator_wait.to_string(), "must be a positive number of seconds (e.g. 60)");
         check(c.store_port >= 1, "cluster.store_port", c.store_port.to_string(), "use a fixed port such as 29500");
         check(c.data_plan_chunk_steps >= 1, "cluster.data_plan_chunk_steps", c.data_plan_chunk_steps.to_string(),
             "must be at least 1 (steps per data-plan chunk; default 1000)");

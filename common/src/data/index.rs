@@ -462,7 +462,7 @@ impl RangedReader {
                     for l in locs {
                         let end = (l.1 + l.2) as usize;
                         if end > bytes.len() {
-                            return Err(Self::changed(file, file.size));
+                            return Err(Self::changed(file, &format!("it ends at byte {} before record end {end}", bytes.len())));
                         }
                         let ex = csv_reader::parse_at(&file.url, &header, l.1, &bytes[l.1 as usize..end], delimiter, &columns, dataset)?;
                         found.insert(l, ex);

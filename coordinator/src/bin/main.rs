@@ -3,8 +3,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use splade_coordinator::recover::{self, Recovered};
 use splade_coordinator::{
-    config, CoordinatorOptions, JobOutcome, JoinToken, ServerTls, StoreVerifier,
+    config, CoordinatorOptions, InMemoryClusterState, JobOutcome, JoinToken, ServerTls, StoreVerifier,
 };
 
 /// Coordinates a data-parallel SPLADE training job across splade-worker processes.
@@ -63,6 +64,24 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("{}", args.config.display()))?;
     let tls =
         ServerTls::from_settings(&cluster).with_context(|| format!("{}", args.config.display()))?;
+    // A coordinator restarted without its state: what output_dir holds decides where the job stands.
+    let recovered = recover::from_output(&output)
+        .await
+        .with_context(|| format!("{}: reading the committed checkpoints in training.output_dir", args.config.display()))?;
+    match &recovered {
+        Recovered::Complete { final_step, url } => {
+            tracing::info!(final_step, model = %url, "the job is already complete");
+            eprintln!(
+                "splade-coordinator: the job is already complete: {url} holds the final model (step {final_step}); \
+                 nothing to train (use another training.output_dir for a new run)"
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Recovered::Resume(c) => {
+            tracing::info!(step = c.step, checkpoint = %c.location, "resuming the job from its last committed checkpoint")
+        }
+        Recovered::Fresh => {}
+    }
     // Last of the start-up checks: it reads every dataset whole. With `num_train_epochs` the plan sets the steps.
     let plan =
         config::plan_job(&cfg, &mut job, &splade_common::store::StoreOptions::from_env()).await?;
@@ -78,7 +97,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     opts.tls = tls;
     opts.verifier = Arc::new(StoreVerifier::new(output));
     let expected = opts.cluster.max_workers as usize;
-    let handle = splade_coordinator::start(opts).await?;
+    let handle = splade_coordinator::start_with_state(opts, InMemoryClusterState::new(recovered.state())).await?;
     let registry = splade_common::obs::Registry::new();
     let _exporter = splade_coordinator::metrics::spawn_exporter(&registry, handle.subscribe(), expected)?;
     let _metrics = match args.metrics_listen {

@@ -10,3 +10,4 @@ mod elastic;
 mod rendezvous;
 mod security;
 mod session;
+mod state;

@@ -256,6 +256,7 @@ async fn heartbeat_of_an_unknown_worker_asks_it_to_rejoin() {
             })
             .await
             .unwrap()
+            .directive
         {
             Directive::Rejoin { reason } => {
                 assert!(reason.contains("ghost is not registered"), "{reason}")

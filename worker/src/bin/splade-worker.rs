@@ -6,7 +6,8 @@ use splade_worker::node::{run_node, NodeOptions, TlsFiles};
 #[derive(clap::Parser, Debug)]
 #[command(name = "splade-worker", version)]
 struct Args {
-    /// Coordinator address HOST:PORT.
+    /// Coordinator address HOST:PORT, or several comma-separated (the replicas of a replicated coordinator): tried
+    /// in turn, following a non-leader's redirect to the leader.
     #[arg(long)]
     join: String,
     /// auto, cpu, cuda:N or mps.
@@ -45,6 +46,10 @@ struct Args {
     /// Write step 1's all-reduced gradients (safetensors) to PATH.rank<R>.
     #[arg(long)]
     dump_gradients: Option<std::path::PathBuf>,
+    /// Seconds to wait for a coordinator that stopped answering, once not training, before exiting and naming
+    /// what this worker finished (default: the job's cluster.coordinator_wait, 60 before any assignment).
+    #[arg(long, value_name = "SECONDS")]
+    coordinator_wait: Option<f64>,
     #[command(flatten)]
     log: splade_common::cli::LogArgs,
     /// The shared join token.
@@ -67,6 +72,14 @@ fn main() {
         Ok(t) => t,
         Err(e) => splade_common::cli::exit_with(&anyhow::Error::new(e)),
     };
+    let coordinator_wait = match args.coordinator_wait.map(std::time::Duration::try_from_secs_f64) {
+        None => None,
+        Some(Ok(d)) if !d.is_zero() => Some(d),
+        Some(_) => splade_common::cli::exit_with(&anyhow::anyhow!(
+            "--coordinator-wait {}: must be a positive number of seconds (e.g. 60)",
+            args.coordinator_wait.unwrap_or_default()
+        )),
+    };
     let opts = NodeOptions {
         join: args.join,
         device: args.device,
@@ -78,6 +91,7 @@ fn main() {
         tls,
         ledger: args.ledger,
         dump_gradients: args.dump_gradients,
+        coordinator_wait,
     };
     if let Err(e) = run_node(opts) {
         splade_common::cli::exit_with(&anyhow::Error::new(e));
