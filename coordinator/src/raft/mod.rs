@@ -238,13 +238,34 @@ impl RaftClusterState {
         }
     }
 
-    /// On the leader: adds `id` as a learner and waits until it has caught up with the log.
-    pub async fn add_learner(&self, id: NodeId, node: PeerNode) -> Result<(), RaftStartError> {
+    /// On the leader: adds `id` as a learner and waits up to `within` until it holds the log up to the entry that
+    /// added it (openraft's own "blocking" wait counts a learner 5000 entries behind as caught up).
+    pub async fn add_learner(&self, id: NodeId, node: PeerNode, within: Duration) -> Result<(), RaftStartError> {
+        let added = self
+            .raft
+            .add_learner(id, node, false)
+            .await
+            .map_err(|e| RaftStartError::Membership(e.to_string()))?;
+        let upto = added.log_id.index;
         self.raft
-            .add_learner(id, node, true)
+            .wait(Some(within))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|matched| matched.index >= upto)
+                },
+                format!("node {id} catches up with the log up to index {upto}"),
+            )
             .await
             .map(|_| ())
-            .map_err(|e| RaftStartError::Membership(e.to_string()))
+            .map_err(|e| {
+                RaftStartError::Membership(format!(
+                    "node {id} was added as a learner but did not catch up: {e} (is it running, with this \
+                     cluster's token and TLS settings?)"
+                ))
+            })
     }
 
     /// On the leader: makes `voters` the voting members (learners among them are promoted; voters left out are
@@ -260,12 +281,17 @@ impl RaftClusterState {
     /// On the leader: brings back voter `id` whose state dir was lost, now running with an empty one at `node`.
     /// It is taken out of the voters (an empty node must not count towards a quorum, nor vote with a vote record
     /// it lost), added as a learner, caught up (from the last snapshot and the log after it), and promoted.
-    pub async fn replace_lost_voter(&self, id: NodeId, node: PeerNode) -> Result<(), RaftStartError> {
+    pub async fn replace_lost_voter(
+        &self,
+        id: NodeId,
+        node: PeerNode,
+        within: Duration,
+    ) -> Result<(), RaftStartError> {
         let mut voters = self.status().voters;
         if voters.remove(&id) {
             self.change_voters(voters.clone()).await?;
         }
-        self.add_learner(id, node).await?;
+        self.add_learner(id, node, within).await?;
         voters.insert(id);
         self.change_voters(voters).await
     }
