@@ -424,13 +424,14 @@ async fn grpc_node(
     id: NodeId,
     token: &str,
     listener: tokio::net::TcpListener,
+    timings: RaftTimings,
 ) -> (RaftClusterState, tokio::task::JoinHandle<()>) {
     use splade_coordinator::raft::{raft_service, GrpcNetwork};
     let opts = RaftNodeOptions {
         node_id: id,
         state_dir: root.join(format!("node-{id}")),
         job: JOB.into(),
-        timings: test_timings(),
+        timings,
     };
     let node = RaftClusterState::start(opts, GrpcNetwork::new(token, None)).await.unwrap();
     let svc = raft_service(node.raft().clone(), token, "SPLADE_CLUSTER_TOKEN");
@@ -458,7 +459,7 @@ async fn raft_peer_with_a_wrong_token_cannot_join_or_disturb_the_group_over_grpc
     let mut nodes = BTreeMap::new();
     let mut servers = Vec::new();
     for (id, token) in [(1, "right"), (2, "right"), (3, "wrong"), (4, "right")] {
-        let (n, s) = grpc_node(root.path(), id, token, listeners.remove(&id).unwrap()).await;
+        let (n, s) = grpc_node(root.path(), id, token, listeners.remove(&id).unwrap(), test_timings()).await;
         nodes.insert(id, n);
         servers.push(s);
     }
@@ -506,6 +507,67 @@ async fn raft_peer_with_a_wrong_token_cannot_join_or_disturb_the_group_over_grpc
         n.shutdown().await;
     }
     for s in servers {
+        s.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_new_leader_within_10_s_of_a_leader_kill_with_the_default_timings_over_grpc() {
+    crate::harness::init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let mut listeners = BTreeMap::new();
+    let mut addrs = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.insert(id, PeerNode::shared(l.local_addr().unwrap().to_string()));
+        listeners.insert(id, l);
+    }
+    let mut nodes = BTreeMap::new();
+    let mut servers = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = listeners.remove(&id).unwrap();
+        let (n, s) = grpc_node(root.path(), id, "token", l, RaftTimings::default()).await;
+        nodes.insert(id, n);
+        servers.insert(id, s);
+    }
+    nodes[&1].initialize(addrs.clone()).await.unwrap();
+    let leader_among = |nodes: &BTreeMap<NodeId, RaftClusterState>| {
+        nodes.iter().find(|(_, n)| n.status().is_leader).map(|(&id, _)| id)
+    };
+    let t0 = Instant::now();
+    let first = loop {
+        if let Some(id) = leader_among(&nodes) {
+            break id;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "no first leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    nodes[&first].commit(JobCommand::RecordCheckpoint(checkpoint(10))).await.unwrap();
+
+    // kill -9 of the leader's process, in effect: its server stops answering and its Raft stops.
+    servers.remove(&first).unwrap().abort();
+    nodes.remove(&first).unwrap().shutdown().await;
+    let killed = Instant::now();
+    let second = loop {
+        if let Some(id) = leader_among(&nodes) {
+            break id;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "no new leader within 10 s: {:?}",
+            nodes.values().map(|n| n.status()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = killed.elapsed();
+    let state = nodes[&second].read().await.unwrap();
+    assert_eq!(state.checkpoints().map(|c| c.step).collect::<Vec<_>>(), vec![10]);
+    assert!(nodes[&second].status().leader_changes >= 1);
+    eprintln!("node {second} leads {:.2} s after node {first} was killed", took.as_secs_f64());
+    for n in nodes.values() {
+        n.shutdown().await;
+    }
+    for s in servers.values() {
         s.abort();
     }
 }
