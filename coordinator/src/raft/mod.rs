@@ -25,6 +25,7 @@
 //! a while catches up from the log, and a new node from the snapshot.
 
 mod grpc;
+pub mod peers;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 pub use grpc::{raft_service, GrpcNetwork, PeerAuth, RaftTls};
 pub use openraft;
+pub use peers::{check_listed, check_recorded, parse_peers, PeersError};
 pub use store::{Applied, LogStore, StateMachineStore, StoreError};
 
 use crate::state::{ClusterState, JobCommand, JobState, StateError};
@@ -319,6 +321,14 @@ impl RaftClusterState {
             voters,
             learners,
         }
+    }
+
+    /// The group this node's state dir records (voters and learners with their addresses); `None` before the
+    /// node has joined one. Compare with `--peers` through [`check_recorded`].
+    pub fn recorded_peers(&self) -> Option<BTreeMap<NodeId, PeerNode>> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.log_id().as_ref()?;
+        Some(m.membership().nodes().map(|(id, n)| (*id, n.clone())).collect())
     }
 
     /// The applied state without a leadership check: what this node has applied so far (a follower's view may

@@ -348,6 +348,9 @@ async fn raft_follower_restarted_from_its_state_dir_catches_up_and_an_empty_repl
     let mut group = Group::new(&[1, 2, 3], 7, Faults::NONE).await;
     let leader = group.leader(Duration::from_secs(10)).await;
     let follower = [1, 2, 3].into_iter().find(|&i| i != leader).unwrap();
+    let group_peers: BTreeMap<_, _> = [1, 2, 3].into_iter().map(|i| (i, peer(i))).collect();
+    wait_until(Duration::from_secs(10), || group.nodes[&follower].recorded_peers().is_some(), || group.statuses()).await;
+    assert_eq!(group.nodes[&follower].recorded_peers(), Some(group_peers.clone()));
     let node = group.nodes[&leader].clone();
     for step in 1..=5 {
         node.commit(JobCommand::RecordCheckpoint(checkpoint(step))).await.unwrap();
@@ -359,6 +362,8 @@ async fn raft_follower_restarted_from_its_state_dir_catches_up_and_an_empty_repl
         node.commit(JobCommand::RecordCheckpoint(checkpoint(step))).await.unwrap();
     }
     group.start(follower).await.unwrap();
+    wait_until(Duration::from_secs(5), || group.nodes[&follower].recorded_peers().is_some(), || group.statuses()).await;
+    assert_eq!(group.nodes[&follower].recorded_peers(), Some(group_peers.clone()), "the restarted node's group");
     let leader_commit = group.status(leader).commit_index;
     wait_until(Duration::from_secs(10), || group.status(follower).commit_index == leader_commit, || group.statuses()).await;
     wait_until(Duration::from_secs(10), || group.status(follower).last_applied == leader_commit, || group.statuses()).await;
@@ -372,6 +377,7 @@ async fn raft_follower_restarted_from_its_state_dir_catches_up_and_an_empty_repl
     std::fs::remove_dir_all(group.dir(follower)).unwrap();
     group.start(follower).await.unwrap();
     assert_eq!(group.status(follower).last_applied, 0, "the replacement starts empty");
+    assert_eq!(group.nodes[&follower].recorded_peers(), None, "an empty state dir records no group");
     node.replace_lost_voter(follower, peer(follower), Duration::from_secs(10)).await.unwrap();
     let s = group.status(leader);
     assert_eq!(s.voters, BTreeSet::from([1, 2, 3]), "{s:?}");
