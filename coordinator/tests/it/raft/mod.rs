@@ -432,6 +432,18 @@ async fn grpc_node(
     listener: tokio::net::TcpListener,
     timings: RaftTimings,
 ) -> (RaftClusterState, tokio::task::JoinHandle<()>) {
+    grpc_node_tls(root, id, token, listener, timings, None).await
+}
+
+/// [`grpc_node`] with TLS: the server's identity and client CA, and the client's CA and identity.
+async fn grpc_node_tls(
+    root: &std::path::Path,
+    id: NodeId,
+    token: &str,
+    listener: tokio::net::TcpListener,
+    timings: RaftTimings,
+    tls: Option<(tonic::transport::ServerTlsConfig, splade_proto::ClientTls)>,
+) -> (RaftClusterState, tokio::task::JoinHandle<()>) {
     use splade_coordinator::raft::{raft_service, GrpcNetwork};
     let opts = RaftNodeOptions {
         node_id: id,
@@ -439,10 +451,15 @@ async fn grpc_node(
         job: JOB.into(),
         timings,
     };
-    let node = RaftClusterState::start(opts, GrpcNetwork::new(token, None)).await.unwrap();
+    let (server_tls, client_tls) = tls.unzip();
+    let node = RaftClusterState::start(opts, GrpcNetwork::new(token, client_tls)).await.unwrap();
     let svc = raft_service(node.raft().clone(), token, "SPLADE_CLUSTER_TOKEN");
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(cfg) = server_tls {
+        builder = builder.tls_config(cfg).unwrap();
+    }
     let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
@@ -574,6 +591,72 @@ async fn raft_new_leader_within_10_s_of_a_leader_kill_with_the_default_timings_o
         n.shutdown().await;
     }
     for s in servers.values() {
+        s.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_peers_replicate_over_mutual_tls_and_a_peer_certified_by_another_ca_cannot_join() {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    crate::harness::init_tracing();
+    // Node 3's server and client certificates come from another CA (it trusts ours: it would join if it could).
+    let (ours, theirs) = (crate::security::pki(), crate::security::pki());
+    let tls = |own: &crate::security::Pki| {
+        let server = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&own.server.0, &own.server.1))
+            .client_ca_root(Certificate::from_pem(&ours.ca_pem));
+        let client = splade_proto::ClientTls {
+            ca_pem: ours.ca_pem.clone().into_bytes(),
+            identity: Some((own.client.0.clone().into_bytes(), own.client.1.clone().into_bytes())),
+            domain: None,
+        };
+        Some((server, client))
+    };
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = BTreeMap::new();
+    let mut addrs = BTreeMap::new();
+    let mut servers = Vec::new();
+    for (id, pki) in [(1u64, &ours), (2, &ours), (3, &theirs)] {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The server certificates are for `localhost`.
+        addrs.insert(id, PeerNode::shared(format!("localhost:{}", l.local_addr().unwrap().port())));
+        let (n, s) = grpc_node_tls(root.path(), id, "token", l, test_timings(), tls(pki)).await;
+        nodes.insert(id, n);
+        servers.push(s);
+    }
+    nodes[&1]
+        .initialize(BTreeMap::from([(1, addrs[&1].clone()), (2, addrs[&2].clone())]))
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let leader = loop {
+        if let Some(id) = [1, 2].into_iter().find(|i| nodes[i].status().is_leader) {
+            break id;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no leader of 1 and 2 over mutual TLS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lead = nodes[&leader].clone();
+    lead.commit(JobCommand::RecordCheckpoint(checkpoint(10))).await.unwrap();
+    let other = 3 - leader;
+    let target = lead.status().commit_index;
+    wait_until(Duration::from_secs(10), || nodes[&other].status().last_applied >= target, || nodes[&other].status()).await;
+    assert_eq!(nodes[&other].local_state(), lead.read().await.unwrap());
+    let term = lead.term();
+
+    let err = lead.add_learner(3, addrs[&3].clone(), Duration::from_secs(3)).await.unwrap_err();
+    assert!(err.to_string().contains("did not catch up"), "{err}");
+    assert_eq!(nodes[&3].raft().metrics().borrow().last_log_index, None, "node 3 received entries");
+    nodes[&3].initialize(addrs.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(nodes[&3].status().term > term, "node 3 campaigned: {:?}", nodes[&3].status());
+    let s = lead.status();
+    assert!(s.is_leader && s.term == term, "the group was disturbed: {s:?}");
+
+    for n in nodes.values() {
+        n.shutdown().await;
+    }
+    for s in servers {
         s.abort();
     }
 }
