@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod machine;
+pub mod raft;
 pub mod metrics;
 pub mod recover;
 pub mod server;

@@ -313,3 +313,15 @@ fn endpoint(addr: &str, tls: Option<&ClientTls>) -> Result<Endpoint, ClientError
     }
     Ok(ep)
 }
+
+/// The endpoint (not yet connected) and the token interceptor for a client of `addr` with the same address rules,
+/// TLS and token as [`CoordinatorClient::connect`]: what the coordinators' Raft RPCs to each other use, so peers
+/// authenticate exactly as workers do.
+pub fn peer_endpoint(
+    addr: &str,
+    token: &str,
+    tls: Option<&ClientTls>,
+) -> Result<(Endpoint, TokenInterceptor), ClientError> {
+    let header = bearer(token)?;
+    Ok((endpoint(addr, tls)?.tcp_nodelay(true), TokenInterceptor { header }))
+}

@@ -5,6 +5,7 @@
 use splade_tests::cluster as harness;
 
 mod binary;
+mod raft;
 mod completion;
 mod elastic;
 mod rendezvous;

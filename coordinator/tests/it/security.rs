@@ -269,13 +269,13 @@ async fn heartbeat_of_an_unknown_worker_asks_it_to_rejoin() {
 }
 
 /// A CA, a server certificate for `localhost` and a client certificate, all signed by the CA.
-struct Pki {
-    ca_pem: String,
-    server: (String, String),
-    client: (String, String),
+pub(crate) struct Pki {
+    pub(crate) ca_pem: String,
+    pub(crate) server: (String, String),
+    pub(crate) client: (String, String),
 }
 
-fn pki() -> Pki {
+pub(crate) fn pki() -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
