@@ -395,4 +395,16 @@ impl ClusterState for RaftClusterState {
     fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term
     }
+
+    /// A local check (no round trip, since the loop asks before every input): this node believes it leads.
+    /// A deposed leader that has not heard of its successor yet still passes; what keeps it harmless is that
+    /// its `commit` and `read` need a quorum of its term, and workers ignore directives of an older term.
+    async fn ensure_leader(&self) -> Result<(), StateError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.node_id) {
+            return Ok(());
+        }
+        let leader = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+        Err(self.not_leader(leader))
+    }
 }

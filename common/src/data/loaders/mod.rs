@@ -861,27 +861,46 @@ pub async fn publish_seed_data(
     output: &crate::store::Location,
     cache_root: &Path,
 ) -> Result<(), DataError> {
-    let root = std::path::absolute(cache_root.join("seed-data")).unwrap_or_else(|_| cache_root.join("seed-data"));
     for index in datasets.iter_mut() {
-        let urls = index.files.iter_mut().map(|f| &mut f.url).chain(index.dev.as_mut());
-        for url in urls {
-            let path = PathBuf::from(url.as_str());
-            let seed_data = cache_root.join("seed-data");
-            let Ok(rel) = path.strip_prefix(&root).or_else(|_| path.strip_prefix(&seed_data)) else { continue };
-            let rel = format!("seed-data/{}", rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/"));
-            let key = output.child(&rel);
-            let size = std::fs::metadata(&path).map_err(|e| io_err(&path, e))?.len();
-            let present = output.store().head(&key).await.is_ok_and(|m| m.size == size);
-            if !present {
-                let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
-                output.store().put(&key, bytes.into()).await.map_err(|source| crate::store::StoreError::ObjectStore {
-                    location: output.url_of(&rel),
-                    source,
-                })?;
-                tracing::info!(file = %path.display(), published = output.url_of(&rel), "seed-data file published for the workers");
+        for f in index.files.iter_mut() {
+            if let Some((url, meta)) = publish_seed_file(&f.url, output, cache_root).await? {
+                // The published copy is what workers read: its fingerprint (an object store's ETag) is the one
+                // their ranged reads check, not the local file's.
+                *f = crate::data::IndexedFile::from_meta(url, f.format, &meta);
             }
-            *url = output.url_of(&rel);
+        }
+        if let Some(dev) = index.dev.as_mut() {
+            if let Some((url, _)) = publish_seed_file(dev, output, cache_root).await? {
+                *dev = url;
+            }
         }
     }
     Ok(())
+}
+
+/// Copies one materialised seed-data file (a path under `cache_root/seed-data`) to the same relative key under
+/// `output` unless a copy of its size is there, and returns the copy's URL and metadata; `None` for any other URL.
+async fn publish_seed_file(
+    url: &str,
+    output: &crate::store::Location,
+    cache_root: &Path,
+) -> Result<Option<(String, object_store::ObjectMeta)>, DataError> {
+    let root = std::path::absolute(cache_root.join("seed-data")).unwrap_or_else(|_| cache_root.join("seed-data"));
+    let path = PathBuf::from(url);
+    let seed_data = cache_root.join("seed-data");
+    let Ok(rel) = path.strip_prefix(&root).or_else(|_| path.strip_prefix(&seed_data)) else { return Ok(None) };
+    let rel = format!("seed-data/{}", rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/"));
+    let key = output.child(&rel);
+    let store_err = |source| crate::store::StoreError::ObjectStore { location: output.url_of(&rel), source };
+    let size = std::fs::metadata(&path).map_err(|e| io_err(&path, e))?.len();
+    let meta = match output.store().head(&key).await {
+        Ok(m) if m.size == size => m,
+        _ => {
+            let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+            output.store().put(&key, bytes.into()).await.map_err(store_err)?;
+            tracing::info!(file = %path.display(), published = output.url_of(&rel), "seed-data file published for the workers");
+            output.store().head(&key).await.map_err(store_err)?
+        }
+    };
+    Ok(Some((output.url_of(&rel), meta)))
 }
