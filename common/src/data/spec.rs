@@ -308,6 +308,11 @@ pub enum DataFormat {
     /// Apache Parquet.
     #[serde(rename = "parquet")]
     Parquet,
+    /// Multi-member gzip JSONL (`bgzip`, or gzip files concatenated), read as [`DataFormat::JsonlGz`]; the
+    /// streaming pass records a file of several members so, and a record's location then points into the
+    /// member its line starts in (see [`crate::data::scan`]), so a ranged read decompresses only that member.
+    #[serde(rename = "jsonl.bgzf")]
+    JsonlBgzf,
 }
 
 /// `datasets.*.on_bad_record`
