@@ -15,7 +15,9 @@
 //! names transformers gives a dict of eval datasets) and, so that `metric_for_best_model: eval_loss` still
 //! means something, `eval_loss` over all dev rows.
 
-use splade_common::data::{Example, SplitDataset};
+use splade_common::data::Example;
+
+use super::trainer::DatasetFacts;
 use tch::Kind;
 
 use super::{other, TrainError, Trainer};
@@ -28,8 +30,8 @@ pub struct DevSet {
     pub rows: Vec<Example>,
 }
 
-/// The dev sets of loaded datasets (those with held-out rows), in config order.
-pub fn dev_sets(datasets: &[SplitDataset]) -> Vec<DevSet> {
+/// The dev sets of datasets (those with held-out rows), in config order.
+pub fn dev_sets(datasets: &[DatasetFacts]) -> Vec<DevSet> {
     datasets
         .iter()
         .filter(|d| !d.eval.is_empty())

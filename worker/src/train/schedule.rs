@@ -143,17 +143,31 @@ pub struct Lead {
 impl Lead {
     /// Loads the evaluation tasks and the dev rows and starts the monitor (reporters, `/metrics` on
     /// `metrics_listen`). The dev rows are the trainer's held-out rows; a trainer that follows a published plan
-    /// holds no rows, so a cluster's rank 0 loads the datasets for them (only when some `split_ratio` is set or a
+    /// holds none, so a cluster's rank 0 reads them with a streaming pass (only when some `split_ratio` is set or a
     /// seed loader block brings its dev split).
     pub fn start(trainer: &Trainer, metrics_listen: Option<&str>) -> Result<Self, TrainError> {
         let (cfg, output) = (&trainer.cfg, &trainer.output);
         let strategy = cfg.training.eval_strategy;
         // Seed loader blocks (`nli`, `scandi_qa`, ...) bring their own dev split, in `SplitDataset::eval` as well.
         let holds_out = cfg.datasets.enabled().any(|(_, s)| s.split_ratio > 0.0 || s.loader.is_some());
-        let dev = if trainer.datasets.is_empty() && holds_out && strategy != IntervalStrategy::No {
-            dev_sets(&super::load_train_datasets(cfg)?)
+        let dev = if trainer.facts.is_empty() && holds_out && strategy != IntervalStrategy::No {
+            // A streaming pass for the held-out rows only (read back by location; nothing else is kept).
+            let mut scanned = block_on(splade_common::data::scan_training_data(
+                cfg.datasets.enabled(),
+                cfg.training.seed,
+                &splade_common::store::StoreOptions::from_env(),
+                true,
+            ))?;
+            let sets = scanned
+                .iter_mut()
+                .filter(|d| !d.eval.is_empty())
+                .map(|d| super::dev::DevSet { name: d.name.clone(), rows: std::mem::take(&mut d.eval) })
+                .collect();
+            drop(scanned);
+            splade_common::data::scan::release_freed_memory();
+            sets
         } else {
-            dev_sets(&trainer.datasets)
+            dev_sets(&trainer.facts)
         };
         let evals = DuringEval::load(cfg, dev)?;
         if strategy != IntervalStrategy::No && !evals.has_work() && evals.selector.metric != "train_loss" {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use splade_common::config::{Config, InnerLoss as CfgInner};
 use splade_common::data::plan::{BatchPlan, PlannedBatch};
-use splade_common::data::{load_training_data, DataPlan, Example, SplitDataset};
+use splade_common::data::{load_training_data, scan_training_data, DataPlan, Example, HubPin, ScannedDataset, SplitDataset};
 use splade_common::store::checkpoint::{commit_checkpoint, fetch_checkpoint, latest_checkpoint, prune};
 use splade_common::store::{block_on, Location, StoreOptions};
 use tch::{Device, Kind};
@@ -30,6 +30,10 @@ pub struct Trainer {
     pub csr_loss: Option<super::csr::CsrLossConfig>,
     /// The loaded training datasets in config order (empty when the rows come from a data plan's slices).
     pub datasets: Vec<SplitDataset>,
+    /// Per dataset, what the trainer knows besides its training rows (the model card's counts, the
+    /// checkpoint's Hub pins, the dev rows): from the loaded datasets or the streaming pass; empty on a
+    /// cluster rank, which follows a plan made elsewhere.
+    pub facts: Vec<DatasetFacts>,
     pub plan: BatchPlan,
     pub state: TrainerState,
     pub output: Location,
@@ -61,6 +65,44 @@ pub struct Trainer {
     pub(crate) card_logs: Vec<super::card::EvalLine>,
 }
 
+/// One dataset's facts besides its training rows (see [`Trainer::facts`]).
+#[derive(Debug, Clone)]
+pub struct DatasetFacts {
+    /// Config name.
+    pub name: String,
+    /// Training rows.
+    pub train_rows: usize,
+    /// Held-out rows (few by design), read back by location when planned by the streaming pass.
+    pub eval: Vec<Example>,
+    /// For a Hub dataset: the commit its files come from.
+    pub hub: Option<HubPin>,
+}
+
+impl DatasetFacts {
+    fn of_loaded(d: &SplitDataset) -> Self {
+        Self { name: d.name.clone(), train_rows: d.train.len(), eval: d.eval.clone(), hub: d.hub.clone() }
+    }
+
+    fn of_scanned(d: &mut ScannedDataset) -> Self {
+        Self { name: d.name.clone(), train_rows: d.train_len(), eval: std::mem::take(&mut d.eval), hub: d.hub.clone() }
+    }
+}
+
+/// Streams every enabled dataset once, in config order, and plans `global_batch` rows per step: the data plan
+/// a coordinator publishes for the same config and data (the same code), with each dataset's facts (its dev
+/// rows read back by location). No dataset is loaded whole: a row costs a few bytes of summary while planning,
+/// and the memory planning used goes back to the system before this returns.
+pub fn plan_train_datasets(cfg: &Config, global_batch: usize) -> Result<(DataPlan, Vec<DatasetFacts>), TrainError> {
+    let mut data = block_on(scan_training_data(cfg.datasets.enabled(), cfg.training.seed, &StoreOptions::from_env(), true))?;
+    if data.is_empty() {
+        return Err(other(format!("{}: no enabled dataset under `datasets:`; enable at least one", cfg.origin)));
+    }
+    let facts = data.iter_mut().map(DatasetFacts::of_scanned).collect();
+    let plan = DataPlan::build(&cfg.plan_spec(global_batch), data).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))?;
+    splade_common::data::scan::release_freed_memory();
+    Ok((plan, facts))
+}
+
 fn inner_loss(cfg: &Config) -> InnerLoss {
     match cfg.loss.inner_loss {
         CfgInner::SparseMultipleNegativesRankingLoss => InnerLoss::MultipleNegativesRanking { scale: cfg.loss.scale },
@@ -82,7 +124,8 @@ pub fn load_train_datasets(cfg: &Config) -> Result<Vec<SplitDataset>, TrainError
 /// The batch plan for `global_batch` rows per optimizer step: the plan of the [`DataPlan`] a coordinator
 /// publishes for the same config and data, so `splade train` and a cluster train the same batches.
 pub fn build_plan(cfg: &Config, datasets: &[SplitDataset], global_batch: usize) -> Result<BatchPlan, TrainError> {
-    let plan = DataPlan::build(&cfg.plan_spec(global_batch), datasets).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))?;
+    let data = datasets.iter().map(ScannedDataset::from_split).collect();
+    let plan = DataPlan::build(&cfg.plan_spec(global_batch), data).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))?;
     Ok(BatchPlan { batches: plan.batches })
 }
 
@@ -194,7 +237,20 @@ impl Trainer {
     pub fn new(cfg: Config, device: Device, global_batch: usize, micro_batches: usize) -> Result<Self, TrainError> {
         let datasets = load_train_datasets(&cfg)?;
         let plan = build_plan(&cfg, &datasets, global_batch)?;
-        Self::from_parts(cfg, device, datasets, plan, global_batch, micro_batches)
+        let mut t = Self::from_parts(cfg, device, datasets, plan, global_batch, micro_batches)?;
+        t.facts = t.datasets.iter().map(DatasetFacts::of_loaded).collect();
+        Ok(t)
+    }
+
+    /// `splade train`'s trainer: plans with the streaming pass ([`plan_train_datasets`]) and holds no rows;
+    /// the returned data plan is what its steps read their rows through
+    /// ([`super::step::BatchSource::slices`] with one rank), as a cluster rank reads the published one.
+    pub fn planned(cfg: Config, device: Device, global_batch: usize, micro_batches: usize) -> Result<(Self, DataPlan), TrainError> {
+        let (plan, facts) = plan_train_datasets(&cfg, global_batch)?;
+        let mut t = Self::from_parts(cfg, device, Vec::new(), plan.plan(), global_batch, micro_batches)?;
+        t.check_plan_labels(&plan)?;
+        t.facts = facts;
+        Ok((t, plan))
     }
 
     /// A trainer that follows a plan made elsewhere (a cluster coordinator's published data plan) and holds
@@ -270,6 +326,7 @@ impl Trainer {
             loss,
             csr_loss,
             datasets,
+            facts: Vec::new(),
             plan,
             state,
             output,
@@ -370,7 +427,7 @@ impl Trainer {
             let text = serde_json::to_string_pretty(&s.state()).expect("scaler state serialises");
             std::fs::write(dir.join(SCALER_STATE), text).map_err(|e| TrainError::io(dir.join(SCALER_STATE).display(), e))?;
         }
-        let hub_datasets = self.datasets.iter().filter_map(|d| Some((d.name.clone(), d.hub.clone()?))).collect();
+        let hub_datasets = self.facts.iter().filter_map(|d| Some((d.name.clone(), d.hub.clone()?))).collect();
         let state = TrainerState {
             plan_fingerprint: fingerprint(&self.plan, self.state.global_step),
             hub_datasets,
