@@ -87,8 +87,10 @@ pub async fn check_datasets(
 
 /// Streams the training data once ([`splade_common::data::scan_training_data`]: a few bytes per row, no text
 /// held), builds the job's batch plan for `job.global_batch_size` (independent of the number of workers) with
-/// the index of where each planned record lives, and publishes both as one content-addressed artifact,
-/// `<training.output_dir>/data-plan/<sha256>.json`. Workers then read only their slice of each global batch.
+/// the index of where each planned record lives, and publishes both as one content-addressed artifact: the
+/// manifest `<training.output_dir>/data-plan/<sha256>.json` and chunks of `cluster.data_plan_chunk_steps`
+/// steps (`splade_common::data::artifact`). Workers then fetch the chunks of the steps they train and read
+/// only their slice of each global batch.
 /// Errors name the config file and the dataset, or the reason no plan of `job.total_steps` steps exists.
 pub async fn publish_data_plan(
     cfg: &Config,
@@ -115,7 +117,7 @@ pub async fn publish_data_plan(
     }
     let output = splade_common::store::Location::parse_with(&cfg.training.output_dir, options)
         .map_err(|e| dataset(e.into()))?;
-    let r = plan.publish(&output).await.map_err(dataset)?;
+    let r = plan.publish(&output, cfg.cluster.data_plan_chunk_steps).await.map_err(dataset)?;
     Ok((plan, splade_proto::domain::DataPlanRef { location: r.location, sha256: r.sha256 }))
 }
 

@@ -59,7 +59,8 @@ pub(crate) fn write_data(dir: &Path, n: usize) -> PathBuf {
     p
 }
 
-/// A tiny cluster job: SPLADE-tiny, dropout 0, short sequences, `global` rows per step.
+/// A tiny cluster job: SPLADE-tiny, dropout 0, short sequences, `global` rows per step, a data plan in
+/// chunks of 2 steps (workers fetch several chunks).
 pub(crate) fn job_yaml(out: &Path, data: &Path, per_device: usize, global: usize, steps: usize, save_steps: usize, workers: (usize, usize)) -> String {
     format!(
         r#"
@@ -99,6 +100,7 @@ cluster:
   rendezvous_last_call: 1
   store_port: {port}
   max_restarts: 3
+  data_plan_chunk_steps: 2
 "#,
         model = model("splade-tiny").display(),
         out = out.display(),
@@ -632,7 +634,9 @@ async fn cluster_worker_killed_job_resumes() {
     let loc = Location::parse_with(out, &opts).unwrap();
     let (cluster, mut job) = splade_coordinator::config::from_config(&cfg).unwrap();
     // As the binary does: the data plan goes to the bucket, and workers read their slices from it.
-    job.data_plan = Some(splade_coordinator::config::publish_data_plan(&cfg, &job, &opts).await.unwrap().1);
+    let published = splade_coordinator::config::publish_data_plan(&cfg, &job, &opts).await.unwrap().1;
+    let plan_ref = splade_common::data::DataPlanRef { location: published.location.clone(), sha256: published.sha256.clone() };
+    job.data_plan = Some(published);
     let mut copts = CoordinatorOptions::new(cluster, job, "127.0.0.1:0".parse().unwrap(), JoinToken::new(TOKEN).unwrap());
     copts.verifier = Arc::new(StoreVerifier::new(loc.clone()));
     let handle = splade_coordinator::start(copts).await.unwrap();
@@ -667,9 +671,13 @@ async fn cluster_worker_killed_job_resumes() {
     // The ledger: each generation resumed where its checkpoint left off; the committed trajectory
     // (each generation up to where the next one started) consumed exactly the planned rows.
     let mut by_gen: BTreeMap<u64, BTreeMap<u64, Vec<usize>>> = BTreeMap::new();
+    // Per (generation, rank): the most plan-chunk bytes that rank's fetcher reported.
+    let mut plan_bytes: BTreeMap<(u64, u64), u64> = BTreeMap::new();
     for line in std::fs::read_to_string(&ledger).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(v["bytes_read"].as_u64().is_some(), "a worker did not read its slice through the data plan: {line}");
+        let e = plan_bytes.entry((v["generation"].as_u64().unwrap(), v["rank"].as_u64().unwrap())).or_default();
+        *e = (*e).max(v["plan_bytes_read"].as_u64().expect("plan_bytes_read"));
         let rows: Vec<usize> = serde_json::from_value(v["rows"].clone()).unwrap();
         by_gen
             .entry(v["generation"].as_u64().unwrap())
@@ -705,6 +713,16 @@ async fn cluster_worker_killed_job_resumes() {
     for s in &starts[1..] {
         assert!(*s > 0 && *s % 2 == 0, "generation started after step {s}, which is not a checkpoint");
     }
+    // The plan is chunked (2 steps a chunk): the last generation, which trained to the end, fetched exactly
+    // the chunks from the one of its first step on, none before it.
+    let published = splade_common::data::PublishedPlan::fetch(&plan_ref, &opts).await.unwrap();
+    let chunks = &published.manifest.chunks;
+    assert_eq!(chunks.len(), steps / 2);
+    let (last_gen, last_start) = (*gens.last().unwrap(), *starts.last().unwrap());
+    let first_chunk = published.chunk_of(last_start + 1).unwrap();
+    assert!(first_chunk >= 1, "the last generation started after step {last_start}");
+    let want: u64 = chunks[first_chunk..].iter().map(|c| c.bytes).sum();
+    assert_eq!(plan_bytes[&(last_gen, 0)], want, "plan bytes of generation {last_gen} (from step {})", last_start + 1);
 }
 
 /// Rank 0 killed with SIGKILL between uploading a checkpoint's files to S3 (moto) and writing its

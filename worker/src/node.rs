@@ -34,12 +34,14 @@
 //! - `--dump-gradients PATH`: after the all-reduce of step 1, write the reduced gradients
 //!   (safetensors, parameter names) to `PATH.rank<R>` and continue (checks data-parallel equivalence).
 //! - `--ledger PATH`: append one JSON line per finished step with the generation, rank,
-//!   step, dataset, the rows this rank consumed and `bytes_read` (training data fetched from storage
-//!   by this generation so far).
+//!   step, dataset, the rows this rank consumed, `bytes_read` (training records fetched from storage
+//!   by this generation so far) and `plan_bytes_read` (data-plan chunks fetched by this generation so far).
 //!
-//! Data: the assignment points at the coordinator's published data plan; the worker checks its
-//! sha256, reads only its slice of each global batch with ranged reads on a prefetch thread
-//! ([`crate::train::fetch`]) and takes the global batch's labels from the plan. That plan is the one
+//! Data: the assignment points at the coordinator's published data plan (a manifest and chunks of steps,
+//! `splade_common::data::artifact`); the worker checks the manifest's sha256, fetches the chunks of the steps
+//! it trains (from its generation's start step, a chunk ahead, each checked), reads only its slice of each
+//! global batch with ranged reads on a prefetch thread ([`crate::train::fetch`]) and takes the global
+//! batch's labels from the chunk. Plan bytes count into `splade_worker_data_bytes_read_total{kind="plan"}`. That plan is the one
 //! `splade train` builds for the same config (`crate::train::build_plan`, config order); without a
 //! data plan the worker loads every dataset and builds it itself.
 
@@ -50,7 +52,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use splade_common::config::{C10dBackend, Config};
-use splade_common::data::{DataPlan, DataPlanRef};
+use splade_common::data::{DataPlanRef, PublishedPlan};
 use splade_common::obs::{Registry, WorkerMetrics};
 use splade_common::store::checkpoint::{verify_checkpoint, Verify};
 use splade_common::store::{block_on, StoreOptions};
@@ -65,7 +67,7 @@ use tokio::sync::watch;
 use crate::dist::{Backend, GroupOptions, ProcessGroup};
 use crate::train::monitor::{resident_bytes, to_obs_stats, EvalRound};
 use crate::train::schedule::{self, Control, Hooks, Lead, RunEnd, Schedule};
-use crate::train::{BatchSource, GradSync, StepDone, TrainError, Trainer};
+use crate::train::{BatchSource, GradSync, StepDone, TrainError, TrainPlan, Trainer};
 
 /// Why the worker stopped with an error. Each message says what failed and where.
 #[derive(Debug, thiserror::Error)]
@@ -423,17 +425,19 @@ impl Generation<'_> {
         let (mut trainer, data_plan) = match &a.data_plan {
             Some(r) => {
                 let r = DataPlanRef { location: r.location.clone(), sha256: r.sha256.clone() };
-                let plan = block_on(DataPlan::fetch(&r, &StoreOptions::from_env()))
+                // The manifest only: the chunks of the steps this rank trains are fetched as it trains them.
+                let plan = block_on(PublishedPlan::fetch(&r, &StoreOptions::from_env()))
                     .map_err(|source| NodeError::Data { context: "the assignment's data plan".into(), source })?;
-                if plan.global_batch_size != a.global_batch_size as usize {
+                self.metrics.add_plan_bytes_read(plan.manifest_bytes);
+                if plan.manifest.global_batch_size != a.global_batch_size as usize {
                     return Err(setup(format!(
                         "data plan {} has global batches of {} but the assignment {}",
-                        r.location, plan.global_batch_size, a.global_batch_size
+                        r.location, plan.manifest.global_batch_size, a.global_batch_size
                     )));
                 }
-                tracing::info!(data_plan = r.location, "reading this rank's slices through the data plan");
-                let t = Trainer::with_plan(cfg, self.device, plan.plan(), a.micro_batches_per_rank as usize)
-                    .and_then(|t| t.check_plan_labels(&plan).map(|()| t));
+                tracing::info!(data_plan = r.location, chunks = plan.manifest.chunks.len(), "reading this rank's slices through the data plan");
+                let plan = Arc::new(plan);
+                let t = Trainer::with_plan(cfg, self.device, plan.clone(), a.micro_batches_per_rank as usize);
                 (t.map_err(|source| NodeError::Train { context: "setting up training".into(), source })?, Some(plan))
             }
             None => {
@@ -442,7 +446,15 @@ impl Generation<'_> {
             }
         };
         if let Some(p) = self.dump_batches {
-            crate::train::run::dump_batches(&trainer.plan, p).map_err(|source| NodeError::Train { context: "--dump-batches".into(), source })?;
+            // An audit aid: the whole plan, so a published plan's every chunk is fetched (not counted as this
+            // rank's plan bytes).
+            let whole = match &trainer.plan {
+                TrainPlan::Whole(plan) => plan.clone(),
+                TrainPlan::Published(plan) => block_on(plan.fetch_batch_plan(&StoreOptions::from_env()))
+                    .map_err(|source| NodeError::Data { context: "--dump-batches: the data plan's chunks".into(), source })?
+                    .0,
+            };
+            crate::train::run::dump_batches(&whole, p).map_err(|source| NodeError::Train { context: "--dump-batches".into(), source })?;
         }
         if trainer.state.total_steps != a.total_steps {
             return Err(setup(format!(
@@ -507,6 +519,7 @@ impl Generation<'_> {
             client: self.session.client(),
             last_step,
             bytes_reported: 0,
+            plan_bytes_reported: 0,
             final_scores: Vec::new(),
             dump_grads: self.dump_gradients.map(std::path::Path::to_path_buf),
             ledger: self.ledger.map(std::path::Path::to_path_buf),
@@ -532,6 +545,8 @@ struct RankHooks<'g, 'r> {
     client: CoordinatorClient,
     last_step: &'r mut u64,
     bytes_reported: u64,
+    /// Plan-chunk bytes of this generation already added to the metric.
+    plan_bytes_reported: u64,
     /// The final model's scores, sent with the last step's report.
     final_scores: Vec<EvalScore>,
     /// `--dump-gradients PATH`: the reduced gradients of step 1 go to `PATH.rank<R>`.
@@ -578,6 +593,10 @@ impl Hooks for RankHooks<'_, '_> {
             m.add_data_bytes_read(read.saturating_sub(self.bytes_reported));
             self.bytes_reported = read;
         }
+        if let Some(read) = done.plan_bytes_read {
+            m.add_plan_bytes_read(read.saturating_sub(self.plan_bytes_reported));
+            self.plan_bytes_reported = read;
+        }
         m.record_step(done.stats.step_seconds, done.data_wait);
         if let Some(rss) = resident_bytes() {
             // Host memory of this process, like `splade train` exports for the `cpu` device.
@@ -587,6 +606,7 @@ impl Hooks for RankHooks<'_, '_> {
             let line = serde_json::json!({
                 "generation": self.gen.a.generation, "rank": self.rank, "step": done.stats.step,
                 "dataset": done.batch.dataset, "rows": done.rows, "bytes_read": done.bytes_read,
+                "plan_bytes_read": done.plan_bytes_read,
             });
             let fail = |e: std::io::Error| TrainError::Other(format!("{}: {e}", p.display()));
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(fail)?;

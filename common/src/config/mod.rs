@@ -798,6 +798,9 @@ pub struct ClusterConfig {
     /// Samples per optimizer step across all workers, fixed whatever the world size; default
     /// `per_device_train_batch_size × gradient_accumulation_steps × max_workers`.
     pub global_batch_size: Option<usize>,
+    /// Steps per chunk of the published data plan (a worker fetches the chunks of the steps it trains);
+    /// default 1000 (`splade_common::data::DEFAULT_CHUNK_STEPS`).
+    pub data_plan_chunk_steps: u64,
 }
 
 impl Default for ClusterConfig {
@@ -817,6 +820,7 @@ impl Default for ClusterConfig {
             rendezvous_last_call: 10.0,
             store_port: 29500,
             global_batch_size: None,
+            data_plan_chunk_steps: crate::data::DEFAULT_CHUNK_STEPS,
         }
     }
 }
@@ -1371,6 +1375,8 @@ impl Config {
         check(c.rendezvous_last_call >= 0.0, "cluster.rendezvous_last_call", c.rendezvous_last_call.to_string(),
             "must be ≥ 0 (seconds)");
         check(c.store_port >= 1, "cluster.store_port", c.store_port.to_string(), "use a fixed port such as 29500");
+        check(c.data_plan_chunk_steps >= 1, "cluster.data_plan_chunk_steps", c.data_plan_chunk_steps.to_string(),
+            "must be at least 1 (steps per data-plan chunk; default 1000)");
         if let Some(g) = c.global_batch_size {
             check(g >= 1, "cluster.global_batch_size", g.to_string(), "must be at least 1, or left out");
         }

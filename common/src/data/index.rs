@@ -1,9 +1,10 @@
 //! Where every training record lives, and reading back only chosen records.
 //!
-//! A coordinator loads the training data once (it must: `no_duplicates` compares texts), builds the batch plan
-//! and a [`RecordIndex`] per dataset, and publishes both as one content-addressed [`DataPlan`] artifact
-//! (`<output_dir>/data-plan/<sha256>.json`). A worker reads that artifact (checking its sha256) and fetches only
-//! the records of its slice of each global batch with a [`RangedReader`]:
+//! A coordinator builds the batch plan and a [`RecordIndex`] per dataset, and publishes both as one
+//! content-addressed, chunked artifact ([`super::artifact`]: a manifest `<output_dir>/data-plan/<sha256>.json`
+//! and chunks of consecutive steps). A worker reads the manifest and the chunks of the steps it trains
+//! (checking each sha256) and fetches only the records of its slice of each global batch with a
+//! [`RangedReader`]:
 //! - plain JSONL: each record is a byte range (its line) of its file, fetched with ranged GETs, neighbouring
 //!   ranges coalesced;
 //! - Parquet: the footer, then only the column chunks of the mapped columns of the row groups that hold wanted
@@ -11,12 +12,13 @@
 //! - gzip JSONL: a compressed stream cannot be entered in the middle, so the whole file is fetched once,
 //!   decompressed and kept; records are byte ranges of the decompressed stream.
 //!
-//! Labels (teacher scores for MarginMSE / KL distillation) travel in the artifact itself, a few floats per row:
+//! Labels (teacher scores for MarginMSE / KL distillation) travel in the artifact's chunks, a few floats per row:
 //! every rank needs the labels of the whole global batch for the loss, and carrying them costs far less than
 //! reading every record or an extra collective per step.
 //!
 //! Guarantees: [`RangedReader::read_rows`] returns exactly the [`Example`]s [`super::load_dataset`] returned for
-//! the same rows (same parser); a file that changed size since the plan was built is an error naming the file;
+//! the same rows (same parser); a file that changed since the plan was built (size, ETag or last-modified, see
+//! [`IndexedFile::changes`]) is an error before its first read, naming the file, what changed and the fix;
 //! [`RangedReader::bytes_read`] counts every byte fetched from storage (coalesced ranges, footers, whole gzip
 //! files), so a test can prove a worker read less than the dataset.
 
@@ -26,11 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
-use object_store::PutPayload;
 use parquet::file::reader::{ChunkReader, Length, SerializedFileReader};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::plan::{BatchPlan, PlanSpec, PlannedBatch};
 use super::scan::ScannedDataset;
@@ -46,8 +47,7 @@ const COALESCE_GAP: u64 = 64 * 1024;
 /// one costs a second request).
 const PARQUET_TAIL: u64 = 8 * 1024;
 
-/// Version of the [`DataPlan`] layout; a reader refuses other versions.
-pub const DATA_PLAN_VERSION: u32 = 1;
+pub use super::artifact::DATA_PLAN_VERSION;
 
 /// Where one record lives: `(file, a, b)` with `file` indexing [`RecordIndex::files`] and, by that file's
 /// format, (`a`, `b`) = (byte offset, byte length) of its line (JSONL; offsets in the decompressed stream for
@@ -62,15 +62,56 @@ impl RecordLoc {
     }
 }
 
-/// One file of a dataset as it was when the index was built.
+/// One file of a dataset as it was when the index was built: where it is, how it is parsed, and what
+/// identifies its content as the store lists it (size, last-modified time, ETag). A [`RangedReader`] compares
+/// these with the file's head before its first read of the file and refuses a file that changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IndexedFile {
     /// Absolute local path or object-store URL.
     pub url: String,
     /// How it was parsed.
     pub format: DataFormat,
-    /// Its size in bytes (a ranged read refuses a file whose size changed).
+    /// Its size in bytes.
     pub size: u64,
+    /// Its last-modified time as the store reported it (a local file's mtime), if the store reports one.
+    #[serde(default)]
+    pub last_modified: Option<DateTime<Utc>>,
+    /// Its ETag as the store reported it (S3's content hash, a local file's inode-mtime-size), if any.
+    #[serde(default)]
+    pub etag: Option<String>,
+}
+
+impl IndexedFile {
+    /// The file at `url` as the store described it in `meta` (from a `head`, `get` or listing).
+    pub fn from_meta(url: String, format: DataFormat, meta: &object_store::ObjectMeta) -> Self {
+        IndexedFile { url, format, size: meta.size, last_modified: Some(meta.last_modified), etag: meta.e_tag.clone() }
+    }
+
+    /// What differs between this file as indexed and `meta` (the store's head of it now), as
+    /// `"size 10 → 12 bytes, ..."`; `None` when it is the same file. The size always counts; the ETag when both
+    /// sides have one (it is the store's content identity); otherwise the last-modified time, to the second
+    /// (S3 listings carry milliseconds, HEAD responses whole seconds).
+    pub fn changes(&self, meta: &object_store::ObjectMeta) -> Option<String> {
+        let size = meta.size != self.size;
+        let etag = matches!((&self.etag, &meta.e_tag), (Some(a), Some(b)) if a != b);
+        let both_etags = self.etag.is_some() && meta.e_tag.is_some();
+        let mtime = self.last_modified.is_some_and(|t| t.timestamp() != meta.last_modified.timestamp());
+        if !(size || etag || (mtime && !both_etags)) {
+            return None;
+        }
+        // Everything that differs, for the reader of the error.
+        let mut changed = Vec::new();
+        if size {
+            changed.push(format!("size {} → {} bytes", self.size, meta.size));
+        }
+        if let (true, Some(t)) = (mtime, self.last_modified) {
+            changed.push(format!("last modified {} → {}", t.to_rfc3339(), meta.last_modified.to_rfc3339()));
+        }
+        if etag {
+            changed.push(format!("etag {} → {}", self.etag.as_deref().unwrap_or("-"), meta.e_tag.as_deref().unwrap_or("-")));
+        }
+        Some(changed.join(", "))
+    }
 }
 
 /// The locations of one dataset's training rows, in plan-row order (row `i` of [`BatchPlan`] batches of this
@@ -114,7 +155,8 @@ impl RecordIndex {
     }
 }
 
-/// A pointer to a published [`DataPlan`]: where it is and the sha256 of its bytes.
+/// A pointer to a published [`DataPlan`]: where its manifest is and the sha256 of the manifest's bytes (see
+/// [`super::artifact`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataPlanRef {
     /// Absolute local path or object-store URL of the artifact.
@@ -157,59 +199,6 @@ impl DataPlan {
     pub fn dataset(&self, name: &str) -> Option<&RecordIndex> {
         self.datasets.iter().find(|d| d.dataset == name)
     }
-
-    /// The serialized artifact and its sha256 (hex).
-    pub fn to_bytes(&self) -> (Vec<u8>, String) {
-        let bytes = serde_json::to_vec(self).expect("a data plan serializes");
-        let sha = hex(&Sha256::digest(&bytes));
-        (bytes, sha)
-    }
-
-    /// Writes the artifact to `<output>/data-plan/<sha256>.json` (content-addressed, so rewriting the same plan
-    /// is harmless and a changed plan never overwrites the old one) and returns where it is.
-    pub async fn publish(&self, output: &Location) -> Result<DataPlanRef, DataError> {
-        let (bytes, sha) = self.to_bytes();
-        let rel = format!("data-plan/{sha}.json");
-        output
-            .store()
-            .put(&output.child(&rel), PutPayload::from(bytes))
-            .await
-            .map_err(|source| StoreError::ObjectStore { location: output.url_of(&rel), source })?;
-        Ok(DataPlanRef { location: output.url_of(&rel), sha256: sha })
-    }
-
-    /// Reads and checks the artifact `r` points at: its sha256 must match, and its version be
-    /// [`DATA_PLAN_VERSION`]. Errors name the location, what differs and what to do.
-    pub async fn fetch(r: &DataPlanRef, options: &StoreOptions) -> Result<DataPlan, DataError> {
-        let loc = Location::parse_with(&r.location, options)?;
-        let got = loc
-            .store()
-            .get(loc.prefix())
-            .await
-            .map_err(|source| StoreError::ObjectStore { location: r.location.clone(), source })?;
-        let bytes = got.bytes().await.map_err(|source| StoreError::ObjectStore { location: r.location.clone(), source })?;
-        DataPlan::from_bytes(&r.location, &bytes, &r.sha256)
-    }
-
-    /// Parses artifact bytes read from `location`, checking them against `sha256`.
-    pub fn from_bytes(location: &str, bytes: &[u8], sha256: &str) -> Result<DataPlan, DataError> {
-        let bad = |problem: String| DataError::PlanArtifact { location: location.into(), problem };
-        let actual = hex(&Sha256::digest(bytes));
-        if !actual.eq_ignore_ascii_case(sha256) {
-            return Err(bad(format!(
-                "its sha256 is {actual} but the assignment says {sha256} (changed or truncated since it was published)"
-            )));
-        }
-        let plan: DataPlan = serde_json::from_slice(bytes).map_err(|e| bad(format!("not a data plan ({e})")))?;
-        if plan.version != DATA_PLAN_VERSION {
-            return Err(bad(format!("version {} but this worker reads version {DATA_PLAN_VERSION}", plan.version)));
-        }
-        Ok(plan)
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Merges sorted ranges closer than `gap` into fewer, larger ones.
@@ -325,25 +314,25 @@ impl RangedReader {
         move |source| DataError::Store(StoreError::ObjectStore { location: url.to_string(), source })
     }
 
-    fn changed(file: &IndexedFile, size: u64) -> DataError {
+    fn changed(file: &IndexedFile, what: &str) -> DataError {
         DataError::Read {
             file: file.url.clone(),
             message: format!(
-                "is {size} bytes but was {} bytes when the data plan was built; the dataset changed under a running job, restart the job",
-                file.size
+                "changed since the data plan was built ({what}); the plan's rows point into the old file: re-plan (start a new job, or delete the job's data-plan/ so the coordinator plans again)"
             ),
         }
     }
 
-    /// Fails when the file's size differs from the index's (checked once per file).
-    async fn check_size(&mut self, file: &IndexedFile) -> Result<(), DataError> {
+    /// Fails when the file is not the one the index was built from (size, ETag or last-modified differ; see
+    /// [`IndexedFile::changes`]). Checked once per file, before its first read.
+    async fn check_file(&mut self, file: &IndexedFile) -> Result<(), DataError> {
         if self.checked.contains(&file.url) {
             return Ok(());
         }
         let loc = self.location(&file.url)?;
         let meta = loc.store().head(loc.prefix()).await.map_err(Self::store_err(&file.url))?;
-        if meta.size != file.size {
-            return Err(Self::changed(file, meta.size));
+        if let Some(what) = file.changes(&meta) {
+            return Err(Self::changed(file, &what));
         }
         self.checked.insert(file.url.clone());
         Ok(())
@@ -367,12 +356,13 @@ impl RangedReader {
         if let Some(b) = self.gz.get(&(dataset.to_string(), f)) {
             return Ok(b.clone());
         }
+        self.check_file(file).await?;
         let loc = self.location(&file.url)?;
         let got = loc.store().get(loc.prefix()).await.map_err(Self::store_err(&file.url))?;
         let raw = got.bytes().await.map_err(Self::store_err(&file.url))?;
         self.bytes_read.fetch_add(raw.len() as u64, Ordering::Relaxed);
         if raw.len() as u64 != file.size {
-            return Err(Self::changed(file, raw.len() as u64));
+            return Err(Self::changed(file, &format!("size {} → {} bytes", file.size, raw.len())));
         }
         let mut out = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&raw[..]), &mut out)
@@ -382,20 +372,36 @@ impl RangedReader {
         Ok(out)
     }
 
-    /// Training rows `rows` of dataset `dataset` (plan-row indices), in that order.
-    pub async fn read_rows(&mut self, dataset: &str, rows: &[usize]) -> Result<Vec<Example>, DataError> {
-        let index = self.datasets.get(dataset).cloned().ok_or_else(|| DataError::PlanArtifact {
+    fn index(&self, dataset: &str) -> Result<RecordIndex, DataError> {
+        self.datasets.get(dataset).cloned().ok_or_else(|| DataError::PlanArtifact {
             location: format!("dataset `{dataset}`"),
             problem: "is not in the data plan; the plan and the config disagree, restart the job".into(),
-        })?;
+        })
+    }
+
+    /// Training rows `rows` of dataset `dataset` (plan-row indices into its index's rows), in that order.
+    pub async fn read_rows(&mut self, dataset: &str, rows: &[usize]) -> Result<Vec<Example>, DataError> {
+        let index = self.index(dataset)?;
+        let locs = rows
+            .iter()
+            .map(|&r| {
+                index.rows.get(r).copied().ok_or_else(|| DataError::PlanArtifact {
+                    location: format!("dataset `{dataset}`"),
+                    problem: format!("row {r} is past its {} training rows", index.rows.len()),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.read_locs(dataset, &locs).await
+    }
+
+    /// The records at `locs` of dataset `dataset`, in that order (a plan chunk carries its rows' locations, so
+    /// the reader's index needs the dataset's files and columns only).
+    pub async fn read_locs(&mut self, dataset: &str, locs: &[RecordLoc]) -> Result<Vec<Example>, DataError> {
+        let index = self.index(dataset)?;
         let columns = ColumnMap::from_config(&index.columns)
             .map_err(|problem| DataError::Columns { dataset: dataset.into(), problem })?;
         let mut by_file: BTreeMap<usize, Vec<RecordLoc>> = BTreeMap::new();
-        for &r in rows {
-            let loc = *index.rows.get(r).ok_or_else(|| DataError::PlanArtifact {
-                location: format!("dataset `{dataset}`"),
-                problem: format!("row {r} is past its {} training rows", index.rows.len()),
-            })?;
+        for &loc in locs {
             by_file.entry(loc.file()).or_default().push(loc);
         }
         let mut found: HashMap<RecordLoc, Example> = HashMap::new();
@@ -406,7 +412,7 @@ impl RangedReader {
             })?;
             match file.format {
                 DataFormat::Jsonl => {
-                    self.check_size(file).await?;
+                    self.check_file(file).await?;
                     let mut ranges: Vec<Range<u64>> = locs.iter().map(|l| l.1..l.1 + l.2).collect();
                     ranges.sort_by_key(|r| r.start);
                     ranges.dedup();
@@ -425,14 +431,14 @@ impl RangedReader {
                     for l in locs {
                         let end = (l.1 + l.2) as usize;
                         if end > stream.len() {
-                            return Err(Self::changed(file, file.size));
+                            return Err(Self::changed(file, &format!("its stream ends at byte {} before record end {end}", stream.len())));
                         }
                         let ex = jsonl::parse_at(&file.url, l.1, &stream[l.1 as usize..end], &columns, dataset)?;
                         found.insert(l, ex);
                     }
                 }
                 DataFormat::JsonlBgzf => {
-                    self.check_size(file).await?;
+                    self.check_file(file).await?;
                     for (l, ex) in self.read_bgzf(dataset, file, &locs, &columns).await? {
                         found.insert(l, ex);
                     }
@@ -453,7 +459,7 @@ impl RangedReader {
                 }
             }
         }
-        Ok(rows.iter().map(|&r| found[&index.rows[r]].clone()).collect())
+        Ok(locs.iter().map(|l| found[l].clone()).collect())
     }
 
     /// The records `locs` of a multi-member gzip file ([`DataFormat::JsonlBgzf`]): for each member a line starts
@@ -489,12 +495,7 @@ impl RangedReader {
                 }
                 let r = want(at, n, slack);
                 if r.end >= file.size {
-                    return Err(DataError::Read {
-                        file: file.url.clone(),
-                        message: format!(
-                            "the gzip members from byte {at} end before the record; the file changed since the data plan was built, restart the job"
-                        ),
-                    });
+                    return Err(Self::changed(file, &format!("its gzip members from byte {at} end before the record")));
                 }
                 slack = slack.saturating_mul(2).max(n);
                 bytes = self.fetch_ranges(file, std::slice::from_ref(&want(at, n, slack))).await?.swap_remove(0).1;
@@ -527,7 +528,7 @@ impl RangedReader {
         let footer = match self.footers.get(&file.url) {
             Some(f) => f.clone(),
             None => {
-                self.check_size(file).await?;
+                self.check_file(file).await?;
                 // The footer: its last 8 bytes give the metadata length.
                 let tail_start = size.saturating_sub(PARQUET_TAIL);
                 let mut parts = self.fetch_ranges(file, std::slice::from_ref(&(tail_start..size))).await?;
@@ -579,6 +580,8 @@ impl RangedReader {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+
+    use object_store::PutPayload;
 
     use super::*;
     use crate::data::tests::{write_parquet, Col};
@@ -713,52 +716,71 @@ mod tests {
         reader.read_rows("d", &gz_rows[1..]).await.unwrap();
         assert_eq!(reader.bytes_read(), sizes["b.jsonl.gz"]);
 
-        // A file that changed since the index was built is refused, naming it.
-        loc.store().put(&loc.child("train/a.jsonl"), PutPayload::from(b"{}\n".to_vec())).await.unwrap();
-        let mut reader = RangedReader::new([index], opts.clone());
+        // A file overwritten since the index was built is refused before its first read, naming it, what changed
+        // and the fix: same size, other content (a new ETag), then another size.
+        let original = files().remove(0).1;
+        let mut same_size = original.clone();
+        let at = same_size.iter().position(|&b| b == b'x').unwrap();
+        same_size[at] = b'y';
+        loc.store().put(&loc.child("train/a.jsonl"), PutPayload::from(same_size)).await.unwrap();
+        let mut reader = RangedReader::new([index.clone()], opts.clone());
         let e = reader.read_rows("d", &[2]).await.unwrap_err().to_string();
-        assert!(e.contains("s3://data/train/a.jsonl") && e.contains("the dataset changed"), "{e}");
+        let etag = index.files[0].etag.as_deref().expect("S3 lists an ETag");
+        assert!(
+            e.starts_with("s3://data/train/a.jsonl: changed since the data plan was built (")
+                && e.contains(&format!("etag {etag} → "))
+                && e.contains("re-plan"),
+            "{e}"
+        );
+        assert_eq!(reader.bytes_read(), 0, "refused before reading");
+        loc.store().put(&loc.child("train/a.jsonl"), PutPayload::from(b"{}\n".to_vec())).await.unwrap();
+        let mut reader = RangedReader::new([index.clone()], opts.clone());
+        let e = reader.read_rows("d", &[2]).await.unwrap_err().to_string();
+        assert!(e.contains(&format!("(size {} → 3 bytes", sizes["a.jsonl"])), "{e}");
+        // Parquet and gzip files are checked the same way before their first read.
+        loc.store().put(&loc.child("train/c.parquet"), PutPayload::from(b"PAR1".to_vec())).await.unwrap();
+        let e = reader.read_rows("d", &[pq_row]).await.unwrap_err().to_string();
+        assert!(e.starts_with("s3://data/train/c.parquet: changed since the data plan was built (size "), "{e}");
+        loc.store().put(&loc.child("train/b.jsonl.gz"), PutPayload::from(b"x".to_vec())).await.unwrap();
+        let e = reader.read_rows("d", &gz_rows[..1]).await.unwrap_err().to_string();
+        assert!(e.starts_with("s3://data/train/b.jsonl.gz: changed since the data plan was built (size "), "{e}");
+        assert_eq!(reader.bytes_read(), 0, "refused before reading");
     }
 
     #[tokio::test]
-    async fn plan_artifact_round_trips_and_a_wrong_sha_is_refused() {
+    async fn a_local_file_touched_or_rewritten_after_planning_is_refused_before_its_first_read() {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("d.jsonl");
-        let mut text = String::new();
-        for i in 0..40 {
-            text.push_str(&format!("{{\"anchor\": \"q{i}\", \"positive\": \"p{i}\"}}\n"));
+        for (name, bytes) in files() {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
         }
-        std::fs::write(&data, text).unwrap();
-        let yaml = format!(
-            "model:\n  base_model: x\ntraining:\n  max_steps: 6\n  per_device_train_batch_size: 4\n  batch_sampler: no_duplicates\n  output_dir: {}/out\ndatasets:\n  d:\n    source: {}\n    split_ratio: 0.1\n",
-            dir.path().display(),
-            data.display()
-        );
-        let config = crate::config::Config::from_str(&yaml, "inline").unwrap();
-        let split = crate::data::load_training_data(config.datasets.enabled(), config.training.seed, &StoreOptions::default()).await.unwrap();
-        let plan = DataPlan::build(&config.plan_spec(8), split.iter().map(ScannedDataset::from_split).collect()).unwrap();
-        assert_eq!(plan.plan(), BatchPlan::build(&crate::data::plan_inputs(&split), &config.plan_spec(8)).unwrap());
-        assert_eq!(plan.batches.len(), 6);
-        let out = Location::parse(&format!("{}/out", dir.path().display())).unwrap();
-        let r = plan.publish(&out).await.unwrap();
-        assert!(r.location.ends_with(&format!("/out/data-plan/{}.json", r.sha256)), "{}", r.location);
-        assert_eq!(DataPlan::fetch(&r, &StoreOptions::default()).await.unwrap(), plan);
-        // Every planned row reads back as the loaded training row.
-        let mut reader = RangedReader::new(plan.datasets.clone(), StoreOptions::default());
-        for b in &plan.batches {
-            let got = reader.read_rows(&b.dataset, &b.rows).await.unwrap();
-            let want: Vec<Example> = b.rows.iter().map(|&i| split[0].train[i].clone()).collect();
-            assert_eq!(got, want);
-        }
-
-        let wrong = DataPlanRef { sha256: "0".repeat(64), ..r.clone() };
-        let e = DataPlan::fetch(&wrong, &StoreOptions::default()).await.unwrap_err().to_string();
+        let s = spec(&format!("{}/*", dir.path().display()));
+        let loaded = load_dataset("d", &s, &StoreOptions::default()).await.unwrap();
+        let (train_ids, _) = loaded.split_indices(s.split_ratio, 7);
+        let index = RecordIndex::new("d", &s, &loaded, &train_ids);
+        let a = dir.path().join("a.jsonl");
+        assert!(index.files[0].last_modified.is_some() && index.files[0].etag.is_some(), "{:?}", index.files[0]);
+        // Unchanged: reads.
+        RangedReader::new([index.clone()], StoreOptions::default()).read_rows("d", &[2]).await.unwrap();
+        // `touch`: same bytes, a new mtime.
+        let f = std::fs::File::options().write(true).open(&a).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60)).unwrap();
+        drop(f);
+        let mut reader = RangedReader::new([index.clone()], StoreOptions::default());
+        let e = reader.read_rows("d", &[2]).await.unwrap_err().to_string();
+        let was = index.files[0].last_modified.unwrap().to_rfc3339();
         assert!(
-            e.starts_with(&format!("data plan `{}`: its sha256 is {} but the assignment says 0000", r.location, r.sha256)),
+            e.starts_with(&format!("{}: changed since the data plan was built (last modified {was} → ", a.display()))
+                && e.contains("re-plan (start a new job, or delete the job's data-plan/"),
             "{e}"
         );
-        let missing = DataPlanRef { location: format!("{}/out/data-plan/none.json", dir.path().display()), ..r };
-        let e = DataPlan::fetch(&missing, &StoreOptions::default()).await.unwrap_err().to_string();
-        assert!(e.contains("none.json"), "{e}");
+        assert_eq!(reader.bytes_read(), 0, "refused before reading");
+        // Rewritten with other content of another size.
+        let short = b"{\"anchor\": \"q\", \"positive\": \"p\"}\n";
+        std::fs::write(&a, short).unwrap();
+        let e = RangedReader::new([index.clone()], StoreOptions::default()).read_rows("d", &[2]).await.unwrap_err().to_string();
+        assert!(e.contains(&format!("(size {} → {} bytes", index.files[0].size, short.len())), "{e}");
+        // Rows of the other files still read.
+        let other = (0..index.rows.len()).find(|&r| index.rows[r].file() == 2).unwrap();
+        RangedReader::new([index], StoreOptions::default()).read_rows("d", &[other]).await.unwrap();
     }
 }

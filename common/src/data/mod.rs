@@ -11,6 +11,7 @@
 //! - A source that matches no file, a dataset with no records, a Parquet file without the needed columns: each a
 //!   one-line error naming the dataset, the source and the fix.
 
+pub mod artifact;
 pub mod index;
 mod jsonl;
 pub mod loaders;
@@ -25,6 +26,7 @@ use indexmap::IndexMap;
 pub use spec::{BatchSamplerKind, DataFormat, DatasetSpec, OnBadRecord, SamplingStrategy, SeedLoader};
 use crate::store::{StoreError, StoreOptions};
 
+pub use artifact::{ChunkBatch, PlanChunk, PlanManifest, PublishedPlan, DEFAULT_CHUNK_STEPS};
 pub use index::{DataPlan, DataPlanRef, IndexedFile, RangedReader, RecordIndex, RecordLoc};
 pub use plan::{slice_for_rank, BatchPlan, PlanDataset, PlanSpec, PlanStop, PlannedBatch, TextHashes};
 pub use scan::{scan_training_data, ScannedDataset};
@@ -428,9 +430,11 @@ pub async fn load_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions
         let display = file.display();
         names.push(display.clone());
         let format = format_of(name, &display, spec.format)?;
+        // The head before the read: a file that changes between them is refused at its first ranged read
+        // (the fingerprint is older than the rows), never silently indexed with a newer fingerprint.
+        let meta = file.head().await?;
         let bytes = file.read().await?;
         sink.file = file_info.len() as u32;
-        let size = bytes.len() as u64;
         let format = match format {
             DataFormat::Parquet => {
                 parquet_reader::read(&display, bytes, &columns, &mut sink)?;
@@ -438,7 +442,7 @@ pub async fn load_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions
             }
             _ => scan::read_jsonl_file(&display, format, std::io::Cursor::new(bytes), &columns, &mut sink, &scan::ScanLimits::default())?,
         };
-        file_info.push(IndexedFile { url: display.clone(), format, size });
+        file_info.push(IndexedFile::from_meta(display.clone(), format, &meta));
     }
     if sink.locs.is_empty() {
         return Err(DataError::Empty { dataset: name.into(), source_path: spec.source.clone(), skipped: sink.bad });

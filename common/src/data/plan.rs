@@ -348,9 +348,14 @@ impl BatchPlan {
 /// Rank `rank`'s contiguous share of a global batch among `world` ranks; shares differ in size by at most one
 /// row and concatenate (rank order) to the whole batch. Panics if `rank >= world`.
 pub fn slice_for_rank(batch: &PlannedBatch, rank: usize, world: usize) -> &[usize] {
+    &batch.rows[rank_range(batch.rows.len(), rank, world)]
+}
+
+/// The positions of rank `rank`'s share of a global batch of `n` rows ([`slice_for_rank`]). Panics if
+/// `rank >= world`.
+pub fn rank_range(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
     assert!(rank < world, "rank {rank} out of world size {world}");
-    let n = batch.rows.len();
-    &batch.rows[n * rank / world..n * (rank + 1) / world]
+    n * rank / world..n * (rank + 1) / world
 }
 
 /// One epoch's batches as (dataset index, rows).

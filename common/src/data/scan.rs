@@ -36,7 +36,7 @@ use super::plan::{retain_by, PlanDataset};
 use super::source::SourceFile;
 use super::spec::{DataFormat, DatasetSpec};
 use super::{format_of, jsonl, loaders, parquet_reader, source, Collector, ColumnMap, DataError, Example, HubPin, SplitDataset};
-use crate::store::{StoreError, StoreOptions};
+use crate::store::StoreOptions;
 
 /// Bytes fetched per GET when an object-store file is streamed.
 pub const READ_CHUNK: u64 = 8 * 1024 * 1024;
@@ -144,39 +144,34 @@ async fn scan_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions, li
         let display = file.display();
         let format = format_of(name, &display, spec.format)?;
         sink.file = files.len() as u32;
-        let (format, size) = match file {
+        // The fingerprint (size, last-modified, ETag) before the read: a file that changes meanwhile is refused
+        // at its first ranged read, never indexed with a newer fingerprint than its rows.
+        let meta = file.head().await?;
+        let format = match file {
             SourceFile::Local(p) => {
                 let open = std::fs::File::open(p).map_err(|e| DataError::Read { file: display.clone(), message: e.to_string() })?;
-                let size = open.metadata().map_err(|e| DataError::Read { file: display.clone(), message: e.to_string() })?.len();
-                let format = match format {
+                match format {
                     DataFormat::Parquet => {
                         let reader = SerializedFileReader::new(open).map_err(|e| parquet_reader::read_err(&display, e))?;
                         parquet_reader::read_groups(&display, &reader, &columns, None, &mut sink)?;
                         format
                     }
                     _ => read_jsonl_file(&display, format, open, &columns, &mut sink, limits)?,
-                };
-                (format, size)
+                }
             }
             SourceFile::Remote { location, key, url } => {
-                let store = location.store().clone();
-                let meta = store
-                    .head(key)
-                    .await
-                    .map_err(|source| StoreError::ObjectStore { location: url.clone(), source })?;
-                let remote = RemoteFile { store, key: key.clone(), url: url.clone(), size: meta.size };
-                let format = match format {
+                let remote = RemoteFile { store: location.store().clone(), key: key.clone(), url: url.clone(), size: meta.size };
+                match format {
                     DataFormat::Parquet => {
                         let reader = SerializedFileReader::new(remote).map_err(|e| parquet_reader::read_err(&display, e))?;
                         parquet_reader::read_groups(&display, &reader, &columns, None, &mut sink)?;
                         format
                     }
                     _ => read_jsonl_file(&display, format, remote.reader_from(0), &columns, &mut sink, limits)?,
-                };
-                (format, meta.size)
+                }
             }
         };
-        files.push(IndexedFile { url: display, format, size });
+        files.push(IndexedFile::from_meta(display, format, &meta));
     }
     if sink.locs.is_empty() {
         return Err(DataError::Empty { dataset: name.into(), source_path: spec.source.clone(), skipped: sink.bad });

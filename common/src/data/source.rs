@@ -25,6 +25,25 @@ impl SourceFile {
         }
     }
 
+    /// What the store says about the file now (size, last-modified, ETag): local files through `object_store`'s
+    /// local file system, so the fingerprint a plan records is the one a [`super::RangedReader`] checks.
+    pub async fn head(&self) -> Result<object_store::ObjectMeta, DataError> {
+        match self {
+            SourceFile::Local(p) => {
+                let loc = Location::parse(&p.display().to_string())?;
+                loc.store()
+                    .head(loc.prefix())
+                    .await
+                    .map_err(|source| StoreError::ObjectStore { location: p.display().to_string(), source }.into())
+            }
+            SourceFile::Remote { location, key, url } => location
+                .store()
+                .head(key)
+                .await
+                .map_err(|source| StoreError::ObjectStore { location: url.clone(), source }.into()),
+        }
+    }
+
     pub async fn read(&self) -> Result<Bytes, DataError> {
         match self {
             SourceFile::Local(p) => std::fs::read(p)

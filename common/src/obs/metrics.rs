@@ -21,7 +21,7 @@
 //! label (the task name) through the vector's read lock, once per evaluation.
 
 use prometheus::{
-    Counter, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts,
+    Counter, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 
@@ -130,7 +130,8 @@ pub mod names {
     pub const WORKER_DATA_WAIT_SECONDS: &str = "splade_worker_data_wait_seconds_total";
     /// Device memory held by the process, label `device` (e.g. `cuda:0`, `cpu`).
     pub const WORKER_DEVICE_MEMORY_BYTES: &str = "splade_worker_device_memory_bytes";
-    /// Bytes of training data this process fetched from storage (its slices only, with ranged reads).
+    /// Bytes of training data this process fetched from storage, label `kind`: `records` (its slices only,
+    /// with ranged reads) or `plan` (the data plan's manifest and the chunks of the steps it trains).
     pub const WORKER_DATA_BYTES_READ: &str = "splade_worker_data_bytes_read_total";
 }
 
@@ -530,7 +531,9 @@ pub struct WorkerMetrics {
     step_seconds: Histogram,
     data_wait_seconds: Counter,
     device_memory: GaugeVec,
-    data_bytes_read: IntCounter,
+    /// `kind="records"` and `kind="plan"` of one family, resolved once (no label lookup per step).
+    data_bytes_records: IntCounter,
+    data_bytes_plan: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -538,6 +541,16 @@ impl WorkerMetrics {
     pub fn new(registry: &Registry) -> Result<Self, ObsError> {
         use names::*;
         let r = registry;
+        let bytes = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    WORKER_DATA_BYTES_READ,
+                    "Bytes of training data this process fetched from storage: records, or data-plan chunks",
+                ),
+                &["kind"],
+            )?,
+        )?;
         let m = Self {
             rank: register(
                 r,
@@ -577,13 +590,9 @@ impl WorkerMetrics {
                     &["device"],
                 )?,
             )?,
-            data_bytes_read: register(
-                r,
-                IntCounter::new(
-                    WORKER_DATA_BYTES_READ,
-                    "Bytes of training data this process fetched from storage",
-                )?,
-            )?,
+            // Both series exist from the start (at 0), so a scrape names them before any read.
+            data_bytes_records: bytes.with_label_values(&["records"]),
+            data_bytes_plan: bytes.with_label_values(&["plan"]),
         };
         m.rank.set(-1);
         Ok(m)
@@ -599,9 +608,14 @@ impl WorkerMetrics {
         }
     }
 
-    /// Adds `bytes` of training data fetched from storage.
+    /// Adds `bytes` of training records fetched from storage (`kind="records"`).
     pub fn add_data_bytes_read(&self, bytes: u64) {
-        self.data_bytes_read.inc_by(bytes);
+        self.data_bytes_records.inc_by(bytes);
+    }
+
+    /// Adds `bytes` of the data plan (manifest, chunks) fetched from storage (`kind="plan"`).
+    pub fn add_plan_bytes_read(&self, bytes: u64) {
+        self.data_bytes_plan.inc_by(bytes);
     }
 
     /// Sets this worker's rank (`None` while it is between generations).

@@ -91,16 +91,17 @@ async fn the_binary_runs_a_job_to_completion_and_exits_0() {
         // The coordinator published the job's data plan (3 batches of 4 of the 13 records) and points
         // every assignment at it.
         let plan_ref = a.data_plan.clone().expect("the assignment carries the data plan");
-        let plan = splade_common::data::DataPlan::fetch(
+        let published = splade_common::data::PublishedPlan::fetch(
             &splade_common::data::DataPlanRef { location: plan_ref.location.clone(), sha256: plan_ref.sha256.clone() },
             &Default::default(),
         )
         .await
         .unwrap();
+        let (plan, _) = published.fetch_batch_plan(&Default::default()).await.unwrap();
         assert_eq!(plan_ref.location, format!("{}/data-plan/{}.json", out_dir.display(), plan_ref.sha256));
         assert_eq!(plan.batches.len(), 3);
         assert!(plan.batches.iter().all(|b| b.rows.len() == 4 && b.dataset == "d"));
-        assert_eq!(plan.datasets[0].rows.len(), 13);
+        assert_eq!(published.manifest.datasets[0].train_rows, 13);
         let shipped = splade_common::config::Config::from_json(&a.config_json, "<assignment>")
             .expect("workers get the parsed config as JSON");
         assert_eq!(

@@ -305,14 +305,20 @@ impl Trainer {
         for (name, spec) in self.cfg.datasets.enabled() {
             let (train_rows, dev_rows) = match self.facts.iter().find(|d| d.name == name) {
                 Some(d) => (d.train_rows, d.eval.len()),
-                // A trainer on a published plan holds no rows: count the rows the plan uses.
-                None => {
-                    let mut rows: Vec<usize> =
-                        self.plan.batches.iter().filter(|b| b.dataset == name).flat_map(|b| b.rows.iter().copied()).collect();
-                    rows.sort_unstable();
-                    rows.dedup();
-                    (rows.len(), 0)
-                }
+                // A trainer on a published plan holds no rows: its manifest has the training-split size.
+                None => match &self.plan {
+                    super::trainer::TrainPlan::Published(p) => {
+                        let rows = p.manifest.datasets.iter().find(|d| d.dataset == name).map_or(0, |d| d.train_rows);
+                        (rows as usize, 0)
+                    }
+                    super::trainer::TrainPlan::Whole(p) => {
+                        let mut rows: Vec<usize> =
+                            p.batches.iter().filter(|b| b.dataset == name).flat_map(|b| b.rows.iter().copied()).collect();
+                        rows.sort_unstable();
+                        rows.dedup();
+                        (rows.len(), 0)
+                    }
+                },
             };
             datasets.push(CardDataset { name: name.to_string(), source: spec.source.clone(), train_rows, dev_rows });
         }

@@ -1,19 +1,22 @@
-//! A cluster worker's data: only this rank's slice of each global batch, read from the job's published
-//! [`DataPlan`] with ranged reads ([`RangedReader`]) on a background thread that stays a few steps ahead of
-//! training.
+//! A cluster worker's data: only this rank's slice of each global batch, read through the job's published
+//! data plan ([`PublishedPlan`]) on a background thread that stays a few steps ahead of training. The thread
+//! fetches the plan's chunks lazily: the chunk of the step it reads and the next one, dropping chunks whose
+//! steps are done, so a worker fetches and holds only the chunks of the steps it trains.
 //!
-//! Guarantees: [`SliceFetcher::next`] yields, for consecutive steps from the first one asked for, exactly the
-//! records `slice_for_rank(batch, rank, world)` names, in order; a read error is returned for the step that
-//! needed it (and ends the fetcher); dropping the fetcher stops the thread after at most one more read.
-//! Labels of the whole global batch come from the artifact ([`global_labels`]), not from reading other
-//! ranks' records.
+//! Guarantees: [`SliceFetcher::next`] yields, for consecutive steps from the first one asked for, the planned
+//! batch and exactly the records `slice_for_rank(batch, rank, world)` names, in order, with the labels of the
+//! whole global batch from the chunk (not from reading other ranks' records); a read error is returned for the
+//! step that needed it (and ends the fetcher); dropping the fetcher stops the thread after at most one more
+//! read. [`SliceFetcher::plan_bytes_read`] counts every chunk byte fetched, [`SliceFetcher::bytes_read`] every
+//! record byte.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
-use splade_common::data::plan::slice_for_rank;
-use splade_common::data::{DataError, DataPlan, Example, RangedReader};
+use splade_common::data::plan::rank_range;
+use splade_common::data::{DataError, Example, PlanChunk, PlannedBatch, PublishedPlan, RangedReader};
 use splade_common::store::StoreOptions;
 use tch::Tensor;
 
@@ -22,32 +25,85 @@ use super::TrainError;
 /// Steps read ahead of the one training.
 pub const PREFETCH_STEPS: usize = 3;
 
+/// One step as the fetcher delivers it.
+#[derive(Debug)]
+pub struct SliceStep {
+    /// The planned global batch.
+    pub batch: PlannedBatch,
+    /// This rank's records of it.
+    pub examples: Vec<Example>,
+    /// Every row's label of the whole global batch; empty when the dataset has no labels.
+    pub labels: Vec<Option<Vec<f32>>>,
+}
+
 /// Reads this rank's slices of consecutive steps in the background.
 pub struct SliceFetcher {
-    rx: Receiver<(u64, Result<Vec<Example>, DataError>)>,
+    rx: Receiver<(u64, Result<SliceStep, DataError>)>,
     bytes: Arc<AtomicU64>,
+    plan_bytes: Arc<AtomicU64>,
     _thread: std::thread::JoinHandle<()>,
 }
 
+/// The chunks the prefetch thread holds: the one it reads from and the next, each with its index.
+struct Chunks {
+    plan: Arc<PublishedPlan>,
+    held: VecDeque<(usize, PlanChunk)>,
+    options: StoreOptions,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Chunks {
+    async fn fetch(&mut self, i: usize) -> Result<(), DataError> {
+        let (c, n) = self.plan.fetch_chunk(i, &self.options).await?;
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.held.push_back((i, c));
+        Ok(())
+    }
+
+    /// The batch of `step` with its locations and labels, fetching its chunk (and the next one) if needed and
+    /// dropping chunks before it.
+    async fn batch(&mut self, step: u64) -> Result<&splade_common::data::ChunkBatch, DataError> {
+        let i = self.plan.chunk_of(step).ok_or_else(|| DataError::PlanArtifact {
+            location: self.plan.reference.location.clone(),
+            problem: format!("has no step {step} (it plans {} steps)", self.plan.manifest.total_steps),
+        })?;
+        while self.held.front().is_some_and(|(j, _)| *j < i) {
+            self.held.pop_front();
+        }
+        if self.held.front().is_none_or(|(j, _)| *j != i) {
+            self.held.clear();
+            self.fetch(i).await?;
+        }
+        // A chunk ahead, so the first steps of the next chunk do not wait for its download.
+        if self.held.len() < 2 && i + 1 < self.plan.manifest.chunks.len() {
+            self.fetch(i + 1).await?;
+        }
+        let first = self.plan.manifest.chunks[i].first_step;
+        Ok(&self.held[0].1.batches[(step - first) as usize])
+    }
+}
+
 impl SliceFetcher {
-    /// Starts reading rank `rank`'s (of `world`) slices of steps `first..=plan.batches.len()`.
-    pub fn start(plan: &DataPlan, first: u64, rank: usize, world: usize, options: StoreOptions) -> SliceFetcher {
-        let mut reader = RangedReader::new(plan.datasets.clone(), options);
+    /// Starts reading rank `rank`'s (of `world`) slices of steps `first..=total_steps` of `plan`.
+    pub fn start(plan: Arc<PublishedPlan>, first: u64, rank: usize, world: usize, options: StoreOptions) -> SliceFetcher {
+        let mut reader = RangedReader::new(plan.manifest.datasets.iter().map(|d| d.reader_index()), options.clone());
         let bytes = reader.bytes_counter();
-        let work: Vec<(u64, String, Vec<usize>)> = plan
-            .batches
-            .iter()
-            .filter(|b| b.step >= first)
-            .map(|b| (b.step, b.dataset.clone(), slice_for_rank(b, rank, world).to_vec()))
-            .collect();
+        let plan_bytes = Arc::new(AtomicU64::new(0));
+        let total = plan.manifest.total_steps;
+        let mut chunks = Chunks { plan, held: VecDeque::new(), options, bytes: plan_bytes.clone() };
         let (tx, rx) = sync_channel(PREFETCH_STEPS);
         let thread = std::thread::Builder::new()
             .name("splade-data-prefetch".into())
             .spawn(move || {
                 // The process's runtime: the store clients' pooled connections belong to it.
                 let rt = splade_common::runtime::runtime();
-                for (step, dataset, rows) in work {
-                    let got = rt.block_on(reader.read_rows(&dataset, &rows));
+                for step in first..=total {
+                    let got = rt.block_on(async {
+                        let b = chunks.batch(step).await?.clone();
+                        let range = rank_range(b.batch.rows.len(), rank, world);
+                        let examples = reader.read_locs(&b.batch.dataset, &b.locs[range]).await?;
+                        Ok(SliceStep { batch: b.batch, examples, labels: b.labels })
+                    });
                     let failed = got.is_err();
                     if tx.send((step, got)).is_err() || failed {
                         return;
@@ -55,11 +111,11 @@ impl SliceFetcher {
                 }
             })
             .expect("a prefetch thread can be spawned");
-        SliceFetcher { rx, bytes, _thread: thread }
+        SliceFetcher { rx, bytes, plan_bytes, _thread: thread }
     }
 
-    /// This rank's records of `step` (the next step in order), waiting for them if they are not read yet.
-    pub fn next(&self, step: u64) -> Result<Vec<Example>, DataError> {
+    /// This rank's step `step` (the next step in order), waiting for it if it is not read yet.
+    pub fn next(&self, step: u64) -> Result<SliceStep, DataError> {
         match self.rx.recv() {
             Ok((s, got)) if s == step => got,
             Ok((s, _)) => Err(DataError::PlanArtifact {
@@ -73,47 +129,32 @@ impl SliceFetcher {
         }
     }
 
-    /// Bytes fetched from storage so far.
+    /// Bytes of records fetched from storage so far.
     pub fn bytes_read(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
+
+    /// Bytes of data-plan chunks fetched from storage so far.
+    pub fn plan_bytes_read(&self) -> u64 {
+        self.plan_bytes.load(Ordering::Relaxed)
+    }
 }
 
-/// The labels of a whole global batch (rows `rows` of `dataset`) as `[rows, width]`, from the artifact, when
+/// The labels of a whole global batch (`labels`, one per row, from the plan's chunk) as `[rows, width]` when
 /// every row has one; `None` otherwise (as `Trainer::labels` does for loaded rows). Rows of different widths
 /// are an error, as there.
-pub fn global_labels(plan: &DataPlan, dataset: &str, rows: &[usize]) -> Result<Option<Tensor>, TrainError> {
-    let Some(index) = plan.dataset(dataset) else { return Ok(None) };
-    let labels: Option<Vec<&[f32]>> = rows.iter().map(|&r| index.label(r)).collect();
+pub fn global_labels(labels: &[Option<Vec<f32>>]) -> Result<Option<Tensor>, TrainError> {
+    let labels: Option<Vec<&[f32]>> = labels.iter().map(|l| l.as_deref()).collect();
     super::step::labels_tensor(labels.filter(|l| !l.is_empty()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use splade_common::config::DataFormat;
-    use splade_common::data::{IndexedFile, RecordIndex, RecordLoc};
-
-    fn plan(labels: Vec<Option<Vec<f32>>>) -> DataPlan {
-        let n = labels.len();
-        DataPlan {
-            version: splade_common::data::index::DATA_PLAN_VERSION,
-            global_batch_size: n,
-            batches: vec![],
-            datasets: vec![RecordIndex {
-                dataset: "d".into(),
-                columns: Default::default(),
-                files: vec![IndexedFile { url: "/x.jsonl".into(), format: DataFormat::Jsonl, size: 0 }],
-                rows: (0..n).map(|i| RecordLoc(0, i as u64, 1)).collect(),
-                labels,
-            }],
-        }
-    }
 
     #[test]
     fn global_labels_are_what_the_trainer_builds_from_loaded_rows() {
         let labels = vec![Some(vec![1.0, 2.0]), Some(vec![3.0, 4.0]), Some(vec![5.0, 6.0])];
-        let p = plan(labels.clone());
         let rows = [2, 0];
         let examples: Vec<Example> = rows
             .iter()
@@ -121,11 +162,12 @@ mod tests {
             .collect();
         let refs: Vec<&Example> = examples.iter().collect();
         let want = crate::train::Trainer::labels(&refs).unwrap().unwrap();
-        let got = global_labels(&p, "d", &rows).unwrap().unwrap();
+        let batch_labels: Vec<Option<Vec<f32>>> = rows.iter().map(|&r| labels[r].clone()).collect();
+        let got = global_labels(&batch_labels).unwrap().unwrap();
         assert_eq!(got.size(), vec![2, 2]);
         assert!(got.equal(&want));
         // A row without a label (or a dataset without labels) gives none, as for loaded rows.
-        assert!(global_labels(&plan(vec![Some(vec![1.0]), None]), "d", &[0, 1]).unwrap().is_none());
-        assert!(global_labels(&plan(vec![]), "d", &[0]).unwrap().is_none());
+        assert!(global_labels(&[Some(vec![1.0]), None]).unwrap().is_none());
+        assert!(global_labels(&[]).unwrap().is_none());
     }
 }

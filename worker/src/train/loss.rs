@@ -247,7 +247,7 @@ mod tests {
         RecordIndex {
             dataset: "distill".into(),
             columns: Default::default(),
-            files: vec![IndexedFile { url: "/data/train.jsonl".into(), format: DataFormat::Jsonl, size: 0 }],
+            files: vec![IndexedFile { url: "/data/train.jsonl".into(), format: DataFormat::Jsonl, size: 0, last_modified: None, etag: None }],
             rows: (0..labels.len()).map(|i| RecordLoc(0, 100 * i as u64, 90)).collect(),
             labels,
         }

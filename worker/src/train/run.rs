@@ -65,7 +65,14 @@ pub fn run_training(mut cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome
         tracing::info!(spec = %w.spec, mode = ?w.mode, "document_windows: training documents are windowed (cost logged as train/windows_per_doc)");
     }
     if let Some(p) = &opts.dump_batches {
-        dump_batches(&trainer.plan, p)?;
+        // An audit aid: the whole plan, from every chunk of the published plan (as a cluster worker dumps it).
+        let whole = match &trainer.plan {
+            super::trainer::TrainPlan::Whole(plan) => plan.clone(),
+            super::trainer::TrainPlan::Published(plan) => {
+                block_on(plan.fetch_batch_plan(&splade_common::store::StoreOptions::from_env()))?.0
+            }
+        };
+        dump_batches(&whole, p)?;
     }
     match trainer.cfg.training.resume_from_checkpoint.clone() {
         Some(ResumeFrom::Latest) => {

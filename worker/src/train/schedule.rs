@@ -325,7 +325,7 @@ pub fn run(
         samples += stats.samples;
         last_loss = stats.loss;
         let sps = samples as f64 / t_start.elapsed().as_secs_f64().max(1e-9);
-        let epoch_end = step == total || trainer.plan.step(step + 1).map(|b| b.epoch) != Some(stats.epoch);
+        let epoch_end = step == total || trainer.plan.epoch_of(step + 1) != Some(stats.epoch);
         let saving = schedule.save_due(step, epoch_end, false);
         let evaluating = schedule.eval_due(step, epoch_end, saving);
         let mut stop_now = false;

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use splade_common::data::plan::{slice_for_rank, PlannedBatch};
-use splade_common::data::{DataPlan, Example};
+use splade_common::data::{Example, PublishedPlan};
 use tch::{Kind, Tensor};
 
 use super::fetch::{global_labels, SliceFetcher};
@@ -18,22 +18,35 @@ pub enum BatchSource {
     /// The trainer's loaded datasets ([`Trainer::new`]).
     Loaded,
     /// This rank's slice of each global batch, read through the job's published data plan on a prefetch
-    /// thread; the global batch's labels come from the plan.
-    Slices { fetcher: SliceFetcher, plan: DataPlan },
+    /// thread, with the batch and the global batch's labels from the plan's chunk.
+    Slices { fetcher: SliceFetcher },
 }
 
 impl BatchSource {
     /// Reads rank `rank`'s (of `world`) slices of `plan` from step `first` on.
-    pub fn slices(plan: DataPlan, first: u64, rank: usize, world: usize, options: splade_common::store::StoreOptions) -> Self {
-        let fetcher = SliceFetcher::start(&plan, first, rank, world, options);
-        BatchSource::Slices { fetcher, plan }
+    pub fn slices(
+        plan: std::sync::Arc<PublishedPlan>,
+        first: u64,
+        rank: usize,
+        world: usize,
+        options: splade_common::store::StoreOptions,
+    ) -> Self {
+        BatchSource::Slices { fetcher: SliceFetcher::start(plan, first, rank, world, options) }
     }
 
-    /// Bytes of training data read from storage so far (`None` for loaded datasets).
+    /// Bytes of training records read from storage so far (`None` for loaded datasets).
     pub fn bytes_read(&self) -> Option<u64> {
         match self {
             BatchSource::Loaded => None,
-            BatchSource::Slices { fetcher, .. } => Some(fetcher.bytes_read()),
+            BatchSource::Slices { fetcher } => Some(fetcher.bytes_read()),
+        }
+    }
+
+    /// Bytes of data-plan chunks read from storage so far (`None` for loaded datasets).
+    pub fn plan_bytes_read(&self) -> Option<u64> {
+        match self {
+            BatchSource::Loaded => None,
+            BatchSource::Slices { fetcher } => Some(fetcher.plan_bytes_read()),
         }
     }
 }
@@ -60,6 +73,8 @@ pub struct StepDone {
     pub allreduce_seconds: Option<f64>,
     /// Training data read from storage so far ([`BatchSource::bytes_read`]).
     pub bytes_read: Option<u64>,
+    /// Data-plan chunks read from storage so far ([`BatchSource::plan_bytes_read`]).
+    pub plan_bytes_read: Option<u64>,
 }
 
 
@@ -298,26 +313,35 @@ impl Trainer {
         // The tokenizer thread's batches for this step, made while the step before computed.
         let tokens = self.next_tokens.take().filter(|t| t.step == step);
         let mut next_tokens = None;
-        let batch = self
-            .plan
-            .step(step)
-            .cloned()
-            .ok_or_else(|| other(format!("step {} is past the plan's {} steps", self.state.global_step, self.plan.len())))?;
+        let past = || other(format!("step {step} is past the plan's {} steps", self.plan.len()));
+        let fetched = match source {
+            BatchSource::Loaded => None,
+            BatchSource::Slices { fetcher } => Some(fetcher.next(step).map_err(|e| other(format!("step {step}: {e}")))?),
+        };
+        let batch = match &fetched {
+            None => self.plan.step(step).cloned().ok_or_else(past)?,
+            Some(f) => f.batch.clone(),
+        };
         let lr = self.learning_rate();
         let (rank, world) = match sync {
             GradSync::None => (0, 1),
             GradSync::AllReduce(pg) => (pg.rank(), pg.world_size()),
         };
         let rows = slice_for_rank(&batch, rank, world).to_vec();
-        let fetched;
-        let (local, global, labels): (Vec<&Example>, Option<Vec<&Example>>, Option<Tensor>) = match source {
-            BatchSource::Loaded => {
+        let (local, global, labels): (Vec<&Example>, Option<Vec<&Example>>, Option<Tensor>) = match &fetched {
+            None => {
                 let global = self.examples(&batch, &batch.rows);
                 (self.examples(&batch, &rows), Some(global), None)
             }
-            BatchSource::Slices { fetcher, plan } => {
-                fetched = fetcher.next(step).map_err(|e| other(format!("step {step}: {e}")))?;
-                (fetched.iter().collect(), None, global_labels(plan, &batch.dataset, &batch.rows)?)
+            Some(f) => {
+                let labels = global_labels(&f.labels)?;
+                if labels.is_none() && self.loss.inner.needs_labels() {
+                    return Err(TrainError::Labels(format!(
+                        "step {step}: a row of dataset `{}` has no `label` in the data plan, but the loss needs teacher scores on every row; add the label column and start a new job",
+                        batch.dataset
+                    )));
+                }
+                (f.examples.iter().collect(), None, labels)
             }
         };
         let data_wait = t0.elapsed().as_secs_f64();
@@ -342,7 +366,15 @@ impl Trainer {
         self.next_tokens = next_tokens;
         after_sync(self)?;
         self.finish_step(&mut stats, &batch, lr, t0);
-        Ok(StepDone { stats, batch, rows, data_wait, allreduce_seconds, bytes_read: source.bytes_read() })
+        Ok(StepDone {
+            stats,
+            batch,
+            rows,
+            data_wait,
+            allreduce_seconds,
+            bytes_read: source.bytes_read(),
+            plan_bytes_read: source.plan_bytes_read(),
+        })
     }
 
     /// [`Trainer::forward_backward_with`] on this step's `tokens`, with the next planned step's texts tokenized on

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use splade_common::config::{Config, InnerLoss as CfgInner};
 use splade_common::data::plan::{BatchPlan, PlannedBatch};
-use splade_common::data::{load_training_data, scan_training_data, DataPlan, Example, HubPin, ScannedDataset, SplitDataset};
+use splade_common::data::{load_training_data, scan_training_data, DataPlan, Example, HubPin, PublishedPlan, ScannedDataset, SplitDataset};
 use splade_common::store::checkpoint::{commit_checkpoint, fetch_checkpoint, latest_checkpoint, prune};
 use splade_common::store::{block_on, Location, StoreOptions};
 use tch::{Device, Kind};
@@ -34,7 +34,7 @@ pub struct Trainer {
     /// checkpoint's Hub pins, the dev rows): from the loaded datasets or the streaming pass; empty on a
     /// cluster rank, which follows a plan made elsewhere.
     pub facts: Vec<DatasetFacts>,
-    pub plan: BatchPlan,
+    pub plan: TrainPlan,
     pub state: TrainerState,
     pub output: Location,
     /// Micro-batches per optimizer step on this process.
@@ -129,9 +129,63 @@ pub fn build_plan(cfg: &Config, datasets: &[SplitDataset], global_batch: usize) 
     Ok(BatchPlan { batches: plan.batches })
 }
 
-/// Fingerprint of the first `steps` batches of the plan: a checkpoint records the batches it
-/// consumed, so resume can check that the data so far was the same, while a longer or shorter
-/// run (another max_steps) stays allowed.
+/// The batches a trainer follows.
+pub enum TrainPlan {
+    /// Every batch in memory: `splade train`, or a worker that planned itself.
+    Whole(BatchPlan),
+    /// A coordinator's published plan: its verified manifest only; each step's batch arrives with its rows
+    /// from the plan's chunks ([`super::fetch::SliceFetcher`]).
+    Published(std::sync::Arc<PublishedPlan>),
+}
+
+impl TrainPlan {
+    /// Number of planned steps.
+    pub fn len(&self) -> usize {
+        match self {
+            TrainPlan::Whole(p) => p.len(),
+            TrainPlan::Published(p) => p.manifest.total_steps as usize,
+        }
+    }
+
+    /// True when no step is planned.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The batch of `step` when the whole plan is in memory; `None` past it and for a published plan.
+    pub fn step(&self, step: u64) -> Option<&PlannedBatch> {
+        match self {
+            TrainPlan::Whole(p) => p.step(step),
+            TrainPlan::Published(_) => None,
+        }
+    }
+
+    /// The epoch of `step`, `None` past the plan.
+    pub fn epoch_of(&self, step: u64) -> Option<u64> {
+        match self {
+            TrainPlan::Whole(p) => p.step(step).map(|b| b.epoch),
+            TrainPlan::Published(p) => p.epoch_of(step),
+        }
+    }
+
+    /// Fingerprint of the first `steps` batches: a checkpoint records the batches it consumed, so resume can
+    /// check that the data so far was the same, while a longer or shorter run (another max_steps) stays
+    /// allowed. A published plan is identified by its manifest's sha256 instead (which pins every chunk): a
+    /// worker holds only the chunks it trains, not the batches before them.
+    pub fn fingerprint(&self, steps: u64) -> String {
+        match self {
+            TrainPlan::Whole(p) => fingerprint(p, steps),
+            TrainPlan::Published(p) => format!("data-plan:{}", p.reference.sha256),
+        }
+    }
+}
+
+impl From<BatchPlan> for TrainPlan {
+    fn from(p: BatchPlan) -> Self {
+        TrainPlan::Whole(p)
+    }
+}
+
 fn fingerprint(plan: &BatchPlan, steps: u64) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -237,35 +291,53 @@ impl Trainer {
     pub fn new(cfg: Config, device: Device, global_batch: usize, micro_batches: usize) -> Result<Self, TrainError> {
         let datasets = load_train_datasets(&cfg)?;
         let plan = build_plan(&cfg, &datasets, global_batch)?;
-        let mut t = Self::from_parts(cfg, device, datasets, plan, global_batch, micro_batches)?;
+        let mut t = Self::from_parts(cfg, device, datasets, TrainPlan::Whole(plan), global_batch, micro_batches)?;
         t.facts = t.datasets.iter().map(DatasetFacts::of_loaded).collect();
         Ok(t)
     }
 
-    /// `splade train`'s trainer: plans with the streaming pass ([`plan_train_datasets`]) and holds no rows;
-    /// the returned data plan is what its steps read their rows through
-    /// ([`super::step::BatchSource::slices`] with one rank), as a cluster rank reads the published one.
-    pub fn planned(cfg: Config, device: Device, global_batch: usize, micro_batches: usize) -> Result<(Self, DataPlan), TrainError> {
+    /// `splade train`'s trainer: plans with the streaming pass ([`plan_train_datasets`]), publishes the plan to
+    /// `output_dir/data-plan/` as a coordinator does and follows it as a one-rank cluster would
+    /// ([`Trainer::with_plan`]): its steps read their rows through the plan's index
+    /// ([`super::step::BatchSource::slices`]), so there is one data path. Holds no rows.
+    pub fn planned(cfg: Config, device: Device, global_batch: usize, micro_batches: usize) -> Result<(Self, std::sync::Arc<PublishedPlan>), TrainError> {
         let (plan, facts) = plan_train_datasets(&cfg, global_batch)?;
-        let mut t = Self::from_parts(cfg, device, Vec::new(), plan.plan(), global_batch, micro_batches)?;
-        t.check_plan_labels(&plan)?;
+        let options = StoreOptions::from_env();
+        let output = Location::parse_with(&cfg.training.output_dir, &options)?;
+        let r = block_on(plan.publish(&output, cfg.cluster.data_plan_chunk_steps))?;
+        drop(plan);
+        splade_common::data::scan::release_freed_memory();
+        let published = std::sync::Arc::new(block_on(PublishedPlan::fetch(&r, &options))?);
+        let mut t = Self::with_plan(cfg, device, published.clone(), micro_batches)?;
         t.facts = facts;
-        Ok((t, plan))
+        Ok((t, published))
     }
 
-    /// A trainer that follows a plan made elsewhere (a cluster coordinator's published data plan) and holds
-    /// no dataset: its examples come from the caller (see [`fetch::SliceFetcher`]), so
-    /// [`Trainer::examples`] and [`Trainer::train_step`] must not be used.
-    pub fn with_plan(cfg: Config, device: Device, plan: BatchPlan, micro_batches: usize) -> Result<Self, TrainError> {
-        let global_batch = plan.batches.first().map_or(0, |b| b.rows.len());
-        Self::from_parts(cfg, device, Vec::new(), plan, global_batch, micro_batches)
+    /// A trainer that follows a cluster coordinator's published data plan and holds no dataset: its batches
+    /// and examples come from the plan's chunks ([`super::fetch::SliceFetcher`] through
+    /// [`super::step::BatchSource::Slices`]), so [`Trainer::examples`] and [`Trainer::train_step`] must not
+    /// be used. Checks the manifest's datasets against the loss first (labels present where it needs them).
+    pub fn with_plan(cfg: Config, device: Device, plan: std::sync::Arc<PublishedPlan>, micro_batches: usize) -> Result<Self, TrainError> {
+        let global_batch = plan.manifest.global_batch_size;
+        let inner = inner_loss(&cfg);
+        if inner.needs_labels() {
+            if let Some(d) = plan.manifest.datasets.iter().find(|d| !d.labelled) {
+                return Err(TrainError::Labels(format!(
+                    "dataset `{}`: no row has a `label`, but loss.inner_loss {} needs teacher scores on every row; add the column (map it with datasets.{}.columns: {{<column>: label}}) or use sparse_multiple_negatives_ranking_loss",
+                    d.dataset,
+                    inner.config_name(),
+                    d.dataset
+                )));
+            }
+        }
+        Self::from_parts(cfg, device, Vec::new(), TrainPlan::Published(plan), global_batch, micro_batches)
     }
 
     fn from_parts(
         cfg: Config,
         device: Device,
         datasets: Vec<SplitDataset>,
-        plan: BatchPlan,
+        plan: TrainPlan,
         global_batch: usize,
         micro_batches: usize,
     ) -> Result<Self, TrainError> {
@@ -347,12 +419,6 @@ impl Trainer {
         })
     }
 
-    /// Checks a published data plan's datasets against the loss (a `label` on every row, of one
-    /// width, for the distillation losses), as [`Trainer::new`] checks loaded datasets.
-    pub fn check_plan_labels(&self, plan: &DataPlan) -> Result<(), TrainError> {
-        plan.datasets.iter().try_for_each(|d| super::loss::validate_labels(&self.loss.inner, d))
-    }
-
     /// Learning rate of the step about to run. The schedule advances once per optimizer step
     /// taken: steps the fp16 loss scaler skipped do not advance it, as in the Hugging Face Trainer
     /// (which calls `lr_scheduler.step()` only `if not accelerator.optimizer_step_was_skipped`).
@@ -429,7 +495,7 @@ impl Trainer {
         }
         let hub_datasets = self.facts.iter().filter_map(|d| Some((d.name.clone(), d.hub.clone()?))).collect();
         let state = TrainerState {
-            plan_fingerprint: fingerprint(&self.plan, self.state.global_step),
+            plan_fingerprint: self.plan.fingerprint(self.state.global_step),
             hub_datasets,
             ..self.state.clone()
         };
@@ -499,7 +565,7 @@ impl Trainer {
         let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(format!("{url}/{TRAINER_STATE}"), e))?;
         let state: TrainerState =
             serde_json::from_str(&text).map_err(|source| TrainError::Json { path: format!("{url}/{TRAINER_STATE}"), source })?;
-        if state.plan_fingerprint != fingerprint(&self.plan, state.global_step) {
+        if state.plan_fingerprint != self.plan.fingerprint(state.global_step) {
             return Err(other(format!(
                 "{}: checkpoint {url} was trained on a different batch plan (datasets, batch size or seed changed); \
                  resume with the config it was started with, or start a new output_dir",
