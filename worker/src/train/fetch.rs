@@ -39,6 +39,8 @@ pub struct SliceStep {
 /// Reads this rank's slices of consecutive steps in the background.
 pub struct SliceFetcher {
     rx: Receiver<(u64, Result<SliceStep, DataError>)>,
+    /// A step received ahead of its turn by [`SliceFetcher::peek_examples`], handed out by the next `next`.
+    ahead: std::sync::Mutex<Option<(u64, Result<SliceStep, DataError>)>>,
     bytes: Arc<AtomicU64>,
     plan_bytes: Arc<AtomicU64>,
     _thread: std::thread::JoinHandle<()>,
@@ -111,12 +113,13 @@ impl SliceFetcher {
                 }
             })
             .expect("a prefetch thread can be spawned");
-        SliceFetcher { rx, bytes, plan_bytes, _thread: thread }
+        SliceFetcher { rx, ahead: Default::default(), bytes, plan_bytes, _thread: thread }
     }
 
     /// This rank's step `step` (the next step in order), waiting for it if it is not read yet.
     pub fn next(&self, step: u64) -> Result<SliceStep, DataError> {
-        match self.rx.recv() {
+        let ahead = self.ahead.lock().expect("not poisoned").take();
+        match ahead.map(Ok).unwrap_or_else(|| self.rx.recv()) {
             Ok((s, got)) if s == step => got,
             Ok((s, _)) => Err(DataError::PlanArtifact {
                 location: "prefetch".into(),
@@ -126,6 +129,20 @@ impl SliceFetcher {
                 location: "prefetch".into(),
                 problem: format!("no data for step {step}: it is past the plan or an earlier read failed"),
             }),
+        }
+    }
+
+    /// The records of `step`, the step after the one training, received now and kept for its
+    /// [`SliceFetcher::next`]: what a single process tokenizes on another thread while the current step
+    /// computes. `None` past the plan or when that read failed (its `next` reports it).
+    pub fn peek_examples(&self, step: u64) -> Option<Vec<Example>> {
+        let mut ahead = self.ahead.lock().expect("not poisoned");
+        if ahead.is_none() {
+            *ahead = Some(self.rx.recv().ok()?);
+        }
+        match ahead.as_ref() {
+            Some((s, Ok(f))) if *s == step => Some(f.examples.clone()),
+            _ => None,
         }
     }
 
