@@ -92,6 +92,7 @@ import boto3, os; boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL']
   steps=$(( n / 32 < 50 ? n / 32 : 50 ))
   out="$tmp/out-$case"; config "$source_url" "$out" -1 | sed 's/  max_steps: -1/  max_steps: -1\n  num_train_epochs: 1/' > "$tmp/coord.yaml"
   # Coordinator: start to "data plan published".
+  : > "$tmp/coord.log"; : > "$tmp/train.log"   # empty before the start: wait_for must not see the last case's
   t0=$(date +%s.%N)
   env "${envs[@]}" SPLADE_CLUSTER_TOKEN=bench "$BIN_DIR/splade-coordinator" --config "$tmp/coord.yaml" --listen 127.0.0.1:0 > /dev/null 2> "$tmp/coord.log" & cp=$!; pids+=($cp)
   wait_for $cp "$tmp/coord.log" "data plan published"
