@@ -305,10 +305,14 @@ impl Trainer {
         let options = StoreOptions::from_env();
         let output = Location::parse_with(&cfg.training.output_dir, &options)?;
         let r = block_on(plan.publish(&output, cfg.cluster.data_plan_chunk_steps))?;
+        // The batches stay in memory (8 bytes a row) for the checkpoint fingerprint of the steps done, so a
+        // resume with another max_steps stays allowed, as with `Trainer::new`; the rows come through the index.
+        let whole = plan.plan();
         drop(plan);
         splade_common::data::scan::release_freed_memory();
         let published = std::sync::Arc::new(block_on(PublishedPlan::fetch(&r, &options))?);
         let mut t = Self::with_plan(cfg, device, published.clone(), micro_batches)?;
+        t.plan = TrainPlan::Whole(whole);
         t.facts = facts;
         Ok((t, published))
     }
