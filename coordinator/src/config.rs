@@ -85,21 +85,22 @@ pub async fn check_datasets(
     Ok(found)
 }
 
-/// Loads the training data once, builds the job's batch plan for `job.global_batch_size` (independent of the
-/// number of workers) with the index of where each planned record lives, and publishes both as one
-/// content-addressed artifact: the manifest `<training.output_dir>/data-plan/<sha256>.json` and chunks of
-/// `cluster.data_plan_chunk_steps` steps (`splade_common::data::artifact`). Workers then fetch the chunks of the
-/// steps they train and read only their slice of each global batch. The whole data is read here because `no_duplicates` compares texts.
+/// Streams the training data once ([`splade_common::data::scan_training_data`]: a few bytes per row, no text
+/// held), builds the job's batch plan for `job.global_batch_size` (independent of the number of workers) with
+/// the index of where each planned record lives, and publishes both as one content-addressed artifact: the
+/// manifest `<training.output_dir>/data-plan/<sha256>.json` and chunks of `cluster.data_plan_chunk_steps`
+/// steps (`splade_common::data::artifact`). Workers then fetch the chunks of the steps they train and read
+/// only their slice of each global batch.
 /// Errors name the config file and the dataset, or the reason no plan of `job.total_steps` steps exists.
 pub async fn publish_data_plan(
     cfg: &Config,
     job: &JobSpec,
     options: &splade_common::store::StoreOptions,
 ) -> Result<(splade_common::data::DataPlan, splade_proto::domain::DataPlanRef), ConfigError> {
-    use splade_common::data::{load_training_data, DataPlan};
+    use splade_common::data::{scan_training_data, DataPlan};
     let dataset = |source| ConfigError::Dataset { path: cfg.origin.clone(), source };
-    let data = load_training_data(cfg.datasets.enabled(), cfg.training.seed, options).await.map_err(dataset)?;
-    let plan = DataPlan::build(&cfg.plan_spec(job.global_batch_size as usize), &data)
+    let data = scan_training_data(cfg.datasets.enabled(), cfg.training.seed, options, false).await.map_err(dataset)?;
+    let plan = DataPlan::build(&cfg.plan_spec(job.global_batch_size as usize), data)
         .map_err(|source| ConfigError::Plan { path: cfg.origin.clone(), source })?;
     // With `num_train_epochs` the plan decides the step count ([`plan_job`]); `max_steps` must be met.
     if cfg.training.max_steps().is_some() && plan.batches.len() as u64 != job.total_steps {

@@ -2,6 +2,7 @@
 //! real servers on loopback (moto S3, Prometheus, MLflow). One binary: libtorch links are slow.
 mod cluster;
 mod csr_cluster;
+mod memory;
 mod one_loop;
 mod ranged;
 mod restart;

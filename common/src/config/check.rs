@@ -12,7 +12,7 @@ use std::path::Path;
 use object_store::ObjectStore;
 
 use super::{Config, ConfigError};
-use crate::data::{load_training_data, DataPlan};
+use crate::data::{scan_training_data, DataPlan};
 use crate::store::{block_on, Location, StoreOptions};
 
 /// What [`check`] found.
@@ -65,13 +65,14 @@ pub fn check(path: &Path, sets: &[String], opts: &CheckOptions) -> CheckReport {
     let mut loaded = Vec::new();
     let mut all_loaded = true;
     for (name, spec) in cfg.datasets.enabled() {
-        match block_on(load_training_data([(name, spec)], cfg.training.seed, &opts.store)) {
+        // The streaming pass (no rows held): counts and the planner's summaries.
+        match block_on(scan_training_data([(name, spec)], cfg.training.seed, &opts.store, false)) {
             Ok(mut d) => {
                 let d = d.remove(0);
                 r.plan.push(format!(
                     "dataset {name}: {} train rows, {} dev rows (split_ratio {}){}",
-                    d.train.len(),
-                    d.eval.len(),
+                    d.train_len(),
+                    d.eval_len,
                     spec.split_ratio,
                     if d.bad_records > 0 { format!(", {} bad records skipped", d.bad_records) } else { String::new() }
                 ));
@@ -90,7 +91,7 @@ pub fn check(path: &Path, sets: &[String], opts: &CheckOptions) -> CheckReport {
     let per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps.max(1) * opts.world.max(1);
     let global = if opts.world > 1 { cfg.cluster.global_batch_size.unwrap_or(per_step) } else { per_step };
     if all_loaded && !loaded.is_empty() {
-        match DataPlan::build(&cfg.plan_spec(global), &loaded) {
+        match DataPlan::build(&cfg.plan_spec(global), loaded) {
             Ok(plan) if plan.batches.is_empty() => r.problems.push(format!(
                 "{}: the datasets are smaller than one batch of {global} rows; lower training.per_device_train_batch_size",
                 cfg.locate("training.per_device_train_batch_size")

@@ -459,7 +459,7 @@ mod tests {
         );
         let config = crate::config::Config::from_str(&yaml, "inline").unwrap();
         let split = load_training_data(config.datasets.enabled(), config.training.seed, &StoreOptions::default()).await.unwrap();
-        let plan = DataPlan::build(&config.plan_spec(4), &split).unwrap();
+        let plan = DataPlan::build(&config.plan_spec(4), split.iter().map(crate::data::ScannedDataset::from_split).collect()).unwrap();
         assert_eq!(plan.plan(), BatchPlan::build(&plan_inputs(&split), &config.plan_spec(4)).unwrap());
         (plan, split)
     }

@@ -36,7 +36,8 @@ use parquet::file::reader::{ChunkReader, Length, SerializedFileReader};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{BatchPlan, PlanSpec, PlannedBatch};
-use super::{csv_reader, jsonl, parquet_reader, Collector, ColumnMap, DataError, Example, LoadedDataset, SplitDataset};
+use super::scan::ScannedDataset;
+use super::{csv_reader, jsonl, parquet_reader, Collector, ColumnMap, DataError, Example, LoadedDataset};
 use super::spec::{DataFormat, DatasetSpec, OnBadRecord};
 use crate::store::{Location, StoreError, StoreOptions};
 
@@ -191,16 +192,14 @@ pub struct DataPlan {
 }
 
 impl DataPlan {
-    /// Plans `data` (as [`super::load_training_data`] returns it) with `spec`, whose `batch_size` is the global
-    /// batch. The plan is the one `BatchPlan::build` makes from the same inputs.
-    pub fn build(spec: &PlanSpec, data: &[SplitDataset]) -> Result<DataPlan, super::plan::PlanError> {
-        let plan = BatchPlan::build(&super::plan_inputs(data), spec)?;
-        Ok(DataPlan {
-            version: DATA_PLAN_VERSION,
-            global_batch_size: spec.batch_size,
-            batches: plan.batches,
-            datasets: data.iter().map(|d| d.index.clone()).collect(),
-        })
+    /// Plans `data` (as [`super::scan::scan_training_data`] returns it, or [`ScannedDataset::from_split`] of
+    /// loaded rows) with `spec`, whose `batch_size` is the global batch: the plan `BatchPlan::build` makes from
+    /// the datasets' summaries, which are dropped once it is made; the indexes move into the plan.
+    pub fn build(spec: &PlanSpec, data: Vec<ScannedDataset>) -> Result<DataPlan, super::plan::PlanError> {
+        let (summaries, datasets): (Vec<_>, Vec<_>) = data.into_iter().map(|d| (d.summary, d.index)).unzip();
+        let plan = BatchPlan::build(&summaries, spec)?;
+        drop(summaries);
+        Ok(DataPlan { version: DATA_PLAN_VERSION, global_batch_size: spec.batch_size, batches: plan.batches, datasets })
     }
 
     /// The batch plan.
@@ -468,6 +467,12 @@ impl RangedReader {
                         found.insert(l, ex);
                     }
                 }
+                DataFormat::JsonlBgzf => {
+                    self.check_file(file).await?;
+                    for (l, ex) in self.read_bgzf(dataset, file, &locs, &columns).await? {
+                        found.insert(l, ex);
+                    }
+                }
                 DataFormat::Parquet => {
                     let groups: BTreeSet<usize> = locs.iter().map(|l| l.1 as usize).collect();
                     let got = self.read_parquet_groups(dataset, f, file, &columns, &groups).await?;
@@ -485,6 +490,57 @@ impl RangedReader {
             }
         }
         Ok(locs.iter().map(|l| found[l].clone()).collect())
+    }
+
+    /// The records `locs` of a multi-member gzip file ([`DataFormat::JsonlBgzf`]): for each member a line starts
+    /// in, its compressed bytes from that member on, enough for the lines: compressed data is at most a little
+    /// longer than its output (stored blocks, member headers), so the output length plus an eighth and 1 KiB;
+    /// a range that falls short is fetched again with twice the slack.
+    async fn read_bgzf(
+        &mut self,
+        dataset: &str,
+        file: &IndexedFile,
+        locs: &[RecordLoc],
+        columns: &ColumnMap,
+    ) -> Result<Vec<(RecordLoc, Example)>, DataError> {
+        let split = |l: &RecordLoc| (l.2 >> 32, l.2 & 0xffff_ffff);
+        let mut need: BTreeMap<u64, u64> = BTreeMap::new();
+        for l in locs {
+            let (inner, len) = split(l);
+            let e = need.entry(l.1).or_default();
+            *e = (*e).max(inner + len);
+        }
+        let want = |at: u64, n: u64, slack: u64| at..(at + n + slack).min(file.size);
+        let slack_of = |n: u64| 1024 + n / 8;
+        let ranges: Vec<Range<u64>> = need.iter().map(|(&at, &n)| want(at, n, slack_of(n))).collect();
+        let sparse = Sparse { len: file.size, parts: Arc::new(self.fetch_ranges(file, &ranges).await?) };
+        let gz_err = |e: std::io::Error| DataError::Read { file: file.url.clone(), message: format!("gzip: {e}") };
+        let mut out_of: HashMap<u64, Vec<u8>> = HashMap::new();
+        for (&at, &n) in &need {
+            let mut slack = slack_of(n);
+            let mut bytes = sparse.slice(at, (want(at, n, slack).end - at) as usize).map_err(|e| DataError::Read { file: file.url.clone(), message: e.to_string() })?;
+            let got = loop {
+                if let Some(v) = super::scan::members_prefix(&bytes, n as usize).map_err(gz_err)? {
+                    break v;
+                }
+                let r = want(at, n, slack);
+                if r.end >= file.size {
+                    return Err(Self::changed(file, &format!("its gzip members from byte {at} end before the record")));
+                }
+                slack = slack.saturating_mul(2).max(n);
+                bytes = self.fetch_ranges(file, std::slice::from_ref(&want(at, n, slack))).await?.swap_remove(0).1;
+            };
+            out_of.insert(at, got);
+        }
+        let mut found = Vec::with_capacity(locs.len());
+        for l in locs {
+            let (inner, len) = split(l);
+            let line = &out_of[&l.1][inner as usize..(inner + len) as usize];
+            // Offset 0 (a byte-order mark may open the file) only for the file's first line.
+            let offset = if l.1 == 0 { inner } else { l.1 + inner };
+            found.push((*l, jsonl::parse_at(&file.url, offset, line, columns, dataset)?));
+        }
+        Ok(found)
     }
 
     /// Every record of row groups `groups` of a Parquet file, by location, fetching the footer and only the

@@ -18,6 +18,7 @@ mod jsonl;
 pub mod loaders;
 mod parquet_reader;
 pub mod plan;
+pub mod scan;
 mod source;
 pub mod spec;
 
@@ -28,7 +29,8 @@ use crate::store::{StoreError, StoreOptions};
 
 pub use artifact::{ChunkBatch, PlanChunk, PlanManifest, PublishedPlan, DEFAULT_CHUNK_STEPS};
 pub use index::{DataPlan, DataPlanRef, IndexedFile, RangedReader, RecordIndex, RecordLoc};
-pub use plan::{slice_for_rank, BatchPlan, PlanDataset, PlanSpec, PlanStop, PlannedBatch};
+pub use plan::{slice_for_rank, BatchPlan, PlanDataset, PlanSpec, PlanStop, PlannedBatch, TextHashes};
+pub use scan::{scan_training_data, ScannedDataset};
 
 /// The commit a Hub dataset source resolved to: recorded in checkpoints so a resume reads the same data
 /// ([`DatasetSpec::pin_hub_commits`]).
@@ -296,19 +298,7 @@ impl LoadedDataset {
     /// records) for evaluation, chosen by a seeded shuffle of the row indices: the same for the same seed,
     /// dataset name and size. Returns (train, eval) row indices into [`LoadedDataset::examples`], each ascending.
     pub fn split_indices(&self, ratio: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-        let n = self.examples.len();
-        if ratio <= 0.0 || n < 2 {
-            return ((0..n).collect(), Vec::new());
-        }
-        let n_eval = ((n as f64 * ratio).round() as usize).clamp(1, n - 1);
-        let mut idx: Vec<usize> = (0..n).collect();
-        let mut rng = plan::rng(seed, plan::fnv1a(self.name.as_bytes()), 0, plan::PURPOSE_SPLIT);
-        plan::shuffle(&mut idx, &mut rng);
-        let mut is_eval = vec![false; n];
-        for &i in &idx[..n_eval] {
-            is_eval[i] = true;
-        }
-        (0..n).partition(|&i| !is_eval[i])
+        split_ids(&self.name, self.examples.len(), ratio, seed)
     }
 
     /// [`LoadedDataset::split_indices`] as rows: (train, eval), both in file order.
@@ -319,14 +309,41 @@ impl LoadedDataset {
     }
 }
 
-/// Sink for records that also applies `on_bad_record` and `max_samples`.
+/// Which of `n` records of dataset `name` are held out: `true` for the `ratio` share (rounded, at least one
+/// when `ratio` > 0 and `n` ≥ 2) a seeded shuffle of the record numbers puts first. Needs only the count, so
+/// the streaming pass and the in-memory path split alike.
+pub(crate) fn eval_mask(name: &str, n: usize, ratio: f64, seed: u64) -> Vec<bool> {
+    let mut is_eval = vec![false; n];
+    if ratio <= 0.0 || n < 2 {
+        return is_eval;
+    }
+    let n_eval = ((n as f64 * ratio).round() as usize).clamp(1, n - 1);
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut rng = plan::rng(seed, plan::fnv1a(name.as_bytes()), 0, plan::PURPOSE_SPLIT);
+    plan::shuffle(&mut idx, &mut rng);
+    for &i in &idx[..n_eval] {
+        is_eval[i] = true;
+    }
+    is_eval
+}
+
+fn split_ids(name: &str, n: usize, ratio: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let is_eval = eval_mask(name, n, ratio, seed);
+    (0..n).partition(|&i| !is_eval[i])
+}
+
+/// Sink for records that also applies `on_bad_record` and `max_samples`. It keeps each record whole
+/// (`examples`, the in-memory path) or only its fixed-size summary (`summaries`, the streaming pass); the
+/// locations are kept either way.
 pub(crate) struct Collector<'a> {
     pub dataset: &'a str,
     pub on_bad: OnBadRecord,
     pub max: Option<usize>,
     pub examples: Vec<Example>,
+    /// When set, records are summarised into it instead of kept in `examples`.
+    pub summaries: Option<scan::Summaries>,
     pub bad: usize,
-    /// Location of each record in `examples`.
+    /// Location of each record taken.
     pub locs: Vec<RecordLoc>,
     /// Index of the file being read (into the dataset's file list).
     pub file: u32,
@@ -336,11 +353,11 @@ pub(crate) struct Collector<'a> {
 
 impl<'a> Collector<'a> {
     fn full(&self) -> bool {
-        self.max.is_some_and(|m| self.examples.len() >= m)
+        self.max.is_some_and(|m| self.locs.len() >= m)
     }
 
     fn new(dataset: &'a str, on_bad: OnBadRecord, max: Option<usize>) -> Collector<'a> {
-        Collector { dataset, on_bad, max, examples: Vec::new(), bad: 0, locs: Vec::new(), file: 0, warn: true }
+        Collector { dataset, on_bad, max, examples: Vec::new(), summaries: None, bad: 0, locs: Vec::new(), file: 0, warn: true }
     }
 
     /// Handles one record's outcome, found at (`a`, `b`) of the current file (see [`RecordLoc`]); `Err`
@@ -348,7 +365,10 @@ impl<'a> Collector<'a> {
     fn take(&mut self, r: Result<Example, DataError>, a: u64, b: u64) -> Result<(), DataError> {
         match r {
             Ok(e) => {
-                self.examples.push(e);
+                match &mut self.summaries {
+                    Some(s) => s.push(e),
+                    None => self.examples.push(e),
+                }
                 self.locs.push(RecordLoc(self.file, a, b));
                 Ok(())
             }
@@ -420,19 +440,20 @@ pub async fn load_dataset(name: &str, spec: &DatasetSpec, options: &StoreOptions
         let meta = file.head().await?;
         let bytes = file.read().await?;
         sink.file = file_info.len() as u32;
-        file_info.push(IndexedFile::from_meta(display.clone(), format, &meta));
-        match format {
-            DataFormat::Jsonl => jsonl::read(&display, std::io::Cursor::new(bytes), &columns, &mut sink)?,
-            DataFormat::JsonlGz => {
-                jsonl::read(&display, flate2::read::MultiGzDecoder::new(std::io::Cursor::new(bytes)), &columns, &mut sink)?
+        let format = match format {
+            DataFormat::Parquet => {
+                parquet_reader::read(&display, bytes, &columns, &mut sink)?;
+                format
             }
-            DataFormat::Parquet => parquet_reader::read(&display, bytes, &columns, &mut sink)?,
             DataFormat::Csv | DataFormat::Tsv => {
-                csv_reader::read(&display, &bytes, format.delimiter().expect("csv"), &columns, &mut sink)?
+                csv_reader::read(&display, &bytes, format.delimiter().expect("csv"), &columns, &mut sink)?;
+                format
             }
-        }
+            _ => scan::read_jsonl_file(&display, format, std::io::Cursor::new(bytes), &columns, &mut sink, &scan::ScanLimits::default())?,
+        };
+        file_info.push(IndexedFile::from_meta(display.clone(), format, &meta));
     }
-    if sink.examples.is_empty() {
+    if sink.locs.is_empty() {
         return Err(DataError::Empty { dataset: name.into(), source_path: spec.source.clone(), skipped: sink.bad });
     }
     if sink.bad > 0 {

@@ -73,31 +73,113 @@ pub(crate) fn shuffle<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
     }
 }
 
-/// What the planner needs to know about one dataset.
-#[derive(Debug, Clone)]
+/// What the planner needs to know about one dataset's training rows: a fixed, small number of bytes per row
+/// whatever the length of its texts (a 64-bit hash per text and a 32-bit length), so millions of rows plan
+/// in memory that does not grow with their text. [`PlanDataset::push`] is the one place a row becomes its
+/// summary: the streaming pass ([`super::scan`]) and loaded rows ([`PlanDataset::from_examples`]) both go
+/// through it, so both plan alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanDataset {
     /// Its config name (seeds its shuffles, so reordering datasets in the config keeps each one's order).
     pub name: String,
     /// Row count (the training split).
     pub len: usize,
     /// Per row, hashes of its texts; required for `no_duplicates`.
-    pub texts: Option<Vec<Vec<u64>>>,
-    /// Per row, the characters of its texts; required for `group_by_length`.
-    pub lengths: Option<Vec<usize>>,
+    pub texts: Option<TextHashes>,
+    /// Per row, the characters of its texts (saturating at `u32::MAX`); required for `group_by_length`.
+    pub lengths: Option<Vec<u32>>,
+}
+
+/// Every row's text hashes in one flat vector: row `i`'s are `hashes[ends[i - 1]..ends[i]]` (from 0 for the
+/// first row). A row has a few texts, so this is a few words per row with no allocation of its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TextHashes {
+    hashes: Vec<u64>,
+    ends: Vec<u64>,
+}
+
+impl TextHashes {
+    /// The hashes of row `i`'s texts (anchor, positive, negatives).
+    pub fn row(&self, i: usize) -> &[u64] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.hashes[start..self.ends[i] as usize]
+    }
+
+    fn push(&mut self, hashes: impl Iterator<Item = u64>) {
+        self.hashes.extend(hashes);
+        self.ends.push(self.hashes.len() as u64);
+    }
 }
 
 impl PlanDataset {
+    /// A dataset with no rows yet, which [`PlanDataset::push`] fills (with text hashes and lengths).
+    pub fn new(name: &str) -> PlanDataset {
+        PlanDataset { name: name.into(), len: 0, texts: Some(TextHashes::default()), lengths: Some(Vec::new()) }
+    }
+
+    /// Appends one row's summary: its texts' FNV-1a hashes and their total length in characters.
+    pub fn push(&mut self, e: &Example) {
+        if let Some(t) = &mut self.texts {
+            t.push(e.texts().map(|t| fnv1a(t.as_bytes())));
+        }
+        if let Some(l) = &mut self.lengths {
+            let n: usize = e.texts().map(|t| t.chars().count()).sum();
+            l.push(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+        self.len += 1;
+    }
+
     /// From loaded rows (keeps text hashes and lengths, so `no_duplicates` and `group_by_length` work).
     pub fn from_examples(name: &str, examples: &[Example]) -> PlanDataset {
-        let texts = examples.iter().map(|e| e.texts().map(|t| fnv1a(t.as_bytes())).collect()).collect();
-        let lengths = examples.iter().map(|e| e.texts().map(|t| t.chars().count()).sum()).collect();
-        PlanDataset { name: name.into(), len: examples.len(), texts: Some(texts), lengths: Some(lengths) }
+        let mut d = PlanDataset::new(name);
+        for e in examples {
+            d.push(e);
+        }
+        d
     }
 
     /// Size only (enough for `batch_sampler` without `group_by_length`).
     pub fn sized(name: &str, len: usize) -> PlanDataset {
         PlanDataset { name: name.into(), len, texts: None, lengths: None }
     }
+
+    /// Keeps the rows whose `keep` is true, in order, compacting in place (no second copy of the summaries).
+    /// `keep` has one entry per row.
+    pub fn retain_rows(&mut self, keep: &[bool]) {
+        assert_eq!(keep.len(), self.len, "one keep flag per row");
+        if let Some(t) = &mut self.texts {
+            let (mut w, mut start) = (0usize, 0usize);
+            let mut kept = 0usize;
+            for (i, &k) in keep.iter().enumerate() {
+                let end = t.ends[i] as usize;
+                if k {
+                    t.hashes.copy_within(start..end, w);
+                    w += end - start;
+                    t.ends[kept] = w as u64;
+                    kept += 1;
+                }
+                start = end;
+            }
+            t.hashes.truncate(w);
+            t.ends.truncate(kept);
+            t.hashes.shrink_to_fit();
+            t.ends.shrink_to_fit();
+        }
+        if let Some(l) = &mut self.lengths {
+            retain_by(l, keep);
+        }
+        self.len = keep.iter().filter(|&&k| k).count();
+    }
+}
+
+/// Keeps `v[i]` where `keep[i]`, in order, in place; frees the rest.
+pub(crate) fn retain_by<T>(v: &mut Vec<T>, keep: &[bool]) {
+    let mut i = 0;
+    v.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+    v.shrink_to_fit();
 }
 
 /// When the plan ends.
@@ -325,12 +407,13 @@ fn dataset_batches(d: &PlanDataset, spec: &PlanSpec, epoch: u64) -> Vec<Vec<usiz
                 let mut skipped = Vec::new();
                 let mut full = false;
                 while let Some(i) = remaining.pop_front() {
-                    if texts[i].iter().any(|t| seen.contains(t)) {
+                    let row = texts.row(i);
+                    if row.iter().any(|t| seen.contains(t)) {
                         skipped.push(i);
                         continue;
                     }
                     batch.push(i);
-                    seen.extend(texts[i].iter().copied());
+                    seen.extend(row.iter().copied());
                     if batch.len() == bs {
                         full = true;
                         break;
@@ -355,7 +438,7 @@ const MEGABATCH_BATCHES: usize = 50;
 /// `LengthGroupedSampler`'s order: `perm` (already shuffled) in chunks of [`MEGABATCH_BATCHES`] batches, each
 /// sorted by length, longest first (stable, so ties keep the shuffled order); then the first chunk's head
 /// swaps with the head of the chunk holding the longest row.
-fn group_by_length(perm: &mut [usize], lengths: &[usize], batch_size: usize) {
+fn group_by_length(perm: &mut [usize], lengths: &[u32], batch_size: usize) {
     let mega = (MEGABATCH_BATCHES * batch_size).max(1);
     for chunk in perm.chunks_mut(mega) {
         chunk.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));

@@ -326,6 +326,11 @@ pub enum DataFormat {
     /// Tab-separated values with a header row (`datasets` reads `.tsv` with its `csv` builder, `sep="\t"`).
     #[serde(rename = "tsv")]
     Tsv,
+    /// Multi-member gzip JSONL (`bgzip`, or gzip files concatenated), read as [`DataFormat::JsonlGz`]; the
+    /// streaming pass records a file of several members so, and a record's location then points into the
+    /// member its line starts in (see [`crate::data::scan`]), so a ranged read decompresses only that member.
+    #[serde(rename = "jsonl.bgzf")]
+    JsonlBgzf,
 }
 
 impl DataFormat {

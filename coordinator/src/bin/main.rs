@@ -82,7 +82,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Recovered::Fresh => {}
     }
-    // Last of the start-up checks: it reads every dataset whole. With `num_train_epochs` the plan sets the steps.
+    // Last of the start-up checks: one streaming pass over every dataset. With `num_train_epochs` the plan sets
+    // the steps.
     let plan =
         config::plan_job(&cfg, &mut job, &splade_common::store::StoreOptions::from_env()).await?;
     let plan_ref = job.data_plan.clone().expect("plan_job sets the data plan");
@@ -93,6 +94,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "data plan published"
     );
     drop(plan);
+    // What planning used goes back to the system: the coordinator only waits for workers from here on.
+    splade_common::data::scan::release_freed_memory();
     let mut opts = CoordinatorOptions::new(cluster, job, args.listen, token);
     opts.tls = tls;
     opts.verifier = Arc::new(StoreVerifier::new(output));

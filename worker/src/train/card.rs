@@ -303,8 +303,8 @@ impl Trainer {
     pub fn card_info(&self) -> CardInfo {
         let mut datasets: Vec<CardDataset> = Vec::new();
         for (name, spec) in self.cfg.datasets.enabled() {
-            let (train_rows, dev_rows) = match self.datasets.iter().find(|d| d.name == name) {
-                Some(d) => (d.train.len(), d.eval.len()),
+            let (train_rows, dev_rows) = match self.facts.iter().find(|d| d.name == name) {
+                Some(d) => (d.train_rows, d.eval.len()),
                 // A trainer on a published plan holds no rows: its manifest has the training-split size.
                 None => match &self.plan {
                     super::trainer::TrainPlan::Published(p) => {

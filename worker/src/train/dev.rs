@@ -15,7 +15,9 @@
 //! names transformers gives a dict of eval datasets) and, so that `metric_for_best_model: eval_loss` still
 //! means something, `eval_loss` over all dev rows.
 
-use splade_common::data::{Example, SplitDataset};
+use splade_common::data::Example;
+
+use super::trainer::DatasetFacts;
 use tch::Kind;
 
 use super::{other, TrainError, Trainer};
@@ -28,8 +30,8 @@ pub struct DevSet {
     pub rows: Vec<Example>,
 }
 
-/// The dev sets of loaded datasets (those with held-out rows), in config order.
-pub fn dev_sets(datasets: &[SplitDataset]) -> Vec<DevSet> {
+/// The dev sets of datasets (those with held-out rows), in config order.
+pub fn dev_sets(datasets: &[DatasetFacts]) -> Vec<DevSet> {
     datasets
         .iter()
         .filter(|d| !d.eval.is_empty())
@@ -38,30 +40,39 @@ pub fn dev_sets(datasets: &[SplitDataset]) -> Vec<DevSet> {
 }
 
 /// The dev sets of a trainer that follows a published data plan and holds no rows (a cluster's rank 0), in
-/// config order: a seed loader block's dev split from the file the plan names (the coordinator's copy under
-/// `output_dir`, so this machine needs neither the Hub nor the coordinator's seed-data cache), a file block's
-/// held-out rows by loading that block (`split_ratio`, the same split as the coordinator's).
+/// config order: a seed loader block's dev split from the file the plan names ([`DatasetFacts::dev`]: the
+/// coordinator's copy under `output_dir`, so this machine needs neither the Hub nor the coordinator's seed-data
+/// cache), a file block's held-out rows (`split_ratio`, the same split as the coordinator's) with one streaming
+/// pass over those blocks, read back by location (nothing else is kept).
 pub fn plan_dev_sets(trainer: &Trainer) -> Result<Vec<DevSet>, TrainError> {
-    use splade_common::data::{load_dataset, load_training_data, loaders::Materialized};
+    use splade_common::data::{load_dataset, loaders::Materialized, scan_training_data};
     use splade_common::store::{block_on, StoreOptions};
     let cfg = &trainer.cfg;
     let options = StoreOptions::from_env();
+    let split: Vec<_> = cfg.datasets.enabled().filter(|(_, s)| s.loader.is_none() && s.split_ratio > 0.0).collect();
+    let mut scanned = if split.is_empty() {
+        Vec::new()
+    } else {
+        block_on(scan_training_data(split, cfg.training.seed, &options, true))?
+    };
     let mut out = Vec::new();
     for (name, spec) in cfg.datasets.enabled() {
-        let rows = match (&spec.loader, trainer.plan_dev_files.get(name)) {
+        let dev_file = trainer.facts.iter().find(|f| f.name == name).and_then(|f| f.dev.as_deref());
+        let rows = match (&spec.loader, dev_file) {
             (Some(_), Some(url)) => block_on(load_dataset(name, &Materialized::file_spec_at(url), &options))?.examples,
             // A loader block without dev rows.
             (Some(_), None) => continue,
-            (None, _) if spec.split_ratio > 0.0 => {
-                let loaded = block_on(load_training_data([(name, spec)], cfg.training.seed, &options))?;
-                loaded.into_iter().next().map(|d| d.eval).unwrap_or_default()
-            }
-            (None, _) => continue,
+            (None, _) => match scanned.iter_mut().find(|d| d.name == name) {
+                Some(d) => std::mem::take(&mut d.eval),
+                None => continue,
+            },
         };
         if !rows.is_empty() {
             out.push(DevSet { name: name.to_string(), rows });
         }
     }
+    drop(scanned);
+    splade_common::data::scan::release_freed_memory();
     Ok(out)
 }
 

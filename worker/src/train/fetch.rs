@@ -39,6 +39,8 @@ pub struct SliceStep {
 /// Reads this rank's slices of consecutive steps in the background.
 pub struct SliceFetcher {
     rx: Receiver<(u64, Result<SliceStep, DataError>)>,
+    /// A step received ahead of its turn by [`SliceFetcher::peek_examples`], handed out by the next `next`.
+    ahead: std::sync::Mutex<Option<(u64, Result<SliceStep, DataError>)>>,
     bytes: Arc<AtomicU64>,
     plan_bytes: Arc<AtomicU64>,
     _thread: std::thread::JoinHandle<()>,
@@ -114,12 +116,13 @@ impl SliceFetcher {
                 }
             })
             .expect("a prefetch thread can be spawned");
-        SliceFetcher { rx, bytes, plan_bytes, _thread: thread }
+        SliceFetcher { rx, ahead: Default::default(), bytes, plan_bytes, _thread: thread }
     }
 
     /// This rank's step `step` (the next step in order), waiting for it if it is not read yet.
     pub fn next(&self, step: u64) -> Result<SliceStep, DataError> {
-        match self.rx.recv() {
+        let ahead = self.ahead.lock().expect("not poisoned").take();
+        match ahead.map(Ok).unwrap_or_else(|| self.rx.recv()) {
             Ok((s, got)) if s == step => got,
             Ok((s, _)) => Err(DataError::PlanArtifact {
                 location: "prefetch".into(),
@@ -129,6 +132,20 @@ impl SliceFetcher {
                 location: "prefetch".into(),
                 problem: format!("no data for step {step}: it is past the plan or an earlier read failed"),
             }),
+        }
+    }
+
+    /// The records of `step`, the step after the one training, received now and kept for its
+    /// [`SliceFetcher::next`]: what a single process tokenizes on another thread while the current step
+    /// computes. `None` past the plan or when that read failed (its `next` reports it).
+    pub fn peek_examples(&self, step: u64) -> Option<Vec<Example>> {
+        let mut ahead = self.ahead.lock().expect("not poisoned");
+        if ahead.is_none() {
+            *ahead = Some(self.rx.recv().ok()?);
+        }
+        match ahead.as_ref() {
+            Some((s, Ok(f))) if *s == step => Some(f.examples.clone()),
+            _ => None,
         }
     }
 
@@ -188,7 +205,7 @@ mod tests {
         );
         let cfg = splade_common::config::Config::from_str(&yaml, "inline").unwrap();
         let split = block_on(splade_common::data::load_training_data(cfg.datasets.enabled(), 7, &StoreOptions::default())).unwrap();
-        let plan = splade_common::data::DataPlan::build(&cfg.plan_spec(4), &split).unwrap();
+        let plan = splade_common::data::DataPlan::build(&cfg.plan_spec(4), split.iter().map(splade_common::data::ScannedDataset::from_split).collect()).unwrap();
         let out = Location::parse(&format!("{}/out", dir.display())).unwrap();
         let r = block_on(plan.publish(&out, 2)).unwrap();
         let p = block_on(PublishedPlan::fetch(&r, &StoreOptions::default())).unwrap();

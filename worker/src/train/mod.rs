@@ -35,7 +35,7 @@ pub use run::run_training;
 pub use schedule::{Control, Hooks, Lead, RunEnd, RunOutcome, Schedule};
 pub use step::{BatchSource, GradSync, StepDone};
 pub(crate) use step::fill_loss_stats;
-pub use trainer::{build_plan, load_options, load_train_datasets, Applied, TrainPlan, Trainer};
+pub use trainer::{build_plan, load_options, load_train_datasets, plan_train_datasets, Applied, DatasetFacts, TrainPlan, Trainer};
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;

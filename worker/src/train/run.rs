@@ -1,5 +1,5 @@
 //! `splade train`: one process trains the whole global batch. Sets up the device, the [`Trainer`] on the
-//! loaded datasets, `--dump-batches` and `resume_from_checkpoint`, then drives [`schedule::run`] with no
+//! streaming pass's plan (rows read through its index), `--dump-batches` and `resume_from_checkpoint`, then drives [`schedule::run`] with no
 //! gradient sync and the stop flag of SIGTERM/Ctrl-C.
 
 use std::sync::atomic::Ordering;
@@ -58,15 +58,21 @@ pub fn run_training(mut cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome
     let device = crate::device::parse_device(&device_spec(&cfg, opts.device.as_deref())).map_err(other)?;
     let per_device = cfg.training.per_device_train_batch_size;
     let accum = cfg.training.gradient_accumulation_steps.max(1);
-    let mut trainer = Trainer::new(cfg, device, per_device * accum, accum)?;
+    // The streaming pass plans (no dataset is loaded whole); the steps read their rows through the plan's
+    // index, as a cluster rank reads its slices: one data path.
+    let (mut trainer, data_plan) = Trainer::planned(cfg, device, per_device * accum, accum)?;
     if let Some(w) = windows::TrainingWindows::from_config(&trainer.cfg) {
         tracing::info!(spec = %w.spec, mode = ?w.mode, "document_windows: training documents are windowed (cost logged as train/windows_per_doc)");
     }
     if let Some(p) = &opts.dump_batches {
-        // `splade train` plans itself: the whole plan is in memory.
-        if let super::trainer::TrainPlan::Whole(plan) = &trainer.plan {
-            dump_batches(plan, p)?;
-        }
+        // An audit aid: the whole plan, from every chunk of the published plan (as a cluster worker dumps it).
+        let whole = match &trainer.plan {
+            super::trainer::TrainPlan::Whole(plan) => plan.clone(),
+            super::trainer::TrainPlan::Published(plan) => {
+                block_on(plan.fetch_batch_plan(&splade_common::store::StoreOptions::from_env()))?.0
+            }
+        };
+        dump_batches(&whole, p)?;
     }
     match trainer.cfg.training.resume_from_checkpoint.clone() {
         Some(ResumeFrom::Latest) => {
@@ -99,7 +105,9 @@ pub fn run_training(mut cfg: Config, opts: &TrainOptions) -> Result<TrainOutcome
     }
     let schedule = Schedule::new(&trainer.cfg, trainer.state.total_steps)?;
     let mut lead = Lead::start(&trainer, opts.metrics_listen.as_deref())?;
-    let result = schedule::run(&mut trainer, &BatchSource::Loaded, &mut GradSync::None, Some(&mut lead), &schedule, &mut Local { opts });
+    let source = BatchSource::slices(data_plan, trainer.state.global_step + 1, 0, 1, splade_common::store::StoreOptions::from_env());
+    tracing::info!(step = trainer.state.global_step + 1, "reading the rows of each step through the data plan's index");
+    let result = schedule::run(&mut trainer, &source, &mut GradSync::None, Some(&mut lead), &schedule, &mut Local { opts });
     // On an error, dropping the monitor marks the MLflow run FAILED; jsonl and TensorBoard are already flushed.
     let out = result?;
     let (final_model, interrupted) = match out.end {

@@ -143,17 +143,19 @@ pub struct Lead {
 impl Lead {
     /// Loads the evaluation tasks and the dev rows and starts the monitor (reporters, `/metrics` on
     /// `metrics_listen`). The dev rows are the trainer's held-out rows; a trainer that follows a published plan
-    /// holds no rows, so a cluster's rank 0 reads them ([`super::dev::plan_dev_sets`]; only when some
+    /// holds none, so a cluster's rank 0 reads them ([`super::dev::plan_dev_sets`]: a seed loader block's dev split
+    /// from the file the plan names, held-out rows of file blocks with a streaming pass; only when some
     /// `split_ratio` is set or a seed loader block brings its dev split).
     pub fn start(trainer: &Trainer, metrics_listen: Option<&str>) -> Result<Self, TrainError> {
         let (cfg, output) = (&trainer.cfg, &trainer.output);
         let strategy = cfg.training.eval_strategy;
         // Seed loader blocks (`nli`, `scandi_qa`, ...) bring their own dev split, in `SplitDataset::eval` as well.
         let holds_out = cfg.datasets.enabled().any(|(_, s)| s.split_ratio > 0.0 || s.loader.is_some());
-        let dev = if trainer.datasets.is_empty() && holds_out && strategy != IntervalStrategy::No {
+        let follows_plan = matches!(trainer.plan, super::trainer::TrainPlan::Published(_));
+        let dev = if follows_plan && holds_out && strategy != IntervalStrategy::No {
             super::dev::plan_dev_sets(trainer)?
         } else {
-            dev_sets(&trainer.datasets)
+            dev_sets(&trainer.facts)
         };
         let evals = DuringEval::load(cfg, dev)?;
         if strategy != IntervalStrategy::No && !evals.has_work() && evals.selector.metric != "train_loss" {

@@ -347,8 +347,12 @@ impl Trainer {
         let data_wait = t0.elapsed().as_secs_f64();
         let (mut stats, allreduce_seconds) = match sync {
             GradSync::None => {
-                let prefetch = matches!(source, BatchSource::Loaded);
-                let (stats, next) = self.forward_backward_prefetching(&local, prefetch, tokens.as_ref())?;
+                // The next step's rows: the trainer's own, or received ahead from the data plan's reader.
+                let next_rows = match source {
+                    BatchSource::Loaded => None,
+                    BatchSource::Slices { fetcher } => Some(fetcher.peek_examples(step + 1).unwrap_or_default()),
+                };
+                let (stats, next) = self.forward_backward_prefetching(&local, next_rows, tokens.as_ref())?;
                 next_tokens = next;
                 (stats, None)
             }
@@ -378,15 +382,19 @@ impl Trainer {
     }
 
     /// [`Trainer::forward_backward_with`] on this step's `tokens`, with the next planned step's texts tokenized on
-    /// another thread meanwhile when `prefetch` (the trainer holds the rows of the next step); returns those.
+    /// another thread meanwhile: `next_rows` when given (read ahead through a data plan; empty past it), else
+    /// the trainer's own rows of that step; returns those.
     fn forward_backward_prefetching(
         &self,
         ex: &[&Example],
-        prefetch: bool,
+        next_rows: Option<Vec<Example>>,
         tokens: Option<&StepTokens>,
     ) -> Result<(StepStats, Option<StepTokens>), TrainError> {
         let next_step = self.state.global_step + 2;
-        let next = if prefetch { self.texts_to_tokenize(next_step) } else { Vec::new() };
+        let next = match &next_rows {
+            Some(rows) => self.chunk_texts(&rows.iter().collect::<Vec<_>>()),
+            None => self.texts_to_tokenize(next_step),
+        };
         let pre = (!next.is_empty()).then(|| self.model.pretokenizer());
         let (stats, made) = std::thread::scope(|s| {
             let worker = s.spawn(move || {
@@ -406,7 +414,7 @@ impl Trainer {
         });
         let stats = stats?;
         let chunks = prefetch_result(made, next_step)?;
-        Ok((stats, prefetch.then_some(StepTokens { step: next_step, chunks })))
+        Ok((stats, Some(StepTokens { step: next_step, chunks })))
     }
 
     /// What [`Trainer::forward_backward`] will tokenize for planned step `step`, per micro-batch chunk (the
@@ -414,7 +422,11 @@ impl Trainer {
     /// (positives, then each negative column). Empty past the plan.
     fn texts_to_tokenize(&self, step: u64) -> Vec<(Option<Vec<String>>, Option<Vec<String>>)> {
         let Some(batch) = self.plan.step(step) else { return Vec::new() };
-        let ex = self.examples(batch, &batch.rows);
+        self.chunk_texts(&self.examples(batch, &batch.rows))
+    }
+
+    /// [`Trainer::texts_to_tokenize`] of the rows `ex` of a step.
+    fn chunk_texts(&self, ex: &[&Example]) -> Vec<(Option<Vec<String>>, Option<Vec<String>>)> {
         let mb = (ex.len() / self.micro_batches.max(1)).max(1);
         let windowed = self.windows.is_some();
         let mut out = Vec::new();

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use splade_common::config::{Config, InnerLoss as CfgInner};
 use splade_common::data::plan::{BatchPlan, PlannedBatch};
-use splade_common::data::{load_training_data, DataPlan, Example, PublishedPlan, SplitDataset};
+use splade_common::data::{load_training_data, scan_training_data, DataPlan, Example, HubPin, PublishedPlan, ScannedDataset, SplitDataset};
 use splade_common::store::checkpoint::{commit_checkpoint, fetch_checkpoint, latest_checkpoint, prune};
 use splade_common::store::{block_on, Location, StoreOptions};
 use tch::{Device, Kind};
@@ -30,12 +30,10 @@ pub struct Trainer {
     pub csr_loss: Option<super::csr::CsrLossConfig>,
     /// The loaded training datasets in config order (empty when the rows come from a data plan's slices).
     pub datasets: Vec<SplitDataset>,
-    /// The Hub commits each dataset block read (from the datasets, or from a data plan's record indexes):
-    /// what checkpoints record ([`TrainerState::hub_datasets`]).
-    pub hub_datasets: std::collections::BTreeMap<String, Vec<splade_common::data::HubPin>>,
-    /// Following a data plan: each seed loader block's dev split file as the plan names it (its copy under
-    /// `output_dir`), which a cluster's rank 0 evaluates `eval_loss` on. Empty otherwise.
-    pub plan_dev_files: std::collections::BTreeMap<String, String>,
+    /// Per dataset, what the trainer knows besides its training rows (the model card's counts, the
+    /// checkpoint's Hub pins, the dev rows or dev file): from the loaded datasets, the streaming pass, or (a
+    /// cluster rank following a plan made elsewhere) the plan's manifest, which holds no dev rows.
+    pub facts: Vec<DatasetFacts>,
     pub plan: TrainPlan,
     pub state: TrainerState,
     pub output: Location,
@@ -67,6 +65,54 @@ pub struct Trainer {
     pub(crate) card_logs: Vec<super::card::EvalLine>,
 }
 
+/// One dataset's facts besides its training rows (see [`Trainer::facts`]).
+#[derive(Debug, Clone)]
+pub struct DatasetFacts {
+    /// Config name.
+    pub name: String,
+    /// Training rows.
+    pub train_rows: usize,
+    /// Held-out rows (few by design), read back by location when planned by the streaming pass.
+    pub eval: Vec<Example>,
+    /// The Hub commits its rows come from (the source's for a file block, every dataset a seed loader block
+    /// read): what checkpoints record ([`TrainerState::hub_datasets`]). Empty for local and object-store data.
+    pub hub: Vec<HubPin>,
+    /// A seed loader block's dev split file as the data plan names it (its copy under `output_dir`): where a
+    /// trainer following a published plan, which holds no rows, reads the dev rows ([`super::dev::plan_dev_sets`]).
+    pub dev: Option<String>,
+}
+
+impl DatasetFacts {
+    fn of_loaded(d: &SplitDataset) -> Self {
+        Self { name: d.name.clone(), train_rows: d.train.len(), eval: d.eval.clone(), hub: d.hub.clone(), dev: d.index.dev.clone() }
+    }
+
+    fn of_scanned(d: &mut ScannedDataset) -> Self {
+        let (hub, dev) = (d.index.hub.clone(), d.index.dev.clone());
+        Self { name: d.name.clone(), train_rows: d.train_len(), eval: std::mem::take(&mut d.eval), hub, dev }
+    }
+
+    /// A published plan's dataset: its training-split size, Hub pins and dev file; no rows.
+    fn of_manifest(d: &splade_common::data::artifact::ManifestDataset) -> Self {
+        Self { name: d.dataset.clone(), train_rows: d.train_rows as usize, eval: Vec::new(), hub: d.hub.clone(), dev: d.dev.clone() }
+    }
+}
+
+/// Streams every enabled dataset once, in config order, and plans `global_batch` rows per step: the data plan
+/// a coordinator publishes for the same config and data (the same code), with each dataset's facts (its dev
+/// rows read back by location). No dataset is loaded whole: a row costs a few bytes of summary while planning,
+/// and the memory planning used goes back to the system before this returns.
+pub fn plan_train_datasets(cfg: &Config, global_batch: usize) -> Result<(DataPlan, Vec<DatasetFacts>), TrainError> {
+    let mut data = block_on(scan_training_data(cfg.datasets.enabled(), cfg.training.seed, &StoreOptions::from_env(), true))?;
+    if data.is_empty() {
+        return Err(other(format!("{}: no enabled dataset under `datasets:`; enable at least one", cfg.origin)));
+    }
+    let facts = data.iter_mut().map(DatasetFacts::of_scanned).collect();
+    let plan = DataPlan::build(&cfg.plan_spec(global_batch), data).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))?;
+    splade_common::data::scan::release_freed_memory();
+    Ok((plan, facts))
+}
+
 fn inner_loss(cfg: &Config) -> InnerLoss {
     match cfg.loss.inner_loss {
         CfgInner::SparseMultipleNegativesRankingLoss => InnerLoss::MultipleNegativesRanking { scale: cfg.loss.scale },
@@ -88,7 +134,8 @@ pub fn load_train_datasets(cfg: &Config) -> Result<Vec<SplitDataset>, TrainError
 /// The batch plan for `global_batch` rows per optimizer step: the plan of the [`DataPlan`] a coordinator
 /// publishes for the same config and data, so `splade train` and a cluster train the same batches.
 pub fn build_plan(cfg: &Config, datasets: &[SplitDataset], global_batch: usize) -> Result<BatchPlan, TrainError> {
-    let plan = DataPlan::build(&cfg.plan_spec(global_batch), datasets).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))?;
+    let data = datasets.iter().map(ScannedDataset::from_split).collect();
+    let plan = DataPlan::build(&cfg.plan_spec(global_batch), data).map_err(|e| other(format!("{}: cannot plan batches: {e}", cfg.origin)))?;
     Ok(BatchPlan { batches: plan.batches })
 }
 
@@ -254,7 +301,30 @@ impl Trainer {
     pub fn new(cfg: Config, device: Device, global_batch: usize, micro_batches: usize) -> Result<Self, TrainError> {
         let datasets = load_train_datasets(&cfg)?;
         let plan = build_plan(&cfg, &datasets, global_batch)?;
-        Self::from_parts(cfg, device, datasets, TrainPlan::Whole(plan), global_batch, micro_batches)
+        let mut t = Self::from_parts(cfg, device, datasets, TrainPlan::Whole(plan), global_batch, micro_batches)?;
+        t.facts = t.datasets.iter().map(DatasetFacts::of_loaded).collect();
+        Ok(t)
+    }
+
+    /// `splade train`'s trainer: plans with the streaming pass ([`plan_train_datasets`]), publishes the plan to
+    /// `output_dir/data-plan/` as a coordinator does and follows it as a one-rank cluster would
+    /// ([`Trainer::with_plan`]): its steps read their rows through the plan's index
+    /// ([`super::step::BatchSource::slices`]), so there is one data path. Holds no rows.
+    pub fn planned(cfg: Config, device: Device, global_batch: usize, micro_batches: usize) -> Result<(Self, std::sync::Arc<PublishedPlan>), TrainError> {
+        let (plan, facts) = plan_train_datasets(&cfg, global_batch)?;
+        let options = StoreOptions::from_env();
+        let output = Location::parse_with(&cfg.training.output_dir, &options)?;
+        let r = block_on(plan.publish(&output, cfg.cluster.data_plan_chunk_steps))?;
+        // The batches stay in memory (8 bytes a row) for the checkpoint fingerprint of the steps done, so a
+        // resume with another max_steps stays allowed, as with `Trainer::new`; the rows come through the index.
+        let whole = plan.plan();
+        drop(plan);
+        splade_common::data::scan::release_freed_memory();
+        let published = std::sync::Arc::new(block_on(PublishedPlan::fetch(&r, &options))?);
+        let mut t = Self::with_plan(cfg, device, published.clone(), micro_batches)?;
+        t.plan = TrainPlan::Whole(whole);
+        t.facts = facts;
+        Ok((t, published))
     }
 
     /// A trainer that follows a cluster coordinator's published data plan and holds no dataset: its batches
@@ -274,11 +344,9 @@ impl Trainer {
                 )));
             }
         }
-        let hub_datasets = plan.manifest.datasets.iter().filter(|d| !d.hub.is_empty()).map(|d| (d.dataset.clone(), d.hub.clone())).collect();
-        let plan_dev_files = plan.manifest.datasets.iter().filter_map(|d| Some((d.dataset.clone(), d.dev.clone()?))).collect();
+        let facts = plan.manifest.datasets.iter().map(DatasetFacts::of_manifest).collect();
         let mut t = Self::from_parts(cfg, device, Vec::new(), TrainPlan::Published(plan), global_batch, micro_batches)?;
-        t.hub_datasets = hub_datasets;
-        t.plan_dev_files = plan_dev_files;
+        t.facts = facts;
         Ok(t)
     }
 
@@ -341,7 +409,6 @@ impl Trainer {
             (cfg.training.learning_rate, cfg.training.max_grad_norm, cfg.training.gradient_cache);
         let amp = amp_kind(&cfg);
         let windows = windows::TrainingWindows::from_config(&cfg);
-        let hub_datasets = datasets.iter().filter(|d| !d.hub.is_empty()).map(|d| (d.name.clone(), d.hub.clone())).collect();
         Ok(Self {
             cfg,
             model,
@@ -349,8 +416,7 @@ impl Trainer {
             loss,
             csr_loss,
             datasets,
-            hub_datasets,
-            plan_dev_files: Default::default(),
+            facts: Vec::new(),
             plan,
             state,
             output,
@@ -445,9 +511,10 @@ impl Trainer {
             let text = serde_json::to_string_pretty(&s.state()).expect("scaler state serialises");
             std::fs::write(dir.join(SCALER_STATE), text).map_err(|e| TrainError::io(dir.join(SCALER_STATE).display(), e))?;
         }
+        let hub_datasets = self.facts.iter().filter(|d| !d.hub.is_empty()).map(|d| (d.name.clone(), d.hub.clone())).collect();
         let state = TrainerState {
             plan_fingerprint: self.plan.fingerprint(self.state.global_step),
-            hub_datasets: self.hub_datasets.clone(),
+            hub_datasets,
             ..self.state.clone()
         };
         let st = serde_json::to_string_pretty(&state).expect("state serialises");

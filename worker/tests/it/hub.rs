@@ -242,7 +242,7 @@ fn data_plan_carries_hub_commits_into_a_plan_following_trainers_checkpoint() {
         .replace("  norquad:\n    source: @DATA@\n", "  nli:\n    enabled: true\n  pairs:\n    source: test-org/pairs\n");
     let cfg = Config::from_str(&text, "cfg.yaml").unwrap();
     let data = splade_common::store::block_on(load_training_data(cfg.datasets.enabled(), 42, &Default::default())).unwrap();
-    let plan = DataPlan::build(&cfg.plan_spec(4), &data).unwrap();
+    let plan = DataPlan::build(&cfg.plan_spec(4), data.iter().map(splade_common::data::ScannedDataset::from_split).collect()).unwrap();
     // What a worker reads back from the published artifact (its manifest).
     let out = splade_common::store::Location::parse(&tmp.path().join("published").display().to_string()).unwrap();
     let r = splade_common::store::block_on(plan.publish(&out, 2)).unwrap();

@@ -162,10 +162,11 @@ fn checkpoint_write_failing_on_a_full_disk_commits_nothing_and_the_previous_one_
     assert!(matches!(e, TrainError::CheckpointWrite { .. }), "{e:?}");
     assert!(msg.contains("checkpoint-2") && msg.contains("No space left on device"), "{msg}");
     assert!(msg.contains("nothing was committed") && msg.contains("resume_from_checkpoint: true"), "{msg}");
-    // Nothing half-written is left: only checkpoint-1 (and the metrics log).
+    // Nothing half-written is left: only checkpoint-1 (and the metrics log, and the data plan `splade train`
+    // publishes before step 1).
     let mut left: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     left.sort();
-    assert_eq!(left, ["checkpoint-1", "metrics.jsonl"], "{left:?}");
+    assert_eq!(left, ["checkpoint-1", "data-plan", "metrics.jsonl"], "{left:?}");
     let loc = Location::parse(out.to_str().unwrap()).unwrap();
     assert_eq!(block_on(latest_checkpoint(&loc)).unwrap().map(|c| c.name).as_deref(), Some("checkpoint-1"));
     let mut t = Trainer::new(cfg(&text), Device::Cpu, 4, 1).unwrap();
