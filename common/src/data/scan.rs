@@ -592,8 +592,9 @@ mod tests {
         s
     }
 
-    /// Dataset `a`: plain JSONL (BOM, CRLF, a blank line, a bad record skipped), BGZF, single-member gzip and
-    /// a Parquet file of several row groups with an unmapped column; dataset `b`: BGZF only, with labels.
+    /// Dataset `a`: plain JSONL (BOM, CRLF, a blank line, a bad record skipped), BGZF, single-member gzip, a
+    /// Parquet file of several row groups with an unmapped column, CSV (quoted fields holding commas, quotes and
+    /// line breaks) and TSV; dataset `b`: BGZF only, with labels.
     fn files() -> Vec<(String, Vec<u8>)> {
         let mut plain = String::from("\u{feff}");
         for (i, line) in jsonl_lines("a", 120, false).lines().enumerate() {
@@ -622,8 +623,25 @@ mod tests {
             ("a/b.jsonl.gz".into(), bgzf(jsonl_lines("b", 150, false).as_bytes(), 4000)),
             ("a/c.jsonl.gz".into(), gzip(jsonl_lines("c", 80, false).as_bytes())),
             ("a/d.parquet".into(), std::fs::read(&pq).unwrap()),
+            ("a/f.csv".into(), csv_rows(30, ',').into_bytes()),
+            ("a/g.tsv".into(), csv_rows(25, '\t').into_bytes()),
             ("b/e.jsonl.gz".into(), bgzf(jsonl_lines("e", 1500, true).as_bytes(), 3000)),
         ]
+    }
+
+    /// A header and `n` rows of anchor, positive, negative; with `,` some fields are quoted (a comma, a doubled
+    /// quote, a line break inside).
+    fn csv_rows(n: usize, sep: char) -> String {
+        let mut s = format!("anchor{sep}positive{sep}negative\n");
+        for i in 0..n {
+            let (q, p, g) = (text("fq", i), text("fp", i / 2), text("shared negative", i % 40));
+            if sep == ',' && i % 3 == 0 {
+                s.push_str(&format!("\"{q}, \"\"quoted\"\"\nline\",{p},{g}\n"));
+            } else {
+                s.push_str(&format!("{q}{sep}{p}{sep}{g}\n"));
+            }
+        }
+        s
     }
 
     fn dataset(source: &str) -> DatasetSpec {
@@ -643,9 +661,11 @@ mod tests {
             DataFormat::Jsonl,
             DataFormat::JsonlBgzf,
             DataFormat::JsonlGz,
-            DataFormat::Parquet
+            DataFormat::Parquet,
+            DataFormat::Csv,
+            DataFormat::Tsv
         ]);
-        assert_eq!((streamed[0].train_len() + streamed[0].eval_len, streamed[0].bad_records), (120 + 150 + 80 + 90, 1));
+        assert_eq!((streamed[0].train_len() + streamed[0].eval_len, streamed[0].bad_records), (120 + 150 + 80 + 90 + 30 + 25, 1));
         assert!(!streamed[1].index.labels.is_empty() && streamed[0].index.labels.is_empty());
         for sampling in [SamplingStrategy::RoundRobin, SamplingStrategy::Proportional] {
             for batch_sampler in [BatchSamplerKind::BatchSampler, BatchSamplerKind::NoDuplicates] {
