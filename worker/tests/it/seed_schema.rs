@@ -40,7 +40,8 @@ fn check(config: &Path, cwd: &Path, hf_home: &Path, sets: &[&str]) -> (bool, Str
 
 /// Every seed config: one `--check` run names all its problems, no key outside the dataset loader blocks
 /// (`datasets.nli|scandi_qa|ddsc|eti`, whose schema comes with the loaders) is unknown, and the only problems
-/// outside those blocks are the Hub ids the file names for its model, which an empty offline cache lacks.
+/// outside those blocks are the Hub ids the file names for its model and its `evaluation.mteb_tasks`' datasets,
+/// which an empty offline cache lacks.
 #[test]
 fn check_every_seed_config_names_only_the_uncached_hub_model_and_no_unknown_key() {
     let tmp = tempfile::tempdir().unwrap();
@@ -61,7 +62,15 @@ fn check_every_seed_config_names_only_the_uncached_hub_model_and_no_unknown_key(
         for p in &problems {
             assert!(p.starts_with(&file), "{file}: a problem that does not name the file: {p}");
         }
-        let outside: Vec<&str> = problems.iter().copied().filter(|p| !p.contains("`datasets.") && !p.contains("dataset `")).collect();
+        let mteb: Vec<&str> = problems.iter().copied().filter(|p| p.contains("`evaluation.mteb_tasks` (")).collect();
+        for p in &mteb {
+            assert!(p.contains("is not in the Hugging Face cache") && p.contains("HF_HUB_OFFLINE"), "{file}: {p}");
+        }
+        let outside: Vec<&str> = problems
+            .iter()
+            .copied()
+            .filter(|p| !p.contains("`datasets.") && !p.contains("dataset `") && !mteb.contains(p))
+            .collect();
         for p in &problems {
             assert!(!p.contains("unknown key") || p.contains("`datasets."), "{file}: unknown key outside the loader blocks: {p}");
         }
@@ -75,10 +84,12 @@ fn check_every_seed_config_names_only_the_uncached_hub_model_and_no_unknown_key(
             "{file}: {p}"
         );
         // The plan and the notes still come: every key set but not acted on is listed with its reason, the seed's
-        // MTEB short names are mapped.
+        // MTEB short names are mapped, and each of those tasks (its Hub dataset not cached here) is a problem.
         assert!(stdout.contains("note: ") && stdout.contains("`training.push_to_hub` is parsed but not acted on: "), "{file}:\n{stdout}");
         if text.contains("mteb_tasks: [\"NorQuAD\", \"SNL\"]") {
-            assert!(stdout.contains("MTEB task NorQuAD: NorQuadRetrieval") && stdout.contains("MTEB task SNL: SNLRetrieval"), "{file}:\n{stdout}");
+            assert!(stdout.contains("`NorQuAD` is the MTEB task `NorQuadRetrieval`") && stdout.contains("`SNL` is the MTEB task `SNLRetrieval`"), "{file}:\n{stdout}");
+            assert_eq!(mteb.len(), 2, "{file}: {mteb:?}");
+            assert!(mteb.iter().any(|p| p.contains("(NorQuAD)")) && mteb.iter().any(|p| p.contains("(SNL)")), "{file}: {mteb:?}");
         }
     }
 }
@@ -106,7 +117,8 @@ fn check_prints_the_plan_and_names_every_problem_at_once() {
     assert!(ok && stdout.contains("steps: 3 (max_steps 3)") && stdout.contains("log every 1 steps"), "{stdout}");
 
     // Every problem in one run: a missing dataset, a missing model folder, an unwritable output, a schedule
-    // that cannot keep the best model, a bad --set value, a bad evaluation task.
+    // that cannot keep the best model, a bad --set value, a bad evaluation task, an unknown MTEB task and a known
+    // one whose Hub dataset the empty offline cache lacks.
     let ro = tmp.path().join("ro");
     std::fs::create_dir_all(&ro).unwrap();
     std::fs::write(ro.join("file"), "x").unwrap();
@@ -132,8 +144,9 @@ fn check_prints_the_plan_and_names_every_problem_at_once() {
     assert!(has("--set datasets.norquad.source=/nonexistent/pairs.jsonl: dataset `norquad`"), "{stderr}");
     assert!(has("`evaluation.tasks[0]` (dev)"), "{stderr}");
     assert!(has("`training.output_dir`") && has("is a file, not a directory"), "{stderr}");
-    assert_eq!(problems.len(), 6, "{stderr}");
-    assert!(stderr.contains("6 problem(s) found by --check"), "{stderr}");
+    assert!(has("`evaluation.mteb_tasks` (NorQuAD)") && has("is not in the Hugging Face cache"), "{stderr}");
+    assert_eq!(problems.len(), 7, "{stderr}");
+    assert!(stderr.contains("7 problem(s) found by --check"), "{stderr}");
 }
 
 /// The seed's `router.learning_rate_patterns` on an inference-free SPLADE-tiny: every parameter's learning rate
