@@ -363,6 +363,13 @@ pub fn run(
                 }
             }
             if schedule.save_due(step, epoch_end, improved) {
+                // A generation the coordinator has replaced (it restarted, or re-formed without this rank) must not
+                // write a checkpoint the new generation will write too: the store keeps the first copy, and the
+                // new generation's differing one would then be refused.
+                if matches!(hooks.control(), Control::Superseded) {
+                    bar.abandon_with_message("superseded");
+                    return Ok(RunOutcome { end: RunEnd::Superseded, final_step: step, last_checkpoint, stopped_early: false });
+                }
                 let (url, seconds) = save_and_record(trainer, &l.mon, best)?;
                 hooks.checkpoint_written(trainer, step, &url, seconds);
                 bar.suspend(|| tracing::info!(step, checkpoint = url, "checkpoint committed"));
