@@ -337,8 +337,9 @@ impl Trainer {
         if inner.needs_labels() {
             if let Some(d) = plan.manifest.datasets.iter().find(|d| !d.labelled) {
                 return Err(TrainError::Labels(format!(
-                    "dataset `{}`: no row has a `label`, but loss.inner_loss {} needs teacher scores on every row; add the column (map it with datasets.{}.columns: {{<column>: label}}) or use sparse_multiple_negatives_ranking_loss",
+                    "dataset `{}`: {}: no `label` on any row, but loss.inner_loss {} needs teacher scores on every row; add the column (map it with datasets.{}.columns: {{<column>: label}}) or use sparse_multiple_negatives_ranking_loss",
                     d.dataset,
+                    d.files.iter().map(|f| f.url.as_str()).collect::<Vec<_>>().join(", "),
                     inner.config_name(),
                     d.dataset
                 )));
