@@ -219,11 +219,7 @@ pub async fn scan_training_data_from<'a>(
     for (name, spec) in datasets {
         let (scanned, spec, dev, dev_file) = match &spec.loader {
             Some(loader) => {
-                let (files, cache) = seed_files.ok_or_else(|| DataError::Columns {
-                    dataset: name.into(),
-                    problem: "a seed loader block needs the Hugging Face hub; this command reads file blocks only".into(),
-                })?;
-                let m = loaders::materialize(name, loader, files, cache)?;
+                let m = loaders::materialize_block(name, loader, seed_files)?;
                 let train_spec = loaders::Materialized::file_spec(&m.train);
                 let scanned = scan_dataset(name, &train_spec, options, limits).await?;
                 let dev_file = (m.rows[1] > 0).then(|| m.dev.display().to_string());

@@ -706,6 +706,20 @@ pub fn input_files(name: &str, loader: &SeedLoader, files: &dyn SplitFiles) -> R
     Ok(inputs.files)
 }
 
+/// [`materialize`] for a command that may lack the Hub: `seed_files` is `None` where only file blocks can be
+/// read, and a loader block is then an error naming the dataset.
+pub fn materialize_block(
+    name: &str,
+    loader: &SeedLoader,
+    seed_files: Option<(&dyn SplitFiles, &Path)>,
+) -> Result<Materialized, DataError> {
+    let (files, cache) = seed_files.ok_or_else(|| DataError::Columns {
+        dataset: name.into(),
+        problem: "a seed loader block needs the Hugging Face hub; this command reads file blocks only".into(),
+    })?;
+    materialize(name, loader, files, cache)
+}
+
 /// Materialises seed loader block `name` into `<cache_root>/seed-data/<sha256>/`, or finds it there already.
 pub fn materialize(name: &str, loader: &SeedLoader, files: &dyn SplitFiles, cache_root: &Path) -> Result<Materialized, DataError> {
     let mut inputs = Inputs { files: Vec::new() };
